@@ -1,0 +1,119 @@
+"""Attention backends as a dict of functions behind one Attention module (HF ModernBERT's function table idea).
+
+Shape legend: B batch, T padded length, N total real tokens, H heads, D head dim, C = H * D.
+Padded backends take q, k, v as (B, T, H, D); the unpadded `varlen` backend takes (N, H, D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderforge.model.config import EncoderConfig
+from encoderforge.model.padding import Unpadded, _reindex
+
+
+@dataclass(frozen=True)
+class AttnContext:
+    """What attention needs besides q, k, v: built once per forward by the encoder."""
+
+    mask: torch.Tensor | None = None  # padded: (B, T) bool, True = real token; None = no padding
+    layout: Unpadded | None = None  # unpadded: where the N tokens sit
+    pad_index: torch.Tensor | None = None  # unpadded: (N,) rows in a (B * max_seqlen) grid
+    pad_mask: torch.Tensor | None = None  # unpadded: (B, max_seqlen) bool
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: token-shaped + (1, D)
+
+    @staticmethod
+    def unpadded(layout: Unpadded, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> "AttnContext":
+        T = layout.max_seqlen
+        idx = layout.indices if T == layout.seqlen else _reindex(layout, T)
+        mask = torch.zeros(layout.batch * T, dtype=torch.bool, device=idx.device)
+        mask[idx] = True
+        return AttnContext(layout=layout, pad_index=idx, pad_mask=mask.view(layout.batch, T), rope=rope)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """Readable reference: softmax(q k^T / sqrt(D) + mask) v."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    if ctx.mask is not None:
+        scores = scores.masked_fill(~ctx.mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return (probs @ v).transpose(1, 2)  # (B, T, H, D)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """torch's fused scaled_dot_product_attention on the padded batch."""
+    mask = None if ctx.mask is None else ctx.mask[:, None, None, :]  # (B, 1, 1, T)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return out.transpose(1, 2)  # (B, T, H, D)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """Attention over unpadded tokens; sequences never attend to each other.
+
+    On CUDA with half precision this is FlashAttention's varlen kernel (torch.nn.attention.varlen).
+    On CPU no varlen kernel exists, so only this step scatters q/k/v into a (B, max_seqlen) grid and runs
+    SDPA; every linear layer, norm and MLP still runs on the N real tokens only (ByteTransformer's split:
+    the GEMMs dominate the FLOPs of short sequences, and they see no padding).
+    """
+    assert ctx.layout is not None and ctx.pad_index is not None and ctx.pad_mask is not None
+    lay = ctx.layout
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen)
+    B, T = ctx.pad_mask.shape
+    N, H, D = q.shape
+    qkv = q.new_zeros(3, B * T, H, D)
+    qkv[:, ctx.pad_index] = torch.stack((q, k, v))  # (3, B*T, H, D)
+    qkv = qkv.view(3, B, T, H, D).transpose(2, 3)  # (3, B, H, T, D)
+    all_real = N == B * T
+    mask = None if all_real else ctx.pad_mask[:, None, None, :]  # (B, 1, 1, T)
+    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(B * T, H, D)[ctx.pad_index]  # (N, H, D)
+
+
+AttentionFn = Callable[..., torch.Tensor]
+BACKENDS: dict[str, AttentionFn] = {"eager": eager_attention, "sdpa": sdpa_attention, "varlen": varlen_attention}
+UNPADDED_BACKENDS = {"varlen"}
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for rotary embeddings (Su et al., RoFormer); positions: any shape -> (*shape, 1, D)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    ang = positions.to(torch.float32)[..., None] * inv  # (*, D/2)
+    ang = torch.cat((ang, ang), dim=-1)[..., None, :]  # (*, 1, D)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., H, D) by the position angles (GPT-NeoX half-split convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; the backend is resolved once."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.dropout_p = cfg.attention_dropout
+        self.fn = BACKENDS[cfg.attention]
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        lead = x.shape[:-1]  # (B, T) padded or (N,) unpadded
+        q, k, v = self.qkv(x).view(*lead, 3, self.num_heads, self.head_dim).unbind(-3)  # each (*lead, H, D)
+        if ctx.rope is not None:
+            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
+        out = self.fn(q, k, v, ctx, dropout_p=self.dropout_p if self.training else 0.0)  # (*lead, H, D)
+        return self.out(out.reshape(*lead, -1))

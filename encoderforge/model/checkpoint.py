@@ -1,0 +1,220 @@
+"""Checkpoints: our own directory format, Hugging Face BERT import, and export back to Hugging Face.
+
+Our format is a directory: config.json ({"format": "encoderforge", "model": EncoderConfig}),
+model.safetensors (our parameter names), tokenizer files. Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import atomic_dir
+from encoderforge.model.config import EncoderConfig
+from encoderforge.model.encoder import Encoder
+
+FORMAT = "encoderforge"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class Loaded:
+    """A loaded checkpoint: the encoder, plus any extra tensors (e.g. an MLM head) keyed by our names."""
+
+    encoder: Encoder
+    extra: dict[str, torch.Tensor]
+    path: Path
+    source: str  # "encoderforge" or "huggingface"
+
+
+def load(path: str | Path, *, attention: str | None = None) -> Loaded:
+    """Load an encoder from our directory format or a Hugging Face BERT directory (detected from config.json).
+
+    Args:
+        path: checkpoint directory.
+        attention: override the attention backend ("eager" | "sdpa" | "varlen").
+    Returns:
+        Loaded with the encoder in eval mode.
+    """
+    path = Path(path)
+    raw = _read_config(path)
+    if raw.get("format") == FORMAT:
+        cfg = EncoderConfig.from_dict(raw["model"], source=f"{path / 'config.json'}: field 'model'")
+        state = _read_weights(path)
+        source = FORMAT
+    else:
+        cfg = hf_config_to_ours(raw, source=str(path / "config.json"))
+        state = hf_state_to_ours(_read_weights(path), cfg)
+        source = "huggingface"
+    if attention is not None:
+        cfg = EncoderConfig.from_dict({**cfg.to_dict(), "attention": attention})
+    enc = Encoder(cfg)
+    enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    extra = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    missing, unexpected = enc.load_state_dict(enc_state, strict=False)
+    missing = [m for m in missing if not m.startswith("pooler.")]  # some exports drop the pooler
+    if missing or unexpected:
+        raise EncoderforgeError(
+            f"{path}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+            "the checkpoint is incomplete or its config.json belongs to another model")
+    return Loaded(encoder=enc.eval(), extra=extra, path=path, source=source)
+
+
+def save(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None = None,
+         extra: dict[str, torch.Tensor] | None = None, overwrite: bool = True) -> Path:
+    """Write our directory format atomically: config.json, model.safetensors, tokenizer files."""
+    state = {f"encoder.{k}": v.detach().contiguous() for k, v in encoder.state_dict().items()}
+    state.update({k: v.detach().contiguous() for k, v in (extra or {}).items()})
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2))
+        _copy_tokenizer(tokenizer_dir, tmp)
+    return Path(path)
+
+
+def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None = None, overwrite: bool = True) -> Path:
+    """Write a Hugging Face BERT directory that `transformers.AutoModel.from_pretrained` loads with no
+    missing or unexpected keys. Only the BERT layout (post-LN, GELU, learned positions, biases) exports."""
+    cfg = encoder.cfg
+    bad = {k: getattr(cfg, k) for k, ok in (("norm", "post"), ("activation", "gelu"), ("position", "learned"), ("bias", True))
+           if getattr(cfg, k) != ok}
+    if bad or not cfg.type_vocab_size:
+        raise EncoderforgeError(f"cannot export to Hugging Face BERT: {bad or {'type_vocab_size': 0}} has no BertModel "
+                                "equivalent; keep the checkpoint in encoderforge format")
+    hf = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": cfg.vocab_size,
+          "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+          "intermediate_size": cfg.intermediate_size, "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout,
+          "attention_probs_dropout_prob": cfg.attention_dropout, "max_position_embeddings": cfg.max_position,
+          "type_vocab_size": cfg.type_vocab_size, "initializer_range": 0.02, "layer_norm_eps": cfg.layer_norm_eps,
+          "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute"}
+    state = ours_to_hf_state(encoder.state_dict(), cfg)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        _copy_tokenizer(tokenizer_dir, tmp)
+    return Path(path)
+
+
+# ---- Hugging Face <-> ours -------------------------------------------------------------------------
+
+_EMB = {"word_embeddings": "tok", "position_embeddings": "pos", "token_type_embeddings": "segment", "LayerNorm": "norm"}
+_LAYER = {"attention.output.dense": "attn.out", "attention.output.LayerNorm": "norm1", "intermediate.dense": "mlp.fc1",
+          "output.dense": "mlp.fc2", "output.LayerNorm": "norm2"}
+_MLM = {"cls.predictions.transform.dense": "mlm.dense", "cls.predictions.transform.LayerNorm": "mlm.norm"}
+
+
+def hf_config_to_ours(raw: dict, *, source: str) -> EncoderConfig:
+    """Map a Hugging Face BERT config.json to EncoderConfig; anything else is a clear error."""
+    mtype = raw.get("model_type")
+    if mtype not in ("bert",):
+        raise EncoderforgeError(f"{source}: model_type {mtype!r} is not supported; encoderforge imports BERT "
+                                "checkpoints (model_type 'bert'), e.g. MiniLM, BERT, BioBERT, LegalBERT")
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise EncoderforgeError(f"{source}: position_embedding_type {raw['position_embedding_type']!r} is not "
+                                "supported; only 'absolute' BERT positions import")
+    if raw.get("hidden_act", "gelu") != "gelu":
+        raise EncoderforgeError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported; only 'gelu' imports")
+    try:
+        return EncoderConfig(
+            vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], num_layers=raw["num_hidden_layers"],
+            num_heads=raw["num_attention_heads"], intermediate_size=raw["intermediate_size"],
+            max_position=raw.get("max_position_embeddings", 512), type_vocab_size=raw.get("type_vocab_size", 2),
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-12), dropout=raw.get("hidden_dropout_prob", 0.1),
+            attention_dropout=raw.get("attention_probs_dropout_prob", 0.1), pad_token_id=raw.get("pad_token_id", 0) or 0)
+    except KeyError as e:
+        raise EncoderforgeError(f"{source}: missing field {e.args[0]!r} in a BERT config") from None
+
+
+def hf_state_to_ours(hf: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
+    """Rename Hugging Face BERT tensors to ours (q, k, v fused into one qkv projection)."""
+    hf = {(k[5:] if k.startswith("bert.") else k): v for k, v in hf.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, ours in _EMB.items():
+        for p in ("weight", "bias"):
+            key = f"embeddings.{name}.{p}"
+            if key in hf:
+                out[f"encoder.embeddings.{ours}.{p}"] = hf[key]
+    for i in range(cfg.num_layers):
+        pre = f"encoder.layer.{i}."
+        for p in ("weight", "bias"):
+            qkv = [hf.get(f"{pre}attention.self.{n}.{p}") for n in ("query", "key", "value")]
+            if all(t is not None for t in qkv):
+                out[f"encoder.layers.{i}.attn.qkv.{p}"] = torch.cat(qkv, dim=0)
+            for name, ours in _LAYER.items():
+                if f"{pre}{name}.{p}" in hf:
+                    out[f"encoder.layers.{i}.{ours}.{p}"] = hf[f"{pre}{name}.{p}"]
+    for p in ("weight", "bias"):
+        if f"pooler.dense.{p}" in hf:
+            out[f"encoder.pooler.dense.{p}"] = hf[f"pooler.dense.{p}"]
+        for name, ours in _MLM.items():
+            if f"{name}.{p}" in hf:
+                out[f"{ours}.{p}"] = hf[f"{name}.{p}"]
+    if "cls.predictions.bias" in hf:
+        out["mlm.bias"] = hf["cls.predictions.bias"]
+    return out
+
+
+def ours_to_hf_state(state: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
+    """Inverse of hf_state_to_ours for the encoder (BertModel names, no 'bert.' prefix)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, ours in _EMB.items():
+        for p in ("weight", "bias"):
+            if f"embeddings.{ours}.{p}" in state:
+                out[f"embeddings.{name}.{p}"] = state[f"embeddings.{ours}.{p}"]
+    for i in range(cfg.num_layers):
+        for p in ("weight", "bias"):
+            q, k, v = state[f"layers.{i}.attn.qkv.{p}"].chunk(3, dim=0)
+            for n, t in zip(("query", "key", "value"), (q, k, v)):
+                out[f"encoder.layer.{i}.attention.self.{n}.{p}"] = t
+            for name, ours in _LAYER.items():
+                out[f"encoder.layer.{i}.{name}.{p}"] = state[f"layers.{i}.{ours}.{p}"]
+        for p in ("weight", "bias"):
+            out[f"pooler.dense.{p}"] = state[f"pooler.dense.{p}"]
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+# ---- files -----------------------------------------------------------------------------------------
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise EncoderforgeError(f"{path}: no such directory; pass a checkpoint directory with config.json and model.safetensors")
+    if not path.is_dir():
+        raise EncoderforgeError(f"{path}: is a file; pass the checkpoint *directory* that holds config.json")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise EncoderforgeError(f"{cfg_file}: missing; a checkpoint directory needs config.json")
+    try:
+        return json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EncoderforgeError(f"{cfg_file}: not valid JSON ({e})") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
+    if st.exists():
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise EncoderforgeError(f"{st}: corrupt or truncated safetensors file ({e}); re-export or re-copy it") from None
+    if pt.exists():
+        try:  # weights_only: never execute pickled code from a checkpoint
+            return torch.load(str(pt), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+            raise EncoderforgeError(f"{pt}: cannot be read as plain tensors ({type(e).__name__}: {e})") from None
+    raise EncoderforgeError(f"{path}: no model.safetensors or pytorch_model.bin; the directory holds no weights")
+
+
+def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
+    if src is None:
+        return
+    src = Path(src)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)

@@ -1,0 +1,105 @@
+"""The encoder: embeddings -> blocks -> (final norm). Unpads once on entry and pads once on exit.
+
+Shape legend: B batch, T padded length, N total real tokens, C hidden size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from encoderforge.model.attention import BACKENDS, UNPADDED_BACKENDS, AttnContext, rope_tables
+from encoderforge.model.config import EncoderConfig
+from encoderforge.model.layers import Block, Embeddings
+from encoderforge.model.padding import Unpadded, pad, positions_unpadded, unpad, unpad_layout
+
+
+class Pooler(nn.Module):
+    """BERT's dense + tanh over the [CLS] vector; kept so Hugging Face checkpoints round-trip exactly."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls))
+
+
+class Encoder(nn.Module):
+    """A BERT-style encoder.
+
+    Example:
+        >>> enc = Encoder(preset("bert-tiny"))
+        >>> hidden = enc(input_ids, attention_mask)   # (B, T, C), zeros at padded positions for varlen
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias) if cfg.norm == "pre" else None
+        self.pooler = Pooler(cfg)
+        self.apply(_init_weights)
+
+    @property
+    def unpadded(self) -> bool:
+        return self.cfg.attention in UNPADDED_BACKENDS
+
+    def set_attention(self, backend: str) -> "Encoder":
+        """Switch every layer to another attention backend (weights unchanged); returns self."""
+        self.cfg = dataclasses.replace(self.cfg, attention=backend)  # validates the name
+        for block in self.layers:
+            block.attn.fn = BACKENDS[backend]
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids and 0/1 mask (real tokens left-aligned) -> (B, T, C) hidden states."""
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.unpadded:
+            layout = unpad_layout(attention_mask)
+            types = None if token_type_ids is None else unpad(token_type_ids, layout)
+            hidden = self.forward_unpadded(unpad(input_ids, layout), layout, token_type_ids=types)  # (N, C)
+            return pad(hidden, layout)  # (B, T, C)
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, T)
+        mask = attention_mask.bool()
+        rope = self._rope(positions)
+        ctx = AttnContext(mask=None if bool(mask.all()) else mask, rope=rope)
+        return self._run(self.embeddings(input_ids, positions, token_type_ids), ctx)
+
+    def forward_unpadded(self, input_ids: torch.Tensor, layout: Unpadded, *,
+                         token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) packed ids of several sequences -> (N, C); sequences never attend to each other."""
+        positions = positions_unpadded(layout)  # (N,)
+        ctx = AttnContext.unpadded(layout, rope=self._rope(positions))
+        return self._run(self.embeddings(input_ids, positions, token_type_ids), ctx)
+
+    def _run(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        for block in self.layers:
+            x = block(x, ctx)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.cfg.position != "rope":
+            return None
+        return rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, self.embeddings.tok.weight.dtype)
+
+
+def _init_weights(m: nn.Module) -> None:
+    """BERT initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

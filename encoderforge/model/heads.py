@@ -1,0 +1,90 @@
+"""Heads composed on top of the encoder. Heads see padded (B, T, C) states or pooled (B, C) vectors,
+never `cu_seqlens` (padding is handled at the encoder boundary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderforge.model.config import EncoderConfig
+
+Pooling = Literal["cls", "mean"]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
+    """(B, T, C) states + (B, T) mask -> (B, C): the [CLS] vector or the mean over real tokens.
+
+    Written once; used by classification, embeddings and retrieval.
+    """
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {mode!r}")
+
+
+class MLMHead(nn.Module):
+    """BERT's MLM transform (dense, GELU, LayerNorm) + a decoder tied to the word embeddings.
+
+    Call it on the hidden states of the masked positions only (sparse prediction, MosaicBERT):
+    (M, C) -> (M, V).
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(hidden)))
+        return F.linear(h, embedding_weight, self.bias)  # tied decoder: (M, V)
+
+
+class SequenceClassifier(nn.Module):
+    """Pool -> dropout -> linear: (B, T, C) -> (B, num_labels)."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int, *, pooling: Pooling = "cls"):
+        super().__init__()
+        self.pooling = pooling
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(pool(hidden, attention_mask, self.pooling)))
+
+
+class TokenClassifier(nn.Module):
+    """Dropout -> linear per token: (B, T, C) -> (B, T, num_labels)."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int):
+        super().__init__()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(hidden))
+
+
+@dataclass
+class SpanLogits:
+    start: torch.Tensor  # (B, T)
+    end: torch.Tensor  # (B, T)
+
+
+class SpanHead(nn.Module):
+    """Extractive QA: one linear layer scoring every token as answer start and end."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.out = nn.Linear(cfg.hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> SpanLogits:
+        logits = self.out(hidden)  # (B, T, 2)
+        logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
+        return SpanLogits(start=logits[..., 0], end=logits[..., 1])

