@@ -1,0 +1,1 @@
+"""Inference: the padding-free engine and ONNX export."""
