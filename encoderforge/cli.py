@@ -1,0 +1,61 @@
+"""The command line: a thin map from commands to library functions (one call each, no logic)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from encoderforge.cli_common import fail_on_error
+
+app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class Format(str, Enum):
+    ours = "ours"
+    hf = "hf"
+
+
+@app.command()
+def embed(
+    input: str = typer.Argument("-", help="UTF-8 text file, one text per line; '-' reads stdin."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: .npy (float32 matrix) or .jsonl ({text, vector})."),
+    model: str = typer.Option("minilm-l6", help="Checkpoint directory (encoderforge or HF BERT) or zoo name."),
+    pooling: Pooling = typer.Option(Pooling.mean, help="mean (sentence-transformers) or cls."),
+    normalize: bool = typer.Option(True, help="L2-normalize the vectors."),
+    max_tokens: int = typer.Option(8192, help="Token budget per forward pass (caps memory)."),
+    max_length: int = typer.Option(256, help="Longest sequence in tokens; longer texts are truncated."),
+) -> None:
+    """Embed texts into vectors with the padding-free engine."""
+    from encoderforge.inference.embed import embed_file
+
+    with fail_on_error():
+        r = embed_file(model, input, out, pooling=pooling.value, normalize=normalize, max_tokens=max_tokens,
+                       max_length=max_length)
+    typer.echo(f"wrote {r.count} vectors of dim {r.dim} to {r.out}" + (f" ({r.truncated} truncated)" if r.truncated else ""))
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(..., help="Source checkpoint directory (HF BERT or encoderforge) or zoo name."),
+    out: Path = typer.Argument(..., help="Output directory."),
+    to: Format = typer.Option(Format.ours, help="ours = encoderforge format; hf = Hugging Face BertModel directory."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Convert a checkpoint between Hugging Face BERT and encoderforge formats."""
+    from encoderforge.convert import convert as run
+
+    with fail_on_error():
+        path = run(src, out, to=to.value, overwrite=overwrite)
+    typer.echo(f"wrote {to.value} checkpoint to {path}")
+
+
+if __name__ == "__main__":
+    app()

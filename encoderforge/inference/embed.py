@@ -1,0 +1,38 @@
+"""`encoderforge embed`: a text file in, one vector per line out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from encoderforge.inference.engine import Engine
+from encoderforge.inference.textio import read_lines, write_vectors
+from encoderforge.model.zoo import resolve_model
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    count: int
+    dim: int
+    truncated: int
+
+
+def embed_file(model: str | Path, input: str | Path, out: str | Path, *, pooling: Literal["mean", "cls"] = "mean",
+               normalize: bool = True, max_tokens: int = 8192, max_length: int = 256) -> EmbedResult:
+    """Embed every line of `input` (or stdin for '-') with `model` and write .npy or JSONL to `out`.
+
+    Args:
+        model: a checkpoint directory (ours or Hugging Face BERT) or a zoo name such as 'minilm-l6'.
+        pooling: 'mean' (sentence-transformers' default) or 'cls'.
+        normalize: L2-normalize the vectors.
+        max_tokens: token budget per forward pass (caps memory).
+        max_length: longest sequence; longer texts are truncated and counted.
+    """
+    texts = read_lines(input)
+    engine = Engine.from_pretrained(resolve_model(model), max_tokens=max_tokens, max_length=max_length)
+    encoded = engine.tokenize(texts)
+    vectors = engine.embed_encoded(encoded, pooling=pooling, normalize=normalize)
+    write_vectors(out, vectors, texts)
+    return EmbedResult(out=Path(out), count=len(texts), dim=vectors.shape[1], truncated=len(encoded.truncated))
