@@ -1,0 +1,1 @@
+"""Data: corpus preparation to token shards, sequence packing, MLM masking."""
