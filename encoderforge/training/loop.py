@@ -1,0 +1,163 @@
+"""The ONE training loop (nanoGPT `train.py`, litgpt `fit()`), used by pretraining, fine-tuning and distillation.
+
+Read it top to bottom: set the LR, run the micro-batches (backward on *summed* losses), normalise the gradient by
+the number of loss units over all micro-batches and processes, clip, step, log, evaluate, checkpoint.
+What differs between uses is only the task object (encoderforge.tasks.Task) and the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from encoderforge.fileio import atomic_file
+from encoderforge.tasks import Task
+from encoderforge.training.args import TrainArgs
+from encoderforge.training.distributed import Dist, all_reduce_sum, barrier
+from encoderforge.training.schedules import lr_at
+from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+
+
+def build_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: biases, LayerNorm weights and other vectors are not decayed
+    (BERT's exclusion list, stated by shape so new modules need no name rules)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware supports it ("auto": CUDA with bf16 only; CPU bf16 is slow on AVX2)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenizer_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train `model` on `task` for `args.steps` optimizer steps, resuming from `args.out_dir` if possible.
+
+    Args:
+        model: the unwrapped model; moved to `dist.device` here.
+        task: supplies batches (with `.to(device)`), the summed loss and the metric names.
+        args: the training hyperparameters.
+        dist: rank / world / device from `training.distributed.setup`.
+        tokenizer_dir: copied into checkpoints so each is self-contained.
+    Returns:
+        the final metrics (also written to out_dir/metrics.json).
+    """
+    run = Path(args.out_dir)
+    model.to(dist.device)
+    optimizer = build_optimizer(model, args)
+    state = TrainState()
+    ckpts = list_checkpoints(run) if args.resume else []
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], model, optimizer)
+    if dist.main:
+        _truncate_metrics(run / "metrics.jsonl", state.step)  # drop lines logged after the checkpoint we resume from
+    ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
+    amp = autocast_dtype(args.precision, dist.device)
+    log = open(run / "metrics.jsonl", "a", encoding="utf-8") if dist.main else None
+    bar = tqdm(total=args.steps, initial=state.step, disable=not (dist.main and args.progress), unit="step")
+    last: dict[str, Any] = {}
+    t0, tokens0 = time.perf_counter(), state.tokens
+
+    batches = task.train_batches(state.step)
+    while state.step < args.steps:
+        step = state.step
+        lr = lr_at(step, peak=args.lr, total=args.steps, warmup=args.warmup_steps, schedule=args.schedule,
+                   min_ratio=args.min_lr_ratio, decay_fraction=args.decay_fraction)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        # dropout RNG as a pure function of (seed, step, rank): resume and DDP need no saved RNG state
+        torch.manual_seed(args.seed * 1_000_003 + step * 97 + dist.rank)
+        model.train()
+        micro = next(batches)
+        total, count, tokens = 0.0, 0, 0
+        for i, batch in enumerate(micro):
+            sync = i == len(micro) - 1
+            with (ddp.no_sync() if dist.world > 1 and not sync else contextlib.nullcontext()), _autocast(amp, dist.device):
+                out = task.loss(ddp, batch.to(dist.device))
+                out.total.backward()  # summed loss; normalised below once the global count is known
+            total, count, tokens = total + out.total.item(), count + out.count, tokens + out.tokens
+        total, count, tokens = all_reduce_sum([total, count, tokens], dist)
+        # DDP averaged gradients over `world` processes; world / count turns the sum into the global mean
+        scale = dist.world / max(count, 1)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step, state.tokens, state.rows = step + 1, state.tokens + int(tokens), state.rows + args.batch_rows
+
+        loss = total / max(count, 1)
+        elapsed = time.perf_counter() - t0
+        tok_s = (state.tokens - tokens0) / max(elapsed, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+        record: dict[str, Any] = {}
+        if args.log_every and (state.step % args.log_every == 0 or state.step == 1):
+            record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s)
+        done = state.step == args.steps
+        if (args.eval_every and state.step % args.eval_every == 0) or done:
+            record.update({f"eval_{k}": v for k, v in evaluate(model, task, dist, amp).items()})
+        if record and log is not None:
+            log.write(json.dumps({"step": state.step, **record}) + "\n")
+            log.flush()
+        last.update(record)
+        if (args.save_every and state.step % args.save_every == 0) or done:
+            if dist.main:
+                save_checkpoint(run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir)
+            barrier(dist)
+    bar.close()
+    final = {"step": state.step, "tokens": state.tokens, **{k: v for k, v in last.items() if k.startswith("eval_")}}
+    if log is not None:
+        log.close()
+        with atomic_file(run / "metrics.json") as f:
+            json.dump(final, f, indent=2)
+    return final
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, dist: Dist, amp: torch.dtype | None = None) -> dict[str, float]:
+    """Summed loss and stats over this process's held-out batches, reduced over processes, turned into metrics.
+    Pass the unwrapped model: ranks may hold different numbers of eval batches, and DDP forwards must match."""
+    model.eval()
+    sums: dict[str, float] = {"loss": 0.0, "count": 0.0}
+    for batch in task.eval_batches():
+        with _autocast(amp, dist.device):
+            out = task.loss(model, batch.to(dist.device))
+        sums["loss"] += out.total.item()
+        sums["count"] += out.count
+        for k, v in out.stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    keys = sorted(sums)
+    sums = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], dist)))
+    model.train()
+    return task.metrics(sums) if sums["count"] else {}
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only metric lines up to `step` (a killed run may have logged past its last checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    with atomic_file(path) as f:
+        f.write("".join(ln + "\n" for ln in keep))

@@ -1,0 +1,91 @@
+"""MLM pretraining, from scratch or continued from a checkpoint: wire config -> data -> model -> task -> loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from encoderforge import EncoderforgeError
+from encoderforge.data.corpus import load_documents
+from encoderforge.data.masking import MaskVocab
+from encoderforge.fileio import atomic_file
+from encoderforge.model import checkpoint
+from encoderforge.model.config import EncoderConfig, preset
+from encoderforge.model.encoder import Encoder
+from encoderforge.tasks.mlm import MaskedLM, MLMTask
+from encoderforge.tokenization import load_tokenizer
+from encoderforge.training.args import PretrainConfig, to_dict
+from encoderforge.training.distributed import setup, teardown
+from encoderforge.training.loop import train
+
+
+def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM:
+    """A fresh preset encoder with a fresh MLM head, or a checkpoint's encoder (and its head if it has one)."""
+    m = cfg.model
+    if m.init_from:
+        model = MaskedLM.from_checkpoint(m.init_from)
+        if m.overrides:
+            raise EncoderforgeError("model.overrides apply to from-scratch presets only; remove them when using "
+                                    "model.init_from (the checkpoint's config.json fixes the architecture)")
+    else:
+        if "vocab_size" in m.overrides:
+            raise EncoderforgeError("model.overrides.vocab_size is set by the tokenizer; remove it")
+        known = set(EncoderConfig.__dataclass_fields__)
+        unknown = sorted(set(m.overrides) - known)
+        if unknown:
+            raise EncoderforgeError(f"model.overrides: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        enc_cfg = preset(m.preset, vocab_size=vocab_size, **m.overrides)
+        model = MaskedLM(Encoder(enc_cfg))
+    ecfg: EncoderConfig = model.encoder.cfg
+    if ecfg.vocab_size < vocab_size:
+        raise EncoderforgeError(f"the tokenizer has {vocab_size} tokens but the model only {ecfg.vocab_size} embeddings; "
+                                "use the checkpoint's own tokenizer (model.tokenizer) or extend the vocabulary first")
+    if cfg.data.max_len > ecfg.max_position:
+        raise EncoderforgeError(f"data.max_len={cfg.data.max_len} exceeds the model's max_position={ecfg.max_position}")
+    return model
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run MLM pretraining as configured; launch under torchrun for DDP.
+
+    Args:
+        cfg: model, data, masking and training sections (see configs/pretrain-*.yaml).
+    Returns:
+        the final metrics (held-out MLM loss/accuracy, steps, tokens); the run directory holds metrics.jsonl,
+        metrics.json, config.yaml, checkpoints/ and model/ (our checkpoint format, MLM head included).
+    """
+    if not cfg.data.shards:
+        raise EncoderforgeError("data.shards is not set; prepare a corpus with `encoderforge data prepare` and pass "
+                                "--set data.shards=DIR")
+    tok_src = cfg.model.tokenizer or cfg.model.init_from
+    if not tok_src:
+        raise EncoderforgeError("model.tokenizer is required when training from scratch (tokenizer.json or vocab.txt)")
+    tok = load_tokenizer(tok_src)
+    tok_dir = Path(tok_src) if Path(tok_src).is_dir() else Path(tok_src).parent
+    train_docs = load_documents(cfg.data.shards, "train", tokenizer=tok)
+    try:
+        eval_docs = load_documents(cfg.data.shards, "eval", tokenizer=tok)
+    except EncoderforgeError:
+        eval_docs = None  # prepared with --eval-fraction 0: no held-out evaluation
+    dist = setup(cfg.train.device)
+    try:
+        torch.manual_seed(cfg.train.seed)  # same initialisation on every rank
+        model = build_model(cfg, tok.get_vocab_size())
+        task = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
+                       batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
+                       seed=cfg.train.seed, rank=dist.rank, world=dist.world)
+        run = Path(cfg.train.out_dir)
+        if dist.main:
+            run.mkdir(parents=True, exist_ok=True)
+            with atomic_file(run / "config.yaml") as f:
+                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        final = train(model, task, cfg.train, dist, tokenizer_dir=tok_dir)
+        if dist.main:
+            head = {f"mlm.{k}": v for k, v in model.mlm.state_dict().items()}
+            checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=head)
+        return final
+    finally:
+        teardown(dist)
