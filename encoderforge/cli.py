@@ -57,5 +57,44 @@ def convert(
     typer.echo(f"wrote {to.value} checkpoint to {path}")
 
 
+@app.command()
+def neighbors(
+    texts: Path = typer.Argument(..., help="The text file that was embedded."),
+    vectors: Path = typer.Argument(..., help="The .npy file written by `encoderforge embed`."),
+) -> None:
+    """Print each text's nearest other text by cosine similarity."""
+    from encoderforge.inference.neighbors import nearest_neighbors
+
+    with fail_on_error():
+        rows = nearest_neighbors(texts, vectors)
+    for r in rows:
+        typer.echo(f"{r.cosine:.3f}  {r.text[:60]!r}\n       -> {r.neighbor[:60]!r}")
+
+
+bench_app = typer.Typer(help="Speed benchmarks against transformers and ONNX Runtime, as ratios in one run.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("infer")
+def bench_infer(
+    model: str = typer.Option("minilm-l6", help="Hugging Face BERT directory or zoo name (all runners load it)."),
+    sets: str = typer.Option("short,medium,long256,long512", help="Comma-separated text sets."),
+    n: int = typer.Option(2048, help="Number of short texts (other sets scale to about the same token count)."),
+    threads: int = typer.Option(2, help="Intra-op threads for every runner."),
+    repeats: int = typer.Option(3, help="Timed rounds per runner; medians are reported."),
+    max_tokens: int = typer.Option(8192, help="encoderforge token budget per forward pass."),
+    onnx: bool = typer.Option(True, help="Include ONNX Runtime fp32/int8 runners."),
+    out: Path = typer.Option(Path("runs/bench-infer"), help="Directory for results.json/.md/.png."),
+) -> None:
+    """Inference throughput: encoderforge fp32/int8 vs transformers SDPA (arrival, sorted) vs ONNX Runtime."""
+    from encoderforge.bench import bench_infer as run
+
+    with fail_on_error():
+        run(model, sets=[s.strip() for s in sets.split(",") if s.strip()], n=n, threads=threads, repeats=repeats,
+            max_tokens=max_tokens, onnx=onnx, out=out)
+    typer.echo(f"wrote {out}/results.json, results.md, results.png")
+
+
 if __name__ == "__main__":
     app()

@@ -89,3 +89,20 @@ def test_bad_input_is_one_line_no_traceback(case, minilm_path, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr
     assert not out.exists() and not list(tmp_path.glob(".v.npy.tmp-*"))
+
+
+def test_quickstart_commands(tmp_path):
+    """The README's main job: embed the bundled sample, then nearest neighbours (medical next to medical)."""
+    from pathlib import Path
+
+    import encoderforge
+
+    sample = Path(encoderforge.__file__).parent / "samples" / "quickstart.txt"
+    out = tmp_path / "v.npy"
+    r = runner.invoke(app, ["embed", str(sample), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["neighbors", str(sample), str(out)])
+    assert r.exit_code == 0, r.output
+    pairs = r.output.split("\n")
+    refund = next(i for i, line in enumerate(pairs) if "'I'd like a refund" in line or "\"I'd like a refund" in line)
+    assert "order arrived" in pairs[refund + 1]
