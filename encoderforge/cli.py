@@ -7,10 +7,14 @@ from pathlib import Path
 
 import typer
 
+from encoderforge import cli_pretrain, cli_tokenizer
 from encoderforge.cli_common import fail_on_error
 
 app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(cli_tokenizer.app, name="tokenizer")
+app.add_typer(cli_pretrain.data_app, name="data")
+app.add_typer(cli_pretrain.app, name="pretrain")
 
 
 class Pooling(str, Enum):
