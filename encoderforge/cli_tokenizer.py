@@ -32,7 +32,8 @@ def train(
 
 @app.command()
 def extend(
-    model: Path = typer.Option(..., "--model", help="Checkpoint directory (encoderforge or Hugging Face BERT) with its tokenizer."),
+    model: Path = typer.Option(..., "--model",
+                               help="Checkpoint directory (encoderforge or Hugging Face BERT) with its tokenizer."),
     out: Path = typer.Option(..., "--out", "-o", help="Output encoderforge checkpoint directory."),
     terms: Path | None = typer.Option(None, "--terms", help="UTF-8 file, one word per line ('#' starts a comment)."),
     from_corpus: list[Path] | None = typer.Option(None, "--from-corpus", help="Corpus file or directory (repeatable): "

@@ -286,7 +286,8 @@ def suggest_terms(files: Sequence[str | Path], tok: Tokenizer, n: int, *, min_pi
     counts: Counter[str] = Counter()
     for text in read_corpus(files):
         norm = plain.normalizer.normalize_str(text) if plain.normalizer is not None else text
-        pieces = plain.pre_tokenizer.pre_tokenize_str(norm) if plain.pre_tokenizer is not None else [(w, None) for w in norm.split()]
+        pre = plain.pre_tokenizer
+        pieces = pre.pre_tokenize_str(norm) if pre is not None else [(w, None) for w in norm.split()]
         counts.update(w for w, _ in pieces if w.isalpha())
     cands = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     encs = plain.encode_batch([[w] for w in cands], is_pretokenized=True, add_special_tokens=False)
