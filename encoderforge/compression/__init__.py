@@ -1,0 +1,1 @@
+"""Compression: model -> model transforms (quantization, pruning, distillation) plus their reports."""

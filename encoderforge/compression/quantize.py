@@ -1,0 +1,154 @@
+"""Dynamic int8 quantization: torch (nn.Linear -> int8 GEMMs) and ONNX Runtime (MatMul -> int8), plus a fidelity check.
+
+"Dynamic": weights are quantized once, activations per batch at run time, so no calibration data is
+needed (Zafrir et al., Q8BERT; Shen et al., Q-BERT show BERT tolerates 8-bit weights). Shapes: n vectors, C dims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoderforge import EncoderforgeError
+
+# ONNX Runtime: int8 weights (uint8 activations) hit the U8S8 VNNI kernels; U8U8 (QUInt8) ran ~1.6x slower
+# here. Per-channel scales: per-tensor ones lost ~4 cosine points on MiniLM. Measured in docs/results-onnx.md.
+ORT_WEIGHT_TYPE = "QInt8"
+ORT_PER_CHANNEL = True
+
+
+def cpu_has_vnni() -> bool:
+    """True if the x86 CPU has AVX512-VNNI (u8 x s8 dot products accumulate in int32, so 8-bit activations
+    cannot saturate). Without it, int8 kernels use VPMADDUBSW, whose int16 pair sums can saturate at full
+    8-bit range: that is why torch and ONNX Runtime offer `reduce_range` (7 bits)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:  # not Linux: be conservative
+        return False
+
+
+class Int8Linear(nn.Module):
+    """A Linear with int8 per-channel symmetric weights; activations are quantized per call (dynamic).
+
+    We build it instead of calling `torch.ao.quantization.quantize_dynamic` because that module hard-codes
+    `reduce_range=True` (7-bit activations) and per-tensor weights by default; on MiniLM that kept only
+    0.93 mean cosine to fp32, per-channel + full 8-bit range keeps 0.99 (docs/results-onnx.md).
+    Input (*, in_features) -> (*, out_features), any leading shape (padded (B, T) or unpadded (N,)).
+    """
+
+    def __init__(self, linear: nn.Linear, *, reduce_range: bool):
+        super().__init__()
+        self.in_features, self.out_features, self.reduce_range = linear.in_features, linear.out_features, reduce_range
+        w = linear.weight.detach().float()  # (out, in)
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()  # (out,): symmetric, zero point 0
+        with warnings.catch_warnings():  # torch 2.13 flags quantized tensor creation as deprecated; it still works
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            bias = None if linear.bias is None else linear.bias.detach().float()
+            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
+
+
+def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) -> nn.Module:
+    """Return an int8 copy of `encoder` with every nn.Linear replaced by an `Int8Linear`.
+
+    The fused qkv projection, attention output, MLP and pooler become int8 GEMMs (torch's x86/fbgemm
+    kernels, the same ones `torch.ao.quantization.quantize_dynamic` uses; that API is deprecated in torch
+    2.13 in favour of torchao, which is not a dependency). Embeddings and LayerNorms stay fp32. Works with
+    every attention backend (eager, sdpa, varlen): only Linear modules change, so `set_attention` still works.
+
+    Args:
+        encoder: an fp32 `Encoder` (or any module holding nn.Linear layers); it is not modified.
+        reduce_range: 7-bit activations; default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`).
+    Returns:
+        the quantized copy, in eval mode (CPU only).
+    """
+    if not hasattr(torch.ops.quantized, "linear_dynamic"):  # pragma: no cover - a torch without int8 kernels
+        raise EncoderforgeError(f"torch {torch.__version__} has no dynamic int8 Linear kernels; "
+                                "use the ONNX int8 path (`encoderforge export onnx --int8`)")
+    rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
+    model = copy.deepcopy(encoder).cpu().eval()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child, reduce_range=rr))
+    return model
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WEIGHT_TYPE,
+                  per_channel: bool = ORT_PER_CHANNEL, reduce_range: bool | None = None) -> Path:
+    """ONNX Runtime dynamic int8 quantization of every MatMul weight, written atomically to `dst`.
+
+    Args:
+        src: fp32 ONNX file (e.g. from `export_onnx`).
+        dst: int8 ONNX file to write (may equal `src`).
+        weight_type: "QInt8" or "QUInt8" (activations are always dynamically quantized to uint8).
+        per_channel: one scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights; default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`). The
+            file is portable, but saturation depends on the CPU that *runs* it: re-quantize for an AVX2-only box.
+    Returns:
+        the written path.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    from encoderforge.inference.onnx_export import check_output_path, temp_dir_beside
+
+    src, dst = Path(src), check_output_path(dst)
+    if not src.is_file():
+        raise EncoderforgeError(f"{src}: no such ONNX file; export one first with `encoderforge export onnx`")
+    if weight_type not in ("QInt8", "QUInt8"):
+        raise EncoderforgeError(f"weight_type={weight_type!r} is not supported; use 'QInt8' or 'QUInt8'")
+    with temp_dir_beside(dst) as tmp, _quiet_root_logger():
+        q = tmp / "model.int8.onnx"
+        ort_quantize_dynamic(str(src), str(q), weight_type=getattr(QuantType, weight_type), per_channel=per_channel,
+                             reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range)
+        onnx.checker.check_model(str(q))
+        os.replace(q, dst)
+    return dst
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Drop ORT's root-logger advice to run shape pre-processing: we measured it changes neither
+    fidelity nor speed for these encoders (docs/results-onnx.md)."""
+    root, drop = logging.getLogger(), (lambda record: record.levelno >= logging.ERROR)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def int8_fidelity(fp32_vectors: torch.Tensor | np.ndarray, int8_vectors: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Cosine similarity between matching rows of two (n, C) embedding matrices.
+
+    Args:
+        fp32_vectors: reference vectors, (n, C).
+        int8_vectors: the same inputs through the quantized model, (n, C).
+    Returns:
+        {"mean_cosine", "min_cosine", "n"}; an all-zero row counts as cosine 0.
+    """
+    a, b = (torch.as_tensor(v.detach() if isinstance(v, torch.Tensor) else v).cpu().double()
+            for v in (fp32_vectors, int8_vectors))
+    if a.shape != b.shape or a.ndim != 2 or not len(a):
+        raise EncoderforgeError(f"int8_fidelity needs two non-empty (n, C) matrices of one shape, got "
+                                f"{tuple(a.shape)} and {tuple(b.shape)}")
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)  # (n,)
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": len(cos)}
