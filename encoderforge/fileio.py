@@ -22,6 +22,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         raise EncoderforgeError(f"{path}: already exists; pass --overwrite or choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished checkpoint should look like any new dir
     try:
         yield tmp
     except BaseException:
@@ -43,6 +44,7 @@ def atomic_file(path: str | Path, mode: str = "w", **kw) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with open(tmp, mode, **kw) as f:
             yield f
@@ -50,3 +52,9 @@ def atomic_file(path: str | Path, mode: str = "w", **kw) -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
