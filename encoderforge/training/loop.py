@@ -73,6 +73,12 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
     last: dict[str, Any] = {}
     t0, tokens0 = time.perf_counter(), state.tokens
 
+    if state.step == 0 and args.eval_every:  # the baseline every later eval is compared with
+        base = {f"eval_{k}": v for k, v in evaluate(model, task, dist, amp).items()}
+        if log is not None:
+            log.write(json.dumps({"step": 0, **base}) + "\n")
+        t0 = time.perf_counter()  # tokens/s measures training only
+
     batches = task.train_batches(state.step)
     while state.step < args.steps:
         step = state.step
@@ -87,8 +93,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         total, count, tokens = 0.0, 0, 0
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
-            with (ddp.no_sync() if dist.world > 1 and not sync else contextlib.nullcontext()), _autocast(amp, dist.device):
-                out = task.loss(ddp, batch.to(dist.device))
+            with ddp.no_sync() if dist.world > 1 and not sync else contextlib.nullcontext():  # all-reduce once per step
+                with _autocast(amp, dist.device):
+                    out = task.loss(ddp, batch.to(dist.device))
                 out.total.backward()  # summed loss; normalised below once the global count is known
             total, count, tokens = total + out.total.item(), count + out.count, tokens + out.tokens
         total, count, tokens = all_reduce_sum([total, count, tokens], dist)
@@ -154,10 +161,11 @@ def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.Abs
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only metric lines up to `step` (a killed run may have logged past its last checkpoint)."""
+    """Keep only metric lines up to `step` (a killed run may have logged past its last checkpoint); a fresh run
+    (step 0) starts an empty file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and 0 < step and json.loads(ln)["step"] <= step]
     with atomic_file(path) as f:
         f.write("".join(ln + "\n" for ln in keep))

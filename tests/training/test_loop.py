@@ -36,8 +36,9 @@ def test_loss_goes_down_and_run_dir_is_complete(tiny_overrides, tmp_path):
     first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(26, 31)) / 5
     assert last < first - 0.5, (first, last)
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_mlm_loss" in x]
-    assert [e["step"] for e in evals] == [15, 30] and evals[1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
-    assert final["eval_mlm_loss"] == evals[1]["eval_mlm_loss"] and 0 < final["eval_mlm_accuracy"] < 1
+    assert [e["step"] for e in evals] == [0, 15, 30]
+    assert evals[2]["eval_mlm_loss"] < evals[1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
+    assert final["eval_mlm_loss"] == evals[2]["eval_mlm_loss"] and 0 < final["eval_mlm_accuracy"] < 1
     assert json.loads((run / "metrics.json").read_text())["step"] == 30
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000028", "step-00000030"]
     loaded = load(run / "model")  # the final model opens with the checkpoint loader, MLM head included
