@@ -20,7 +20,7 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 
-# ONNX Runtime: int8 weights (uint8 activations) hit the U8S8 VNNI kernels; U8U8 (QUInt8) ran ~1.6x slower
+# ONNX Runtime: int8 weights (uint8 activations) hit the U8S8 VNNI kernels; U8U8 (QUInt8) ran ~1.5x slower
 # here. Per-channel scales: per-tensor ones lost ~4 cosine points on MiniLM. Measured in docs/results-onnx.md.
 ORT_WEIGHT_TYPE = "QInt8"
 ORT_PER_CHANNEL = True
@@ -126,8 +126,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WE
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """Drop ORT's root-logger advice to run shape pre-processing: we measured it changes neither
-    fidelity nor speed for these encoders (docs/results-onnx.md)."""
+    """Drop ORT's root-logger advice to run shape pre-processing first: on MiniLM it gave the same fidelity
+    and no speed-up (docs/results-onnx.md)."""
     root, drop = logging.getLogger(), (lambda record: record.levelno >= logging.ERROR)
     root.addFilter(drop)
     try:
