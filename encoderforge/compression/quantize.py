@@ -76,7 +76,8 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
         encoder: an fp32 `Encoder` (or any module holding nn.Linear layers); it is not modified.
         reduce_range: 7-bit activations; default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`).
     Returns:
-        the quantized copy, in eval mode (CPU only).
+        the quantized copy, in eval mode (CPU only). The packed int8 weights are not in its state_dict:
+        keep saving the fp32 checkpoint and quantize after loading (it takes well under a second).
     """
     if not hasattr(torch.ops.quantized, "linear_dynamic"):  # pragma: no cover - a torch without int8 kernels
         raise EncoderforgeError(f"torch {torch.__version__} has no dynamic int8 Linear kernels; "
