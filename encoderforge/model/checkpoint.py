@@ -75,7 +75,7 @@ def save(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2))
-        _copy_tokenizer(tokenizer_dir, tmp)
+        copy_tokenizer_files(tokenizer_dir, tmp)
     return Path(path)
 
 
@@ -98,7 +98,7 @@ def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path |
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-        _copy_tokenizer(tokenizer_dir, tmp)
+        copy_tokenizer_files(tokenizer_dir, tmp)
     return Path(path)
 
 
@@ -211,7 +211,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     raise EncoderforgeError(f"{path}: no model.safetensors or pytorch_model.bin; the directory holds no weights")
 
 
-def _copy_tokenizer(src: str | Path | None, dst: Path) -> None:
+def copy_tokenizer_files(src: str | Path | None, dst: Path) -> None:
+    """Copy the tokenizer files that exist in `src` (a checkpoint or tokenizer dir) into `dst`."""
     if src is None:
         return
     src = Path(src)

@@ -25,7 +25,7 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir
-from encoderforge.model.checkpoint import FORMAT, _copy_tokenizer
+from encoderforge.model.checkpoint import FORMAT, copy_tokenizer_files
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -67,7 +67,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         encoder = getattr(model, "encoder", None)
         if encoder is not None and hasattr(encoder, "cfg"):
             (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2))
-        _copy_tokenizer(tokenizer_dir, tmp)
+        copy_tokenizer_files(tokenizer_dir, tmp)
         (tmp / "train_state.json").write_text(json.dumps(
             {**asdict(state), "param_groups": opt["param_groups"], "optimizer_scalars": scalars}, indent=2))
     for old in list_checkpoints(run_dir)[:-keep]:

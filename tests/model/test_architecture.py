@@ -128,3 +128,15 @@ def test_heads_shapes_and_behaviour():
         mean = pool(h, mask, "mean")
         torch.testing.assert_close(mean[1], h[1, :3].mean(0))
         assert torch.equal(pool(h, mask, "cls"), h[:, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlashAttention varlen kernel)")
+def test_cuda_varlen_kernel_matches_eager():
+    torch.manual_seed(0)
+    enc = Encoder(preset("bert-tiny", vocab_size=100, num_heads=2)).cuda().half().eval()
+    ids, mask = _batch()
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.no_grad():
+        ref = enc.set_attention("eager")(ids, mask)
+        out = enc.set_attention("varlen")(ids, mask)
+    torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-3, rtol=0)
