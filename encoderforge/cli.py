@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from encoderforge import cli_pretrain, cli_tokenizer
+from encoderforge import cli_export, cli_pretrain, cli_tokenizer
 from encoderforge.cli_common import fail_on_error
 
 app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
@@ -15,6 +15,7 @@ app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT
 app.add_typer(cli_tokenizer.app, name="tokenizer")
 app.add_typer(cli_pretrain.data_app, name="data")
 app.add_typer(cli_pretrain.app, name="pretrain")
+app.add_typer(cli_export.app, name="export")
 
 
 class Pooling(str, Enum):
