@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,13 +26,15 @@ from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 
 
-def build_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, args: TrainArgs, groups: list[dict[str, Any]] | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: biases, LayerNorm weights and other vectors are not decayed
-    (BERT's exclusion list, stated by shape so new modules need no name rules)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    (BERT's exclusion list, stated by shape so new modules need no name rules). `groups` replaces these two
+    groups (e.g. training.params.param_groups for layer-wise LR decay); a group's `lr_scale` multiplies the LR."""
+    if groups is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
 
 
@@ -45,7 +47,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenizer_dir: str | Path | None = None) -> dict[str, Any]:
+def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenizer_dir: str | Path | None = None,
+          param_groups: list[dict[str, Any]] | None = None,
+          on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
     """Train `model` on `task` for `args.steps` optimizer steps, resuming from `args.out_dir` if possible.
 
     Args:
@@ -54,12 +58,16 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         args: the training hyperparameters.
         dist: rank / world / device from `training.distributed.setup`.
         tokenizer_dir: copied into checkpoints so each is self-contained.
+        param_groups: optimizer groups replacing the default decay/no-decay pair; each may carry `lr_scale`
+            (its LR = scheduled LR x lr_scale), e.g. layer-wise LR decay for fine-tuning.
+        on_eval: called as on_eval(step, dev_metrics) after every evaluation past step 0 (the same reduced
+            metrics on every rank); returning True stops training there (early stopping), after a checkpoint.
     Returns:
         the final metrics (also written to out_dir/metrics.json).
     """
     run = Path(args.out_dir)
     model.to(dist.device)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, param_groups)
     state = TrainState()
     ckpts = list_checkpoints(run) if args.resume else []
     if ckpts:
@@ -85,7 +93,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         lr = lr_at(step, peak=args.lr, total=args.steps, warmup=args.warmup_steps, schedule=args.schedule,
                    min_ratio=args.min_lr_ratio, decay_fraction=args.decay_fraction)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         # dropout RNG as a pure function of (seed, step, rank): resume and DDP need no saved RNG state
         torch.manual_seed(args.seed * 1_000_003 + step * 97 + dist.rank)
         model.train()
@@ -118,16 +126,21 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         if args.log_every and (state.step % args.log_every == 0 or state.step == 1):
             record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s)
         done = state.step == args.steps
+        stop = False
         if (args.eval_every and state.step % args.eval_every == 0) or done:
-            record.update({f"eval_{k}": v for k, v in evaluate(model, task, dist, amp).items()})
+            metrics = evaluate(model, task, dist, amp)
+            record.update({f"eval_{k}": v for k, v in metrics.items()})
+            stop = on_eval is not None and bool(on_eval(state.step, metrics)) and not done
         if record and log is not None:
             log.write(json.dumps({"step": state.step, **record}) + "\n")
             log.flush()
         last.update(record)
-        if (args.save_every and state.step % args.save_every == 0) or done:
+        if (args.save_every and state.step % args.save_every == 0) or done or stop:
             if dist.main:
                 save_checkpoint(run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir)
             barrier(dist)
+        if stop:
+            break
     bar.close()
     final = {"step": state.step, "tokens": state.tokens, **{k: v for k, v in last.items() if k.startswith("eval_")}}
     if log is not None:
