@@ -1,0 +1,75 @@
+"""`encoderforge predict RUN texts.txt`: a fine-tuned run directory + texts -> predictions (JSONL), served by the
+padding-free inference Engine (token-budget batches, unpadded forward) with the task's head on top."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import atomic_file
+from encoderforge.inference.engine import Engine
+from encoderforge.inference.textio import read_lines
+from encoderforge.model import checkpoint
+from encoderforge.tasks.registry import TASKS
+from encoderforge.tokenization import load_tokenizer
+
+
+@dataclass
+class Predictor:
+    """A loaded run: the engine (encoder + tokenizer), the task head and task.json.
+
+    Example:
+        >>> p = Predictor.load("runs/r8")
+        >>> p.predict(["oil prices rose sharply"])[0]["label"]
+        'crude'
+    """
+
+    engine: Engine
+    head: object
+    meta: dict
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, max_tokens: int = 8192) -> "Predictor":
+        run = Path(run_dir)
+        meta_file = run / "task.json"
+        if not meta_file.exists():
+            raise EncoderforgeError(f"{meta_file}: missing; pass a run directory written by `encoderforge finetune`")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        spec = TASKS.get(meta.get("kind", ""))
+        if spec is None:
+            raise EncoderforgeError(f"{meta_file}: unknown task kind {meta.get('kind')!r}; expected one of {sorted(TASKS)}")
+        loaded = checkpoint.load(run / "model")
+        state = {k[len("head."):]: v for k, v in loaded.extra.items() if k.startswith("head.")}
+        if not state:
+            raise EncoderforgeError(f"{run / 'model'}: the checkpoint holds no task head (head.* tensors); it is not a "
+                                    "fine-tuned model")
+        head = spec.load_head(loaded.encoder.cfg, meta, state)
+        engine = Engine(loaded.encoder, load_tokenizer(run / "model"), max_tokens=max(max_tokens, meta["max_length"]),
+                        max_length=meta["max_length"])
+        return cls(engine=engine, head=head, meta=meta)
+
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """One dict per text, in input order: {"label", "score", "scores"} (classify), {"labels", "scores"}
+        (multilabel) or {"tokens", "tags", "entities"} (ner; texts split on whitespace)."""
+        if not texts:
+            return []
+        return TASKS[self.meta["kind"]].predict(self.engine, self.head, self.meta, texts)
+
+
+def predict_file(run_dir: str | Path, input: str | Path, out: str | Path, *, max_tokens: int = 8192) -> int:
+    """Predict every non-empty line of `input` ('-' = stdin) and write JSONL ({"text", ...prediction}) to `out`.
+
+    Returns:
+        the number of predictions written.
+    """
+    texts = [t for t in read_lines(input) if t.strip()]
+    if not texts:
+        raise EncoderforgeError(f"{input}: no non-empty lines to predict")
+    preds = Predictor.load(run_dir, max_tokens=max_tokens).predict(texts)
+    with atomic_file(out, "w", encoding="utf-8") as f:
+        for text, p in zip(texts, preds):
+            f.write(json.dumps({"text": text, **p}, ensure_ascii=False) + "\n")
+    return len(preds)

@@ -1,0 +1,16 @@
+"""Fine-tuning task kinds by CLI name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from encoderforge.tasks import classification, multilabel, ner
+from encoderforge.tasks.spec import TaskSpec
+
+TaskKind = Literal["classify", "multilabel", "ner"]
+
+TASKS: dict[str, TaskSpec] = {
+    "classify": classification.SPEC,
+    "multilabel": multilabel.SPEC,
+    "ner": ner.SPEC,
+}

@@ -1,0 +1,146 @@
+"""Shared by the fine-tuning tasks: texts -> token windows (chunk-with-overlap for long documents), packed batches
+with no padding, and resume-exact shuffled epochs.
+
+Shapes: D documents in a batch, S chunks (sequences), N real tokens of all chunks back to back, C hidden, L labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from encoderforge import EncoderforgeError
+
+ChunkPooling = Literal["mean", "max"]
+
+
+@dataclass
+class Encoded:
+    """Token windows of a list of documents: windows of document d are those with doc[i] == d."""
+
+    ids: list[list[int]]  # one [CLS] ... [SEP] window each
+    doc: list[int]  # (S,) the document of each window
+    num_docs: int
+    truncated: int  # documents whose tail was dropped (more windows than max_chunks)
+
+
+def special_ids(tok: Tokenizer) -> tuple[int, int]:
+    """[CLS] and [SEP] ids of a BERT-style tokenizer."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is None or sep is None:
+        raise EncoderforgeError("the tokenizer has no [CLS]/[SEP] tokens; fine-tuning needs a BERT-style WordPiece tokenizer")
+    return cls, sep
+
+
+def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int, *, max_chunks: int = 1,
+                 stride: int = 64) -> Encoded:
+    """Tokenize documents (one text, or a pair) into [CLS] ... [SEP] windows of at most `max_length` tokens.
+
+    Long single texts are split into up to `max_chunks` windows overlapping by `stride` tokens (so no sentence is
+    only seen cut at a window edge); max_chunks=1 keeps the head, as plain truncation does. Pairs are truncated
+    longest-first into one `[CLS] a [SEP] b [SEP]` window.
+    """
+    cls, sep = special_ids(tok)
+    body = max_length - 2
+    if body < 8 or (max_chunks > 1 and not 0 <= stride < body):
+        raise EncoderforgeError(f"max_length={max_length} with chunk stride={stride}: need max_length >= 10 and "
+                                "0 <= stride < max_length - 2 (lower --stride)")
+    ids: list[list[int]] = []
+    doc: list[int] = []
+    truncated = 0
+    saved = tok.truncation  # the Engine enables truncation on its tokenizer; restore whatever was set
+    try:
+        if texts and len(texts[0]) == 2:
+            tok.enable_truncation(max_length, strategy="longest_first")
+            for d, enc in enumerate(tok.encode_batch([tuple(t) for t in texts])):
+                ids.append(enc.ids)
+                doc.append(d)
+                truncated += bool(enc.overflowing)
+            return Encoded(ids, doc, len(texts), truncated)
+        tok.no_truncation()
+        pieces = tok.encode_batch([t[0] for t in texts], add_special_tokens=False)
+    finally:
+        tok.no_truncation()
+        if saved:
+            tok.enable_truncation(**saved)
+    step = body - stride if max_chunks > 1 else body
+    for d, enc in enumerate(pieces):
+        p = enc.ids
+        n = 1 if len(p) <= body else 1 + math.ceil((len(p) - body) / step)
+        truncated += n > max_chunks
+        for c in range(min(n, max_chunks)):
+            ids.append([cls, *p[c * step: c * step + body], sep])
+            doc.append(d)
+    return Encoded(ids, doc, len(texts), truncated)
+
+
+@dataclass
+class SeqBatch:
+    """Chunks of D documents packed back to back (no padding) with per-document targets."""
+
+    input_ids: torch.Tensor  # (N,) int64
+    lengths: torch.Tensor  # (S,) int64 window lengths
+    doc: torch.Tensor  # (S,) int64 document index in 0..D-1
+    targets: torch.Tensor  # (D,) int64 class, (D, L) float multi-hot or (D,) float value
+
+    def to(self, device: torch.device | str) -> "SeqBatch":
+        return SeqBatch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.lengths, self.doc, self.targets)))
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.targets.shape[0])
+
+
+def make_batch(enc: Encoded, by_doc: list[list[int]], docs: Sequence[int], targets: torch.Tensor) -> SeqBatch:
+    """Pack the windows of documents `docs` (indices into enc) into one SeqBatch; `targets` is indexed by doc."""
+    win = [w for d in docs for w in by_doc[d]]
+    doc = [j for j, d in enumerate(docs) for _ in by_doc[d]]
+    flat = torch.tensor([t for w in win for t in enc.ids[w]], dtype=torch.long)
+    lengths = torch.tensor([len(enc.ids[w]) for w in win], dtype=torch.long)
+    return SeqBatch(flat, lengths, torch.tensor(doc, dtype=torch.long), targets[list(docs)])
+
+
+def windows_by_doc(enc: Encoded) -> list[list[int]]:
+    by_doc: list[list[int]] = [[] for _ in range(enc.num_docs)]
+    for w, d in enumerate(enc.doc):
+        by_doc[d].append(w)
+    return by_doc
+
+
+def pool_chunks(logits: torch.Tensor, doc: torch.Tensor, num_docs: int, mode: ChunkPooling = "mean") -> torch.Tensor:
+    """(S, L) window logits -> (D, L) document logits by mean or max over each document's windows."""
+    if logits.shape[0] == num_docs:
+        return logits  # one window per document (the common case): nothing to pool
+    out = logits.new_zeros(num_docs, logits.shape[1])
+    index = doc[:, None].expand_as(logits)  # (S, L)
+    return out.scatter_reduce(0, index, logits, reduce="mean" if mode == "mean" else "amax", include_self=False)
+
+
+def steps_per_epoch(n: int, batch_rows: int) -> int:
+    return max(1, math.ceil(n / batch_rows))
+
+
+def epoch_steps(n: int, batch_rows: int, micro_rows: int, seed: int, start_step: int, *, rank: int = 0,
+                world: int = 1) -> Iterator[list[list[int]]]:
+    """From optimizer step `start_step` on: this process's micro-batches of example indices, each epoch a fresh
+    permutation seeded by (seed, epoch), so resuming at any step replays exactly the same stream."""
+    per = steps_per_epoch(n, batch_rows)
+    step = start_step
+    while True:
+        epoch, k = divmod(step, per)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        mine = order[k * batch_rows:(k + 1) * batch_rows][rank::world].tolist()
+        micro = micro_rows or len(mine) or 1
+        yield [mine[i:i + micro] for i in range(0, len(mine), micro)]
+        step += 1
+
+
+def fixed_batches(n: int, batch_rows: int, *, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Evaluation batches: every example once, in order, split over processes."""
+    mine = list(range(rank, n, world))
+    return [mine[i:i + batch_rows] for i in range(0, len(mine), batch_rows)]

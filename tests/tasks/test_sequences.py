@@ -1,0 +1,50 @@
+"""Windows, chunk pooling and resume-exact epochs shared by the fine-tuning tasks."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from encoderforge.tasks.sequences import encode_texts, epoch_steps, pool_chunks
+from encoderforge.tokenization import load_tokenizer
+
+
+def test_long_text_becomes_overlapping_windows(minilm_path, bbc_rows):
+    tok = load_tokenizer(minilm_path)
+    text = bbc_rows[0][1]
+    pieces = tok.encode(text, add_special_tokens=False).ids
+    assert len(pieces) > 60
+    enc = encode_texts(tok, [(text,), ("short one",)], 32, max_chunks=100, stride=10)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    windows = [w for w, d in zip(enc.ids, enc.doc) if d == 0]
+    assert all(w[0] == cls and w[-1] == sep and len(w) <= 32 for w in windows)
+    step = 30 - 10  # body - overlap
+    for c, w in enumerate(windows):
+        assert w[1:-1] == pieces[c * step: c * step + 30]
+    assert windows[-1][1:-1][-1] == pieces[-1]  # nothing lost at the end
+    assert windows[0][-11:-1] == windows[1][1:11]  # consecutive windows overlap by `stride` tokens
+    assert enc.doc[-1] == 1 and enc.num_docs == 2 and enc.truncated == 0
+    head = encode_texts(tok, [(text,)], 32, max_chunks=2, stride=10)
+    assert len(head.ids) == 2 and head.truncated == 1
+    assert tok.truncation is None  # the tokenizer is left as it was
+
+
+def test_pool_chunks_mean_and_max():
+    logits = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 5.0]])
+    doc = torch.tensor([0, 0, 1])
+    assert pool_chunks(logits, doc, 2, "mean").tolist() == [[2.0, 1.0], [5.0, 5.0]]
+    assert pool_chunks(logits, doc, 2, "max").tolist() == [[3.0, 2.0], [5.0, 5.0]]
+    assert pool_chunks(logits[:2], torch.tensor([0, 1]), 2, "mean") is not None
+
+
+def test_epochs_cover_every_example_and_resume_exactly():
+    stream = [sum(m, []) for m in itertools.islice(epoch_steps(10, 4, 2, seed=3, start_step=0), 9)]  # 3 steps/epoch
+    for e in range(3):
+        epoch = stream[3 * e: 3 * e + 3]
+        assert sorted(sum(epoch, [])) == list(range(10))  # each epoch: every example once (last batch short)
+    assert stream[0:3] != stream[3:6]  # a new order each epoch
+    resumed = [sum(m, []) for m in itertools.islice(epoch_steps(10, 4, 2, seed=3, start_step=4), 5)]
+    assert resumed == stream[4:9]
+    ranks = [next(epoch_steps(10, 4, 0, seed=3, start_step=0, rank=r, world=2)) for r in (0, 1)]
+    assert sorted(sum(ranks[0] + ranks[1], [])) == sorted(stream[0])
