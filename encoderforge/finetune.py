@@ -154,7 +154,7 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
         raise EncoderforgeError("no training data; pass --train FILE")
     if dev_ds is None:
         train_ds, dev_ds = split_dev(train_ds, args.dev_fraction, args.seed)
-    labels = list(schema.labels) if schema.labels else spec.labels_from(train_ds)
+    labels = list(schema.labels) if schema.labels else spec.labels_from(train_ds, dev_ds, test_ds)
     for ds in (dev_ds, test_ds):
         if ds is not None:
             spec.check_labels(ds, labels)

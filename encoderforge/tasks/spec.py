@@ -35,11 +35,16 @@ class TaskSpec:
     load_head: Callable[..., Any]
     predict: Callable[..., list[dict]]
 
-    def labels_from(self, ds: Dataset) -> list[str]:
-        """The label set of a training file: sorted names (tags for NER, with "O" first)."""
+    def labels_from(self, ds: Dataset, *others: Dataset | None) -> list[str]:
+        """The label set: sorted names seen in the training file. For tags, every entity type seen in any given
+        file as a B-/I- pair after "O" (a cross-validation fold may lack a rare type, and the output space is not
+        training data)."""
         labels = ds.label_set()
-        if self.label_type == "tags" and "O" in labels:
-            labels = ["O", *[t for t in labels if t != "O"]]
+        if self.label_type == "tags":
+            seen = set(labels).union(*(o.label_set() for o in others if o is not None))
+            types = sorted({t[2:] for t in seen if t != "O" and len(t) > 2})
+            extra = sorted(t for t in seen if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-")))
+            return ["O", *extra, *[f"{p}-{t}" for t in types for p in "BI"]]  # `extra` (non-BIO) fails check_bio
         if self.label_type == "class" and len(labels) < 2:
             raise EncoderforgeError(f"{ds.path}: only {len(labels)} label(s) {labels}; classification needs at least two")
         return labels
