@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from encoderforge import EncoderforgeError
+from encoderforge.inference.cpu_pack import pack_for_cpu
 from encoderforge.model.checkpoint import load
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
@@ -44,14 +45,17 @@ class Engine:
             activation memory whatever the number of texts.
         max_length: longest sequence in tokens (incl. [CLS]/[SEP]); default the model's max_position.
         truncate: cut longer texts at max_length (listed in `EncodedTexts.truncated`); if False they raise.
+        pack: on CPU, run fp32 linear layers through pre-packed oneDNN kernels (`inference.cpu_pack`); the
+            engine then works on its own copy of the encoder.
     Example:
         >>> eng = Engine.from_pretrained("path/to/minilm")
         >>> vecs = eng.embed(["a sentence", "another one"])   # (2, 384) float32, L2-normalized
     """
 
     def __init__(self, encoder: Encoder, tokenizer, *, max_tokens: int = 8192, max_length: int | None = None,
-                 truncate: bool = True):
-        self.encoder = encoder.set_attention("varlen").eval()
+                 truncate: bool = True, pack: bool = True):
+        on_cpu = next(encoder.parameters()).device.type == "cpu"
+        self.encoder = (pack_for_cpu(encoder) if pack and on_cpu else encoder).set_attention("varlen").eval()
         self.tokenizer = tokenizer
         self.max_length = int(max_length or encoder.cfg.max_position)
         if self.max_length > encoder.cfg.max_position and encoder.cfg.position == "learned":
