@@ -122,7 +122,7 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
     """Fine-tune `model` on a task and write a run directory (see the module docstring).
 
     Args:
-        task: "classify", "multilabel" or "ner".
+        task: "classify" (one text or a pair), "multilabel", "ner" or "regress" (one text or a pair).
         model: a checkpoint directory (ours or Hugging Face BERT) or a zoo name such as "minilm-l6".
         train / dev / test: labelled files (.csv/.tsv/.jsonl/.tab/CoNLL) or Datasets; without dev, a stratified
             `args.dev_fraction` of train is held out; without test, no test score is reported.
@@ -207,7 +207,7 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
         head = {f"head.{k}": v for k, v in net.head.state_dict().items()}
         checkpoint.save(net.encoder, run / "model", tokenizer_dir=model_dir, extra=head)
         with atomic_file(run / "task.json") as f:
-            json.dump({"kind": task, "labels": labels, **spec.task_json(args), **extra_json,
+            json.dump({"kind": task, "labels": labels, "text_fields": len(schema.text_fields), **spec.task_json(args), **extra_json,
                        "source_model": str(model)}, f, indent=2)
         with atomic_file(run / "metrics.json") as f:
             json.dump(metrics, f, indent=2)

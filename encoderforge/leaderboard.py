@@ -12,7 +12,7 @@ from encoderforge.fileio import atomic_file
 
 # per task kind: the metrics shown, primary first
 COLUMNS = {"classify": ("accuracy", "macro_f1"), "multilabel": ("micro_f1", "macro_f1", "exact_match"),
-           "ner": ("f1", "precision", "recall")}
+           "ner": ("f1", "precision", "recall"), "regress": ("pearson", "spearman")}
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from encoderforge import EncoderforgeError
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import Pooling, SequenceClassifier
 from encoderforge.model.padding import layout_from_lengths, pad
@@ -181,11 +182,24 @@ def _load_head(cfg, meta: dict, state: dict[str, torch.Tensor]) -> SequenceClass
     return head.eval()
 
 
+def split_pairs(texts: Sequence[str], fields: int) -> list[tuple[str, ...]]:
+    """Input lines as model inputs: the line itself, or for pair models `text a<TAB>text b`."""
+    if fields == 1:
+        return [(t,) for t in texts]
+    out = []
+    for i, t in enumerate(texts, 1):
+        a, tab, b = t.partition("\t")
+        if not tab or not a.strip() or not b.strip():
+            raise EncoderforgeError(f"line {i}: this model reads sentence pairs; write each as `text a<TAB>text b`")
+        out.append((a, b))
+    return out
+
+
 @torch.inference_mode()
 def document_logits(engine, head: nn.Module, meta: dict, texts: Sequence[str]) -> np.ndarray:
     """(D, L) logits of raw texts through the inference Engine's padding-free forward, windows pooled per text."""
-    enc = encode_texts(engine.tokenizer, [(t,) for t in texts], meta["max_length"], max_chunks=meta["max_chunks"],
-                       stride=meta["stride"])
+    enc = encode_texts(engine.tokenizer, split_pairs(texts, meta.get("text_fields", 1)), meta["max_length"],
+                       max_chunks=meta["max_chunks"], stride=meta["stride"])
     window = torch.zeros(len(enc.ids), len(meta["labels"]))
     for idx, hidden, mask in engine._forward(enc.ids):
         window[idx] = head(hidden, mask).float()  # (B, L)

@@ -43,7 +43,8 @@ def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int
 
     Long single texts are split into up to `max_chunks` windows overlapping by `stride` tokens (so no sentence is
     only seen cut at a window edge); max_chunks=1 keeps the head, as plain truncation does. Pairs are truncated
-    longest-first into one `[CLS] a [SEP] b [SEP]` window.
+    longest-first into one `[CLS] a [SEP] b [SEP]` window whose token types are all 0: [SEP] marks the boundary
+    (as in RoBERTa), so the inference Engine, which serves single segments, sees what training saw.
     """
     cls, sep = special_ids(tok)
     body = max_length - 2
