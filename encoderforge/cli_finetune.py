@@ -1,4 +1,4 @@
-"""CLI: `encoderforge finetune classify|multilabel|ner|regress`, `encoderforge predict`, `encoderforge eval` (thin maps to
+"""CLI: `encoderforge finetune classify|multilabel|ner|regress|qa`, `encoderforge predict`, `encoderforge eval` (thin maps to
 encoderforge.finetune.finetune, encoderforge.predict.predict_file and encoderforge.leaderboard.leaderboard).
 
 The main app registers them with:
@@ -45,7 +45,7 @@ def _run(task: str, model: str, train: Path, dev: Optional[Path], test: Optional
     from encoderforge.data.readers import Schema
     from encoderforge.finetune import FinetuneArgs, finetune
 
-    label_type = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float"}[task]
+    label_type = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float", "qa": "span"}[task]
     with fail_on_error():
         schema = Schema(text_fields=tuple(text_field), label_field=label_field, label_type=label_type,  # type: ignore[arg-type]
                         labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None, label_sep=label_sep)
@@ -158,6 +158,23 @@ def regress(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, 
          weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers, reinit_layers=reinit_layers,
          patience=patience, evals_per_epoch=evals_per_epoch, pooling=pooling, dev_fraction=dev_fraction, seed=seed,
          threads=threads)
+
+
+@finetune_app.command("qa")
+def qa(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, out: Path = OUT,
+       overwrite: bool = OVERWRITE, max_length: int = typer.Option(256, "--max-length", help="Tokens per window."),
+       stride: int = typer.Option(64, "--stride", help="Overlap of consecutive context windows (doc stride)."),
+       epochs: float = EPOCHS, batch_size: int = BATCH, micro_batch: int = MICRO, lr: float = LR,
+       warmup_ratio: float = WARMUP, weight_decay: float = WD, lr_decay: float = LR_DECAY, freeze_layers: int = FREEZE,
+       reinit_layers: int = REINIT, patience: int = PATIENCE, evals_per_epoch: int = EVALS,
+       dev_fraction: float = DEV_FRACTION, seed: int = SEED, threads: int = THREADS) -> None:
+    """Extractive QA on SQuAD-style JSONL {question, context, answers: [{text, start}]}; EM and F1.
+    Predict reads `question<TAB>context` lines."""
+    _run("qa", model, train, dev, test, out, ["question", "context"], "answers", None, "|", overwrite,
+         max_length=max_length, stride=stride, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
+         warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers,
+         reinit_layers=reinit_layers, patience=patience, evals_per_epoch=evals_per_epoch, dev_fraction=dev_fraction,
+         seed=seed, threads=threads)
 
 
 @app.command("predict")

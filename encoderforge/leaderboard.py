@@ -12,7 +12,8 @@ from encoderforge.fileio import atomic_file
 
 # per task kind: the metrics shown, primary first
 COLUMNS = {"classify": ("accuracy", "macro_f1"), "multilabel": ("micro_f1", "macro_f1", "exact_match"),
-           "ner": ("f1", "precision", "recall"), "regress": ("pearson", "spearman")}
+           "ner": ("f1", "precision", "recall"), "regress": ("pearson", "spearman"),
+           "qa": ("f1", "exact_match")}
 
 
 @dataclass

@@ -53,7 +53,8 @@ class Predictor:
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """One dict per text, in input order: {"label", "score", "scores"} (classify), {"labels", "scores"}
-        (multilabel) or {"tokens", "tags", "entities"} (ner; texts split on whitespace)."""
+        (multilabel), {"tokens", "tags", "entities"} (ner; texts split on whitespace), {"value"} (regress) or
+        {"answer", "start", "end"} (qa). Pair and QA models read `text a<TAB>text b` / `question<TAB>context`."""
         if not texts:
             return []
         return TASKS[self.meta["kind"]].predict(self.engine, self.head, self.meta, texts)

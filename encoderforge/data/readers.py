@@ -23,7 +23,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from encoderforge import EncoderforgeError
 
-LabelType = Literal["class", "multilabel", "float", "tags"]
+LabelType = Literal["class", "multilabel", "float", "tags", "span"]
 Format = Literal["csv", "tsv", "jsonl", "tab", "conll"]
 _SUFFIX: dict[str, Format] = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".tab": "tab", ".conll": "conll",
                               ".bio": "conll", ".iob": "conll"}
@@ -37,7 +37,7 @@ class Schema:
         text_fields: one text column, or two for sentence pairs; for "tags" the tokens field.
         label_field: the label column (for "tags": the tags field of JSONL; CoNLL has no names).
         label_type: "class" (one label), "multilabel" (a list, or `label_sep`-joined in CSV/TSV/tab),
-            "float" (regression) or "tags" (one tag per token).
+            "float" (regression), "tags" (one tag per token) or "span" (extractive QA: read_qa's JSONL).
         labels: the allowed labels; None = whatever the training file holds.
         label_sep: separator of multi-label cells in CSV/TSV/tab files.
     """
@@ -49,16 +49,18 @@ class Schema:
     label_sep: str = "|"
 
     def __post_init__(self) -> None:
-        if self.label_type not in ("class", "multilabel", "float", "tags"):
-            raise EncoderforgeError(f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float' or 'tags'")
+        if self.label_type not in ("class", "multilabel", "float", "tags", "span"):
+            raise EncoderforgeError(f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float', 'tags' "
+                                    "or 'span'")
         if not 1 <= len(self.text_fields) <= 2:
             raise EncoderforgeError(f"schema.text_fields={list(self.text_fields)}: give one text field or two (pairs)")
 
 
 @dataclass
 class Example:
-    """One labelled example. `label` is a str ("class"), list[str] ("multilabel"), float ("float") or a list of
-    tags, one per token ("tags"; then `texts` holds the tokens)."""
+    """One labelled example. `label` is a str ("class"), list[str] ("multilabel"), float ("float"), a list of
+    tags, one per token ("tags"; then `texts` holds the tokens) or [(answer, start char)] ("span"; texts =
+    (question, context))."""
 
     texts: tuple[str, ...] | list[str]
     label: Any
@@ -97,6 +99,8 @@ def read_dataset(path: str | Path, schema: Schema, *, fmt: Format | None = None)
         >>> ds = read_dataset("train.csv", Schema(text_fields=("text",), label_field="topic"))
     """
     path = Path(path)
+    if schema.label_type == "span":  # QA: (question, context) texts, [(answer, start char)] labels
+        return Dataset(path, schema, [Example((q.question, q.context), q.answers, q.where) for q in read_qa(path)])
     if not path.is_file():
         raise EncoderforgeError(f"{path}: no such file; pass a .csv, .tsv, .jsonl, .tab or CoNLL file")
     fmt = fmt or _SUFFIX.get(path.suffix.lower()) or ("conll" if schema.label_type == "tags" else None)
@@ -298,3 +302,44 @@ def from_records(records: Sequence[tuple[Any, Any]], schema: Schema, *, name: st
             obj = {**dict(zip(schema.text_fields, texts)), schema.label_field: label}
         examples.append(_example(obj, Path(name), i, schema))
     return Dataset(Path(name), schema, examples)
+
+
+@dataclass
+class QAExample:
+    """One extractive QA example: the answer(s) are character spans of `context` (SQuAD style)."""
+
+    question: str
+    context: str
+    answers: list[tuple[str, int]]  # (text, start character); empty = no answer in the context
+    where: str
+
+
+def read_qa(path: str | Path) -> list[QAExample]:
+    """Read SQuAD-style JSONL: {"question", "context", "answers": [{"text", "start"}, ...]} per line.
+
+    Every answer must be the context's text at its start offset; a mismatch names the file, line and answer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderforgeError(f"{path}: no such file; pass a JSONL file of {{question, context, answers}}")
+    out = []
+    for line, obj in _jsonl_rows(_decode(path), path):
+        where = f"{path}:{line}"
+        for name in ("question", "context"):
+            if not isinstance(obj.get(name), str) or not obj[name].strip():
+                raise EncoderforgeError(f"{where}: field {name!r} is missing or empty")
+        answers = obj.get("answers", [])
+        if not isinstance(answers, list):
+            raise EncoderforgeError(f"{where}: field 'answers' must be a list of {{text, start}}")
+        spans = []
+        for j, a in enumerate(answers):
+            if not (isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("start"), int)):
+                raise EncoderforgeError(f"{where}: answers[{j}] must be {{\"text\": str, \"start\": int}}, got {a!r:.60}")
+            if obj["context"][a["start"]: a["start"] + len(a["text"])] != a["text"]:
+                raise EncoderforgeError(f"{where}: answers[{j}] {a['text']!r:.40} is not the context's text at character "
+                                        f"{a['start']}; fix the offset")
+            spans.append((a["text"], a["start"]))
+        out.append(QAExample(obj["question"], obj["context"], spans, where))
+    if not out:
+        raise EncoderforgeError(f"{path}: holds no examples")
+    return out

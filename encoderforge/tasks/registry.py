@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from encoderforge.tasks import classification, multilabel, ner, pairs
+from encoderforge.tasks import classification, multilabel, ner, pairs, qa
 from encoderforge.tasks.spec import TaskSpec
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa"]
 
 TASKS: dict[str, TaskSpec] = {
     "classify": classification.SPEC,
     "multilabel": multilabel.SPEC,
     "ner": ner.SPEC,
     "regress": pairs.SPEC,
+    "qa": qa.SPEC,
 }
