@@ -78,6 +78,8 @@ WD = typer.Option(0.01, "--weight-decay", help="AdamW weight decay on matrices."
 LR_DECAY = typer.Option(1.0, "--lr-decay", help="Layer-wise LR decay per layer below the head (1 = off).")
 FREEZE = typer.Option(0, "--freeze-layers", help="Freeze embeddings + this many lowest layers.")
 REINIT = typer.Option(0, "--reinit-layers", help="Re-initialise this many top layers.")
+LORA_RANK = typer.Option(0, "--lora-rank", help="Train LoRA adapters of this rank on the frozen encoder (0 = off).")
+LORA_ALPHA = typer.Option(16.0, "--lora-alpha", help="LoRA scale numerator (update scaled by alpha / rank).")
 PATIENCE = typer.Option(0, "--patience", help="Stop after this many evaluations without dev improvement (0 = off).")
 EVALS = typer.Option(1, "--evals-per-epoch", help="Dev evaluations per epoch.")
 SEED = typer.Option(0, "--seed", help="Seed for initialisation, data order and dropout.")
@@ -91,7 +93,8 @@ def classify(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV,
              label_field: str = LABEL_FIELD, labels: Optional[str] = LABELS, overwrite: bool = OVERWRITE,
              max_length: int = MAX_LENGTH, epochs: float = EPOCHS, batch_size: int = BATCH, micro_batch: int = MICRO,
              lr: float = LR, warmup_ratio: float = WARMUP, weight_decay: float = WD, lr_decay: float = LR_DECAY,
-             freeze_layers: int = FREEZE, reinit_layers: int = REINIT, patience: int = PATIENCE, evals_per_epoch: int = EVALS,
+             freeze_layers: int = FREEZE, reinit_layers: int = REINIT,
+        lora_rank: int = LORA_RANK, lora_alpha: float = LORA_ALPHA, patience: int = PATIENCE, evals_per_epoch: int = EVALS,
              pooling: Pooling = typer.Option(Pooling.mean, help="Window vector: mean of tokens or [CLS]."),
              max_chunks: int = typer.Option(1, "--max-chunks", help="Windows per long document (1 = truncate)."),
              stride: int = typer.Option(64, "--stride", help="Overlap of consecutive windows in tokens."),
@@ -102,6 +105,7 @@ def classify(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV,
     _run("classify", model, train, dev, test, out, text_field, label_field, labels, "|", overwrite, max_length=max_length,
          epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, warmup_ratio=warmup_ratio,
          weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers, reinit_layers=reinit_layers,
+         lora_rank=lora_rank, lora_alpha=lora_alpha,
          patience=patience, evals_per_epoch=evals_per_epoch, pooling=pooling, max_chunks=max_chunks, stride=stride,
          chunk_pooling=chunk_pooling, class_weight=class_weight, dev_fraction=dev_fraction, seed=seed, threads=threads)
 
@@ -113,6 +117,7 @@ def multilabel(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DE
                overwrite: bool = OVERWRITE, max_length: int = MAX_LENGTH, epochs: float = EPOCHS, batch_size: int = BATCH,
                micro_batch: int = MICRO, lr: float = LR, warmup_ratio: float = WARMUP, weight_decay: float = WD,
                lr_decay: float = LR_DECAY, freeze_layers: int = FREEZE, reinit_layers: int = REINIT,
+        lora_rank: int = LORA_RANK, lora_alpha: float = LORA_ALPHA,
                patience: int = PATIENCE, evals_per_epoch: int = EVALS,
                pooling: Pooling = typer.Option(Pooling.mean, help="Window vector: mean of tokens or [CLS]."),
                max_chunks: int = typer.Option(1, "--max-chunks", help="Windows per long document (1 = truncate)."),
@@ -123,7 +128,8 @@ def multilabel(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DE
     _run("multilabel", model, train, dev, test, out, text_field, label_field, labels, label_sep, overwrite,
          max_length=max_length, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
          warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers,
-         reinit_layers=reinit_layers, patience=patience, evals_per_epoch=evals_per_epoch, pooling=pooling,
+         reinit_layers=reinit_layers,
+         lora_rank=lora_rank, lora_alpha=lora_alpha, patience=patience, evals_per_epoch=evals_per_epoch, pooling=pooling,
          max_chunks=max_chunks, stride=stride, chunk_pooling=chunk_pooling, dev_fraction=dev_fraction, seed=seed,
          threads=threads)
 
@@ -133,12 +139,14 @@ def ner(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, test
         labels: Optional[str] = LABELS, overwrite: bool = OVERWRITE, max_length: int = MAX_LENGTH, epochs: float = EPOCHS,
         batch_size: int = BATCH, micro_batch: int = MICRO, lr: float = LR, warmup_ratio: float = WARMUP,
         weight_decay: float = WD, lr_decay: float = LR_DECAY, freeze_layers: int = FREEZE, reinit_layers: int = REINIT,
+        lora_rank: int = LORA_RANK, lora_alpha: float = LORA_ALPHA,
         patience: int = PATIENCE, evals_per_epoch: int = EVALS, dev_fraction: float = DEV_FRACTION, seed: int = SEED,
         threads: int = THREADS) -> None:
     """Token classification with BIO tags (CoNLL `token<TAB>tag` or JSONL {"tokens", "tags"}); seqeval entity F1."""
     _run("ner", model, train, dev, test, out, ["text"], "label", labels, "|", overwrite, max_length=max_length,
          epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, warmup_ratio=warmup_ratio,
          weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers, reinit_layers=reinit_layers,
+         lora_rank=lora_rank, lora_alpha=lora_alpha,
          patience=patience, evals_per_epoch=evals_per_epoch, dev_fraction=dev_fraction, seed=seed, threads=threads)
 
 
@@ -148,7 +156,8 @@ def regress(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, 
             label_field: str = LABEL_FIELD, overwrite: bool = OVERWRITE, max_length: int = MAX_LENGTH,
             epochs: float = EPOCHS, batch_size: int = BATCH, micro_batch: int = MICRO, lr: float = LR,
             warmup_ratio: float = WARMUP, weight_decay: float = WD, lr_decay: float = LR_DECAY,
-            freeze_layers: int = FREEZE, reinit_layers: int = REINIT, patience: int = PATIENCE,
+            freeze_layers: int = FREEZE, reinit_layers: int = REINIT,
+        lora_rank: int = LORA_RANK, lora_alpha: float = LORA_ALPHA, patience: int = PATIENCE,
             evals_per_epoch: int = EVALS,
             pooling: Pooling = typer.Option(Pooling.mean, help="Window vector: mean of tokens or [CLS]."),
             dev_fraction: float = DEV_FRACTION, seed: int = SEED, threads: int = THREADS) -> None:
@@ -156,6 +165,7 @@ def regress(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, 
     _run("regress", model, train, dev, test, out, text_field, label_field, None, "|", overwrite, max_length=max_length,
          epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, warmup_ratio=warmup_ratio,
          weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers, reinit_layers=reinit_layers,
+         lora_rank=lora_rank, lora_alpha=lora_alpha,
          patience=patience, evals_per_epoch=evals_per_epoch, pooling=pooling, dev_fraction=dev_fraction, seed=seed,
          threads=threads)
 
@@ -166,14 +176,16 @@ def qa(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, test:
        stride: int = typer.Option(64, "--stride", help="Overlap of consecutive context windows (doc stride)."),
        epochs: float = EPOCHS, batch_size: int = BATCH, micro_batch: int = MICRO, lr: float = LR,
        warmup_ratio: float = WARMUP, weight_decay: float = WD, lr_decay: float = LR_DECAY, freeze_layers: int = FREEZE,
-       reinit_layers: int = REINIT, patience: int = PATIENCE, evals_per_epoch: int = EVALS,
+       reinit_layers: int = REINIT,
+        lora_rank: int = LORA_RANK, lora_alpha: float = LORA_ALPHA, patience: int = PATIENCE, evals_per_epoch: int = EVALS,
        dev_fraction: float = DEV_FRACTION, seed: int = SEED, threads: int = THREADS) -> None:
     """Extractive QA on SQuAD-style JSONL {question, context, answers: [{text, start}]}; EM and F1.
     Predict reads `question<TAB>context` lines."""
     _run("qa", model, train, dev, test, out, ["question", "context"], "answers", None, "|", overwrite,
          max_length=max_length, stride=stride, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
          warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_decay=lr_decay, freeze_layers=freeze_layers,
-         reinit_layers=reinit_layers, patience=patience, evals_per_epoch=evals_per_epoch, dev_fraction=dev_fraction,
+         reinit_layers=reinit_layers,
+         lora_rank=lora_rank, lora_alpha=lora_alpha, patience=patience, evals_per_epoch=evals_per_epoch, dev_fraction=dev_fraction,
          seed=seed, threads=threads)
 
 

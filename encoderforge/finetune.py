@@ -33,6 +33,7 @@ from encoderforge.tasks.sequences import steps_per_epoch
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import setup, teardown
+from encoderforge.training.lora import apply_lora, merge_lora
 from encoderforge.training.loop import train as run_loop
 from encoderforge.training.params import freeze_lower, param_groups, reinit_top
 
@@ -50,6 +51,8 @@ class FinetuneArgs:
         lr_decay: layer-wise LR decay factor per layer below the head (1 = off; 0.8-0.95 typical).
         freeze_layers: freeze the embeddings and this many lowest layers (0 = none).
         reinit_layers: re-initialise this many top layers before training.
+        lora_rank / lora_alpha: train LoRA adapters of this rank (scaled by alpha / rank) on every linear layer of
+            the frozen encoder, merged into the weights before saving (0 = full fine-tuning).
         patience: stop after this many evaluations without dev improvement (0 = never stop early).
         evals_per_epoch: dev evaluations per epoch (the best one is kept).
         pooling: how a window becomes a vector: "mean" (sentence-transformers models) or "cls".
@@ -72,6 +75,8 @@ class FinetuneArgs:
     lr_decay: float = 1.0
     freeze_layers: int = 0
     reinit_layers: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
     patience: int = 0
     evals_per_epoch: int = 1
     pooling: Literal["mean", "cls"] = "mean"
@@ -170,6 +175,9 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
         net = spec.build_model(loaded.encoder, labels, args)
         freeze_lower(net.encoder, args.freeze_layers)
         reinit_top(net.encoder, args.reinit_layers, seed=args.seed)
+        if args.lora_rank:
+            apply_lora(net.encoder, args.lora_rank, args.lora_alpha)
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         rows = lambda ds: [(ex.texts, ex.label) for ex in ds.examples]  # noqa: E731
         job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), args, rank=dist.rank, world=dist.world)
         per_epoch = steps_per_epoch(len(train_ds), args.batch_size)
@@ -191,6 +199,8 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
             net, weight_decay=args.weight_decay, lr_decay=args.lr_decay), on_eval=keeper)
         train_s = time.perf_counter() - t0
         keeper.restore()
+        if args.lora_rank:
+            merge_lora(net.encoder)  # a plain encoder again: the Engine and every export read it unchanged
         if not dist.main:
             return FinetuneResult(run, {})
         extra_json = spec.calibrate(job, net, rows(dev_ds))  # e.g. per-label thresholds tuned on dev
@@ -203,7 +213,7 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
                        epochs_run=round(epochs_run, 2), stopped_early=keeper.stopped, train_s=round(train_s, 1),
                        s_per_epoch=round(train_s / max(epochs_run, 1e-9), 1), train_examples=len(train_ds),
                        dev_examples=len(dev_ds), test_examples=0 if test_ds is None else len(test_ds),
-                       peak_rss_mb=round(peak_rss_mb(), 1), threads=torch.get_num_threads())
+                       peak_rss_mb=round(peak_rss_mb(), 1), threads=torch.get_num_threads(), trainable_params=trainable)
         head = {f"head.{k}": v for k, v in net.head.state_dict().items()}
         checkpoint.save(net.encoder, run / "model", tokenizer_dir=model_dir, extra=head)
         with atomic_file(run / "task.json") as f:

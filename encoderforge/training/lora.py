@@ -1,0 +1,87 @@
+"""LoRA (Hu et al. 2021): fine-tune low-rank updates W + (alpha / r) B A of the encoder's linear layers while
+every pretrained weight stays frozen; afterwards merge B A into W, so the saved checkpoint is a plain encoder
+that the inference Engine, ONNX export and Hugging Face export use unchanged.
+
+Shapes: in features I, out features O, rank r; A: (r, I), B: (O, r).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from encoderforge import EncoderforgeError
+from encoderforge.model.encoder import Encoder
+
+TARGETS = ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2")
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update; B starts at zero, so the output starts unchanged."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear (and the LoRA reference code)
+        self.scale = alpha / rank
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.drop(x) @ self.lora_a.T @ self.lora_b.T) * self.scale  # (*, O)
+
+    def merged(self) -> nn.Linear:
+        """The equivalent plain Linear: W + scale * B A."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.scale * (self.lora_b @ self.lora_a))
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out.to(self.base.weight.device)
+
+
+def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tuple[str, ...] = TARGETS,
+               dropout: float = 0.0) -> int:
+    """Freeze the encoder and wrap its target linear layers (per block) with LoRA adapters.
+
+    Args:
+        encoder: modified in place.
+        rank: adapter rank r (4-16 typical).
+        alpha: the update is scaled by alpha / rank.
+        targets: block-relative names of the linear layers to adapt.
+        dropout: dropout on the adapter's input.
+    Returns:
+        the number of trainable adapter parameters.
+    """
+    if rank < 1:
+        raise EncoderforgeError(f"--lora-rank={rank}: use a positive rank (0 means no LoRA)")
+    encoder.requires_grad_(False)
+    added = 0
+    for block in encoder.layers:
+        for name in targets:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = block.get_submodule(parent_name) if parent_name else block
+            layer = getattr(parent, leaf, None)
+            if not isinstance(layer, nn.Linear):
+                raise EncoderforgeError(f"LoRA target {name!r} is not a linear layer of the encoder blocks; "
+                                        f"use some of {list(TARGETS)}")
+            wrapped = LoRALinear(layer, rank, alpha, dropout).to(layer.weight.device)
+            setattr(parent, leaf, wrapped)
+            added += wrapped.lora_a.numel() + wrapped.lora_b.numel()
+    return added
+
+
+def merge_lora(encoder: Encoder) -> int:
+    """Replace every LoRALinear by its merged nn.Linear (trainable again, as a plain encoder); returns how many."""
+    merged = 0
+    for module in list(encoder.modules()):
+        for leaf, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, leaf, child.merged())
+                merged += 1
+    encoder.requires_grad_(True)
+    encoder.pooler.requires_grad_(True)
+    return merged
