@@ -25,6 +25,9 @@ from encoderforge.model.padding import layout_from_lengths, pad
 from encoderforge.tokenization import load_tokenizer
 
 Pooling = Literal["mean", "cls"]
+# Token budget per forward pass. Measured (docs/results.md): 2,048-4,096 is fastest on CPU; at 8,192 the
+# activations outgrow glibc's malloc reuse threshold and every batch pays fresh page faults.
+DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Engine:
         >>> vecs = eng.embed(["a sentence", "another one"])   # (2, 384) float32, L2-normalized
     """
 
-    def __init__(self, encoder: Encoder, tokenizer, *, max_tokens: int = 8192, max_length: int | None = None,
+    def __init__(self, encoder: Encoder, tokenizer, *, max_tokens: int = DEFAULT_MAX_TOKENS, max_length: int | None = None,
                  truncate: bool = True, pack: bool = True):
         on_cpu = next(encoder.parameters()).device.type == "cpu"
         self.encoder = (pack_for_cpu(encoder) if pack and on_cpu else encoder).set_attention("varlen").eval()
