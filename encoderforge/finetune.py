@@ -178,7 +178,6 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
         if args.lora_rank:
             apply_lora(net.encoder, args.lora_rank, args.lora_alpha)
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        rows = lambda ds: [(ex.texts, ex.label) for ex in ds.examples]  # noqa: E731
         job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), args, rank=dist.rank, world=dist.world)
         per_epoch = steps_per_epoch(len(train_ds), args.batch_size)
         steps = max(1, round(args.epochs * per_epoch))
@@ -254,6 +253,11 @@ class BestKeeper:
     def restore(self) -> None:
         if self.state is not None:
             self.model.load_state_dict(self.state)
+
+
+def rows(ds: Dataset) -> list[tuple[Any, Any]]:
+    """(texts, label) pairs, the form every task's constructor and `evaluate` take."""
+    return [(ex.texts, ex.label) for ex in ds.examples]
 
 
 def peak_rss_mb() -> float:

@@ -3,15 +3,21 @@ entities through the Engine."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
 from encoderforge.finetune import FinetuneArgs, finetune
+from encoderforge.model import checkpoint
 from encoderforge.predict import Predictor
 from encoderforge.tasks.ner import NERTask, TokenModel, decode, encode_words, entity_counts
 from encoderforge.tokenization import load_tokenizer
+from encoderforge.training.distributed import setup
+from encoderforge.training.loop import evaluate
 
 
 def test_first_word_piece_alignment(minilm_path):
@@ -23,8 +29,6 @@ def test_first_word_piece_alignment(minilm_path):
     assert tok.id_to_token(ids[first[1]]) == "good" and tok.id_to_token(ids[first[2]]) == "@"
     cut = encode_words(tok, [["word"] * 40], 16)
     assert cut.truncated == 1 and cut.first[0][13] == 14 and cut.first[0][14] == -1  # [CLS] + 14 words + [SEP]
-    import numpy as np
-
     logits = np.zeros((16, 3))
     logits[:, 1] = 1.0
     assert decode(logits, cut.first[0], ["O", "B-x", "I-x"])[-1] == "O"  # words cut off are "O"
@@ -49,20 +53,15 @@ def test_finetune_on_wnut_and_predict(tiny_model, wnut_rows, tmp_path):
     m = r.metrics
     assert m["primary"] == "f1" and "test" not in m  # no test split given: no test score
     assert m["dev"]["n"] == 30 and 0.0 <= m["dev"]["f1"] <= 1.0
-    labels = r.metrics and __import__("json").loads((tmp_path / "run" / "task.json").read_text())["labels"]
+    labels = json.loads((tmp_path / "run" / "task.json").read_text())["labels"]
     assert labels[0] == "O" and all(t[:2] in ("B-", "I-") for t in labels[1:])
     # the loop's summed entity counts and seqeval on whole sequences agree
-    from encoderforge.model import checkpoint
-    from encoderforge.tasks.ner import NERTask as _T  # noqa: F401
     tok = load_tokenizer(tmp_path / "run" / "model")
     loaded = checkpoint.load(tmp_path / "run" / "model")
     model = TokenModel(loaded.encoder, len(labels))
     model.head.load_state_dict({k[5:]: v for k, v in loaded.extra.items()})
     rows = [(ex.texts, ex.label) for ex in dev.examples]
     task = NERTask(tok, labels, rows, rows, max_length=64)
-    from encoderforge.training.distributed import setup
-    from encoderforge.training.loop import evaluate
-
     summed, full = evaluate(model, task, setup("cpu")), task.evaluate(model, rows)
     assert summed["f1"] == pytest.approx(full["f1"]) and full["f1"] == pytest.approx(m["dev"]["f1"])
     preds = Predictor.load(tmp_path / "run").predict([" ".join(ex.texts) for ex in dev.examples])
