@@ -165,7 +165,7 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
 
 
 def bench_infer(model: str | Path = "minilm-l6", *, sets: Sequence[str] = ("short", "medium", "long256", "long512"),
-                n: int = 2048, threads: int = 2, repeats: int = 3, max_tokens: int = 4096, onnx: bool = True,
+                n: int = 2048, threads: int = 2, repeats: int = 3, max_tokens: int = 2048, onnx: bool = True,
                 out: str | Path = "runs/bench-infer") -> list[SetResult]:
     """Measure real tokens/s of every runner on every text set, interleaving runners across `repeats` rounds
     and taking medians (the machine is noisy). Writes results.json, results.md and results.png to `out`.

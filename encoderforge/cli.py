@@ -35,7 +35,7 @@ def embed(
     model: str = typer.Option("minilm-l6", help="Checkpoint directory (encoderforge or HF BERT) or zoo name."),
     pooling: Pooling = typer.Option(Pooling.mean, help="mean (sentence-transformers) or cls."),
     normalize: bool = typer.Option(True, help="L2-normalize the vectors."),
-    max_tokens: int = typer.Option(4096, help="Token budget per forward pass (caps memory)."),
+    max_tokens: int = typer.Option(2048, help="Token budget per forward pass (caps memory)."),
     max_length: int = typer.Option(256, help="Longest sequence in tokens; longer texts are truncated."),
 ) -> None:
     """Embed texts into vectors with the padding-free engine."""
@@ -88,7 +88,7 @@ def bench_infer(
     n: int = typer.Option(2048, help="Number of short texts (other sets scale to about the same token count)."),
     threads: int = typer.Option(2, help="Intra-op threads for every runner."),
     repeats: int = typer.Option(3, help="Timed rounds per runner; medians are reported."),
-    max_tokens: int = typer.Option(4096, help="encoderforge token budget per forward pass."),
+    max_tokens: int = typer.Option(2048, help="encoderforge token budget per forward pass."),
     onnx: bool = typer.Option(True, help="Include ONNX Runtime fp32/int8 runners."),
     out: Path = typer.Option(Path("runs/bench-infer"), help="Directory for results.json/.md/.png."),
 ) -> None:

@@ -20,7 +20,7 @@ class EmbedResult:
 
 
 def embed_file(model: str | Path, input: str | Path, out: str | Path, *, pooling: Literal["mean", "cls"] = "mean",
-               normalize: bool = True, max_tokens: int = 4096, max_length: int = 256) -> EmbedResult:
+               normalize: bool = True, max_tokens: int = 2048, max_length: int = 256) -> EmbedResult:
     """Embed every line of `input` (or stdin for '-') with `model` and write .npy or JSONL to `out`.
 
     Args:

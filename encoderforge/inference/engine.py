@@ -25,9 +25,10 @@ from encoderforge.model.padding import layout_from_lengths, pad
 from encoderforge.tokenization import load_tokenizer
 
 Pooling = Literal["mean", "cls"]
-# Token budget per forward pass. Measured (docs/results.md): 2,048-4,096 is fastest on CPU; at 8,192 the
-# activations outgrow glibc's malloc reuse threshold and every batch pays fresh page faults.
-DEFAULT_MAX_TOKENS = 4096
+# Token budget per forward pass. Measured (docs/results.md): 1,024-4,096 are within noise of each other on CPU
+# and 2,048 still fits 4 sequences of 512; at 8,192 the activations outgrow glibc malloc's reuse threshold
+# (32 MB), so every batch pays fresh page faults and throughput halves.
+DEFAULT_MAX_TOKENS = 2048
 
 
 @dataclass
