@@ -32,12 +32,14 @@ def load_tokenizer(path: str | Path, *, lowercase: bool | None = None) -> Tokeni
     """Load tokenizer.json, or build a BERT WordPiece tokenizer from vocab.txt.
 
     Args:
-        path: a checkpoint directory, a tokenizer.json file or a vocab.txt file.
+        path: a checkpoint directory, a zoo name ('minilm-l6'), a tokenizer.json file or a vocab.txt file.
         lowercase: for vocab.txt only; default reads tokenizer_config.json's do_lower_case, else True.
     Returns:
         a `tokenizers.Tokenizer` with [CLS] ... [SEP] post-processing and truncation disabled.
     """
-    path = Path(path)
+    from encoderforge.model.zoo import resolve_model
+
+    path = resolve_model(path)
     if path.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
             if (path / name).exists():

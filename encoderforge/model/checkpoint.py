@@ -19,6 +19,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.encoder import Encoder
+from encoderforge.model.zoo import resolve_model
 
 FORMAT = "encoderforge"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -38,12 +39,12 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
     """Load an encoder from our directory format or a Hugging Face BERT directory (detected from config.json).
 
     Args:
-        path: checkpoint directory.
+        path: checkpoint directory, or a zoo name such as 'minilm-l6'.
         attention: override the attention backend ("eager" | "sdpa" | "varlen").
     Returns:
         Loaded with the encoder in eval mode.
     """
-    path = Path(path)
+    path = resolve_model(path)
     raw = _read_config(path)
     if raw.get("format") == FORMAT:
         cfg = EncoderConfig.from_dict(raw["model"], source=f"{path / 'config.json'}: field 'model'")
