@@ -58,7 +58,7 @@ def stats(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
 ) -> None:
     """Tokens per word, unknown rate and words split for two tokenizers; % fewer tokens of b vs a."""
-    from encoderforge.tokenization import tokenizer_stats
+    from encoderforge.tokenizer_stats import tokenizer_stats
 
     with fail_on_error():
         report = tokenizer_stats(files, a, b)

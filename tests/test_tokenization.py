@@ -11,7 +11,8 @@ from encoderforge import EncoderforgeError
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.tokenization import (extend_vocabulary, grow_embeddings, load_tokenizer, save_tokenizer,
-                                       suggest_terms, tokenizer_stats, train_wordpiece)
+                                       suggest_terms, train_wordpiece)
+from encoderforge.tokenizer_stats import tokenizer_stats
 
 torch.set_num_threads(1)
 
