@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers.implementations import BertWordPieceTokenizer
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import (CorpusSpec, clean, load_documents, parse_corpus_arg, prepare_corpus,
