@@ -131,13 +131,44 @@ class DataArgs:
 
 
 @dataclass
+class ElectraArgs:
+    """Replaced-token detection (ELECTRA, Clark et al. 2020), used when `objective: electra`.
+
+    Args:
+        generator_width: generator hidden and FFN sizes as a fraction of the discriminator's (the paper finds
+            1/4 to 1/2 best; a generator as strong as the discriminator makes the task too hard).
+        generator_depth: generator layers as a fraction of the discriminator's (ELECTRA keeps the depth: 1.0).
+        disc_weight: lambda, the weight of the discriminator's loss against the generator's MLM loss (paper: 50).
+    """
+
+    generator_width: float = 0.25
+    generator_depth: float = 1.0
+    disc_weight: float = 50.0
+
+    def __post_init__(self) -> None:
+        for name in ("generator_width", "generator_depth"):
+            if not 0 < getattr(self, name) <= 1:
+                raise EncoderforgeError(f"electra.{name}={getattr(self, name)} must be in (0, 1] "
+                                        "(ELECTRA: width 0.25, depth 1.0)")
+        if self.disc_weight <= 0:
+            raise EncoderforgeError(f"electra.disc_weight must be positive, got {self.disc_weight} (ELECTRA: 50)")
+
+
+@dataclass
 class PretrainConfig:
-    """A pretraining run: model, data, masking and training sections of the YAML file."""
+    """A pretraining run: model, data, masking and training sections of the YAML file, and the objective:
+    "mlm" (masked language modelling) or "electra" (replaced-token detection; the `electra` section applies)."""
 
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainArgs = field(default_factory=TrainArgs)
+    objective: Literal["mlm", "electra"] = "mlm"
+    electra: ElectraArgs = field(default_factory=ElectraArgs)
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("mlm", "electra"):
+            raise EncoderforgeError(f"objective={self.objective!r}; use 'mlm' or 'electra'")
 
 
 T = TypeVar("T")

@@ -1,4 +1,5 @@
-"""MLM pretraining, from scratch or continued from a checkpoint: wire config -> data -> model -> task -> loop."""
+"""Pretraining (MLM or ELECTRA replaced-token detection), from scratch or continued from a checkpoint: wire
+config -> data -> model -> task -> loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import load_documents
@@ -15,6 +17,7 @@ from encoderforge.fileio import atomic_file
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
 from encoderforge.model.encoder import Encoder
+from encoderforge.tasks.electra import Electra, ElectraTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import PretrainConfig, to_dict
@@ -22,11 +25,14 @@ from encoderforge.training.distributed import setup, teardown
 from encoderforge.training.loop import train
 
 
-def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM:
-    """A fresh preset encoder with a fresh MLM head, or a checkpoint's encoder (and its head if it has one)."""
+def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM | Electra:
+    """A fresh preset encoder with a fresh MLM head (or ELECTRA generator + RTD head), or a checkpoint's encoder
+    (and its heads if it has them)."""
     m = cfg.model
+    gen = {"width": cfg.electra.generator_width, "depth": cfg.electra.generator_depth}
     if m.init_from:
-        model = MaskedLM.from_checkpoint(m.init_from)
+        model: MaskedLM | Electra = (Electra.from_checkpoint(m.init_from, **gen) if cfg.objective == "electra"
+                                     else MaskedLM.from_checkpoint(m.init_from))
         if m.overrides:
             raise EncoderforgeError("model.overrides apply to from-scratch presets only; remove them when using "
                                     "model.init_from (the checkpoint's config.json fixes the architecture)")
@@ -38,7 +44,7 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM:
         if unknown:
             raise EncoderforgeError(f"model.overrides: unknown field(s) {unknown}; known fields are {sorted(known)}")
         enc_cfg = preset(m.preset, vocab_size=vocab_size, **m.overrides)
-        model = MaskedLM(Encoder(enc_cfg))
+        model = Electra(Encoder(enc_cfg), **gen) if cfg.objective == "electra" else MaskedLM(Encoder(enc_cfg))
     ecfg: EncoderConfig = model.encoder.cfg
     if ecfg.vocab_size < vocab_size:
         raise EncoderforgeError(f"the tokenizer has {vocab_size} tokens but the model only {ecfg.vocab_size} embeddings; "
@@ -49,13 +55,14 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM:
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Run MLM pretraining as configured; launch under torchrun for DDP.
+    """Run MLM or ELECTRA pretraining as configured; launch under torchrun for DDP.
 
     Args:
-        cfg: model, data, masking and training sections (see configs/pretrain-*.yaml).
+        cfg: objective, model, data, masking, electra and training sections (see configs/pretrain-*.yaml).
     Returns:
-        the final metrics (held-out MLM loss/accuracy, steps, tokens); the run directory holds metrics.jsonl,
-        metrics.json, config.yaml, checkpoints/ and model/ (our checkpoint format, MLM head included).
+        the final metrics (held-out MLM loss/accuracy, or generator/discriminator metrics for ELECTRA, steps,
+        tokens); the run directory holds metrics.jsonl, metrics.json, config.yaml, checkpoints/ and model/ (our
+        checkpoint format: the encoder, i.e. the discriminator for ELECTRA, with the heads as extra tensors).
     """
     if not cfg.data.shards:
         raise EncoderforgeError("data.shards is not set; prepare a corpus with `encoderforge data prepare` and pass "
@@ -74,9 +81,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     try:
         torch.manual_seed(cfg.train.seed)  # same initialisation on every rank
         model = build_model(cfg, tok.get_vocab_size())
-        task = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
-                       batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
-                       seed=cfg.train.seed, rank=dist.rank, world=dist.world)
+        mlm = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
+                      batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
+                      seed=cfg.train.seed, rank=dist.rank, world=dist.world)
+        # ELECTRA reads the same rows and masks; the generator's samples then replace the masked tokens
+        task = ElectraTask(mlm, disc_weight=cfg.electra.disc_weight) if cfg.objective == "electra" else mlm
         run = Path(cfg.train.out_dir)
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)
@@ -84,8 +93,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
         final = train(model, task, cfg.train, dist, tokenizer_dir=tok_dir)
         if dist.main:
-            head = {f"mlm.{k}": v for k, v in model.mlm.state_dict().items()}
-            checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=head)
+            checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=_heads(model))
         return final
     finally:
         teardown(dist)
+
+
+def _heads(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything but the encoder ("mlm.*"; or "rtd.*" and "generator.*"), saved beside it so a run can continue."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
