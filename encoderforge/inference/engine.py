@@ -75,6 +75,11 @@ class Engine:
         else:
             tokenizer.no_truncation()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder lives; batches are built there (CUDA: the varlen FlashAttention kernel in half precision)."""
+        return next(self.encoder.parameters()).device
+
     @classmethod
     def from_pretrained(cls, path: str | Path, **kw) -> "Engine":
         """Load an encoderforge or Hugging Face BERT checkpoint directory with its tokenizer files."""
@@ -117,11 +122,12 @@ class Engine:
     def _forward(self, ids: list[list[int]]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
         """Yield (indices, padded states (B, T, C), mask (B, T)) per token-budget batch."""
         for idx in self.batches([len(s) for s in ids]):
-            lengths = torch.tensor([len(ids[i]) for i in idx])
-            flat = torch.tensor([t for i in idx for t in ids[i]], dtype=torch.long)  # (N,)
+            dev = self.device
+            lengths = torch.tensor([len(ids[i]) for i in idx], device=dev)
+            flat = torch.tensor([t for i in idx for t in ids[i]], dtype=torch.long, device=dev)  # (N,)
             layout = layout_from_lengths(lengths)
             hidden = self.encoder.forward_unpadded(flat, layout)  # (N, C)
-            mask = torch.arange(layout.seqlen)[None, :] < lengths[:, None]  # (B, T)
+            mask = torch.arange(layout.seqlen, device=dev)[None, :] < lengths[:, None]  # (B, T)
             yield idx, pad(hidden, layout), mask
 
     def embed(self, texts: Sequence[str], *, pooling: Pooling = "mean", normalize: bool = True) -> np.ndarray:
@@ -136,7 +142,7 @@ class Engine:
             vec = pool(hidden, mask, pooling)  # (B, C)
             if normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
-            out[idx] = vec.float().numpy()
+            out[idx] = vec.float().cpu().numpy()
         return out
 
     def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -145,7 +151,7 @@ class Engine:
         out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(ids)
         for idx, hidden, mask in self._forward(ids):
             for row, i in enumerate(idx):
-                out[i] = hidden[row, : int(mask[row].sum())].float().numpy()
+                out[i] = hidden[row, : int(mask[row].sum())].float().cpu().numpy()
         return out
 
 

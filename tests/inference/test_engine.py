@@ -105,3 +105,11 @@ def test_budget_smaller_than_one_sequence(minilm_path):
 
 def test_empty_list(engine):
     assert engine.embed([]).shape == (0, 384)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_on_cuda_half_matches_cpu(minilm_path, real_texts):
+    cpu = Engine.from_pretrained(minilm_path, max_length=256).embed(real_texts)
+    enc = load(minilm_path).encoder.cuda().half()
+    gpu = Engine(enc, load_tokenizer(minilm_path), max_length=256).embed(real_texts)
+    assert (cpu * gpu).sum(axis=1).min() >= 0.999
