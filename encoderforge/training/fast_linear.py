@@ -1,0 +1,90 @@
+"""oneDNN GEMMs for training on CPU: forward, grad-input and grad-weight of every nn.Linear.
+
+Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AMD CPUs runs its generic path
+(~100 GFLOP/s per core here), while the same three GEMMs through oneDNN's matmul
+(`torch.ops.mkldnn._linear_pointwise`, the op Inductor emits) reach ~190-230 (measured in docs/results.md).
+The swap keeps the very same Parameter objects under the same names, so optimizers, state_dicts,
+checkpoints and DDP see no difference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b_t^T (+ bias) through oneDNN: a (M, K), b_t (N, K) -> (M, N)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])  # (M, in)
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias, ctx.lead = bias is not None, x.shape[:-1]
+        return _mm(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x2, weight = ctx.saved_tensors
+        g = grad.reshape(-1, weight.shape[0]).contiguous()  # (M, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _mm(g, weight.t().contiguous()).view(*ctx.lead, weight.shape[1])  # (M, in)
+        if ctx.needs_input_grad[1]:
+            grad_w = _mm(g.t().contiguous(), x2.t().contiguous())  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(dim=0)
+        return grad_x, grad_w, grad_b
+
+
+class OneDNNLinear(nn.Module):
+    """Drop-in for nn.Linear on CPU fp32 that holds the *same* weight/bias Parameters."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu")):
+            return nn.functional.linear(x, self.weight, self.bias)  # autocast/bf16/CUDA: torch's own path
+        return _OneDNNLinearFn.apply(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Swap every CPU fp32 nn.Linear of `model` in place for a OneDNNLinear; returns how many were swapped."""
+    if not available():
+        return 0
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+                setattr(parent, name, OneDNNLinear(child))
+                swapped += 1
+    return swapped
+
+
+def restore_linears(model: nn.Module) -> int:
+    """Undo `use_onednn_linears`: plain nn.Linear modules around the same Parameters; returns how many."""
+    restored = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OneDNNLinear):
+                lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                device="meta")  # no throwaway allocation: the parameters are replaced next
+                lin.weight, lin.bias = child.weight, child.bias
+                setattr(parent, name, lin)
+                restored += 1
+    return restored

@@ -1,0 +1,51 @@
+"""oneDNN training linears: same outputs and gradients as nn.Linear, same parameters and state_dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from encoderforge.model import Encoder, preset
+from encoderforge.model.padding import layout_from_lengths
+from encoderforge.training.fast_linear import OneDNNLinear, available, use_onednn_linears
+
+pytestmark = pytest.mark.skipif(not available(), reason="torch built without oneDNN")
+
+
+def test_gradients_match_nn_linear():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    ref = Encoder(preset("bert-tiny", vocab_size=300, dropout=0.0, attention_dropout=0.0))
+    fast = copy.deepcopy(ref)
+    assert use_onednn_linears(fast) == 2 * 4 + 1  # qkv, out, fc1, fc2 per layer + pooler
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    lengths = torch.tensor([7, 30, 2])
+    ids = torch.randint(1, 300, (int(lengths.sum()),))
+    lay = layout_from_lengths(lengths)
+    target = torch.randn(int(lengths.sum()), 128)
+    for m in (ref, fast):
+        ((m.forward_unpadded(ids, lay) - target) ** 2).mean().backward()
+    for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_swap_keeps_the_parameter_objects():
+    lin = nn.Linear(8, 4)
+    model = nn.Sequential(lin)
+    use_onednn_linears(model)
+    assert isinstance(model[0], OneDNNLinear) and model[0].weight is lin.weight and model[0].bias is lin.bias
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(model(x), lin(x), atol=1e-6, rtol=0)
+
+
+def test_restore_gives_plain_linears_with_the_same_parameters():
+    from encoderforge.training.fast_linear import restore_linears
+
+    lin = nn.Linear(8, 4)
+    model = nn.Sequential(lin)
+    use_onednn_linears(model)
+    assert restore_linears(model) == 1
+    assert type(model[0]) is nn.Linear and model[0].weight is lin.weight and model[0].bias is lin.bias
