@@ -22,6 +22,7 @@ from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows, row_tokens
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
+from encoderforge.training.fast_linear import use_onednn_linears
 from encoderforge.tasks.mlm import MaskedLM, collate
 from encoderforge.tokenization import load_tokenizer
 
@@ -60,6 +61,7 @@ def bench_train(shards: str, tokenizer: str, *, preset_name: str = "bert-tiny", 
     # ours: packed rows, sparse prediction
     torch.manual_seed(seed)
     ours = MaskedLM(Encoder(cfg)).train()
+    use_onednn_linears(ours)  # what training.loop.train does on CPU (same Parameters, oneDNN GEMMs)
     opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
     masking = MaskingConfig(ratio=ratio)
     ours_batches = [collate(docs, rb, vocab, masking, seed) for rb in row_batches]
