@@ -5,7 +5,7 @@ replaced. Learning from all N tokens instead of the ~15% masked ones is what mak
 The generator owns no embeddings: it reads the discriminator's embedding layer (token, position and type tables and
 their LayerNorm, as ELECTRA's code shares them), projected to its narrower width, and its decoder is tied to the same
 token table. Sampling is not differentiated (the discriminator's loss never reaches the generator) and draws each
-row's noise from its own seeded generator, so samples depend on neither micro-batching nor resumption.
+row's uniforms from its own seeded generator, so samples depend on neither micro-batching nor resumption.
 
 Shapes: N packed tokens, S segments, R rows, M masked positions, C discriminator hidden, G generator hidden,
 V vocabulary.
@@ -119,16 +119,22 @@ class RTDHead(nn.Module):
 
 
 def sample(logits: torch.Tensor, seeds: list[int], counts: list[int]) -> torch.Tensor:
-    """One token per masked position from softmax(logits): argmax(logits - log E), E ~ Exp(1) (the exponential race,
-    equivalent to Gumbel-max), with row r's `counts[r]` noise rows drawn from a generator seeded `seeds[r]`.
-    (M, V) -> (M,) int64."""
+    """One token per masked position from softmax(logits) by inverse-CDF sampling: a single uniform per position,
+    row r's `counts[r]` uniforms drawn from a generator seeded `seeds[r]`. (M, V) -> (M,) int64.
+
+    One uniform per position instead of V (Gumbel-max) matters on CPU: at M=600, V=30,522 the Gumbel noise took
+    0.63 s of a 1.5 s bert-tiny step, this takes 0.12 s."""
     gen = torch.Generator(device=logits.device)
-    noise = []
+    u = []
     for seed, n in zip(seeds, counts):
         gen.manual_seed(seed)
-        noise.append(torch.empty(n, logits.shape[-1], device=logits.device).exponential_(generator=gen))
-    e = torch.cat(noise) if noise else logits.new_empty(0, logits.shape[-1], dtype=torch.float32)  # (M, V)
-    return (logits.float() - e.clamp_min(1e-30).log()).argmax(-1)
+        u.append(torch.rand(n, device=logits.device, generator=gen))
+    cdf = logits.float().softmax(-1).cumsum(-1)  # (M, V)
+    if not u:
+        return torch.zeros(0, dtype=torch.int64, device=logits.device)
+    target = torch.cat(u)[:, None] * cdf[:, -1:]  # (M, 1), scaled by the total so float rounding cannot overshoot
+    # first index whose CDF exceeds the uniform: P(i) = p_i, and zero-probability tokens are never drawn
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
 
 
 def corrupt(original: torch.Tensor, masked: torch.Tensor, sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,6 +264,7 @@ class ElectraTask:
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         masked, n = max(sums.get("masked", 0.0), 1.0), sums["count"]
+        rate = min(max(sums.get("replaced", 0.0) / n, 1e-12), 1 - 1e-12)  # share of all tokens that were replaced
         return {"loss": sums["loss"] / n,
                 "gen_mlm_loss": sums.get("gen_loss", 0.0) / masked,
                 "gen_mlm_accuracy": sums.get("gen_correct", 0.0) / masked,
@@ -267,4 +274,7 @@ class ElectraTask:
                 "disc_precision": sums.get("flagged_replaced", 0.0) / max(sums.get("flagged", 0.0), 1.0),
                 "disc_recall": sums.get("flagged_replaced", 0.0) / max(sums.get("replaced", 0.0), 1.0),
                 # masked tokens whose sample differs from the original: falls as the generator improves
-                "replaced_share": sums.get("replaced", 0.0) / masked}
+                "replaced_share": sums.get("replaced", 0.0) / masked,
+                # the BCE of the best content-blind discriminator (always predict `rate`): disc_loss must go below
+                # this, not just below its step-0 value, to show the discriminator reads the context
+                "disc_prior_loss": float(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)))}

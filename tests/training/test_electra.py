@@ -124,6 +124,9 @@ def test_discriminator_learns_in_a_few_dozen_steps(tiny_overrides, tmp_path):
     assert [e["step"] for e in evals] == [0, 36]
     start, end = evals
     assert end["eval_disc_loss"] < start["eval_disc_loss"] - 0.2, (start, end)  # ~0.69 (chance) at step 0
+    # it has at least learned how often tokens are replaced (beating that floor takes hundreds of steps)
+    assert start["eval_disc_loss"] > start["eval_disc_prior_loss"] + 0.1
+    assert end["eval_disc_loss"] < end["eval_disc_prior_loss"] + 0.02
     assert end["eval_gen_mlm_loss"] < start["eval_gen_mlm_loss"] - 0.5
     assert start["eval_replaced_share"] > 0.95  # an untrained generator almost never guesses the original
     assert 0 < end["eval_disc_accuracy"] <= 1 and 0 <= end["eval_disc_precision"] <= 1
@@ -220,3 +223,26 @@ def test_cli_pretrain_electra_writes_a_loadable_encoder(tiny_overrides, tmp_path
     ckpt = checkpoint.load(run / "checkpoints" / "step-00000003")  # the training checkpoint: the same discriminator
     torch.testing.assert_close(loaded.encoder.layers[1].mlp.fc1.weight, ckpt.encoder.layers[1].mlp.fc1.weight)
     assert loaded.encoder.cfg.vocab_size == load_tokenizer(run / "model").get_vocab_size()
+
+
+def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    # dropout off (each process draws its own masks); sampling is per row, so the ranks' halves match the whole
+    over = {**ELECTRA, "train.steps": 4, "train.eval_every": 2, "train.save_every": 4,
+            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    pretrain(load_config(None, tiny_overrides(tmp_path / "single", **over)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli_pretrain",
+           *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)]]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    single, ddp = read_losses(tmp_path / "single"), read_losses(tmp_path / "ddp")
+    assert sorted(single) == sorted(ddp) == [1, 2, 3, 4]
+    for s in single:
+        assert ddp[s] == pytest.approx(single[s], rel=1e-4, abs=1e-4), s
+    end = lambda p: json.loads((p / "metrics.json").read_text())  # noqa: E731
+    ddp_end, single_end = end(tmp_path / "ddp"), end(tmp_path / "single")
+    assert ddp_end["eval_disc_loss"] == pytest.approx(single_end["eval_disc_loss"], rel=1e-4)
