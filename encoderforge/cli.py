@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from encoderforge import cli_export, cli_pretrain, cli_tokenizer
+from encoderforge import cli_export, cli_finetune, cli_pretrain, cli_tokenizer
 from encoderforge.cli_common import fail_on_error
 
 app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
@@ -75,6 +75,10 @@ def neighbors(
     for r in rows:
         typer.echo(f"{r.cosine:.3f}  {r.text[:60]!r}\n       -> {r.neighbor[:60]!r}")
 
+
+app.add_typer(cli_finetune.finetune_app, name="finetune")
+app.command("predict")(cli_finetune.predict)
+app.command("eval")(cli_finetune.eval_runs)
 
 bench_app = typer.Typer(help="Speed benchmarks against transformers and ONNX Runtime, as ratios in one run.",
                         no_args_is_help=True)
