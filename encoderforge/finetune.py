@@ -127,7 +127,7 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
     """Fine-tune `model` on a task and write a run directory (see the module docstring).
 
     Args:
-        task: "classify" (one text or a pair), "multilabel", "ner" or "regress" (one text or a pair).
+        task: "classify" (one text or a pair), "multilabel", "ner", "regress" (one text or a pair) or "qa".
         model: a checkpoint directory (ours or Hugging Face BERT) or a zoo name such as "minilm-l6".
         train / dev / test: labelled files (.csv/.tsv/.jsonl/.tab/CoNLL) or Datasets; without dev, a stratified
             `args.dev_fraction` of train is held out; without test, no test score is reported.
@@ -180,18 +180,13 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), args, rank=dist.rank, world=dist.world)
         per_epoch = steps_per_epoch(len(train_ds), args.batch_size)
-        steps = max(1, round(args.epochs * per_epoch))
-        targs = TrainArgs(steps=steps, batch_rows=args.batch_size, micro_rows=args.micro_batch, lr=args.lr,
-                          warmup_steps=round(args.warmup_ratio * steps), schedule="linear", weight_decay=args.weight_decay,
-                          beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, precision=args.precision, device=args.device,
-                          seed=args.seed, log_every=max(1, per_epoch // 20), eval_every=max(1, per_epoch // args.evals_per_epoch),
-                          save_every=0, keep_checkpoints=1, out_dir=str(run), resume=True, progress=False)
+        targs = train_args(args, per_epoch, run)
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)
             with atomic_file(run / "config.json") as f:
                 json.dump({"task": task, "model": str(model), "train": str(train_ds.path), "dev": str(dev_ds.path),
                            "test": None if test_ds is None else str(test_ds.path), "schema": asdict(schema),
-                           "args": asdict(args), "steps": steps, "steps_per_epoch": per_epoch}, f, indent=2)
+                           "args": asdict(args), "steps": targs.steps, "steps_per_epoch": per_epoch}, f, indent=2)
         keeper = BestKeeper(net, job.primary, args.patience)
         t0 = time.perf_counter()
         run_loop(net, job, targs, dist, tokenizer_dir=model_dir, param_groups=param_groups(
@@ -213,17 +208,34 @@ def finetune(task: TaskKind, model: str | Path, train: DataArg, dev: DataArg = N
                        s_per_epoch=round(train_s / max(epochs_run, 1e-9), 1), train_examples=len(train_ds),
                        dev_examples=len(dev_ds), test_examples=0 if test_ds is None else len(test_ds),
                        peak_rss_mb=round(peak_rss_mb(), 1), threads=torch.get_num_threads(), trainable_params=trainable)
-        head = {f"head.{k}": v for k, v in net.head.state_dict().items()}
-        checkpoint.save(net.encoder, run / "model", tokenizer_dir=model_dir, extra=head)
-        with atomic_file(run / "task.json") as f:
-            json.dump({"kind": task, "labels": labels, "text_fields": len(schema.text_fields), **spec.task_json(args), **extra_json,
-                       "source_model": str(model)}, f, indent=2)
-        with atomic_file(run / "metrics.json") as f:
-            json.dump(metrics, f, indent=2)
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)  # resume-only state; the best model is in model/
+        meta = {"kind": task, "labels": labels, "text_fields": len(schema.text_fields), **spec.task_json(args),
+                **extra_json, "source_model": str(model)}
+        write_run(run, net, model_dir, meta, metrics)
         return FinetuneResult(run, metrics)
     finally:
         teardown(dist)
+
+
+def train_args(args: FinetuneArgs, per_epoch: int, run: Path) -> TrainArgs:
+    """The loop's arguments for a fine-tuning run: epochs -> steps, BERT's AdamW settings, one dev evaluation per
+    epoch (or `evals_per_epoch`), no mid-run checkpoints (the best weights are kept in memory)."""
+    steps = max(1, round(args.epochs * per_epoch))
+    return TrainArgs(steps=steps, batch_rows=args.batch_size, micro_rows=args.micro_batch, lr=args.lr,
+                     warmup_steps=round(args.warmup_ratio * steps), schedule="linear", weight_decay=args.weight_decay,
+                     beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, precision=args.precision, device=args.device,
+                     seed=args.seed, log_every=max(1, per_epoch // 20), eval_every=max(1, per_epoch // args.evals_per_epoch),
+                     save_every=0, keep_checkpoints=1, out_dir=str(run), resume=True, progress=False)
+
+
+def write_run(run: Path, net: torch.nn.Module, model_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """model/ (encoder + head under "head.*"), task.json, metrics.json; drop the loop's resume-only checkpoints."""
+    head = {f"head.{k}": v for k, v in net.head.state_dict().items()}
+    checkpoint.save(net.encoder, run / "model", tokenizer_dir=model_dir, extra=head)
+    with atomic_file(run / "task.json") as f:
+        json.dump(meta, f, indent=2)
+    with atomic_file(run / "metrics.json") as f:
+        json.dump(metrics, f, indent=2)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 
 class BestKeeper:
