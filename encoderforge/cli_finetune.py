@@ -193,7 +193,7 @@ def qa(model: str = MODEL, train: Path = TRAIN, dev: Optional[Path] = DEV, test:
 def predict(run: Path = typer.Argument(..., help="Run directory written by `encoderforge finetune`."),
             input: str = typer.Argument("-", help="UTF-8 text file, one text per line ('-' = stdin)."),
             out: Path = typer.Option(..., "--out", "-o", help="Predictions as JSONL ({text, label/labels/tags, ...})."),
-            max_tokens: int = typer.Option(8192, help="Token budget per forward pass.")) -> None:
+            max_tokens: int = typer.Option(2048, help="Token budget per forward pass (the Engine's default).")) -> None:
     """Predict with a fine-tuned run through the padding-free inference engine."""
     from encoderforge.predict import predict_file
 

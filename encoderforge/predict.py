@@ -10,7 +10,7 @@ from typing import Sequence
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file
-from encoderforge.inference.engine import Engine
+from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.inference.textio import read_lines
 from encoderforge.model import checkpoint
 from encoderforge.tasks.registry import TASKS
@@ -32,7 +32,7 @@ class Predictor:
     meta: dict
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, max_tokens: int = 8192) -> "Predictor":
+    def load(cls, run_dir: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> "Predictor":
         run = Path(run_dir)
         meta_file = run / "task.json"
         if not meta_file.exists():
@@ -60,7 +60,7 @@ class Predictor:
         return TASKS[self.meta["kind"]].predict(self.engine, self.head, self.meta, texts)
 
 
-def predict_file(run_dir: str | Path, input: str | Path, out: str | Path, *, max_tokens: int = 8192) -> int:
+def predict_file(run_dir: str | Path, input: str | Path, out: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> int:
     """Predict every non-empty line of `input` ('-' = stdin) and write JSONL ({"text", ...prediction}) to `out`.
 
     Returns:
