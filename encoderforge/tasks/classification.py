@@ -21,8 +21,8 @@ from encoderforge.model.heads import Pooling, SequenceClassifier
 from encoderforge.model.padding import layout_from_lengths, pad
 from encoderforge.tasks import LossSum
 from encoderforge.tasks.spec import TaskSpec
-from encoderforge.tasks.sequences import (ChunkPooling, Encoded, SeqBatch, encode_texts, epoch_steps, fixed_batches,
-                                          make_batch, pool_chunks, windows_by_doc)
+from encoderforge.tasks.sequences import (ChunkPooling, Encoded, SeqBatch, encode_texts, eval_batches, pool_chunks,
+                                          train_step_batches)
 
 
 class SequenceModel(nn.Module):
@@ -111,18 +111,11 @@ class ClassificationTask:
         return enc, torch.tensor([self.index[r[1]] for r in rows], dtype=torch.long)
 
     def train_batches(self, start_step: int) -> Iterator[list[SeqBatch]]:
-        by_doc = windows_by_doc(self.train_enc)
-        for micro in epoch_steps(self.train_enc.num_docs, self.batch_rows, self.micro_rows, self.seed, start_step,
-                                 rank=self.rank, world=self.world):
-            yield [make_batch(self.train_enc, by_doc, docs, self.train_y) for docs in micro]
+        return train_step_batches(self.train_enc, self.train_y, self.batch_rows, self.micro_rows, self.seed, start_step,
+                                  rank=self.rank, world=self.world)
 
     def eval_batches(self) -> Iterator[SeqBatch]:
-        return self._batches(self.dev_enc, self.dev_y, rank=self.rank, world=self.world)
-
-    def _batches(self, enc: Encoded, y: torch.Tensor, *, rank: int = 0, world: int = 1) -> Iterator[SeqBatch]:
-        by_doc = windows_by_doc(enc)
-        for docs in fixed_batches(enc.num_docs, max(self.batch_rows, 32), rank=rank, world=world):
-            yield make_batch(enc, by_doc, docs, y)
+        return eval_batches(self.dev_enc, self.dev_y, self.batch_rows, rank=self.rank, world=self.world)
 
     def loss(self, model: nn.Module, batch: SeqBatch) -> LossSum:
         logits = model(batch).float()  # (D, L)
@@ -153,7 +146,7 @@ class ClassificationTask:
         model.eval()
         dummy = torch.zeros(enc.num_docs, dtype=torch.long)
         device = next(model.parameters()).device
-        out = [model(b.to(device)).float().cpu() for b in self._batches(enc, dummy)]
+        out = [model(b.to(device)).float().cpu() for b in eval_batches(enc, dummy, self.batch_rows)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.labels)), np.float32)
 
     def evaluate(self, model: nn.Module, rows: Sequence[tuple[Sequence[str], str]]) -> dict[str, object]:

@@ -19,7 +19,7 @@ from torch import nn
 from encoderforge.model.heads import SequenceClassifier
 from encoderforge.tasks import LossSum
 from encoderforge.tasks.classification import SequenceModel, document_logits, f1_from_counts
-from encoderforge.tasks.sequences import Encoded, SeqBatch, encode_texts, epoch_steps, fixed_batches, make_batch, windows_by_doc
+from encoderforge.tasks.sequences import Encoded, SeqBatch, encode_texts, eval_batches, train_step_batches
 from encoderforge.tasks.spec import TaskSpec
 
 GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -87,18 +87,11 @@ class MultiLabelTask:
         return enc, y
 
     def train_batches(self, start_step: int) -> Iterator[list[SeqBatch]]:
-        by_doc = windows_by_doc(self.train_enc)
-        for micro in epoch_steps(self.train_enc.num_docs, self.batch_rows, self.micro_rows, self.seed, start_step,
-                                 rank=self.rank, world=self.world):
-            yield [make_batch(self.train_enc, by_doc, docs, self.train_y) for docs in micro]
+        return train_step_batches(self.train_enc, self.train_y, self.batch_rows, self.micro_rows, self.seed, start_step,
+                                  rank=self.rank, world=self.world)
 
     def eval_batches(self) -> Iterator[SeqBatch]:
-        return self._batches(self.dev_enc, self.dev_y, rank=self.rank, world=self.world)
-
-    def _batches(self, enc: Encoded, y: torch.Tensor, *, rank: int = 0, world: int = 1) -> Iterator[SeqBatch]:
-        by_doc = windows_by_doc(enc)
-        for docs in fixed_batches(enc.num_docs, max(self.batch_rows, 32), rank=rank, world=world):
-            yield make_batch(enc, by_doc, docs, y)
+        return eval_batches(self.dev_enc, self.dev_y, self.batch_rows, rank=self.rank, world=self.world)
 
     def loss(self, model: nn.Module, batch: SeqBatch) -> LossSum:
         logits = model(batch).float()  # (D, L)
@@ -127,7 +120,7 @@ class MultiLabelTask:
         model.eval()
         dummy = torch.zeros(enc.num_docs, len(self.labels))
         device = next(model.parameters()).device
-        out = [torch.sigmoid(model(b.to(device)).float()).cpu() for b in self._batches(enc, dummy)]
+        out = [torch.sigmoid(model(b.to(device)).float()).cpu() for b in eval_batches(enc, dummy, self.batch_rows)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.labels)), np.float32)
 
     def calibrate(self, model: nn.Module, rows: Sequence) -> dict:

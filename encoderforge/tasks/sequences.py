@@ -145,3 +145,18 @@ def fixed_batches(n: int, batch_rows: int, *, rank: int = 0, world: int = 1) -> 
     """Evaluation batches: every example once, in order, split over processes."""
     mine = list(range(rank, n, world))
     return [mine[i:i + batch_rows] for i in range(0, len(mine), batch_rows)]
+
+
+def train_step_batches(enc: Encoded, y: torch.Tensor, batch_rows: int, micro_rows: int, seed: int, start_step: int, *,
+                       rank: int = 0, world: int = 1) -> Iterator[list[SeqBatch]]:
+    """For each optimizer step from `start_step` on: this process's micro-batches of documents (resume-exact)."""
+    by_doc = windows_by_doc(enc)
+    for micro in epoch_steps(enc.num_docs, batch_rows, micro_rows, seed, start_step, rank=rank, world=world):
+        yield [make_batch(enc, by_doc, docs, y) for docs in micro]
+
+
+def eval_batches(enc: Encoded, y: torch.Tensor, batch_rows: int, *, rank: int = 0, world: int = 1) -> Iterator[SeqBatch]:
+    """Fixed batches of documents in order (this process's share), for evaluation and prediction."""
+    by_doc = windows_by_doc(enc)
+    for docs in fixed_batches(enc.num_docs, max(batch_rows, 32), rank=rank, world=world):
+        yield make_batch(enc, by_doc, docs, y)
