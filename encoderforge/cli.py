@@ -105,5 +105,29 @@ def bench_infer(
     typer.echo(f"wrote {out}/results.json, results.md, results.png")
 
 
+@bench_app.command("train")
+def bench_train(
+    shards: Path = typer.Option(None, help="Shards from `encoderforge data prepare` (default: the bundled license "
+                                           "texts, prepared into a temporary directory)."),
+    tokenizer: str = typer.Option("minilm-l6", help="Tokenizer the shards were made with (file, directory or zoo name)."),
+    preset: str = typer.Option("minilm-l6", help="Architecture of both models (random init)."),
+    max_len: int = typer.Option(128, help="Tokens per packed row."),
+    rows: int = typer.Option(8, help="Rows per optimizer step."),
+    steps: int = typer.Option(10, help="Timed steps per implementation (medians are reported)."),
+    warmup: int = typer.Option(2, help="Untimed steps per implementation first."),
+    threads: int = typer.Option(2, help="Intra-op threads."),
+    out: Path = typer.Option(Path("runs/bench-train"), help="Directory for results.json."),
+) -> None:
+    """Training-step throughput: our packed sparse MLM vs transformers BertForMaskedLM + its MLM collator."""
+    from encoderforge.bench_train import bench_train as run, write
+
+    with fail_on_error():
+        res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup,
+                  threads=threads)
+        write(res, out)
+    typer.echo(f"ours {res['ours']['tokens_per_s']:,.0f} real tokens/s, transformers {res['hf']['tokens_per_s']:,.0f}: "
+               f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding); wrote {out}/results.json")
+
+
 if __name__ == "__main__":
     app()

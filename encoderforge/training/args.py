@@ -101,12 +101,16 @@ class ModelArgs:
             its MLM head is reused when present, else a fresh one is initialised.
         tokenizer: tokenizer.json / vocab.txt / directory; defaults to init_from's tokenizer.
         overrides: EncoderConfig fields for a from-scratch preset, e.g. {attention: varlen, norm: pre}.
+        freeze_encoder: train the heads only (the encoder, and so the tied decoder matrix, stays fixed): warms up
+            a fresh MLM head before continued pretraining, and measures what the unadapted encoder already knows
+            (its held-out MLM loss with a trained head) as the baseline of a domain-adaptation run.
     """
 
     preset: str = "bert-tiny"
     init_from: str | None = None
     tokenizer: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    freeze_encoder: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ from encoderforge.fileio import atomic_file
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
 from encoderforge.model.encoder import Encoder
+from encoderforge.model.zoo import resolve_model
 from encoderforge.tasks.electra import Electra, ElectraTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
@@ -70,8 +71,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tok_src = cfg.model.tokenizer or cfg.model.init_from
     if not tok_src:
         raise EncoderforgeError("model.tokenizer is required when training from scratch (tokenizer.json or vocab.txt)")
+    tok_src = resolve_model(tok_src)  # a zoo name ("minilm-l6") -> its directory
     tok = load_tokenizer(tok_src)
-    tok_dir = Path(tok_src) if Path(tok_src).is_dir() else Path(tok_src).parent
+    tok_dir = tok_src if tok_src.is_dir() else tok_src.parent
     train_docs = load_documents(cfg.data.shards, "train", tokenizer=tok)
     try:
         eval_docs = load_documents(cfg.data.shards, "eval", tokenizer=tok)
@@ -81,6 +83,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     try:
         torch.manual_seed(cfg.train.seed)  # same initialisation on every rank
         model = build_model(cfg, tok.get_vocab_size())
+        if cfg.model.freeze_encoder:
+            model.encoder.requires_grad_(False)
         mlm = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
                       batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
                       seed=cfg.train.seed, rank=dist.rank, world=dist.world)

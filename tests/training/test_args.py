@@ -9,11 +9,12 @@ import pytest
 from encoderforge import EncoderforgeError
 from encoderforge.training.args import PretrainConfig, TrainArgs, load_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("pretrain-*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.name for p in CONFIGS} >= {"pretrain-tiny.yaml", "pretrain-small.yaml", "pretrain-base.yaml"}
+    assert {p.name for p in CONFIGS} >= {"pretrain-tiny.yaml", "pretrain-small.yaml", "pretrain-base.yaml",
+                                         "continue-minilm.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -22,7 +23,12 @@ def test_every_shipped_config_loads_and_builds(path):
 
     cfg = load_config(path)
     assert isinstance(cfg, PretrainConfig) and cfg.train.steps > 0
-    enc = preset(cfg.model.preset, vocab_size=30522, **cfg.model.overrides)  # the architecture is valid
+    if cfg.model.init_from:  # continued pretraining: the checkpoint fixes the architecture
+        from encoderforge.model.checkpoint import load
+
+        enc = load(cfg.model.init_from).encoder.cfg
+    else:
+        enc = preset(cfg.model.preset, vocab_size=30522, **cfg.model.overrides)  # the architecture is valid
     assert cfg.data.max_len <= enc.max_position
     assert cfg.train.batch_rows % max(1, cfg.train.micro_rows or 1) == 0
 

@@ -1,20 +1,40 @@
-"""The training benchmark script runs and pushes the same real tokens through both implementations."""
+"""`encoderforge bench train` runs and pushes the same real tokens through both implementations."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import json
 
 import pytest
+from typer.testing import CliRunner
+
+from encoderforge import EncoderforgeError
+from encoderforge.bench_train import bench_train
 
 
 @pytest.mark.slow
-def test_bench_train_runs(legal_shards, small_tokenizer):
+def test_bench_train_times_both_on_the_same_tokens(legal_shards, small_tokenizer):
     pytest.importorskip("transformers")
-    path = Path(__file__).parents[2] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = mod.bench_train(str(legal_shards), str(small_tokenizer), max_len=64, rows=4, steps=1, warmup=1, threads=1)
+    out = bench_train(str(legal_shards), str(small_tokenizer), preset_name="bert-tiny", max_len=64, rows=4, steps=3,
+                      warmup=1, threads=1)
+    assert len(out["ours"]["step_seconds"]) == 3 and len(out["hf"]["step_seconds"]) == 3
     assert out["ours"]["tokens_per_s"] > 0 and out["hf"]["tokens_per_s"] > 0
+    assert out["speedup"] == pytest.approx(out["hf"]["median_step_s"] / out["ours"]["median_step_s"])
     assert 0 <= out["padding_share_hf"] < 1
+
+
+def test_bench_train_rejects_zero_steps(legal_shards, small_tokenizer):
+    with pytest.raises(EncoderforgeError, match="steps=0"):
+        bench_train(str(legal_shards), str(small_tokenizer), steps=0)
+
+
+@pytest.mark.slow
+def test_cli_bench_train_writes_results(legal_shards, small_tokenizer, tmp_path):
+    pytest.importorskip("transformers")
+    from encoderforge.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "train", "--shards", str(legal_shards), "--tokenizer", str(small_tokenizer),
+                                   "--preset", "bert-tiny", "--max-len", "64", "--rows", "2", "--steps", "1",
+                                   "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert saved["config"]["preset"] == "bert-tiny" and "x (transformers batches" in res.output

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Domain adaptation of MiniLM-L6 to legal text (issue: "Domain pretraining"), as run for docs/results-pretrain.md.
+#   1. continued MLM on the training split's license texts: a head-only warm-up (phase 1: the unadapted
+#      encoder's held-out loss with a trained head), then the whole encoder (phase 2), and a control that keeps
+#      training the head only for the same steps (so "adapted" is compared against as much head training);
+#   2. license-category fine-tuning from the unadapted and from the adapted encoder, same recipe (R8's), 3 seeds.
+# Usage: benchmarks/domain_adaptation.sh PART [SEEDS...]   PART = prepare | head | adapt | control | unadapted | adapted
+# Parts after "prepare" are independent pairs that can run side by side, one thread each (the box has 2 cores):
+#   (head; adapt; adapted)  and  (unadapted; control)  -- control and adapted need head / adapt first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+EF="${EF:-.venv/bin/encoderforge}"
+DATA="${DATA:-runs/data}"
+OUT="${OUT:-runs/adapt}"
+part="$1"; shift || true
+seeds=("${@:-0 1 2}"); seeds=(${seeds[*]})
+CFG=configs/continue-minilm.yaml
+finetune() {  # $1 = model, $2 = run name, $3 = seed
+  "$EF" finetune classify --model "$1" --train "$DATA/license-category/train.jsonl" \
+    --dev "$DATA/license-category/dev.jsonl" --test "$DATA/license-category/test.jsonl" \
+    --out "$OUT/ft/$2-seed$3" --max-length 128 --epochs 3 --batch-size 32 --lr 1e-4 --seed "$3" --threads 1
+}
+case "$part" in
+  prepare)
+    [ -f "$DATA/license-category/pretrain.jsonl" ] || .venv/bin/python benchmarks/prepare_finetune_data.py --out "$DATA"
+    "$EF" data prepare "$DATA/license-category/pretrain.jsonl=licenses" --tokenizer minilm-l6 --out "$OUT/shards" \
+      --eval-fraction 0.05 ;;
+  head)      # phase 1: fresh MLM head on the frozen encoder
+    "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.freeze_encoder=true \
+      --set train.steps=200 --set train.lr=1e-3 --set train.warmup_steps=20 --set train.eval_every=50 \
+      --set train.out_dir="$OUT/head" ;;
+  adapt)     # phase 2: the whole encoder, from phase 1's head
+    "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.init_from="$OUT/head/model" \
+      --set train.out_dir="$OUT/mlm" ;;
+  control)   # phase 2 with the encoder still frozen: the same steps and schedule for the head alone
+    "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.init_from="$OUT/head/model" \
+      --set model.freeze_encoder=true --set train.out_dir="$OUT/mlm-head-only" ;;
+  unadapted) for s in "${seeds[@]}"; do finetune minilm-l6 unadapted "$s"; done ;;
+  adapted)   for s in "${seeds[@]}"; do finetune "$OUT/mlm/model" adapted "$s"; done ;;
+  *) echo "unknown part $part; use prepare | head | adapt | control | unadapted | adapted" >&2; exit 2 ;;
+esac
