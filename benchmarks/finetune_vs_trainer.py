@@ -1,5 +1,4 @@
-"""Fine-tuning: encoderforge's loop vs transformers (AutoModelForSequenceClassification trained by the native
-PyTorch loop of transformers' fine-tuning tutorial: Trainer itself needs `accelerate`, not installed here), in ONE run.
+"""Fine-tuning: encoderforge's loop vs transformers' `Trainer` (AutoModelForSequenceClassification), in ONE run.
 
 Same checkpoint (MiniLM-L6), same tokenizer and truncation, same training/test examples, epochs, batch size,
 learning rate, linear warmup/decay, AdamW betas/eps, weight decay, gradient clipping, seed and thread count.
@@ -7,8 +6,10 @@ Each side runs in its own subprocess, so each peak RSS is its own. What differs 
 default and what this comparison is about:
   encoderforge: padding-free packed batches (varlen), mean-pooling head (the model's own sentence pooling),
                 a dev evaluation per epoch (on --dev-n examples) that keeps the best checkpoint.
-  transformers: padded batches (DataCollatorWithPadding, padded to the batch's longest), BERT pooler + [CLS]
-                head (what AutoModelForSequenceClassification builds), the last checkpoint, no dev evaluation.
+  transformers: Trainer with padded batches (DataCollatorWithPadding, padded to the batch's longest), BERT pooler +
+                [CLS] head (what AutoModelForSequenceClassification builds), a dev evaluation per epoch and
+                load_best_model_at_end (the best epoch, as ours).
+Needs the `baselines` extra (accelerate, which Trainer requires).
 
     python benchmarks/finetune_vs_trainer.py --train-n 1000 --test-n 500 --epochs 2 --out runs/ft-vs-trainer
 """
@@ -69,19 +70,19 @@ def run_ours(a: argparse.Namespace) -> dict:
 
 
 def run_hf(a: argparse.Namespace) -> dict:
-    """transformers' documented native-PyTorch fine-tuning recipe: what Trainer runs, minus accelerate (Trainer
-    itself needs `accelerate`, which this environment does not ship)."""
+    """transformers' `Trainer` as its fine-tuning guide runs it: AutoModelForSequenceClassification, the tokenizer's
+    DataCollatorWithPadding, linear schedule with warmup, AdamW, a dev evaluation per epoch and the best epoch's
+    checkpoint loaded at the end (the same selection ours makes)."""
     import torch
     from sklearn.metrics import f1_score
-    from torch.utils.data import DataLoader
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
 
     from encoderforge.model.zoo import resolve_model
 
     torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
     d = Path(a.data)
-    train, test = read_jsonl(d / "train.jsonl"), read_jsonl(d / "test.jsonl")
+    train, dev, test = (read_jsonl(d / f"{x}.jsonl") for x in ("train", "dev", "test"))
     labels = json.loads((d / "labels.json").read_text())
     index = {lab: i for i, lab in enumerate(labels)}
     path = str(resolve_model(a.model))
@@ -92,37 +93,23 @@ def run_hf(a: argparse.Namespace) -> dict:
         return [{"input_ids": ids, "attention_mask": m, "labels": index.get(r["label"], 0)}
                 for ids, m, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
 
+    def accuracy(pred) -> dict:
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
     t0 = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
-    collate = DataCollatorWithPadding(tok)  # pads each batch to its longest sequence
-    loader = DataLoader(encode(train), batch_size=a.batch_size, shuffle=True, collate_fn=collate)
-    no_decay = ("bias", "LayerNorm.weight")  # Trainer's default exclusion list
-    groups = [{"params": [p for n, p in model.named_parameters() if not any(x in n for x in no_decay)], "weight_decay": a.weight_decay},
-              {"params": [p for n, p in model.named_parameters() if any(x in n for x in no_decay)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
-    steps = round(a.epochs * len(loader))
-    sched = get_scheduler("linear", opt, num_warmup_steps=round(a.warmup_ratio * steps), num_training_steps=steps)
-    model.train()
-    t_train, step = time.perf_counter(), 0
-    while step < steps:
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            step += 1
-            if step == steps:
-                break
-    train_s = time.perf_counter() - t_train
-    model.eval()
-    pred = []
-    with torch.no_grad():
-        for batch in DataLoader(encode(test), batch_size=64, collate_fn=collate):
-            pred.extend(model(**batch).logits.argmax(-1).tolist())
-    gold = np.array([index.get(r["label"], -1) for r in test])
-    pred = np.array(pred)
+    targs = TrainingArguments(
+        output_dir=str(Path(a.out) / "hf-trainer-run"), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=64, learning_rate=a.lr, warmup_steps=a.warmup_ratio, lr_scheduler_type="linear",
+        weight_decay=a.weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+        seed=a.seed, use_cpu=True, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="accuracy", report_to="none", logging_strategy="epoch",
+        dataloader_pin_memory=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=targs, train_dataset=encode(train), eval_dataset=encode(dev),
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)
+    train_s = trainer.train().metrics["train_runtime"]
+    out = trainer.predict(encode(test))
+    pred, gold = out.predictions.argmax(-1), np.array([index.get(r["label"], -1) for r in test])
     return {"test_accuracy": float((pred == gold).mean()), "test_macro_f1": float(f1_score(gold, pred, average="macro")),
             "train_s": train_s, "s_per_epoch": train_s / a.epochs, "total_s": time.perf_counter() - t0}
 
@@ -245,7 +232,7 @@ def main() -> None:
     full = {"ours": results["ours"], "hf": results["hf"]}
     rows = []
     for name, k in (("encoderforge (the loop: packed, oneDNN linears)", "ours"),
-                    ("encoderforge with torch's default linears", "ours_mkl"), ("transformers (native loop)", "hf")):
+                    ("encoderforge with torch's default linears", "ours_mkl"), ("transformers Trainer", "hf")):
         r = full.get(k)
         acc = f"{100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | {r['s_per_epoch']:.0f}" if r else "– | – | –"
         rss = f"{r['peak_rss_mb']:.0f}" if r else "–"
