@@ -3,10 +3,14 @@
 #   1. continued MLM on the training split's license texts: a head-only warm-up (phase 1: the unadapted
 #      encoder's held-out loss with a trained head), then the whole encoder (phase 2), and a control that keeps
 #      training the head only for the same steps (so "adapted" is compared against as much head training);
-#   2. license-category fine-tuning from the unadapted and from the adapted encoder, same recipe (R8's), 3 seeds.
-# Usage: benchmarks/domain_adaptation.sh PART [SEEDS...]   PART = prepare | head | adapt | control | unadapted | adapted
-# Parts after "prepare" are independent pairs that can run side by side, one thread each (the box has 2 cores):
-#   (head; adapt; adapted)  and  (unadapted; control)  -- control and adapted need head / adapt first.
+#      and a general-domain control: the same phase 2 on BBC News text instead of legal text (news-adapt);
+#   2. license-category fine-tuning from the unadapted, the legal-adapted and the news-adapted encoder, same recipe
+#      (R8's), 3 seeds each;
+#   3. held-out legal MLM loss of every phase-2 model on the same rows and masks (heldout).
+# Usage: benchmarks/domain_adaptation.sh PART [SEEDS...]
+#   PART = prepare | head | adapt | control | news-adapt | unadapted | adapted | newsadapted | heldout
+# After "prepare", chains can run side by side, one thread each (the box has 2 cores):
+#   (head; adapt; adapted)  and  (unadapted; control; news-adapt; newsadapted) -- the parts after head need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
@@ -25,6 +29,8 @@ case "$part" in
   prepare)
     [ -f "$DATA/license-category/pretrain.jsonl" ] || .venv/bin/python benchmarks/prepare_finetune_data.py --out "$DATA"
     "$EF" data prepare "$DATA/license-category/pretrain.jsonl=licenses" --tokenizer minilm-l6 --out "$OUT/shards" \
+      --eval-fraction 0.05
+    "$EF" data prepare "$DATA/news-mlm/pretrain.jsonl=news" --tokenizer minilm-l6 --out "$OUT/news-shards" \
       --eval-fraction 0.05 ;;
   head)      # phase 1: fresh MLM head on the frozen encoder
     "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.freeze_encoder=true \
@@ -36,7 +42,14 @@ case "$part" in
   control)   # phase 2 with the encoder still frozen: the same steps and schedule for the head alone
     "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.init_from="$OUT/head/model" \
       --set model.freeze_encoder=true --set train.out_dir="$OUT/mlm-head-only" ;;
+  news-adapt)  # control: phase 2 on news text, from the same phase-1 head
+    "$EF" pretrain --config "$CFG" --set data.shards="$OUT/news-shards" --set model.init_from="$OUT/head/model" \
+      --set train.out_dir="$OUT/mlm-news" ;;
+  heldout)
+    .venv/bin/python benchmarks/mlm_heldout.py --shards "$OUT/shards" "$OUT/head/model" "$OUT/mlm-head-only/model" \
+      "$OUT/mlm-news/model" "$OUT/mlm/model" | tee "$OUT/heldout.jsonl" ;;
   unadapted) for s in "${seeds[@]}"; do finetune minilm-l6 unadapted "$s"; done ;;
   adapted)   for s in "${seeds[@]}"; do finetune "$OUT/mlm/model" adapted "$s"; done ;;
-  *) echo "unknown part $part; use prepare | head | adapt | control | unadapted | adapted" >&2; exit 2 ;;
+  newsadapted) for s in "${seeds[@]}"; do finetune "$OUT/mlm-news/model" newsadapted "$s"; done ;;
+  *) echo "unknown part $part; see the usage at the top of $0" >&2; exit 2 ;;
 esac

@@ -15,6 +15,8 @@
       `category`; empty and exact-duplicate texts dropped, categories with < 10 texts dropped; stratified 70/15/15.
   license-category/pretrain.jsonl             the *training* split's texts only, as the corpus for continued MLM
       (domain adaptation): no dev or test text is ever seen by pretraining.
+  news-mlm/pretrain.jsonl                     the 2,225 BBC News articles (title line + body) as a general-domain MLM
+      corpus: the control of the domain-adaptation experiment (same steps of MLM on news instead of legal text).
   vader-cv/fold{k}/{train,test}.jsonl         VADER's 4,200 tweets with their human mean valence (-4..4) as 3
       classes: rescaled to -1..1, >= 0.05 positive, <= -0.05 negative, else neutral (the thresholds VADER's README
       gives for its compound score); stratified 5 folds.
@@ -159,6 +161,7 @@ def main() -> None:
         for name, sel in (("train", fold != k), ("test", fold == k)):
             write_jsonl(out / "vader-cv" / f"fold{k}" / f"{name}.jsonl",
                         [{"text": tweets[i][1], "label": tweets[i][0]} for i in np.flatnonzero(sel)])
+    write_jsonl(out / "news-mlm" / "pretrain.jsonl", [{"text": t} for _, t in datasets.bbc_documents()])
     print(f"vader-cv: {len(tweets)} tweets in {a.folds} stratified folds, "
           f"classes {dict(collections.Counter(y for y, _ in tweets))}")
 

@@ -46,6 +46,8 @@ class TrainArgs:
         out_dir: the run directory (config, metrics.jsonl, checkpoints, final model).
         resume: continue from the latest checkpoint in out_dir if there is one.
         progress: show a tqdm progress bar.
+        trim_heap_every: on CPU, return freed heap memory to the OS every this many steps and after each
+            evaluation (glibc malloc_trim; 0 = never). Keeps peak RSS near live memory when batch shapes vary.
     """
 
     steps: int = 1000
@@ -71,12 +73,14 @@ class TrainArgs:
     out_dir: str = "runs/pretrain"
     resume: bool = True
     progress: bool = True
+    trim_heap_every: int = 20
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_rows"):
             if getattr(self, name) <= 0:
                 raise EncoderforgeError(f"train.{name} must be positive, got {getattr(self, name)}")
-        for name in ("micro_rows", "warmup_steps", "log_every", "eval_every", "save_every", "grad_clip", "weight_decay"):
+        for name in ("micro_rows", "warmup_steps", "log_every", "eval_every", "save_every", "grad_clip", "weight_decay",
+                     "trim_heap_every"):
             if getattr(self, name) < 0:
                 raise EncoderforgeError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -23,6 +23,7 @@ from encoderforge.tasks import Task
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import Dist, all_reduce_sum, barrier
 from encoderforge.training.fast_linear import restore_linears, use_onednn_linears
+from encoderforge.training.memory import release_free_heap
 from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -119,6 +120,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step, state.tokens, state.rows = step + 1, state.tokens + int(tokens), state.rows + args.batch_rows
+        trim = dist.device.type == "cpu" and args.trim_heap_every > 0
+        if trim and state.step % args.trim_heap_every == 0:
+            release_free_heap()
 
         loss = total / max(count, 1)
         elapsed = time.perf_counter() - t0
@@ -132,6 +136,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         stop = False
         if (args.eval_every and state.step % args.eval_every == 0) or done:
             metrics = evaluate(model, task, dist, amp)
+            if trim:  # evaluation batches have shapes of their own
+                release_free_heap()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
             stop = on_eval is not None and bool(on_eval(state.step, metrics)) and not done
         if record and log is not None:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Cross-validated fine-tuning runs of docs/results-finetune.md (MiniLM-L6, one thread each so two can run side by
+# side on 2 cores). Data: benchmarks/prepare_finetune_data.py --out runs/data. Baselines on the same folds:
+# benchmarks/baselines.py. Summary of the runs: encoderforge eval runs/cv --out runs/cv/leaderboard.
+# Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+EF="${EF:-.venv/bin/encoderforge}"
+DATA="${DATA:-runs/data}"
+OUT="${OUT:-runs/cv}"
+set_="$1"; shift
+folds=("${@:-0 1 2 3 4}"); folds=(${folds[*]})
+for k in "${folds[@]}"; do
+  case "$set_" in
+    vader)  # 3-class tweets; 10% of each fold's training part is the dev set that picks the epoch
+      "$EF" finetune classify --model minilm-l6 --train "$DATA/vader-cv/fold$k/train.jsonl" \
+        --test "$DATA/vader-cv/fold$k/test.jsonl" --labels negative,neutral,positive --out "$OUT/vader-fold$k" \
+        --max-length 128 --epochs 3 --batch-size 32 --lr 1e-4 --seed 0 --threads 1 ;;
+    bbc)
+      "$EF" finetune classify --model minilm-l6 --train "$DATA/bbc-cv/fold$k/train.jsonl" \
+        --test "$DATA/bbc-cv/fold$k/test.jsonl" --out "$OUT/bbc-fold$k" \
+        --max-length 128 --epochs 2 --batch-size 32 --lr 1e-4 --seed 0 --threads 1 ;;
+    *) echo "unknown set $set_; use vader | bbc" >&2; exit 2 ;;
+  esac
+done
