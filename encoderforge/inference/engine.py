@@ -9,12 +9,15 @@ so no FLOP is spent on padding whatever order the texts arrive in.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
 from encoderforge.inference.cpu_pack import pack_for_cpu
@@ -59,8 +62,13 @@ class Engine:
     def __init__(self, encoder: Encoder, tokenizer, *, max_tokens: int = DEFAULT_MAX_TOKENS, max_length: int | None = None,
                  truncate: bool = True, pack: bool = True):
         on_cpu = next(encoder.parameters()).device.type == "cpu"
-        self.encoder = (pack_for_cpu(encoder) if pack and on_cpu else encoder).set_attention("varlen").eval()
-        self.tokenizer = tokenizer
+        own = pack_for_cpu(encoder) if pack and on_cpu else encoder  # packing makes a copy (when oneDNN is there)
+        if own is encoder:
+            # the engine's own module tree over the same tensors: the caller's encoder keeps its attention backend
+            # and training mode, and no weight memory is duplicated (e.g. a model on the GPU)
+            own = copy.deepcopy(encoder, memo={id(t): t for t in (*encoder.parameters(), *encoder.buffers())})
+        self.encoder = own.set_attention("varlen").eval()
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # truncation settings below stay the engine's
         self.max_length = int(max_length or encoder.cfg.max_position)
         if self.max_length > encoder.cfg.max_position and encoder.cfg.position == "learned":
             raise EncoderforgeError(f"max_length={self.max_length} exceeds the model's max_position="
@@ -71,9 +79,9 @@ class Engine:
         self.max_tokens = int(max_tokens)
         self.truncate = truncate
         if truncate:  # the Rust tokenizer truncates (keeping [CLS]/[SEP]) and reports what overflowed
-            tokenizer.enable_truncation(self.max_length)
+            self.tokenizer.enable_truncation(self.max_length)
         else:
-            tokenizer.no_truncation()
+            self.tokenizer.no_truncation()
 
     @property
     def device(self) -> torch.device:

@@ -113,3 +113,19 @@ def test_engine_on_cuda_half_matches_cpu(minilm_path, real_texts):
     enc = load(minilm_path).encoder.cuda().half()
     gpu = Engine(enc, load_tokenizer(minilm_path), max_length=256).embed(real_texts)
     assert (cpu * gpu).sum(axis=1).min() >= 0.999
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_engine_leaves_the_callers_encoder_and_tokenizer_alone(minilm_path, real_texts, pack):
+    loaded = load(minilm_path, attention="sdpa")
+    enc = loaded.encoder.train()
+    tok = load_tokenizer(minilm_path)
+    eng = Engine(enc, tok, max_tokens=1024, max_length=32, pack=pack)
+    assert enc.cfg.attention == "sdpa" and enc.training  # backend and mode unchanged
+    assert all(b.attn.fn is enc.layers[0].attn.fn for b in enc.layers)
+    assert tok.truncation is None  # the engine truncates its own copy
+    assert eng.encoder.cfg.attention == "varlen" and not eng.encoder.training
+    if not pack:  # same tensors, no copy of the weights
+        assert eng.encoder.layers[0].attn.qkv.weight is enc.layers[0].attn.qkv.weight
+    ref = Engine.from_pretrained(minilm_path, max_tokens=1024, max_length=32).embed(real_texts[:4])
+    assert np.abs(eng.embed(real_texts[:4]) - ref).max() <= 1e-4
