@@ -26,7 +26,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import Documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
-from encoderforge.data.packing import Row, iter_rows, rank_slice
+from encoderforge.data.packing import Row
 from encoderforge.model import checkpoint
 from encoderforge.model.attention import AttnContext, rope_tables
 from encoderforge.model.config import EncoderConfig
@@ -225,26 +225,14 @@ class ElectraTask:
         self._eval: list[ElectraBatch] | None = None
 
     def train_batches(self, start_step: int) -> Iterator[list[ElectraBatch]]:
-        d = self.data  # the same row stream as MLMTask.train_batches
-        stream = iter_rows(d.train_docs, d.max_len, d.seed, start=start_step * d.batch_rows)
-        while True:
-            rows = rank_slice([next(stream) for _ in range(d.batch_rows)], d.rank, d.world)
-            yield [collate(d.train_docs, rows[i:i + d.micro_rows], d.vocab, d.masking, d.seed)
-                   for i in range(0, len(rows), d.micro_rows)]
+        d = self.data  # the same rows as MLMTask.train_batches
+        for micro in d.train_row_batches(start_step):
+            yield [collate(d.train_docs, rows, d.vocab, d.masking, d.seed) for rows in micro]
 
     def eval_batches(self) -> list[ElectraBatch]:
         d = self.data
         if self._eval is None:  # fixed rows, masks and sampling seeds (as MLMTask.eval_batches)
-            self._eval = []
-            if d.eval_docs and d.eval_rows:
-                rows = []
-                for row in iter_rows(d.eval_docs, d.max_len, d.seed, use_weights=False, epochs=1):
-                    rows.append(row)
-                    if len(rows) == d.eval_rows:
-                        break
-                mine = rows[d.rank::d.world]
-                self._eval = [collate(d.eval_docs, mine[i:i + d.micro_rows], d.vocab, d.masking, d.seed + 1)
-                              for i in range(0, len(mine), d.micro_rows)]
+            self._eval = [collate(d.eval_docs, rows, d.vocab, d.masking, d.seed + 1) for rows in d.eval_row_batches()]
         return self._eval
 
     def loss(self, model: nn.Module, batch: ElectraBatch) -> LossSum:

@@ -119,25 +119,32 @@ class MLMTask:
                                     f"train.micro_rows={self.micro_rows}")
         self._eval: list[MLMBatch] | None = None
 
-    def train_batches(self, start_step: int) -> Iterator[list[MLMBatch]]:
+    def train_row_batches(self, start_step: int) -> Iterator[list[list[Row]]]:
+        """Each optimizer step's rows for this process, cut into micro-batches (ELECTRA reads the same rows)."""
         stream = iter_rows(self.train_docs, self.max_len, self.seed, start=start_step * self.batch_rows)
         while True:
             rows = rank_slice([next(stream) for _ in range(self.batch_rows)], self.rank, self.world)
-            yield [collate(self.train_docs, rows[i:i + self.micro_rows], self.vocab, self.masking, self.seed)
-                   for i in range(0, len(rows), self.micro_rows)]
+            yield [rows[i:i + self.micro_rows] for i in range(0, len(rows), self.micro_rows)]
+
+    def eval_row_batches(self) -> list[list[Row]]:
+        """This process's share of the first `eval_rows` held-out rows, in micro-batches: the same every time."""
+        rows: list[Row] = []
+        if self.eval_docs and self.eval_rows:
+            for row in iter_rows(self.eval_docs, self.max_len, self.seed, use_weights=False, epochs=1):
+                rows.append(row)
+                if len(rows) == self.eval_rows:
+                    break
+        mine = rows[self.rank::self.world]
+        return [mine[i:i + self.micro_rows] for i in range(0, len(mine), self.micro_rows)]
+
+    def train_batches(self, start_step: int) -> Iterator[list[MLMBatch]]:
+        for micro in self.train_row_batches(start_step):
+            yield [collate(self.train_docs, rows, self.vocab, self.masking, self.seed) for rows in micro]
 
     def eval_batches(self) -> list[MLMBatch]:
         if self._eval is None:  # fixed rows and masks, built once: evaluations are comparable across steps
-            self._eval = []
-            if self.eval_docs and self.eval_rows:
-                rows = []
-                for row in iter_rows(self.eval_docs, self.max_len, self.seed, use_weights=False, epochs=1):
-                    rows.append(row)
-                    if len(rows) == self.eval_rows:
-                        break
-                mine = rows[self.rank::self.world]
-                self._eval = [collate(self.eval_docs, mine[i:i + self.micro_rows], self.vocab, self.masking, self.seed + 1)
-                              for i in range(0, len(mine), self.micro_rows)]
+            self._eval = [collate(self.eval_docs, rows, self.vocab, self.masking, self.seed + 1)
+                          for rows in self.eval_row_batches()]
         return self._eval
 
     def loss(self, model: nn.Module, batch: MLMBatch) -> LossSum:
