@@ -5,6 +5,9 @@
   vader-cv, bbc-cv, license-category
                   TF-IDF (word 1-2-grams, sublinear tf) + logistic regression (scikit-learn, C=10, class-balanced
                   off): the standard strong bag-of-words baseline, fitted on each fold's training part.
+  wnut-cv         a gazetteer learned from each fold's training part: every entity string seen there (lower-cased)
+                  tagged with its most frequent type wherever it occurs in the held-out fold, longest match first
+                  (the memorisation baseline of the WNUT shared tasks); entity-level F1 by seqeval.
 Accuracy and macro-F1 per fold, mean and standard deviation over folds; JSON to OUT/baselines.json.
 
     python benchmarks/prepare_finetune_data.py --out runs/data
@@ -51,6 +54,48 @@ def vader(test: list[dict]) -> list[str]:
     return out
 
 
+def read_conll(path: Path) -> list[list[tuple[str, str]]]:
+    blocks = path.read_text(encoding="utf-8").strip().split("\n\n")
+    return [[tuple(line.split("\t")) for line in b.splitlines()] for b in blocks if b.strip()]
+
+
+def gazetteer(train: list[list[tuple[str, str]]], test: list[list[tuple[str, str]]]) -> dict[str, float]:
+    import collections
+
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    types: dict[tuple[str, ...], collections.Counter] = collections.defaultdict(collections.Counter)
+    for sent in train:
+        span: list[str] = []
+        kind = ""
+        for tok, tag in [*sent, ("", "O")]:
+            if span and not tag.startswith("I-"):
+                types[tuple(span)][kind] += 1
+                span = []
+            if tag.startswith("B-"):
+                span, kind = [tok.lower()], tag[2:]
+            elif tag.startswith("I-") and span:
+                span.append(tok.lower())
+    known = {k: c.most_common(1)[0][0] for k, c in types.items()}
+    longest = max(map(len, known), default=1)
+    pred = []
+    for sent in test:
+        words, tags, i = [t.lower() for t, _ in sent], ["O"] * len(sent), 0
+        while i < len(words):
+            for n in range(min(longest, len(words) - i), 0, -1):
+                kind = known.get(tuple(words[i:i + n]))
+                if kind:
+                    tags[i:i + n] = [f"B-{kind}"] + [f"I-{kind}"] * (n - 1)
+                    i += n
+                    break
+            else:
+                i += 1
+        pred.append(tags)
+    gold = [[g for _, g in sent] for sent in test]
+    return {"f1": 100 * f1_score(gold, pred), "precision": 100 * precision_score(gold, pred),
+            "recall": 100 * recall_score(gold, pred)}
+
+
 def summarise(per_fold: list[dict[str, float]]) -> dict:
     keys = per_fold[0].keys()
     return {"folds": per_fold,
@@ -72,6 +117,9 @@ def main() -> None:
         res[f"{name}/tfidf-lr"] = summarise([scores([r["label"] for r in te], tfidf_lr(tr, te)) for tr, te in splits])
         if name == "vader-cv":
             res[f"{name}/vader"] = summarise([scores([r["label"] for r in te], vader(te)) for _, te in splits])
+    folds = sorted((data / "wnut-cv").glob("fold*"))
+    res["wnut-cv/gazetteer"] = summarise([gazetteer(read_conll(f / "train.conll") + read_conll(f / "dev.conll"),
+                                                    read_conll(f / "test.conll")) for f in folds])
     lic = data / "license-category"
     tr, te = read_jsonl(lic / "train.jsonl"), read_jsonl(lic / "test.jsonl")
     res["license-category/tfidf-lr"] = summarise([scores([r["label"] for r in te], tfidf_lr(tr, te))])
@@ -79,8 +127,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(res, indent=2))
     for k, v in res.items():
-        print(f"{k}: accuracy {v['accuracy_mean']:.2f} +- {v['accuracy_sd']:.2f}, "
-              f"macro-F1 {v['macro_f1_mean']:.2f} +- {v['macro_f1_sd']:.2f} ({len(v['folds'])} fold(s))")
+        print(f"{k}: " + ", ".join(f"{m} {v[m + '_mean']:.2f} +- {v[m + '_sd']:.2f}" for m in v["folds"][0])
+              + f" ({len(v['folds'])} fold(s))")
 
 
 if __name__ == "__main__":
