@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 
 from encoderforge import EncoderforgeError, datasets
-from encoderforge.fileio import atomic_file
 from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows, row_tokens
+from encoderforge.fileio import atomic_file
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.training.fast_linear import use_onednn_linears
+from encoderforge.model.zoo import resolve_model
 from encoderforge.tasks.mlm import MaskedLM, collate
 from encoderforge.tokenization import load_tokenizer
+from encoderforge.training.fast_linear import use_onednn_linears
 
 
 def _interleaved(steps: list, batches: list[list], warmup: int) -> list[list[float]]:
@@ -64,17 +65,15 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
     if steps < 1 or warmup < 0 or rows < 1:
         raise EncoderforgeError(f"bench train: steps={steps}, warmup={warmup}, rows={rows}; use steps >= 1, "
                                 "warmup >= 0, rows >= 1")
-    from encoderforge.model.zoo import resolve_model
-
     tokenizer = resolve_model(str(tokenizer))
-    if shards is None:
-        with tempfile.TemporaryDirectory(prefix="encoderforge-bench-train-") as tmp:
-            corpus = CorpusSpec(path=str(datasets.license_texts()[0].parent), name="licenses")
-            prepare_corpus([corpus], tokenizer, Path(tmp) / "shards", eval_fraction=0.0)
-            return _bench(Path(tmp) / "shards", tokenizer, preset_name=preset_name, max_len=max_len, rows=rows,
-                          steps=steps, warmup=warmup, ratio=ratio, threads=threads, seed=seed)
-    return _bench(Path(shards), tokenizer, preset_name=preset_name, max_len=max_len, rows=rows, steps=steps,
-                  warmup=warmup, ratio=ratio, threads=threads, seed=seed)
+    kw = dict(preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio,
+              threads=threads, seed=seed)
+    if shards is not None:
+        return _bench(Path(shards), tokenizer, **kw)
+    with tempfile.TemporaryDirectory(prefix="encoderforge-bench-train-") as tmp:
+        corpus = CorpusSpec(path=str(datasets.license_texts()[0].parent), name="licenses")
+        prepare_corpus([corpus], tokenizer, Path(tmp) / "shards", eval_fraction=0.0)
+        return _bench(Path(tmp) / "shards", tokenizer, **kw)
 
 
 def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: int, rows: int, steps: int,
