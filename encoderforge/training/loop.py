@@ -23,7 +23,7 @@ from encoderforge.tasks import Task
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import Dist, all_reduce_sum, barrier
 from encoderforge.training.fast_linear import restore_linears, use_onednn_linears
-from encoderforge.training.memory import release_free_heap
+from encoderforge.training.memory import release_free_heap, rss_mb
 from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -131,7 +131,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
         record: dict[str, Any] = {}
         if args.log_every and (state.step % args.log_every == 0 or state.step == 1):
-            record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s)
+            record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s,
+                          rss_mb=round(rss_mb(), 1))
         done = state.step == args.steps
         stop = False
         if (args.eval_every and state.step % args.eval_every == 0) or done:

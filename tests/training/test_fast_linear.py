@@ -49,3 +49,14 @@ def test_restore_gives_plain_linears_with_the_same_parameters():
     use_onednn_linears(model)
     assert restore_linears(model) == 1
     assert type(model[0]) is nn.Linear and model[0].weight is lin.weight and model[0].bias is lin.bias
+
+
+def test_swap_sets_a_small_onednn_primitive_cache_unless_the_user_chose_one(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    use_onednn_linears(nn.Sequential(nn.Linear(4, 4)))
+    import os
+
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    use_onednn_linears(nn.Sequential(nn.Linear(4, 4)))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

@@ -35,7 +35,9 @@ def test_loss_goes_down_and_run_dir_is_complete(tiny_overrides, tmp_path):
     assert len(losses) == 30
     first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(26, 31)) / 5
     assert last < first - 0.5, (first, last)
-    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_mlm_loss" in x]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["rss_mb"] > 50 for r in records if "loss" in r)  # resident memory logged with every loss
+    evals = [r for r in records if "eval_mlm_loss" in r]
     assert [e["step"] for e in evals] == [0, 15, 30]
     assert evals[2]["eval_mlm_loss"] < evals[1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
     assert final["eval_mlm_loss"] == evals[2]["eval_mlm_loss"] and 0 < final["eval_mlm_accuracy"] < 1
