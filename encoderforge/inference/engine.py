@@ -10,7 +10,6 @@ so no FLOP is spent on padding whatever order the texts arrive in.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
