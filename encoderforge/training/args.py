@@ -73,7 +73,7 @@ class TrainArgs:
     out_dir: str = "runs/pretrain"
     resume: bool = True
     progress: bool = True
-    trim_heap_every: int = 20
+    trim_heap_every: int = 5
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_rows"):

@@ -3,7 +3,8 @@
 Why by hand: glibc's allocator keeps freed heap pages for reuse, and when every batch has another shape (packed or
 padded variable-length batches) the kept pages pile up: a MiniLM-L6 fine-tuning run whose live memory is ~0.6 GB
 peaked at 8.95 GB RSS (benchmarks/finetune_rss.py, docs/results-finetune.md). `malloc_trim(0)` returns them;
-doing it after every step costs ~15% step time (pages fault back in), every few dozen steps almost nothing.
+doing it after every step costs ~15% step time (pages fault back in), every 5 steps a few percent. A fixed mmap
+threshold (`set_mmap_threshold`) holds RSS flat but cost 75% step time here (every activation page-faulted anew).
 """
 
 from __future__ import annotations
@@ -14,20 +15,31 @@ import os
 import sys
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
 @functools.cache
-def _malloc_trim():
+def _glibc():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only (musl has no malloc_trim)
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None  # glibc, not musl
+    except OSError:
         return None
 
 
 def release_free_heap() -> bool:
     """malloc_trim(0): True if glibc returned memory to the OS, False if none or not glibc."""
-    trim = _malloc_trim()
-    return bool(trim(0)) if trim is not None else False
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Fix glibc's mmap threshold: blocks above `nbytes` are mmapped and unmapped when freed (the default
+    threshold rises by itself up to 32 MB, after which large freed tensors stay in the heap). True if set."""
+    libc = _glibc()
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))) if libc is not None else False
 
 
 def rss_mb() -> float:

@@ -33,6 +33,6 @@ def test_release_free_heap_returns_fragmented_free_memory():
 def test_loop_trims_on_cpu_by_default():
     from encoderforge.training.args import TrainArgs
 
-    assert TrainArgs().trim_heap_every == 20
+    assert TrainArgs().trim_heap_every == 5
     with pytest.raises(Exception, match="trim_heap_every"):
         TrainArgs(trim_heap_every=-1)
