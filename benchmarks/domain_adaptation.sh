@@ -7,6 +7,8 @@
 #   2. license-category fine-tuning from the unadapted, the legal-adapted and the news-adapted encoder, the same
 #      recipe for all (lr 3e-4, 4 epochs: R8's 1e-4 x 3 left the small categories at F1 0), seeds 0 and 1;
 #   3. held-out legal MLM loss of every phase-2 model on the same rows and masks (heldout).
+# A second downstream task (license-expression multi-label) is benchmarks/adapt_multilabel.sh. Results and reading:
+# docs/results-pretrain.md, "Domain adaptation".
 # Usage: benchmarks/domain_adaptation.sh PART [SEEDS...]
 #   PART = prepare | head | adapt | control | news-adapt | unadapted | adapted | newsadapted | heldout
 # After "prepare", chains can run side by side, one thread each (the box has 2 cores):
