@@ -3,13 +3,9 @@
 # multi-label classification of ScanCode rule texts (20 license keys), fine-tuned from the unadapted MiniLM-L6
 # and from the legal-adapted encoder (runs/adapt/mlm/model), with the recipe of docs/results-finetune.md.
 # Usage: benchmarks/adapt_multilabel.sh unadapted|adapted [SEED]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-EF="${EF:-.venv/bin/encoderforge}"
-DATA="${DATA:-runs/data}"
+source "$(dirname "$0")/env.sh"
 OUT="${OUT:-runs/adapt}"
-case "$1" in
+case "${1:-}" in
   unadapted) model=minilm-l6 ;;
   adapted) model="$OUT/mlm/model" ;;
   *) echo "usage: $0 unadapted|adapted [SEED]" >&2; exit 2 ;;

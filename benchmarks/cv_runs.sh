@@ -3,13 +3,9 @@
 # side on 2 cores). Data: benchmarks/prepare_finetune_data.py --out runs/data. Baselines on the same folds:
 # benchmarks/baselines.py. Summary of the runs: encoderforge eval runs/cv --out runs/cv/leaderboard.
 # Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc | wnut | r52 (r52: one train/test split, no folds)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-EF="${EF:-.venv/bin/encoderforge}"
-DATA="${DATA:-runs/data}"
+source "$(dirname "$0")/env.sh"
 OUT="${OUT:-runs/cv}"
-set_="$1"; shift
+set_="${1:-}"; shift || true
 folds=("${@:-0 1 2 3 4}"); folds=(${folds[*]})
 for k in "${folds[@]}"; do
   case "$set_" in

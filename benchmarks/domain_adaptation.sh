@@ -13,13 +13,9 @@
 #   PART = prepare | head | adapt | control | news-adapt | unadapted | adapted | newsadapted | heldout
 # After "prepare", chains can run side by side, one thread each (the box has 2 cores):
 #   (head; adapt; adapted)  and  (unadapted; control; news-adapt; newsadapted) -- the parts after head need it.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-EF="${EF:-.venv/bin/encoderforge}"
-DATA="${DATA:-runs/data}"
+source "$(dirname "$0")/env.sh"
 OUT="${OUT:-runs/adapt}"
-part="$1"; shift || true
+part="${1:-}"; shift || true
 seeds=("${@:-0 1}"); seeds=(${seeds[*]})
 CFG=configs/continue-minilm.yaml
 finetune() {  # $1 = model, $2 = run name, $3 = seed

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
@@ -26,7 +27,7 @@ def heldout(model_dir: str, shards: str, *, rows: int, max_len: int, ratio: floa
     docs = load_documents(shards, "eval", tokenizer=tok)
     task = MLMTask(docs, docs, MaskVocab.from_tokenizer(tok), MaskingConfig(ratio=ratio, strategy=strategy),
                    max_len=max_len, batch_rows=16, eval_rows=rows, seed=seed)
-    model = MaskedLM.from_checkpoint(model_dir)
+    model = MaskedLM.from_checkpoint(model_dir, require_head=True)
     m = evaluate(model, task, Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
     n_rows = sum(int(b.lengths.numel()) for b in task.eval_batches())
     return {"model": model_dir, "mlm_loss": m["mlm_loss"], "mlm_accuracy": m["mlm_accuracy"],
@@ -46,9 +47,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    for m in a.models:
-        print(json.dumps(heldout(m, a.shards, rows=a.rows, max_len=a.max_len, ratio=a.ratio, strategy=a.strategy,
-                                 seed=a.seed)), flush=True)
+    try:
+        for m in a.models:
+            print(json.dumps(heldout(m, a.shards, rows=a.rows, max_len=a.max_len, ratio=a.ratio,
+                                     strategy=a.strategy, seed=a.seed)), flush=True)
+    except EncoderforgeError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

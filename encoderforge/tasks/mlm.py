@@ -63,12 +63,15 @@ class MaskedLM(nn.Module):
         return self.mlm(hidden[positions], self.encoder.embeddings.tok.weight)  # (M, V)
 
     @staticmethod
-    def from_checkpoint(path: str | Path) -> "MaskedLM":
+    def from_checkpoint(path: str | Path, *, require_head: bool = False) -> "MaskedLM":
         """Load our checkpoint or a Hugging Face BERT directory; reuse its MLM head if it has one, else a fresh head
-        (e.g. sentence-transformers MiniLM ships none)."""
+        (e.g. sentence-transformers MiniLM ships none) unless `require_head` (evaluating a head needs a trained one)."""
         loaded = checkpoint.load(path)
         model = MaskedLM(loaded.encoder)
         head = {k[len("mlm."):]: v for k, v in loaded.extra.items() if k.startswith("mlm.")}
+        if require_head and not head:
+            raise EncoderforgeError(f"{path}: no MLM head in this checkpoint; pass the `model` directory of an "
+                                    "`encoderforge pretrain` run (it saves the head beside the encoder)")
         if head:
             missing, unexpected = model.mlm.load_state_dict(head, strict=False)
             if missing or unexpected:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_losses
+from conftest import read_losses, sigkill_after_checkpoint
 from typer.testing import CliRunner
 
 from encoderforge.data.corpus import load_documents
@@ -151,33 +149,13 @@ def test_gradient_accumulation_matches_full_batch(tiny_overrides, tmp_path):
         assert full[s] == pytest.approx(acc[s], rel=1e-4, abs=1e-4)
 
 
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
-pretrain(load_config(None, sys.argv[1:]))
-"""
-
-
 def test_sigkilled_electra_run_resumes_on_the_same_curve(tiny_overrides, tmp_path):
     over = {**ELECTRA, "train.steps": 18, "train.save_every": 3, "train.eval_every": 9}
     pretrain(load_config(None, tiny_overrides(tmp_path / "ref", **over)))
     ref = read_losses(tmp_path / "ref")
 
     run = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *tiny_overrides(run, **over)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step-00000006").exists():  # killed mid-run, after a checkpoint or two
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    resumed_from = int(sorted((run / "checkpoints").iterdir())[-1].name.split("-")[1])
+    resumed_from = sigkill_after_checkpoint(tiny_overrides(run, **over), run, 6)  # killed mid-run
     assert 6 <= resumed_from < 18
 
     pretrain(load_config(None, tiny_overrides(run, **over)))  # same command: resumes from the latest checkpoint

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_losses
+from conftest import read_losses, sigkill_after_checkpoint
 
 from encoderforge.model.checkpoint import load
 from encoderforge.training.args import load_config
@@ -75,34 +69,13 @@ def test_no_weight_decay_on_vectors():
     assert not any(n.startswith("encoder.pooler") for n in nd)  # frozen, not optimised at all
 
 
-RUNNER = """
-import sys, torch
-torch.set_num_threads(1)
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
-pretrain(load_config(None, sys.argv[1:]))
-"""
-
-
 def test_sigkilled_run_resumes_on_the_same_curve(tiny_overrides, tmp_path):
     over = {"train.steps": 24, "train.save_every": 3, "train.eval_every": 12}
     pretrain(load_config(None, tiny_overrides(tmp_path / "ref", **over)))
     ref = read_losses(tmp_path / "ref")
 
     run = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *tiny_overrides(run, **over)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step-00000009").exists():  # killed mid-run, after a few checkpoints
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    ckpts = sorted((run / "checkpoints").iterdir())
-    resumed_from = int(ckpts[-1].name.split("-")[1])
+    resumed_from = sigkill_after_checkpoint(tiny_overrides(run, **over), run, 9)  # killed mid-run
     assert 9 <= resumed_from < 24
 
     pretrain(load_config(None, tiny_overrides(run, **over)))  # same command: resumes from the latest checkpoint

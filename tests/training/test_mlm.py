@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.model.config import preset
@@ -70,3 +72,5 @@ def test_continued_pretraining_from_minilm_gets_fresh_head(minilm_path):
     pos = torch.tensor([enc.tokens.index("[MASK]")])
     logits = model.eval()(ids, torch.tensor([len(ids)], dtype=torch.int32), pos)
     assert logits.shape == (1, 30522)
+    with pytest.raises(EncoderforgeError, match="no MLM head in this checkpoint"):  # evaluation needs a trained head
+        MaskedLM.from_checkpoint(minilm_path, require_head=True)

@@ -1,0 +1,6 @@
+# Sourced by the benchmark run scripts: strict mode, repository root, offline and one-thread settings, paths.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[1]}")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+EF="${EF:-.venv/bin/encoderforge}"
+DATA="${DATA:-runs/data}"
