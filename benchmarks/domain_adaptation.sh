@@ -10,7 +10,8 @@
 # A second downstream task (license-expression multi-label) is benchmarks/adapt_multilabel.sh. Results and reading:
 # docs/results-pretrain.md, "Domain adaptation".
 # Usage: benchmarks/domain_adaptation.sh PART [SEEDS...]
-#   PART = prepare | head | adapt | control | news-adapt | unadapted | adapted | newsadapted | heldout
+#   PART = prepare | head | adapt | adapt-gentle | control | news-adapt | unadapted | adapted | newsadapted | gentle
+#          | heldout
 # After "prepare", chains can run side by side, one thread each (the box has 2 cores):
 #   (head; adapt; adapted)  and  (unadapted; control; news-adapt; newsadapted) -- the parts after head need it.
 source "$(dirname "$0")/env.sh"
@@ -40,14 +41,18 @@ case "$part" in
   control)   # phase 2 with the encoder still frozen: the same steps and schedule for the head alone
     "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.init_from="$OUT/head/model" \
       --set model.freeze_encoder=true --set train.out_dir="$OUT/mlm-head-only" ;;
+  adapt-gentle)  # phase 2 at a third of the LR (3e-5): moves the sentence features less
+    "$EF" pretrain --config "$CFG" --set data.shards="$OUT/shards" --set model.init_from="$OUT/head/model" \
+      --set train.lr=3e-5 --set train.out_dir="$OUT/mlm-gentle" ;;
   news-adapt)  # control: phase 2 on news text, from the same phase-1 head
     "$EF" pretrain --config "$CFG" --set data.shards="$OUT/news-shards" --set model.init_from="$OUT/head/model" \
       --set train.out_dir="$OUT/mlm-news" ;;
   heldout)
     .venv/bin/python benchmarks/mlm_heldout.py --shards "$OUT/shards" "$OUT/head/model" "$OUT/mlm-head-only/model" \
-      "$OUT/mlm-news/model" "$OUT/mlm/model" | tee "$OUT/heldout.jsonl" ;;
+      "$OUT/mlm-news/model" "$OUT/mlm/model" $(ls -d "$OUT/mlm-gentle/model" 2>/dev/null) | tee "$OUT/heldout.jsonl" ;;
   unadapted) for s in "${seeds[@]}"; do finetune minilm-l6 unadapted "$s"; done ;;
   adapted)   for s in "${seeds[@]}"; do finetune "$OUT/mlm/model" adapted "$s"; done ;;
   newsadapted) for s in "${seeds[@]}"; do finetune "$OUT/mlm-news/model" newsadapted "$s"; done ;;
+  gentle)    for s in "${seeds[@]}"; do finetune "$OUT/mlm-gentle/model" gentle "$s"; done ;;
   *) echo "unknown part $part; see the usage at the top of $0" >&2; exit 2 ;;
 esac
