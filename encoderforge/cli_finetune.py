@@ -53,6 +53,8 @@ def _run(task: str, model: str, train: Path, dev: Optional[Path], test: Optional
         result = finetune(task, model, train, dev, test, out=out, schema=schema, args=FinetuneArgs(**kw),  # type: ignore[arg-type]
                           overwrite=overwrite)
     m = result.metrics
+    if not m:  # a torchrun worker other than rank 0: rank 0 evaluates, writes the run and prints the summary
+        return
     summary = {split: {k: v for k, v in m[split].items() if isinstance(v, (int, float))} for split in ("dev", "test") if split in m}
     typer.echo(json.dumps({"run": str(result.run_dir), **summary, "epochs_run": m["epochs_run"],
                            "s_per_epoch": m["s_per_epoch"], "peak_rss_mb": m["peak_rss_mb"]}, indent=2))

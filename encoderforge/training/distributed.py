@@ -52,6 +52,18 @@ def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_dict(values: dict[str, float], dist: Dist) -> dict[str, float]:
+    """Sum named floats over all processes; a key missing on some process counts as 0 there. Task eval stats are
+    sparse (per-class counts only for classes a rank's share holds), so ranks can hold different keys: agree on
+    the union first, or the collectives would pair vectors of different keys (gloo then hangs)."""
+    if dist.world == 1:
+        return dict(values)
+    key_sets: list[list[str] | None] = [None] * dist.world
+    tdist.all_gather_object(key_sets, sorted(values))
+    keys = sorted(set().union(*key_sets))
+    return dict(zip(keys, all_reduce_sum([values.get(k, 0.0) for k in keys], dist)))
+
+
 def barrier(dist: Dist) -> None:
     if dist.world > 1:
         tdist.barrier()

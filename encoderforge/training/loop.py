@@ -21,7 +21,7 @@ from tqdm import tqdm
 from encoderforge.fileio import atomic_file
 from encoderforge.tasks import Task
 from encoderforge.training.args import TrainArgs
-from encoderforge.training.distributed import Dist, all_reduce_sum, barrier
+from encoderforge.training.distributed import Dist, all_reduce_dict, all_reduce_sum, barrier
 from encoderforge.training.fast_linear import restore_linears, use_onednn_linears
 from encoderforge.training.memory import release_free_heap, rss_mb
 from encoderforge.training.schedules import lr_at
@@ -174,8 +174,7 @@ def evaluate(model: nn.Module, task: Task, dist: Dist, amp: torch.dtype | None =
         sums["count"] += out.count
         for k, v in out.stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    keys = sorted(sums)
-    sums = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], dist)))
+    sums = all_reduce_dict(sums, dist)
     model.train()
     return task.metrics(sums) if sums["count"] else {}
 
