@@ -58,9 +58,12 @@ class MaskedLM(nn.Module):
             head.apply(_init_weights)
         self.mlm = head
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (M, V) at `positions`; with return_hidden, also every token's final features (N, C)."""
         hidden = self.encoder.forward_unpadded(input_ids, layout_from_lengths(lengths))  # (N, C)
-        return self.mlm(hidden[positions], self.encoder.embeddings.tok.weight)  # (M, V)
+        logits = self.mlm(hidden[positions], self.encoder.embeddings.tok.weight)  # (M, V)
+        return (logits, hidden) if return_hidden else logits
 
     @staticmethod
     def from_checkpoint(path: str | Path, *, require_head: bool = False) -> "MaskedLM":

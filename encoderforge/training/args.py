@@ -108,6 +108,9 @@ class ModelArgs:
         freeze_encoder: train the heads only (the encoder, and so the tied decoder matrix, stays fixed): warms up
             a fresh MLM head before continued pretraining, and measures what the unadapted encoder already knows
             (its held-out MLM loss with a trained head) as the baseline of a domain-adaptation run.
+        anchor_weight: continued MLM only (init_from): also pull the features of the unmasked tokens towards those
+            of the init_from encoder, (1 - cosine) x this weight (tasks/anchor.py). Keeps a sentence-embedding
+            model's features while it learns the domain's tokens; 0 = plain MLM.
     """
 
     preset: str = "bert-tiny"
@@ -115,6 +118,14 @@ class ModelArgs:
     tokenizer: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
+    anchor_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.anchor_weight < 0:
+            raise EncoderforgeError(f"model.anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight and not self.init_from:
+            raise EncoderforgeError("model.anchor_weight anchors to the encoder a run continues from; set "
+                                    "model.init_from (or set model.anchor_weight=0 to train from scratch)")
 
 
 @dataclass
@@ -177,6 +188,9 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in ("mlm", "electra"):
             raise EncoderforgeError(f"objective={self.objective!r}; use 'mlm' or 'electra'")
+        if self.model.anchor_weight and (self.objective != "mlm" or self.model.freeze_encoder):
+            raise EncoderforgeError("model.anchor_weight applies to continued MLM of the whole encoder; set "
+                                    "model.anchor_weight=0 with objective electra or model.freeze_encoder=true")
 
 
 T = TypeVar("T")

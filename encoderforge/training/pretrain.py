@@ -3,6 +3,7 @@ config -> data -> model -> task -> loop."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,13 @@ from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
+from encoderforge.tasks.anchor import AnchoredMLMTask
 from encoderforge.tasks.electra import Electra, ElectraTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import PretrainConfig, to_dict
 from encoderforge.training.distributed import setup, teardown
+from encoderforge.training.fast_linear import use_onednn_linears
 from encoderforge.training.loop import train
 
 
@@ -89,7 +92,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                       batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
                       seed=cfg.train.seed, rank=dist.rank, world=dist.world)
         # ELECTRA reads the same rows and masks; the generator's samples then replace the masked tokens
-        task = ElectraTask(mlm, disc_weight=cfg.electra.disc_weight) if cfg.objective == "electra" else mlm
+        task: MLMTask | ElectraTask | AnchoredMLMTask = mlm
+        if cfg.objective == "electra":
+            task = ElectraTask(mlm, disc_weight=cfg.electra.disc_weight)
+        elif cfg.model.anchor_weight:
+            task = AnchoredMLMTask(mlm, _frozen_start(model.encoder, dist.device), weight=cfg.model.anchor_weight)
         run = Path(cfg.train.out_dir)
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)
@@ -101,6 +108,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         return final
     finally:
         teardown(dist)
+
+
+def _frozen_start(encoder: Encoder, device: torch.device) -> Encoder:
+    """A frozen copy of the encoder a continued run starts from (the anchor's reference). On resume the model is
+    rebuilt from model.init_from before the checkpoint is loaded, so this is the start again, not the resumed state."""
+    start = copy.deepcopy(encoder).to(device)
+    if device.type == "cpu":
+        use_onednn_linears(start)  # the same fast GEMMs the loop gives the trained model
+    return start
 
 
 def _heads(model: nn.Module) -> dict[str, torch.Tensor]:
