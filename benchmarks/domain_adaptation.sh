@@ -53,7 +53,7 @@ case "$part" in
     "$EF" pretrain --config "$CFG" --set data.shards="$OUT/news-shards" --set model.init_from="$OUT/head/model" \
       --set train.out_dir="$OUT/mlm-news" ;;
   heldout)
-    .venv/bin/python benchmarks/mlm_heldout.py --shards "$OUT/shards" "$OUT/head/model" "$OUT/mlm-head-only/model" \
+    .venv/bin/python benchmarks/mlm_heldout.py --shards "$OUT/shards" --start minilm-l6 "$OUT/head/model" "$OUT/mlm-head-only/model" \
       "$OUT/mlm-news/model" "$OUT/mlm/model" $(ls -d "$OUT"/mlm-{gentle,anchored}/model 2>/dev/null) \
       | tee "$OUT/heldout.jsonl" ;;
   unadapted) for s in "${seeds[@]}"; do finetune minilm-l6 unadapted "$s"; done ;;

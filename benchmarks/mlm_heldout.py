@@ -1,8 +1,9 @@
 """Held-out MLM loss of several checkpoints on the same shards, rows and masks (the pretraining loop's evaluation,
 on every held-out row by default): compares an unadapted encoder (with a head trained on a frozen encoder), a
-domain-adapted one and controls on one footing.
+domain-adapted one and controls on one footing. With --start, also how far each model's final features of the
+unmasked tokens moved from the start encoder's (mean 1 - cosine, as `model.anchor_weight` measures it).
 
-    python benchmarks/mlm_heldout.py --shards runs/adapt/shards runs/adapt/head/model runs/adapt/mlm/model
+    python benchmarks/mlm_heldout.py --shards runs/adapt/shards --start minilm-l6 runs/adapt/head/model runs/adapt/mlm/model
 """
 
 from __future__ import annotations
@@ -16,23 +17,33 @@ import torch
 from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.model import checkpoint
+from encoderforge.model.zoo import resolve_model
+from encoderforge.tasks.anchor import AnchoredMLMTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.distributed import Dist
 from encoderforge.training.loop import evaluate
 
 
-def heldout(model_dir: str, shards: str, *, rows: int, max_len: int, ratio: float, strategy: str, seed: int) -> dict:
+def heldout(model_dir: str, shards: str, *, rows: int, max_len: int, ratio: float, strategy: str, seed: int,
+            start: str | None = None) -> dict:
     tok = load_tokenizer(model_dir)
     docs = load_documents(shards, "eval", tokenizer=tok)
-    task = MLMTask(docs, docs, MaskVocab.from_tokenizer(tok), MaskingConfig(ratio=ratio, strategy=strategy),
-                   max_len=max_len, batch_rows=16, eval_rows=rows, seed=seed)
+    mlm = MLMTask(docs, docs, MaskVocab.from_tokenizer(tok), MaskingConfig(ratio=ratio, strategy=strategy),
+                  max_len=max_len, batch_rows=16, eval_rows=rows, seed=seed)
+    task: MLMTask | AnchoredMLMTask = mlm
+    if start:  # weight 0: the loss is plain MLM; the metrics add the feature distance from the start encoder
+        task = AnchoredMLMTask(mlm, MaskedLM(checkpoint.load(resolve_model(start)).encoder).encoder, weight=0.0)
     model = MaskedLM.from_checkpoint(model_dir, require_head=True)
     m = evaluate(model, task, Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
     n_rows = sum(int(b.lengths.numel()) for b in task.eval_batches())
-    return {"model": model_dir, "mlm_loss": m["mlm_loss"], "mlm_accuracy": m["mlm_accuracy"],
-            "perplexity": math.exp(m["mlm_loss"]), "segments": n_rows,
-            "masked_tokens": sum(int(b.labels.numel()) for b in task.eval_batches())}
+    out = {"model": model_dir, "mlm_loss": m["mlm_loss"], "mlm_accuracy": m["mlm_accuracy"],
+           "perplexity": math.exp(m["mlm_loss"]), "segments": n_rows,
+           "masked_tokens": sum(int(b.labels.numel()) for b in task.eval_batches())}
+    if start:
+        out["feature_distance"] = m["anchor_cos_dist"]
+    return out
 
 
 def main() -> None:
@@ -45,12 +56,13 @@ def main() -> None:
     p.add_argument("--strategy", default="whole_word")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--start", help="zoo name or checkpoint: also report each model's feature distance from it")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     try:
         for m in a.models:
             print(json.dumps(heldout(m, a.shards, rows=a.rows, max_len=a.max_len, ratio=a.ratio,
-                                     strategy=a.strategy, seed=a.seed)), flush=True)
+                                     strategy=a.strategy, seed=a.seed, start=a.start)), flush=True)
     except EncoderforgeError as e:
         raise SystemExit(f"error: {e}") from None
 
