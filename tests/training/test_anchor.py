@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_losses
+from run_helpers import read_losses
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.corpus import load_documents

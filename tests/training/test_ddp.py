@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_losses
+from run_helpers import read_losses
 
 from encoderforge.training.args import load_config
 from encoderforge.training.pretrain import pretrain

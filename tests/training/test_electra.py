@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_losses, sigkill_after_checkpoint
+from run_helpers import read_losses, sigkill_after_checkpoint
 from typer.testing import CliRunner
 
 from encoderforge.data.corpus import load_documents

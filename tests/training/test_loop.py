@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_losses, sigkill_after_checkpoint
+from run_helpers import read_losses, sigkill_after_checkpoint
 
 from encoderforge.model.checkpoint import load
 from encoderforge.training.args import load_config
