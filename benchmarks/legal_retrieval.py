@@ -19,7 +19,7 @@ import re
 import numpy as np
 import torch
 
-from encoderforge import datasets
+from encoderforge import EncoderforgeError, datasets
 from encoderforge.inference.engine import Engine
 from encoderforge.model.zoo import resolve_model
 
@@ -28,8 +28,7 @@ def corpus() -> tuple[list[str], list[str]]:
     """(license keys, texts) of the license documents."""
     keys, texts, seen = [], [], set()
     for p in datasets.license_texts():
-        m = re.match(r"---\n(.*?)\n---\n?(.*)\Z", p.read_text(encoding="utf-8", errors="replace"), re.S)
-        body = " ".join((m.group(2) if m else "").split())
+        body = (datasets.license_parts(p) or ("", ""))[1]
         if body and body.lower() not in seen:
             seen.add(body.lower())
             keys.append(p.stem)
@@ -65,7 +64,10 @@ def main() -> None:
     qs = queries(set(keys), {t.lower() for t in texts}, a.queries, a.seed)
     gold = np.array([keys.index(k) for _, k in qs])
     for name in a.models:
-        engine = Engine.from_pretrained(resolve_model(name), max_length=a.max_length)
+        try:
+            engine = Engine.from_pretrained(resolve_model(name), max_length=a.max_length)
+        except EncoderforgeError as e:
+            raise SystemExit(f"error: {e}") from None
         docs = np.asarray(engine.embed(texts))
         q = np.asarray(engine.embed([t for t, _ in qs]))
         scores = q @ docs.T

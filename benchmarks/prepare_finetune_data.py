@@ -81,11 +81,11 @@ def license_categories(min_texts: int = 10) -> list[tuple[str, str]]:
     """(license text without front matter, category) for every non-empty, non-duplicate license text."""
     seen, out = set(), []
     for p in datasets.license_texts():
-        m = re.match(r"---\n(.*?)\n---\n?(.*)\Z", p.read_text(encoding="utf-8", errors="replace"), re.S)
-        if not m:
+        parts = datasets.license_parts(p)
+        if parts is None:
             continue
-        category = yaml.safe_load(m.group(1)).get("category")
-        body = " ".join(m.group(2).split())
+        category = yaml.safe_load(parts[0]).get("category")
+        body = parts[1]
         if category and body and body.lower() not in seen:
             seen.add(body.lower())
             out.append((body, category))

@@ -6,6 +6,7 @@ Every loader raises a clear error naming the package to install when it is missi
 from __future__ import annotations
 
 import io
+import re
 import sys
 import tarfile
 from functools import lru_cache
@@ -56,6 +57,13 @@ def bbc_documents() -> list[tuple[str, str]]:
 def license_texts() -> list[Path]:
     """Paths of the 2,310 license texts of licensedcode-data (legal domain)."""
     return sorted(pkg_file("licensedcode-data", "mit.LICENSE").parent.glob("*.LICENSE"))
+
+
+def license_parts(path: Path) -> tuple[str, str] | None:
+    """(YAML front matter, body with whitespace collapsed) of one licensedcode .LICENSE file; None without front
+    matter. The front matter names the category, so task texts are the body only."""
+    m = re.match(r"---\n(.*?)\n---\n?(.*)\Z", path.read_text(encoding="utf-8", errors="replace"), re.S)
+    return (m.group(1), " ".join(m.group(2).split())) if m else None
 
 
 def vader_snippets(name: str = "movieReviewSnippets") -> list[tuple[float, str]]:

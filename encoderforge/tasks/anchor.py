@@ -23,7 +23,7 @@ from torch import nn
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.padding import layout_from_lengths
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.mlm import MLMBatch, MLMTask
+from encoderforge.tasks.mlm import MLMBatch, MLMTask, masked_ce
 
 
 class AnchoredMLMTask:
@@ -54,11 +54,10 @@ class AnchoredMLMTask:
         keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         keep[batch.positions] = False
         dist = 1.0 - F.cosine_similarity(hidden[keep].float(), ref[keep].float(), dim=-1)
-        ce = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+        ce, correct = masked_ce(logits, batch.labels)
         total = ce + self.weight * self.ratio / (1.0 - self.ratio) * dist.sum()
-        correct = (logits.argmax(-1) == batch.labels).sum().item()
         return LossSum(total=total, count=int(batch.labels.numel()), tokens=int(batch.input_ids.numel()),
-                       stats={"correct": float(correct), "mlm_sum": ce.item(), "anchor_sum": dist.sum().item(),
+                       stats={"correct": correct, "mlm_sum": ce.item(), "anchor_sum": dist.sum().item(),
                               "anchored": float(keep.sum())})
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:

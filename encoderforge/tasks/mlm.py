@@ -99,6 +99,12 @@ def collate(docs: list[Documents], rows: list[Row], vocab: MaskVocab, masking: M
                     positions=torch.from_numpy(np.concatenate(positions)), labels=torch.from_numpy(np.concatenate(labels)))
 
 
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Summed cross-entropy (fp32) of the masked positions' logits (M, V), and how many argmaxes are right."""
+    logits = logits.float()
+    return F.cross_entropy(logits, labels, reduction="sum"), float((logits.argmax(-1) == labels).sum().item())
+
+
 class MLMTask:
     """The MLM task for the training loop: deterministic packed, masked batches and the sparse MLM loss.
 
@@ -154,11 +160,9 @@ class MLMTask:
         return self._eval
 
     def loss(self, model: nn.Module, batch: MLMBatch) -> LossSum:
-        logits = model(batch.input_ids, batch.lengths, batch.positions).float()  # (M, V)
-        total = F.cross_entropy(logits, batch.labels, reduction="sum")
-        correct = (logits.argmax(-1) == batch.labels).sum().item()
+        total, correct = masked_ce(model(batch.input_ids, batch.lengths, batch.positions), batch.labels)
         return LossSum(total=total, count=int(batch.labels.numel()), tokens=int(batch.input_ids.numel()),
-                       stats={"correct": float(correct)})
+                       stats={"correct": correct})
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         loss = sums["loss"] / sums["count"]
