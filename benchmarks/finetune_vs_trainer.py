@@ -118,8 +118,8 @@ def run_steps(a: argparse.Namespace) -> dict:
     """Step time on IDENTICAL batches (the same 32 training documents per step), alternating the sides step by
     step so all see the same machine load (single runs on this shared box are not comparable). Forward + backward
     + AdamW step, dropout on, after `--warmup-steps` untimed steps each. Sides: "ours" = what the training loop
-    runs (packed varlen batches, its oneDNN linears on CPU), "ours_mkl" = the same with torch's default linears,
-    "hf" = transformers on padded batches."""
+    runs (packed varlen batches, the GEMM kernel `fast_linear.train_linear_kernel()` picks for this CPU),
+    "ours_alt" = the same with the other kernel (oneDNN <-> torch/MKL), "hf" = transformers on padded batches."""
     import statistics
 
     import torch
@@ -130,7 +130,7 @@ def run_steps(a: argparse.Namespace) -> dict:
     from encoderforge.tasks.classification import SequenceModel
     from encoderforge.tasks.sequences import encode_texts, make_batch, windows_by_doc
     from encoderforge.tokenization import load_tokenizer
-    from encoderforge.training.fast_linear import restore_linears, use_onednn_linears
+    from encoderforge.training.fast_linear import restore_linears, train_linear_kernel, use_onednn_linears
     from encoderforge.training.params import param_groups
 
     torch.set_num_threads(a.threads)
@@ -151,18 +151,18 @@ def run_steps(a: argparse.Namespace) -> dict:
     collate = DataCollatorWithPadding(tok)
     hf_enc = tok([r["text"] for r in train], truncation=True, max_length=a.max_length)
     order = np.random.default_rng(a.seed).permutation(len(train))
-    times: dict[str, list[float]] = {"ours": [], "ours_mkl": [], "hf": []}
+    times: dict[str, list[float]] = {"ours": [], "ours_alt": [], "hf": []}
+    kernel = train_linear_kernel()
+    kernels = {"ours": kernel, "ours_alt": "torch" if kernel == "onednn" else "onednn"}
     real = padded = 0
     for k in range(a.warmup_steps + a.timed_steps):
         docs = order[(k * a.batch_size) % len(train):][: a.batch_size].tolist()
         b = make_batch(enc, by_doc, docs, y)
         hb = collate([{"input_ids": hf_enc["input_ids"][i], "attention_mask": hf_enc["attention_mask"][i],
                        "labels": index[train[i]["label"]]} for i in docs])
-        for side in ("ours", "ours_mkl", "hf"):
-            if side == "ours":
-                use_onednn_linears(ours)
-            elif side == "ours_mkl":
-                restore_linears(ours)
+        for side in ("ours", "ours_alt", "hf"):
+            if side != "hf":
+                use_onednn_linears(ours) if kernels[side] == "onednn" else restore_linears(ours)
             t = time.perf_counter()
             if side != "hf":
                 torch.nn.functional.cross_entropy(ours(b), b.targets).backward()
@@ -182,7 +182,7 @@ def run_steps(a: argparse.Namespace) -> dict:
     steps_per_epoch = -(-len(train) // a.batch_size)
     out = {side: {"median_step_s": statistics.median(ts), "s_per_epoch": statistics.median(ts) * steps_per_epoch,
                   "real_tokens_per_s": real / sum(ts)} for side, ts in times.items()}
-    return {**out, "padding_share_hf": 1 - real / padded, "timed_steps": a.timed_steps,
+    return {**out, "kernels": kernels, "padding_share_hf": 1 - real / padded, "timed_steps": a.timed_steps,
             "speedup": out["hf"]["median_step_s"] / out["ours"]["median_step_s"]}
 
 
@@ -231,8 +231,8 @@ def main() -> None:
     st = results["steps"]
     full = {"ours": results["ours"], "hf": results["hf"]}
     rows = []
-    for name, k in (("encoderforge (the loop: packed, oneDNN linears)", "ours"),
-                    ("encoderforge with torch's default linears", "ours_mkl"), ("transformers Trainer", "hf")):
+    for name, k in ((f"encoderforge (the loop: packed, {st['kernels']['ours']} linears)", "ours"),
+                    (f"encoderforge with {st['kernels']['ours_alt']} linears", "ours_alt"), ("transformers Trainer", "hf")):
         r = full.get(k)
         acc = f"{100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | {r['s_per_epoch']:.0f}" if r else "– | – | –"
         rss = f"{r['peak_rss_mb']:.0f}" if r else "–"

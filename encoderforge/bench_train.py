@@ -2,7 +2,7 @@
 
 Same architecture, same documents, same sequences, same batch, same optimizer, in one run:
   ours: rows packed to max_len with no padding (varlen attention), decoder only on the masked positions, the
-        training loop's oneDNN linears.
+        training loop's GEMM choice (oneDNN on AVX-512 CPUs, MKL elsewhere).
   HF:   BertForMaskedLM + DataCollatorForLanguageModeling: each [CLS] piece [SEP] segment of the same rows is one
         sequence, padded to the longest in the batch, decoder on every position.
 Steps alternate between the two (the machine's load hits both alike); tokens/s counts real (non-pad) tokens over
@@ -30,7 +30,7 @@ from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
 from encoderforge.tasks.mlm import MaskedLM, collate
 from encoderforge.tokenization import load_tokenizer
-from encoderforge.training.fast_linear import use_onednn_linears
+from encoderforge.training.fast_linear import train_linear_kernel, use_training_linears
 
 
 def _interleaved(steps: list, batches: list[list], warmup: int) -> list[list[float]]:
@@ -91,7 +91,7 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
     # ours: packed rows, sparse prediction
     torch.manual_seed(seed)
     ours = MaskedLM(Encoder(cfg)).train()
-    use_onednn_linears(ours)  # what training.loop.train does on CPU (same Parameters, oneDNN GEMMs)
+    use_training_linears(ours)  # what training.loop.train does on CPU (oneDNN GEMMs where they beat MKL)
     opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
     masking = MaskingConfig(ratio=ratio)
     ours_batches = [collate(docs, rb, vocab, masking, seed) for rb in row_batches]
@@ -130,7 +130,8 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
     tokens = statistics.median(real_per_step)
     med_ours, med_hf = statistics.median(t_ours), statistics.median(t_hf)
     return {"config": {"preset": preset_name, "max_len": max_len, "rows": rows, "steps": steps, "warmup": warmup,
-                       "ratio": ratio, "threads": threads, "torch": torch.__version__, "shards": str(shards)},
+                       "ratio": ratio, "threads": threads, "torch": torch.__version__, "shards": str(shards),
+                       "cpu": torch.backends.cpu.get_cpu_capability(), "linear_kernel": train_linear_kernel()},
             "ours": {"step_seconds": t_ours, "median_step_s": med_ours, "tokens_per_s": tokens / med_ours},
             "hf": {"step_seconds": t_hf, "median_step_s": med_hf, "tokens_per_s": tokens / med_hf},
             "speedup": med_hf / med_ours, "padding_share_hf": 1 - real / padded}

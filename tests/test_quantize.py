@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.compression.quantize import Int8Linear, int8_fidelity, quantize_dynamic, quantize_onnx
+from encoderforge.compression.quantize import Int8Linear, cpu_has_vnni, int8_fidelity, quantize_dynamic, quantize_onnx
 from encoderforge.inference.onnx_export import encode_padded, export_onnx
 from encoderforge.model.checkpoint import load
 from encoderforge.model.config import preset
@@ -20,16 +20,33 @@ from encoderforge.tokenization import load_tokenizer
 torch.set_num_threads(1)
 
 
-def test_int8_linear_matches_linear_any_leading_shape():
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_linear_matches_linear_any_leading_shape(reduce_range):
+    if not reduce_range and not cpu_has_vnni():
+        pytest.skip("full-range int8 weights saturate VPMADDUBSW without AVX512-VNNI (tested below)")
     torch.manual_seed(0)
     lin = nn.Linear(64, 96)
-    q = Int8Linear(lin, reduce_range=False)
+    q = Int8Linear(lin, reduce_range=reduce_range)
     for shape in [(3, 7, 64), (11, 64)]:  # padded (B, T, C) and unpadded (N, C)
         x = torch.randn(shape)
         ref, got = lin(x).detach(), q(x)
         assert got.shape == ref.shape
         rel = ((got - ref).norm() / ref.norm()).item()
         assert 1e-5 < rel < 0.02, rel  # quantized (not exact), yet close
+
+
+def test_default_range_never_saturates_on_this_cpu():
+    """The default (7-bit weights without VNNI) stays close on a random layer whose inputs fill the 8-bit range;
+    full-range weights on a CPU without VNNI are the case the default avoids (a 20% error here, on AVX2)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    x = torch.randn(11, 64)
+    ref = lin(x).detach()
+    layer = quantize_dynamic(nn.Sequential(lin))[0]
+    assert layer.reduce_range == (not cpu_has_vnni())
+    assert ((layer(x) - ref).norm() / ref.norm()).item() < 0.02
+    if not cpu_has_vnni():
+        assert ((Int8Linear(lin, reduce_range=False)(x) - ref).norm() / ref.norm()).item() > 0.05
 
 
 def test_quantize_dynamic_replaces_every_linear_and_keeps_the_original():

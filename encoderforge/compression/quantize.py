@@ -38,11 +38,15 @@ def cpu_has_vnni() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """A Linear with int8 per-channel symmetric weights; activations are quantized per call (dynamic).
+    """A Linear with int8 per-channel symmetric weights; activations are quantized per call (dynamic), 8-bit.
 
     We build it instead of calling `torch.ao.quantization.quantize_dynamic` because that module hard-codes
     `reduce_range=True` (7-bit activations) and per-tensor weights by default; on MiniLM that kept only
     0.93 mean cosine to fp32, per-channel + full 8-bit range keeps 0.99 (docs/results-onnx.md).
+    `reduce_range` here means what it means in ONNX Runtime: 7-bit *weights* ([-63, 63]) with 8-bit activations,
+    so u8 x s7 pair sums (<= 32,130) cannot saturate VPMADDUBSW's int16 on CPUs without VNNI. On an AVX2 CPU that
+    kept 0.991 mean / 0.980 min cosine on MiniLM, where torch's 7-bit activations kept 0.973 / 0.922 and full-range
+    weights saturate (a random layer's output off by 20%) (docs/results.md, "Second machine").
     Input (*, in_features) -> (*, out_features), any leading shape (padded (B, T) or unpadded (N,)).
     """
 
@@ -50,7 +54,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.reduce_range = linear.in_features, linear.out_features, reduce_range
         w = linear.weight.detach().float()  # (out, in)
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()  # (out,): symmetric, zero point 0
+        qmax = 63.0 if reduce_range else 127.0
+        scale = (w.abs().amax(dim=1) / qmax).clamp(min=1e-12).double()  # (out,): symmetric, zero point 0
         with warnings.catch_warnings():  # torch 2.13 flags quantized tensor creation as deprecated; it still works
             warnings.simplefilter("ignore")
             qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
@@ -58,7 +63,7 @@ class Int8Linear(nn.Module):
             self._packed = torch.ops.quantized.linear_prepack(qw, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, False)  # False: 8-bit activations
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
@@ -74,7 +79,7 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
 
     Args:
         encoder: an fp32 `Encoder` (or any module holding nn.Linear layers); it is not modified.
-        reduce_range: 7-bit activations; default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`).
+        reduce_range: 7-bit weights (see `Int8Linear`); default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`).
     Returns:
         the quantized copy, in eval mode (CPU only). The packed int8 weights are not in its state_dict:
         keep saving the fp32 checkpoint and quantize after loading (it takes well under a second).

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge.model.config import EncoderConfig
+from encoderforge.model.dropout import dropout
 from encoderforge.model.padding import Unpadded, _reindex
 
 
@@ -45,15 +46,28 @@ def eager_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) ->
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
     if ctx.mask is not None:
         scores = scores.masked_fill(~ctx.mask[:, None, None, :], torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    probs = dropout(scores.softmax(dim=-1), dropout_p)
     return (probs @ v).transpose(1, 2)  # (B, T, H, D)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """SDPA over (B, H, T, D); mask (B, 1, 1, T) bool, True = key takes part.
+
+    CPU training with attention dropout is the one exception: torch has no fused CPU kernel with dropout, so SDPA
+    runs its math path (q k^T, softmax, Bernoulli mask, @ v); this is that path with model.dropout's cheaper mask."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return dropout(scores.softmax(dim=-1), dropout_p) @ v
 
 
 def sdpa_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
     """torch's fused scaled_dot_product_attention on the padded batch. qkv: (B, T, 3, H, D) -> (B, T, H, D)."""
     mask = None if ctx.mask is None else ctx.mask[:, None, None, :]  # (B, 1, 1, T)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D), strided views: no copy
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p).transpose(1, 2)
+    return attend(q, k, v, mask, dropout_p).transpose(1, 2)
 
 
 def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
@@ -82,7 +96,7 @@ def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -
         grid[ctx.pad_index] = qkv
         grid, mask = grid.view(B, T, 3, H, D), ctx.pad_mask[:, None, None, :]  # mask: (B, 1, 1, T)
     q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, T, D)
+    out = attend(q, k, v, mask, dropout_p)  # (B, H, T, D)
     out = out.transpose(1, 2).reshape(B * T, H, D)
     return out if mask is None else out[ctx.pad_index]  # (N, H, D)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge.model.config import EncoderConfig
+from encoderforge.model.dropout import Dropout
 
 Pooling = Literal["cls", "mean"]
 
@@ -52,7 +53,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, cfg: EncoderConfig, num_labels: int, *, pooling: Pooling = "cls"):
         super().__init__()
         self.pooling = pooling
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class TokenClassifier(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, num_labels: int):
         super().__init__()
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

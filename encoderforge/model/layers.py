@@ -8,6 +8,7 @@ from torch import nn
 
 from encoderforge.model.attention import Attention, AttnContext
 from encoderforge.model.config import EncoderConfig
+from encoderforge.model.dropout import Dropout
 
 
 class Embeddings(nn.Module):
@@ -19,7 +20,7 @@ class Embeddings(nn.Module):
         self.pos = nn.Embedding(cfg.max_position, cfg.hidden_size) if cfg.position == "learned" else None
         self.segment = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok(ids)
@@ -58,7 +59,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         if self.pre:

@@ -1,8 +1,10 @@
 """oneDNN GEMMs for training on CPU: forward, grad-input and grad-weight of every nn.Linear.
 
-Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AMD CPUs runs its generic path
-(~100 GFLOP/s per core here), while the same three GEMMs through oneDNN's matmul
+Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AVX-512 AMD CPUs runs its generic path
+(~100 GFLOP/s per core on the first development box), while the same three GEMMs through oneDNN's matmul
 (`torch.ops.mkldnn._linear_pointwise`, the op Inductor emits) reach ~190-230 (measured in docs/results.md).
+On an AVX2-only CPU the order flips: MKL's forward+backward is 10-20% faster and a whole MLM step 15% faster
+(docs/results.md, "Second machine"), so the loop swaps only where `train_linear_kernel()` says "onednn".
 The swap keeps the very same Parameter objects under the same names, so optimizers, state_dicts,
 checkpoints and DDP see no difference.
 """
@@ -13,6 +15,11 @@ import os
 
 import torch
 from torch import nn
+
+from encoderforge import EncoderforgeError
+
+KERNEL_ENV = "ENCODERFORGE_TRAIN_LINEAR"
+KERNELS = ("auto", "onednn", "torch")
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,6 +77,27 @@ def available() -> bool:
 # keeps RSS down at no measured speed cost. oneDNN reads the variable when it first builds a primitive, so this
 # only takes effect if set before the process's first oneDNN op (as at the start of training); a user's value wins.
 PRIMITIVE_CACHE_CAPACITY = "64"
+
+
+def train_linear_kernel() -> str:
+    """The GEMM path for CPU fp32 training: "onednn" (the swap below) or "torch" (MKL through F.linear).
+
+    auto (default): oneDNN where the CPU has AVX-512 (measured 2.4x MKL's GEMMs on an AVX-512 EPYC), MKL
+    elsewhere (faster on the AVX2 EPYC we measured). A rule on the instruction set, not a timing probe, so every
+    process of a run (DDP ranks, a resumed run) makes the same choice. ENCODERFORGE_TRAIN_LINEAR overrides it."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise EncoderforgeError(f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r}: unknown kernel; use one of {', '.join(KERNELS)}")
+    if choice == "auto":
+        wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
+        choice = "onednn" if wide else "torch"
+    return "onednn" if choice == "onednn" and available() else "torch"
+
+
+def use_training_linears(model: nn.Module) -> int:
+    """What the training loop does on CPU: the oneDNN swap where `train_linear_kernel()` picks it; returns how
+    many linears were swapped (0 = torch's own path)."""
+    return use_onednn_linears(model) if train_linear_kernel() == "onednn" else 0
 
 
 def use_onednn_linears(model: nn.Module) -> int:

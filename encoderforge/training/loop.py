@@ -22,7 +22,7 @@ from encoderforge.fileio import atomic_file
 from encoderforge.tasks import Task
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import Dist, all_reduce_dict, all_reduce_sum, barrier
-from encoderforge.training.fast_linear import restore_linears, use_onednn_linears
+from encoderforge.training.fast_linear import restore_linears, use_training_linears
 from encoderforge.training.memory import release_free_heap, rss_mb
 from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -69,8 +69,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
     """
     run = Path(args.out_dir)
     model.to(dist.device)
-    if dist.device.type == "cpu":  # same Parameters, oneDNN GEMMs (2x MKL on AMD CPUs); undone before returning
-        use_onednn_linears(model)
+    if dist.device.type == "cpu":  # same Parameters, oneDNN GEMMs where they beat MKL (AVX-512); undone before returning
+        use_training_linears(model)
     optimizer = build_optimizer(model, args, param_groups)
     state = TrainState()
     ckpts = list_checkpoints(run) if args.resume else []

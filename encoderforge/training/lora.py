@@ -14,6 +14,7 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.model.encoder import Encoder
+from encoderforge.model.dropout import Dropout
 
 TARGETS = ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2")
 
@@ -28,7 +29,7 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear (and the LoRA reference code)
         self.scale = alpha / rank
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (self.drop(x) @ self.lora_a.T @ self.lora_b.T) * self.scale  # (*, O)

@@ -25,7 +25,7 @@ from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import PretrainConfig, to_dict
 from encoderforge.training.distributed import setup, teardown
-from encoderforge.training.fast_linear import use_onednn_linears
+from encoderforge.training.fast_linear import use_training_linears
 from encoderforge.training.loop import train
 
 
@@ -115,7 +115,7 @@ def _frozen_start(encoder: Encoder, device: torch.device) -> Encoder:
     rebuilt from model.init_from before the checkpoint is loaded, so this is the start again, not the resumed state."""
     start = copy.deepcopy(encoder).to(device)
     if device.type == "cpu":
-        use_onednn_linears(start)  # the same fast GEMMs the loop gives the trained model
+        use_training_linears(start)  # the same GEMMs the loop gives the trained model
     return start
 
 

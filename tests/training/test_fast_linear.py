@@ -60,3 +60,32 @@ def test_swap_sets_a_small_onednn_primitive_cache_unless_the_user_chose_one(monk
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
     use_onednn_linears(nn.Sequential(nn.Linear(4, 4)))
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
+def test_kernel_choice_follows_the_instruction_set_unless_overridden(monkeypatch):
+    from encoderforge.training.fast_linear import KERNEL_ENV, train_linear_kernel, use_training_linears
+
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
+    assert train_linear_kernel() == ("onednn" if wide else "torch")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert train_linear_kernel() == "onednn"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert train_linear_kernel() == "torch"
+    model = nn.Sequential(nn.Linear(4, 4))
+    assert use_training_linears(model) == 0 and type(model[0]) is nn.Linear
+    monkeypatch.setenv(KERNEL_ENV, "oneDNN")  # the override wins over the instruction set, any case
+    assert train_linear_kernel() == "onednn"
+    assert use_training_linears(model) == 1 and isinstance(model[0], OneDNNLinear)
+    monkeypatch.setenv(KERNEL_ENV, "torch")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert train_linear_kernel() == "torch"
+
+
+def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
+    from encoderforge import EncoderforgeError
+    from encoderforge.training.fast_linear import KERNEL_ENV, train_linear_kernel
+
+    monkeypatch.setenv(KERNEL_ENV, "mkl")
+    with pytest.raises(EncoderforgeError, match="ENCODERFORGE_TRAIN_LINEAR='mkl'.*auto, onednn, torch"):
+        train_linear_kernel()
