@@ -126,7 +126,8 @@ def bench_train(
                   threads=threads)
         write(res, out)
     typer.echo(f"ours {res['ours']['tokens_per_s']:,.0f} real tokens/s, transformers {res['hf']['tokens_per_s']:,.0f}: "
-               f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding); wrote {out}/results.json")
+               f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding; our GEMMs: "
+               f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json")
 
 
 if __name__ == "__main__":

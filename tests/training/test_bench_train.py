@@ -38,3 +38,7 @@ def test_cli_bench_train_writes_results(legal_shards, small_tokenizer, tmp_path)
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["config"]["preset"] == "bert-tiny" and "x (transformers batches" in res.output
+    from encoderforge.training.fast_linear import train_linear_kernel
+
+    kernel = train_linear_kernel()  # the run reports the GEMM path the training loop takes on this CPU
+    assert saved["config"]["linear_kernel"] == kernel and f"our GEMMs: {kernel} on" in res.output
