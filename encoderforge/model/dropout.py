@@ -4,7 +4,8 @@ Why by hand: torch's CPU dropout draws one Bernoulli sample per element from its
 element on both development boxes). In an MLM step of MiniLM-L6 on 8x128 tokens that was 13% of the step
 (torch.profiler: aten::bernoulli_), and attention dropout draws B*H*T*T of them per layer. Here one 64-bit draw of
 the same generator gives three 16-bit uniforms (its top 16 bits are skipped: `random_()` on int64 draws from
-[0, 2^63)), compared with round(p * 65536): the mask costs about a quarter (docs/results.md, "Second machine").
+[0, 2^63)), compared with round(p * 65536): the mask costs ~40% of torch's Bernoulli draw, the whole dropout
+40-80% of F.dropout (benchmarks/dropout_masks.py, docs/results.md "Second machine").
 The drop probability is thus quantised to 1/65536. Masks come from torch's default generator, so
 `torch.manual_seed` and the training state's saved RNG make them reproducible and resumable, as torch's are.
 Off CPU (CUDA's Philox kernel is fast) and at p = 0 or in eval mode this is torch's own dropout / the identity.

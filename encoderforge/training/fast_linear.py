@@ -3,8 +3,9 @@
 Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AVX-512 AMD CPUs runs its generic path
 (~100 GFLOP/s per core on the first development box), while the same three GEMMs through oneDNN's matmul
 (`torch.ops.mkldnn._linear_pointwise`, the op Inductor emits) reach ~190-230 (measured in docs/results.md).
-On an AVX2-only CPU the order flips: MKL's forward+backward is 10-20% faster and a whole MLM step 15% faster
-(docs/results.md, "Second machine"), so the loop swaps only where `train_linear_kernel()` says "onednn".
+On an AVX2-only CPU the order flips: MKL is the faster GEMM and a whole MLM step runs 6-19% faster on it
+(benchmarks/train_step_ablation.py, docs/results.md "Second machine"), so the loop swaps only where
+`train_linear_kernel()` says "onednn".
 The swap keeps the very same Parameter objects under the same names, so optimizers, state_dicts,
 checkpoints and DDP see no difference.
 """
@@ -82,7 +83,7 @@ PRIMITIVE_CACHE_CAPACITY = "64"
 def train_linear_kernel() -> str:
     """The GEMM path for CPU fp32 training: "onednn" (the swap below) or "torch" (MKL through F.linear).
 
-    auto (default): oneDNN where the CPU has AVX-512 (measured 2.4x MKL's GEMMs on an AVX-512 EPYC), MKL
+    auto (default): oneDNN where the CPU has AVX-512 (measured 2.3x MKL's GEMMs on an AVX-512 EPYC), MKL
     elsewhere (faster on the AVX2 EPYC we measured). A rule on the instruction set, not a timing probe, so every
     process of a run (DDP ranks, a resumed run) makes the same choice. ENCODERFORGE_TRAIN_LINEAR overrides it."""
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
