@@ -92,7 +92,8 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
     torch.manual_seed(seed)
     ours = MaskedLM(Encoder(cfg)).train()
     use_training_linears(ours)  # what training.loop.train does on CPU (oneDNN GEMMs where they beat MKL)
-    opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    # both sides: torch's fused AdamW (what our loop builds on CPU, and transformers Trainer's default optimizer)
+    opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4, fused=True)
     masking = MaskingConfig(ratio=ratio)
     ours_batches = [collate(docs, rb, vocab, masking, seed) for rb in row_batches]
 
@@ -110,7 +111,7 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
                         max_position_embeddings=cfg.max_position, attn_implementation="sdpa")
     torch.manual_seed(seed)
     hf = BertForMaskedLM(hf_cfg).train()
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", unk_token="[UNK]")
     collator = DataCollatorForLanguageModeling(fast, mlm_probability=ratio, return_tensors="pt")

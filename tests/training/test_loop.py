@@ -60,7 +60,9 @@ def test_no_weight_decay_on_vectors():
     from encoderforge.training.args import TrainArgs
 
     model = MaskedLM(Encoder(preset("bert-tiny", vocab_size=100)))
-    decay, no_decay = build_optimizer(model, TrainArgs(weight_decay=0.1)).param_groups
+    opt = build_optimizer(model, TrainArgs(weight_decay=0.1))
+    assert opt.defaults["fused"] is True  # torch's fused AdamW on CPU (transformers Trainer's default optimizer too)
+    decay, no_decay = opt.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     nd = {names[id(p)] for p in no_decay["params"]}
