@@ -2,7 +2,7 @@
 # Cross-validated fine-tuning runs of docs/results-finetune.md (MiniLM-L6, one thread each so two can run side by
 # side on 2 cores). Data: benchmarks/prepare_finetune_data.py --out runs/data. Baselines on the same folds:
 # benchmarks/baselines.py. Summary of the runs: encoderforge eval runs/cv --out runs/cv/leaderboard.
-# Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc | wnut | r52 | r52-long | r52-10ep | r52-256 | 20ng | 20ng-256
+# Usage: benchmarks/cv_runs.sh SET [FOLDS...]      SET = vader | bbc | wnut | r52 | r52-long | r52-10ep | 20ng
 # (the R52 runs and 20ng: the package's one train/test split, no folds; dev = 10% of train)
 source "$(dirname "$0")/env.sh"
 OUT="${OUT:-runs/cv}"
@@ -38,15 +38,9 @@ for k in "${folds[@]}"; do
     r52-10ep)  # the third R52 run: r52-long's dev accuracy was still rising at its last epoch
       orange r52-10ep reuters-r52 --epochs 10 --lr 2e-4 --patience 2
       break ;;
-    r52-256)   # the fourth R52 run: r52-long's recipe reading 256 tokens (694 of 2,568 test docs are cut at 128)
-      orange r52-256 reuters-r52 --epochs 6 --lr 2e-4 --patience 2 --max-length 256
-      break ;;
-    20ng-256)  # the second 20NG run: 256 tokens (5,133 of 7,528 test posts are cut at 128), same 3 epochs and LR
-      orange 20ng-256 20newsgroups --epochs 3 --lr 1e-4 --max-length 256
-      break ;;
     20ng)   # 20 Newsgroups (headers removed, lower-cased): R8's recipe at 128 tokens (BertGCN's BERT: 128 too)
       orange 20ng 20newsgroups --epochs 3 --lr 1e-4
       break ;;
-    *) echo "unknown set $set_; use vader | bbc | wnut | r52 | r52-long | r52-10ep | r52-256 | 20ng | 20ng-256" >&2; exit 2 ;;
+    *) echo "unknown set $set_; use vader | bbc | wnut | r52 | r52-long | r52-10ep | 20ng" >&2; exit 2 ;;
   esac
 done

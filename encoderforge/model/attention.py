@@ -43,11 +43,17 @@ class AttnContext:
 def eager_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
     """Readable reference: softmax(q k^T / sqrt(D) + mask) v. qkv: (B, T, 3, H, D) -> (B, T, H, D)."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+    mask = None if ctx.mask is None else ctx.mask[:, None, None, :]  # (B, 1, 1, T)
+    return math_attention(q, k, v, mask, dropout_p).transpose(1, 2)  # (B, T, H, D)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D), masked) with model.dropout, @ v; (B, H, T, D), mask (B, 1, 1, T) bool."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-    if ctx.mask is not None:
-        scores = scores.masked_fill(~ctx.mask[:, None, None, :], torch.finfo(scores.dtype).min)
-    probs = dropout(scores.softmax(dim=-1), dropout_p)
-    return (probs @ v).transpose(1, 2)  # (B, T, H, D)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return dropout(scores.softmax(dim=-1), dropout_p) @ v
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
@@ -57,10 +63,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     runs its math path (q k^T, softmax, Bernoulli mask, @ v); this is that path with model.dropout's cheaper mask."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return dropout(scores.softmax(dim=-1), dropout_p) @ v
+    return math_attention(q, k, v, mask, dropout_p)
 
 
 def sdpa_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
