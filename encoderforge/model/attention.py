@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge.model.config import EncoderConfig
-from encoderforge.model.dropout import dropout
+from encoderforge.model.dropout import dropout, keep_mask
 from encoderforge.model.padding import Unpadded, _reindex
 
 
@@ -43,17 +43,39 @@ class AttnContext:
 def eager_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -> torch.Tensor:
     """Readable reference: softmax(q k^T / sqrt(D) + mask) v. qkv: (B, T, 3, H, D) -> (B, T, H, D)."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-    mask = None if ctx.mask is None else ctx.mask[:, None, None, :]  # (B, 1, 1, T)
-    return math_attention(q, k, v, mask, dropout_p).transpose(1, 2)  # (B, T, H, D)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    if ctx.mask is not None:
+        scores = scores.masked_fill(~ctx.mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return (dropout(scores.softmax(dim=-1), dropout_p) @ v).transpose(1, 2)  # (B, T, H, D)
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout_p: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D), masked) with model.dropout, @ v; (B, H, T, D), mask (B, 1, 1, T) bool."""
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return dropout(scores.softmax(dim=-1), dropout_p) @ v
+    """eager_attention's math with model.dropout's mask, in fewer passes over the (B, H, T, Tk) scores.
+    q: (B, H, T, D); k, v: (B, H, Tk, D); mask: (B, 1, 1, Tk) bool, True = key takes part -> (B, H, T, D).
+
+    Why by hand: torch has no fused CPU attention kernel with dropout, and its math path (what SDPA runs then)
+    scales the scores, masks them and scales the dropped probabilities each in a pass of its own, forward and
+    backward. Here one baddbmm computes mask bias + q k^T / sqrt(D), and the dropout scale 1 / (1 - p) multiplies
+    the (B, H, T, D) output instead of the T / D times larger probabilities: a layer's attention forward + backward
+    took 124 instead of 190 ms at 32 x 128 tokens (docs/results.md)."""
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    q3, k3, v3 = q.reshape(B * H, T, D), k.reshape(B * H, Tk, D), v.reshape(B * H, Tk, D)
+    scale = 1.0 / math.sqrt(D)
+    if mask is None:
+        scores = torch.bmm(q3 * scale, k3.transpose(1, 2))  # (B * H, T, Tk)
+    else:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+        scores = torch.baddbmm(bias.expand(B, H, 1, Tk).reshape(B * H, 1, Tk), q3, k3.transpose(1, 2), alpha=scale)
+    probs = scores.softmax(dim=-1)
+    if dropout_p == 0.0:
+        out = torch.bmm(probs, v3)
+    elif dropout_p < 1.0:
+        out = torch.bmm(probs * keep_mask(probs.shape, dropout_p, probs.device), v3) * (1.0 / (1.0 - dropout_p))
+    else:
+        out = torch.bmm(probs * 0.0, v3)
+    return out.view(B, H, T, D)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
@@ -89,19 +111,50 @@ def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -
 
         q, k, v = qkv.unbind(1)  # each (N, H, D)
         return varlen_attn(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen)
-    B, T = ctx.pad_mask.shape
-    N, _, H, D = qkv.shape
-    if N == B * T:  # no padding at all: the packed tokens already are a (B, T) grid
-        grid, mask = qkv.view(B, T, 3, H, D), None
-    else:
-        grid = qkv.new_empty(B * T, 3, H, D)  # zero only the (few) padding rows: a full zero-fill cost ~9%
-        grid.index_fill_(0, ctx.fill_index, 0.0)
-        grid[ctx.pad_index] = qkv
-        grid, mask = grid.view(B, T, 3, H, D), ctx.pad_mask[:, None, None, :]  # mask: (B, 1, 1, T)
+    grid, mask = _kv_grid(qkv, ctx)  # (B, T, 3, H, D), (B, 1, 1, T) or None
+    B, T, _, H, D = grid.shape
     q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
     out = attend(q, k, v, mask, dropout_p)  # (B, H, T, D)
     out = out.transpose(1, 2).reshape(B * T, H, D)
     return out if mask is None else out[ctx.pad_index]  # (N, H, D)
+
+
+def _kv_grid(qkv: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, 3, H, D) packed -> (B, T, 3, H, D) grid with zeros at padding, and the (B, 1, 1, T) key mask (None when
+    every sequence has length T: then the packed tokens already are the grid)."""
+    B, T = ctx.pad_mask.shape
+    N, _, H, D = qkv.shape
+    if N == B * T:
+        return qkv.view(B, T, 3, H, D), None
+    grid = qkv.new_empty(B * T, 3, H, D)  # zero only the (few) padding rows: a full zero-fill cost ~9%
+    grid.index_fill_(0, ctx.fill_index, 0.0)
+    grid[ctx.pad_index] = qkv
+    return grid.view(B, T, 3, H, D), ctx.pad_mask[:, None, None, :]
+
+
+def rows_attention(qkv: torch.Tensor, ctx: AttnContext, rows: torch.Tensor, *, dropout_p: float) -> torch.Tensor:
+    """Attention outputs at R selected tokens only: their queries against every key of their own sequence.
+    qkv: (N, 3, H, D) unpadded, rows: (R,) indices into N, any order -> (R, H, D).
+
+    What a layer needs when only some outputs are read (the last layer under sparse MLM prediction: the masked
+    positions). Queries go into a (B, Rmax) grid (Rmax = most rows in one sequence; empty slots are zero queries
+    whose outputs are dropped), keys and values into the (B, T) grid of varlen_attention, then SDPA."""
+    if ctx.layout is None or ctx.pad_mask is None:
+        raise ValueError("attention on selected rows needs the unpadded (varlen) context of forward_unpadded")
+    grid, mask = _kv_grid(qkv, ctx)
+    B, _, _, H, D = grid.shape
+    seq = torch.bucketize(rows, ctx.layout.cu_seqlens[1:].to(rows.dtype), right=True)  # (R,) sequence of each row
+    counts = torch.bincount(seq, minlength=B)
+    order = torch.argsort(seq, stable=True)
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[seq[order]]
+    Rmax = int(counts.max().item()) if len(rows) else 0
+    where = seq * Rmax + slot  # (R,) rows of the (B * Rmax) query grid
+    q = qkv.new_zeros(B * Rmax, H, D)
+    q[where] = qkv[rows, 0]
+    _, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+    out = attend(q.view(B, Rmax, H, D).transpose(1, 2), k, v, mask, dropout_p)  # (B, H, Rmax, D)
+    return out.transpose(1, 2).reshape(B * Rmax, H, D)[where]
 
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -134,11 +187,15 @@ class Attention(nn.Module):
         self.dropout_p = cfg.attention_dropout
         self.fn = BACKENDS[cfg.attention]
 
-    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttnContext, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(*lead, C) -> (*lead, C); with `rows` (unpadded input only), the outputs at those tokens: (R, C)."""
         lead = x.shape[:-1]  # (B, T) padded or (N,) unpadded
         qkv = self.qkv(x).view(*lead, 3, self.num_heads, self.head_dim)  # (*lead, 3, H, D)
         if ctx.rope is not None:
             q, k, v = qkv.unbind(-3)
             qkv = torch.stack((apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope), v), dim=-3)
-        out = self.fn(qkv, ctx, dropout_p=self.dropout_p if self.training else 0.0)  # (*lead, H, D)
+        p = self.dropout_p if self.training else 0.0
+        if rows is not None:
+            return self.out(rows_attention(qkv, ctx, rows, dropout_p=p).flatten(1))  # (R, C)
+        out = self.fn(qkv, ctx, dropout_p=p)  # (*lead, H, D)
         return self.out(out.reshape(*lead, -1))

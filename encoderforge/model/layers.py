@@ -61,9 +61,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttnContext, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(*lead, C) -> (*lead, C). With `rows` (unpadded (N, C) input), only those tokens' outputs: (R, C); every
+        token still serves as key and value, but queries, MLP and norms run on the R rows alone."""
+        skip = x if rows is None else x[rows]
         if self.pre:
-            x = x + self.drop(self.attn(self.norm1(x), ctx))
+            x = skip + self.drop(self.attn(self.norm1(x), ctx, rows))
             return x + self.drop(self.mlp(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, ctx)))
+        x = self.norm1(skip + self.drop(self.attn(x, ctx, rows)))
         return self.norm2(x + self.drop(self.mlp(x)))

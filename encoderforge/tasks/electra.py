@@ -97,11 +97,11 @@ class Generator(nn.Module):
             rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta, table.dtype)
         ctx = AttnContext.unpadded(layout, rope=rope)
         x = emb if self.project is None else self.project(emb)  # (N, G)
-        for block in self.layers:
-            x = block(x, ctx)
+        for i, block in enumerate(self.layers):  # the last block runs on the masked positions only
+            x = block(x, ctx, masked if i == len(self.layers) - 1 else None)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        h = self.norm(F.gelu(self.dense(x[masked])))  # (M, C)
+        h = self.norm(F.gelu(self.dense(x)))  # (M, C)
         return F.linear(h, table, self.bias)  # (M, V)
 
 

@@ -60,10 +60,14 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor,
                 return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits (M, V) at `positions`; with return_hidden, also every token's final features (N, C)."""
-        hidden = self.encoder.forward_unpadded(input_ids, layout_from_lengths(lengths))  # (N, C)
-        logits = self.mlm(hidden[positions], self.encoder.embeddings.tok.weight)  # (M, V)
-        return (logits, hidden) if return_hidden else logits
+        """Logits (M, V) at `positions`; with return_hidden, also every token's final features (N, C).
+        Without it the encoder's last layer runs on the masked positions only (Encoder.forward_unpadded `rows`)."""
+        layout = layout_from_lengths(lengths)
+        if not return_hidden:
+            hidden = self.encoder.forward_unpadded(input_ids, layout, rows=positions)  # (M, C)
+            return self.mlm(hidden, self.encoder.embeddings.tok.weight)  # (M, V)
+        hidden = self.encoder.forward_unpadded(input_ids, layout)  # (N, C)
+        return self.mlm(hidden[positions], self.encoder.embeddings.tok.weight), hidden
 
     @staticmethod
     def from_checkpoint(path: str | Path, *, require_head: bool = False) -> "MaskedLM":

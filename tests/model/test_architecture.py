@@ -94,6 +94,35 @@ def test_forward_unpadded_equals_padded_forward():
     torch.testing.assert_close(packed, unpad(ref, lay), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("norm,pos", [("post", "learned"), ("pre", "rope")])
+def test_last_layer_on_selected_rows_equals_the_full_forward(norm, pos):
+    """forward_unpadded(rows=r) runs the last layer's queries, MLP and norms on r only: the same values and the same
+    gradients as the full forward indexed at r (unsorted rows, several per sequence, a sequence with none, padding)."""
+    torch.manual_seed(0)
+    cfg = preset("bert-tiny", vocab_size=100, norm=norm, position=pos, dropout=0.0, attention_dropout=0.0)
+    enc = Encoder(cfg)
+    lengths = torch.tensor([7, 3, 11, 1, 5])
+    lay = layout_from_lengths(lengths)
+    ids = torch.randint(1, 100, (int(lengths.sum()),))
+    rows = torch.tensor([12, 0, 20, 6, 9, 21, 10, 2])  # sequence 4 (rows 22-26) has none; sequence 3 is one token
+    w = torch.randn(len(rows), cfg.hidden_size)
+    grads = []
+    for sparse in (False, True):
+        enc.zero_grad()
+        out = enc.forward_unpadded(ids, lay, rows=rows) if sparse else enc.forward_unpadded(ids, lay)[rows]
+        (out * w).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+        if not sparse:
+            ref = out.detach()
+    torch.testing.assert_close(out.detach(), ref, atol=1e-5, rtol=0)
+    assert out.shape == (len(rows), cfg.hidden_size) and grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():  # the padded (eager) forward gives the same vectors at those tokens
+        grid = enc.set_attention("eager")(pad(ids, lay), (pad(torch.ones_like(ids), lay) > 0).long())
+    torch.testing.assert_close(out.detach(), unpad(grid, lay)[rows], atol=1e-5, rtol=0)
+
+
 def test_presets_have_the_documented_shapes():
     shapes = {name: (c.num_layers, c.hidden_size) for name, c in ((n, PRESETS[n]()) for n in PRESETS)}
     assert shapes == {"bert-tiny": (2, 128), "bert-mini": (4, 256), "bert-small": (4, 512), "bert-medium": (8, 512),

@@ -70,6 +70,35 @@ def test_attention_with_dropout_is_sdpa_math_for_the_same_mask():
     torch.testing.assert_close(attend(q, k, v, mask, 0.0), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
+@pytest.mark.parametrize("masked,tq", [(True, 5), (False, 5), (True, 3)])
+def test_fast_attention_math_has_the_reference_values_and_gradients(masked, tq):
+    """math_attention (one baddbmm for scale + mask, the dropout scale on the output) against the textbook formula
+    with the same dropout mask: outputs and q/k/v gradients; also fewer queries than keys (rows_attention)."""
+    from encoderforge.model.attention import math_attention
+
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :] if masked else None
+    torch.manual_seed(3)
+    q0, k0, v0 = torch.randn(2, 3, tq, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    w = torch.randn(2, 3, tq, 8)
+    results = []
+    for fast in (True, False):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        torch.manual_seed(11)
+        if fast:
+            out = math_attention(q, k, v, mask, 0.25)
+        else:
+            keep = keep_mask((2, 3, tq, 5), 0.25)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = (scores.softmax(-1) * keep / 0.75) @ v
+        (out * w).sum().backward()
+        results.append((out.detach(), q.grad, k.grad, v.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert results[0][1].abs().sum() > 0
+
+
 def test_training_encoder_drops_and_backends_agree_on_the_masks():
     """Same seed, same masks: the padded eager and sdpa backends give the same training-mode outputs."""
     cfg = dict(vocab_size=100, dropout=0.1, attention_dropout=0.1)

@@ -39,6 +39,23 @@ def test_sparse_loss_equals_dense_decoder_at_masked_positions(legal_shards, smal
     assert out.total.item() / out.count > np.log(2000) - 1.5  # untrained: near uniform over the vocabulary
 
 
+def test_last_layer_runs_on_the_masked_positions_only(legal_shards, small_tokenizer):
+    """The loss reads the masked positions only, so the last layer's MLP sees M rows while earlier layers see all N;
+    return_hidden (the anchored objective reads every token) keeps the full last layer."""
+    task = _task(legal_shards, small_tokenizer)
+    batch = next(task.train_batches(0))[0]
+    model = MaskedLM(Encoder(preset("bert-tiny", vocab_size=2000)))
+    seen = []
+    for block in model.encoder.layers:
+        block.mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    task.loss(model, batch).total.backward()
+    N, M = batch.input_ids.numel(), batch.positions.numel()
+    assert seen == [N, M] and M < N / 2
+    seen.clear()
+    logits, hidden = model(batch.input_ids, batch.lengths, batch.positions, return_hidden=True)
+    assert seen == [N, N] and logits.shape[0] == M and hidden.shape[0] == N
+
+
 def test_decoder_is_tied_and_pooler_frozen(legal_shards, small_tokenizer):
     task = _task(legal_shards, small_tokenizer)
     model = MaskedLM(Encoder(preset("bert-tiny", vocab_size=2000)))
