@@ -57,8 +57,8 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     Why by hand: torch has no fused CPU attention kernel with dropout, and its math path (what SDPA runs then)
     scales the scores, masks them and scales the dropped probabilities each in a pass of its own, forward and
     backward. Here one baddbmm computes mask bias + q k^T / sqrt(D), and the dropout scale 1 / (1 - p) multiplies
-    the (B, H, T, D) output instead of the T / D times larger probabilities: a layer's attention forward + backward
-    took 124 instead of 190 ms at 32 x 128 tokens (docs/results.md)."""
+    the (B, H, T, D) output instead of the T / D times larger probabilities: a MiniLM layer's attention forward +
+    backward at 32 x 40-128 tokens took 108 instead of 152 ms (benchmarks/attention_math.py, docs/results.md)."""
     B, H, T, D = q.shape
     Tk = k.shape[2]
     q3, k3, v3 = q.reshape(B * H, T, D), k.reshape(B * H, Tk, D), v.reshape(B * H, Tk, D)
@@ -82,7 +82,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """SDPA over (B, H, T, D); mask (B, 1, 1, T) bool, True = key takes part.
 
     CPU training with attention dropout is the one exception: torch has no fused CPU kernel with dropout, so SDPA
-    runs its math path (q k^T, softmax, Bernoulli mask, @ v); this is that path with model.dropout's cheaper mask."""
+    would run its math path (q k^T, scale, mask, softmax, Bernoulli mask, @ v); math_attention is that math with
+    model.dropout's cheaper mask and fewer passes."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return math_attention(q, k, v, mask, dropout_p)
@@ -138,7 +139,8 @@ def rows_attention(qkv: torch.Tensor, ctx: AttnContext, rows: torch.Tensor, *, d
 
     What a layer needs when only some outputs are read (the last layer under sparse MLM prediction: the masked
     positions). Queries go into a (B, Rmax) grid (Rmax = most rows in one sequence; empty slots are zero queries
-    whose outputs are dropped), keys and values into the (B, T) grid of varlen_attention, then SDPA."""
+    whose outputs are dropped), keys and values into the (B, T) grid of varlen_attention, then `attend` (on CUDA
+    too: the varlen FlashAttention call is not used for this path)."""
     if ctx.layout is None or ctx.pad_mask is None:
         raise ValueError("attention on selected rows needs the unpadded (varlen) context of forward_unpadded")
     grid, mask = _kv_grid(qkv, ctx)
