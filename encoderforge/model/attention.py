@@ -143,6 +143,7 @@ def rows_attention(qkv: torch.Tensor, ctx: AttnContext, rows: torch.Tensor, *, d
     too: the varlen FlashAttention call is not used for this path)."""
     if ctx.layout is None or ctx.pad_mask is None:
         raise ValueError("attention on selected rows needs the unpadded (varlen) context of forward_unpadded")
+    rows = rows.long()
     grid, mask = _kv_grid(qkv, ctx)
     B, _, _, H, D = grid.shape
     seq = torch.bucketize(rows, ctx.layout.cu_seqlens[1:].to(rows.dtype), right=True)  # (R,) sequence of each row

@@ -8,7 +8,8 @@ for torch's `random_()` on int64), each word four 16-bit uniforms compared with 
 ~15% of torch's Bernoulli draw, half of the previous version's (three words per torch draw)
 (benchmarks/dropout_masks.py, docs/results.md "Second machine").
 The drop probability is thus quantised to 1/65536. Masks are a pure function of torch's default generator, so
-`torch.manual_seed` and the training state's saved RNG make them reproducible and resumable, as torch's are.
+`torch.manual_seed` (the training loop seeds it from (seed, step, rank) every step) makes them reproducible and
+resumable, as torch's are.
 Off CPU (CUDA's Philox kernel is fast) and at p = 0 or in eval mode this is torch's own dropout / the identity.
 """
 
@@ -30,8 +31,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     seed = int(torch.randint(0, 2**62, ()).item())  # one draw of torch's generator per mask
     draws = np.random.PCG64DXSM(seed).random_raw((n + 3) // 4)  # (ceil(n / 4),) uint64
     words = torch.from_numpy(draws.view(np.int16))[:n]  # four 16-bit words per draw: uniform in [-2^15, 2^15)
-    threshold = round(p * _LEVELS) - (_LEVELS >> 1)
-    return (words >= threshold).view(shape).to(device)
+    level = round(p * _LEVELS)
+    if level >= _LEVELS:  # p within 2^-17 of 1: drop everything (the int16 threshold would wrap around)
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    return (words >= level - (_LEVELS >> 1)).view(shape).to(device)
 
 
 class _MaskedScale(torch.autograd.Function):

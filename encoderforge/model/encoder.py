@@ -76,9 +76,10 @@ class Encoder(nn.Module):
                          rows: torch.Tensor | None = None) -> torch.Tensor:
         """(N,) packed ids of several sequences -> (N, C); sequences never attend to each other.
 
-        rows: (R,) token indices whose outputs are all the caller reads (MLM's masked positions) -> (R, C), equal to
-        the full output at those rows; the last layer then runs its queries, MLP and norms on R tokens instead of N
-        (with 15% masking that skips ~85% of the last layer's attention-output and MLP GEMMs)."""
+        rows: (R,) token indices in [0, N) whose outputs are all the caller reads (MLM's masked positions) -> (R, C),
+        the full output at those rows (exactly in eval mode; in training the last layer's dropout masks are drawn
+        over the R rows, so they differ from a full forward's); the last layer then runs its queries, MLP and norms
+        on R tokens instead of N (with 15% masking that skips ~85% of its attention-output and MLP GEMMs)."""
         positions = positions_unpadded(layout)  # (N,)
         ctx = AttnContext.unpadded(layout, rope=self._rope(positions))
         return self._run(self.embeddings(input_ids, positions, token_type_ids), ctx, rows)

@@ -123,6 +123,20 @@ def test_last_layer_on_selected_rows_equals_the_full_forward(norm, pos):
     torch.testing.assert_close(out.detach(), unpad(grid, lay)[rows], atol=1e-5, rtol=0)
 
 
+def test_selected_rows_edge_cases():
+    """Duplicated rows, no rows, int32 rows, and a batch without padding (the packed tokens are the grid)."""
+    torch.manual_seed(0)
+    enc = Encoder(preset("bert-tiny", vocab_size=100)).eval()
+    for lengths, rows in (([5, 3, 4], [4, 4, 0, 11]), ([5, 3, 4], []), ([4, 4, 4], [11, 0, 5, 6])):
+        lay = layout_from_lengths(torch.tensor(lengths))
+        ids = torch.randint(1, 100, (sum(lengths),))
+        with torch.no_grad():
+            full = enc.forward_unpadded(ids, lay)
+            for dtype in (torch.long, torch.int32):
+                r = torch.tensor(rows, dtype=dtype)
+                torch.testing.assert_close(enc.forward_unpadded(ids, lay, rows=r), full[r.long()], atol=1e-5, rtol=0)
+
+
 def test_presets_have_the_documented_shapes():
     shapes = {name: (c.num_layers, c.hidden_size) for name, c in ((n, PRESETS[n]()) for n in PRESETS)}
     assert shapes == {"bert-tiny": (2, 128), "bert-mini": (4, 256), "bert-small": (4, 512), "bert-medium": (8, 512),

@@ -25,6 +25,14 @@ def test_keep_share_matches_one_minus_p(p):
     # no position is biased: every column and both halves of the words keep close to 1 - p
     cols = keep.float().mean(dim=0)
     assert (cols - (1 - p)).abs().max().item() < 6 * math.sqrt(p * (1 - p) / 1000)
+    words = keep.flatten()[:999_000].view(-1, 4).float().mean(dim=0)  # each of the four 16-bit words of a draw
+    assert (words - (1 - p)).abs().max().item() < 5 * math.sqrt(p * (1 - p) / 249_750)
+
+
+def test_keep_mask_at_the_ends_of_p():
+    assert keep_mask((4096,), 0.0).all() and not keep_mask((4096,), 1.0).any()
+    assert not keep_mask((4096,), 1 - 1e-6).any()  # rounds to 65536 / 65536: the int16 threshold must not wrap
+    assert keep_mask((0,), 0.1).shape == (0,)
 
 
 def test_output_and_gradient_are_inverted_dropout_of_the_mask():

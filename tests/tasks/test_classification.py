@@ -65,6 +65,30 @@ def test_loop_metrics_equal_full_evaluation_and_chunk_pooling(minilm_path, bbc_r
     torch.testing.assert_close(torch.from_numpy(task.predict_logits(model, enc)[0]), expect, atol=1e-5, rtol=1e-4)
 
 
+def test_cls_pooling_runs_the_last_layer_on_cls_only(minilm_path, bbc_rows):
+    """With [CLS] pooling the last layer computes the S [CLS] rows only: the same logits as the full forward."""
+    from encoderforge.model.padding import layout_from_lengths, pad
+    from encoderforge.tasks.sequences import make_batch, windows_by_doc
+
+    rows = [((text,), topic) for topic, text in bbc_rows[:6]]
+    task = ClassificationTask(load_tokenizer(minilm_path), LABELS, rows, rows, max_length=40, batch_rows=8,
+                              max_chunks=2, stride=8)
+    enc = task.train_enc
+    batch = make_batch(enc, windows_by_doc(enc), list(range(6)), task.train_y)
+    torch.manual_seed(0)
+    model = SequenceModel(Encoder(preset("bert-tiny", vocab_size=30522)), len(LABELS), pooling="cls").eval()
+    seen = []
+    model.encoder.layers[-1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    with torch.no_grad():
+        logits = model(batch)
+        layout = layout_from_lengths(batch.lengths)
+        full = model.encoder.forward_unpadded(batch.input_ids, layout)
+        per_window = model.head(pad(full, layout), torch.ones(len(batch.lengths), layout.seqlen))
+    assert seen[0] == len(batch.lengths) < batch.input_ids.numel() and logits.shape == (6, len(LABELS))
+    expect = torch.stack([per_window[batch.doc == d].mean(0) for d in range(6)])  # chunk pooling: mean
+    torch.testing.assert_close(logits, expect, atol=1e-5, rtol=1e-4)
+
+
 def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path):
     train, dev, test = split(bbc_rows)
     args = FinetuneArgs(max_length=64, epochs=8, batch_size=8, lr=2e-3, warmup_ratio=0.1, seed=0, evals_per_epoch=1)
