@@ -4,7 +4,8 @@ Same checkpoint (MiniLM-L6), same tokenizer and truncation, same training/test e
 learning rate, linear warmup/decay, AdamW betas/eps, weight decay, gradient clipping, seed and thread count.
 Each side runs in its own subprocess, so each peak RSS is its own. What differs is what each library does by
 default and what this comparison is about:
-  encoderforge: padding-free packed batches (varlen), mean-pooling head (the model's own sentence pooling),
+  encoderforge: padding-free packed batches (varlen), mean-pooling head (the model's own sentence pooling;
+                --pooling cls: the [CLS] vector, and the last layer runs on the [CLS] rows only),
                 a dev evaluation per epoch (on --dev-n examples) that keeps the best checkpoint.
   transformers: Trainer with padded batches (DataCollatorWithPadding, padded to the batch's longest), BERT pooler +
                 [CLS] head (what AutoModelForSequenceClassification builds), a dev evaluation per epoch and
@@ -12,6 +13,7 @@ default and what this comparison is about:
 Needs the `baselines` extra (accelerate, which Trainer requires).
 
     python benchmarks/finetune_vs_trainer.py --train-n 1000 --test-n 500 --epochs 2 --out runs/ft-vs-trainer
+    python benchmarks/finetune_vs_trainer.py ... --pooling cls --sides steps     # step timing with [CLS] pooling
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def run_ours(a: argparse.Namespace) -> dict:
     schema = Schema(labels=tuple(json.loads((d / "labels.json").read_text())))
     args = FinetuneArgs(max_length=a.max_length, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                         warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed, threads=a.threads,
-                        device="cpu", precision="fp32")
+                        device="cpu", precision="fp32", pooling=a.pooling)
     t0 = time.perf_counter()
     r = finetune("classify", a.model, d / "train.jsonl", d / "dev.jsonl", d / "test.jsonl", out=Path(a.out) / "ours-run",
                  schema=schema, args=args, overwrite=True)
@@ -143,7 +145,7 @@ def run_steps(a: argparse.Namespace) -> dict:
     y = torch.tensor([index[r["label"]] for r in train])
     enc = encode_texts(load_tokenizer(path), [(r["text"],) for r in train], a.max_length)
     by_doc = windows_by_doc(enc)
-    ours = SequenceModel(checkpoint.load(path).encoder, len(labels)).train()
+    ours = SequenceModel(checkpoint.load(path).encoder, len(labels), pooling=a.pooling).train()
     ours_opt = torch.optim.AdamW(param_groups(ours, weight_decay=a.weight_decay), lr=a.lr, fused=True)
     tok = AutoTokenizer.from_pretrained(str(path))
     hf = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=len(labels)).train()
@@ -199,6 +201,8 @@ def main() -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                   help="our head's pooling (cls: the last layer runs on the [CLS] rows only); transformers' is fixed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/ft-vs-trainer")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per side before the interleaved timing")
