@@ -4,9 +4,9 @@ Why by hand: torch's CPU dropout draws one Bernoulli sample per element from its
 element on both development boxes). In an MLM step of MiniLM-L6 on 8x128 tokens that was 13% of the step
 (torch.profiler: aten::bernoulli_), and attention dropout draws B*H*T*T of them per layer. Here each mask takes one
 seed from torch's default generator and draws 64-bit words from numpy's PCG64DXSM (~3 ns per word against ~8.6 ns
-for torch's `random_()` on int64), each word four 16-bit uniforms compared with round(p * 65536): a mask costs
-~15% of torch's Bernoulli draw, half of the previous version's (three words per torch draw)
-(benchmarks/dropout_masks.py, docs/results.md "Second machine").
+for torch's `random_()` on int64, in a side measurement), each word four 16-bit uniforms compared with
+round(p * 65536): a mask costs ~15% of torch's Bernoulli draw, half of the previous version's (three words per torch
+draw) (benchmarks/dropout_masks.py, docs/results.md "Second machine").
 The drop probability is thus quantised to 1/65536. Masks are a pure function of torch's default generator, so
 `torch.manual_seed` (the training loop seeds it from (seed, step, rank) every step) makes them reproducible and
 resumable, as torch's are.

@@ -48,10 +48,11 @@ class SequenceModel(nn.Module):
         layout = layout_from_lengths(batch.lengths)
         if self.head.pooling == "cls":  # only [CLS] is read: the last layer runs on those S rows alone
             cls = self.encoder.forward_unpadded(batch.input_ids, layout, rows=layout.cu_seqlens[:-1].long())  # (S, C)
-            return pool_chunks(self.head(cls[:, None], None), batch.doc, batch.num_docs, self.chunk_pooling)  # (D, L)
-        hidden = self.encoder.forward_unpadded(batch.input_ids, layout)  # (N, C)
-        mask = torch.arange(layout.seqlen, device=hidden.device)[None, :] < batch.lengths[:, None]  # (S, T)
-        logits = self.head(pad(hidden, layout), mask)  # (S, L)
+            logits = self.head(cls[:, None], None)  # (S, L)
+        else:
+            hidden = self.encoder.forward_unpadded(batch.input_ids, layout)  # (N, C)
+            mask = torch.arange(layout.seqlen, device=hidden.device)[None, :] < batch.lengths[:, None]  # (S, T)
+            logits = self.head(pad(hidden, layout), mask)  # (S, L)
         return pool_chunks(logits, batch.doc, batch.num_docs, self.chunk_pooling)  # (D, L)
 
 
