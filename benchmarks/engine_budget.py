@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from encoderforge import datasets
-from encoderforge.bench import _padded_batches
 from encoderforge.compression.quantize import quantize_dynamic
+from encoderforge.data import datasets
 from encoderforge.inference.engine import Engine
 from encoderforge.inference.onnx_export import export_onnx, onnx_session, run_onnx
 from encoderforge.model.checkpoint import load
+from encoderforge.recipes.bench_infer import _padded_batches
 from encoderforge.tokenization import load_tokenizer
 
 

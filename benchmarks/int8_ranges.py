@@ -18,12 +18,12 @@ import warnings
 import torch
 from torch import nn
 
-from encoderforge.bench import text_sets
 from encoderforge.compression.quantize import Int8Linear, cpu_has_vnni, int8_fidelity
 from encoderforge.inference.onnx_export import encode_padded
 from encoderforge.model.checkpoint import load
 from encoderforge.model.heads import pool
 from encoderforge.model.zoo import resolve_model
+from encoderforge.recipes.bench_infer import text_sets
 from encoderforge.tokenization import load_tokenizer
 
 

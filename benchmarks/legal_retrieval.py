@@ -19,7 +19,8 @@ import re
 import numpy as np
 import torch
 
-from encoderforge import EncoderforgeError, datasets
+from encoderforge import EncoderforgeError
+from encoderforge.data import datasets
 from encoderforge.inference.engine import Engine
 from encoderforge.model.zoo import resolve_model
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from encoderforge import datasets
+from encoderforge.data import datasets
 
 
 def rule_examples(top_keys: int) -> list[tuple[str, list[str]]]:

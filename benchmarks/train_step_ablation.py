@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from encoderforge import datasets
+from encoderforge.data import datasets
 from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows

@@ -10,10 +10,21 @@ import dataclasses
 import torch
 from torch import nn
 
-from encoderforge.model.attention import BACKENDS, UNPADDED_BACKENDS, AttnContext, rope_tables
+from encoderforge.model.attention import (
+    BACKENDS,
+    UNPADDED_BACKENDS,
+    AttnContext,
+    rope_tables,
+)
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.layers import Block, Embeddings
-from encoderforge.model.padding import Unpadded, pad, positions_unpadded, unpad, unpad_layout
+from encoderforge.model.padding import (
+    Unpadded,
+    pad,
+    positions_unpadded,
+    unpad,
+    unpad_layout,
+)
 
 
 class Pooler(nn.Module):

@@ -20,9 +20,16 @@ from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import Pooling, SequenceClassifier
 from encoderforge.model.padding import layout_from_lengths, pad
 from encoderforge.tasks import LossSum
+from encoderforge.tasks.sequences import (
+    ChunkPooling,
+    Encoded,
+    SeqBatch,
+    encode_texts,
+    eval_batches,
+    pool_chunks,
+    train_step_batches,
+)
 from encoderforge.tasks.spec import TaskSpec
-from encoderforge.tasks.sequences import (ChunkPooling, Encoded, SeqBatch, encode_texts, eval_batches, pool_chunks,
-                                          train_step_batches)
 
 
 class SequenceModel(nn.Module):

@@ -18,8 +18,18 @@ from torch import nn
 
 from encoderforge.model.heads import SequenceClassifier
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.classification import SequenceModel, document_logits, f1_from_counts
-from encoderforge.tasks.sequences import Encoded, SeqBatch, encode_texts, eval_batches, train_step_batches
+from encoderforge.tasks.classification import (
+    SequenceModel,
+    document_logits,
+    f1_from_counts,
+)
+from encoderforge.tasks.sequences import (
+    Encoded,
+    SeqBatch,
+    encode_texts,
+    eval_batches,
+    train_step_batches,
+)
 from encoderforge.tasks.spec import TaskSpec
 
 GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)

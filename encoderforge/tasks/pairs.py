@@ -24,7 +24,13 @@ from torch import nn
 from encoderforge.model.heads import SequenceClassifier
 from encoderforge.tasks import LossSum
 from encoderforge.tasks.classification import SequenceModel, document_logits
-from encoderforge.tasks.sequences import Encoded, SeqBatch, encode_texts, eval_batches, train_step_batches
+from encoderforge.tasks.sequences import (
+    Encoded,
+    SeqBatch,
+    encode_texts,
+    eval_batches,
+    train_step_batches,
+)
 from encoderforge.tasks.spec import TaskSpec
 
 

@@ -21,11 +21,21 @@ from tqdm import tqdm
 from encoderforge.fileio import atomic_file
 from encoderforge.tasks import Task
 from encoderforge.training.args import TrainArgs
-from encoderforge.training.distributed import Dist, all_reduce_dict, all_reduce_sum, barrier
+from encoderforge.training.distributed import (
+    Dist,
+    all_reduce_dict,
+    all_reduce_sum,
+    barrier,
+)
 from encoderforge.training.fast_linear import restore_linears, use_training_linears
 from encoderforge.training.memory import release_free_heap, rss_mb
 from encoderforge.training.schedules import lr_at
-from encoderforge.training.state import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from encoderforge.training.state import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def build_optimizer(model: nn.Module, args: TrainArgs, groups: list[dict[str, Any]] | None = None) -> torch.optim.AdamW:

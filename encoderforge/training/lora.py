@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.model.encoder import Encoder
 from encoderforge.model.dropout import Dropout
+from encoderforge.model.encoder import Encoder
 
 TARGETS = ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2")
 

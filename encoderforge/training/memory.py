@@ -14,7 +14,6 @@ import functools
 import os
 import sys
 
-
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
 

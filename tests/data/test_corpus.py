@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import (CorpusSpec, clean, load_documents, parse_corpus_arg, prepare_corpus,
-                                      read_manifest)
+from encoderforge.data.corpus import (
+    CorpusSpec,
+    clean,
+    load_documents,
+    parse_corpus_arg,
+    prepare_corpus,
+    read_manifest,
+)
 from encoderforge.data.packing import epoch_order
 from encoderforge.tokenization import load_tokenizer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.datasets import pkg_file
 from encoderforge.data.readers import Schema, from_records, read_dataset, split_dev
-from encoderforge.datasets import pkg_file
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from encoderforge.inference.cpu_pack import PackedLinear, PackedMLP, pack_for_cpu, packing_available
+from encoderforge.inference.cpu_pack import (
+    PackedLinear,
+    PackedMLP,
+    pack_for_cpu,
+    packing_available,
+)
 from encoderforge.model import Encoder, preset
 from encoderforge.model.padding import layout_from_lengths
 

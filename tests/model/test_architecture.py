@@ -9,7 +9,13 @@ import torch
 
 from encoderforge import EncoderforgeError
 from encoderforge.model import PRESETS, Encoder, EncoderConfig, preset
-from encoderforge.model.heads import MLMHead, SequenceClassifier, SpanHead, TokenClassifier, pool
+from encoderforge.model.heads import (
+    MLMHead,
+    SequenceClassifier,
+    SpanHead,
+    TokenClassifier,
+    pool,
+)
 from encoderforge.model.padding import layout_from_lengths, pad, unpad, unpad_layout
 
 

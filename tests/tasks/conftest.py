@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory, minilm_path) -> Path:
 @pytest.fixture(scope="session")
 def bbc_rows() -> list[tuple[str, str]]:
     """(topic, opening of the article) for 100 real BBC articles, 20 per topic, shuffled."""
-    from encoderforge.datasets import bbc_documents
+    from encoderforge.data.datasets import bbc_documents
 
     docs = bbc_documents()
     by_topic: dict[str, list[str]] = {}
@@ -49,7 +49,7 @@ def bbc_rows() -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def wnut_rows() -> list[tuple[list[str], list[str]]]:
     """The first 120 WNUT-16 tweets as (tokens, BIO tags)."""
-    from encoderforge.datasets import wnut_sentences
+    from encoderforge.data.datasets import wnut_sentences
 
     return [([t for t, _ in s], [g for _, g in s]) for s in wnut_sentences()[:120]]
 
@@ -58,7 +58,7 @@ def wnut_rows() -> list[tuple[list[str], list[str]]]:
 def license_rule_rows() -> list[tuple[str, list[str]]]:
     """Real multi-label examples: licensedcode rule texts labelled with the license keys their license_expression
     names, restricted to five frequent keys (60 rules, a third of them naming two or more keys)."""
-    from encoderforge.datasets import pkg_file
+    from encoderforge.data.datasets import pkg_file
 
     keys = {"mit", "apache-2.0", "gpl-2.0", "bsd-new", "lgpl-2.1"}
     rules = sorted(pkg_file("licensedcode-data", "mit.LICENSE").parent.parent.joinpath("rules").glob("*.RULE"))

@@ -13,12 +13,17 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.finetune import BestKeeper, FinetuneArgs, finetune
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.predict import Predictor
-from encoderforge.tasks.classification import ClassificationTask, SequenceModel, class_weights, classification_metrics
+from encoderforge.recipes.finetune import BestKeeper, FinetuneArgs, finetune
+from encoderforge.recipes.predict import Predictor
+from encoderforge.tasks.classification import (
+    ClassificationTask,
+    SequenceModel,
+    class_weights,
+    classification_metrics,
+)
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.distributed import setup
 from encoderforge.training.loop import evaluate

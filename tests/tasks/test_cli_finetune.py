@@ -6,9 +6,8 @@ from __future__ import annotations
 import csv
 import json
 
+from encoderforge.cli.finetune import app
 from typer.testing import CliRunner
-
-from encoderforge.cli_finetune import app
 
 runner = CliRunner()
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoderforge.finetune import FinetuneArgs, finetune
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
+from encoderforge.recipes.finetune import FinetuneArgs, finetune
 
 
 def curve(run: Path) -> tuple[dict[int, float], dict[int, float]]:

@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.finetune import FinetuneArgs, finetune
-from encoderforge.predict import Predictor
+from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.multilabel import multilabel_metrics, tune_thresholds
 
 

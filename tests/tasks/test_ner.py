@@ -11,10 +11,16 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.finetune import FinetuneArgs, finetune
 from encoderforge.model import checkpoint
-from encoderforge.predict import Predictor
-from encoderforge.tasks.ner import NERTask, TokenModel, decode, encode_words, entity_counts
+from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.predict import Predictor
+from encoderforge.tasks.ner import (
+    NERTask,
+    TokenModel,
+    decode,
+    encode_words,
+    entity_counts,
+)
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.distributed import setup
 from encoderforge.training.loop import evaluate

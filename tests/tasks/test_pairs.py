@@ -12,8 +12,8 @@ from scipy.stats import pearsonr
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.finetune import FinetuneArgs, finetune
-from encoderforge.predict import Predictor
+from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.pairs import pearson_from_sums
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, read_dataset, read_qa
-from encoderforge.finetune import FinetuneArgs, finetune
-from encoderforge.predict import Predictor
+from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.qa import QATask, best_span, em_f1, encode_qa
 from encoderforge.tokenization import load_tokenizer
 

@@ -15,8 +15,8 @@ def read_losses(run: Path) -> dict[int, float]:
 RUNNER = """
 import sys, torch
 torch.set_num_threads(1)
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
+from encoderforge.recipes.pretrain import load_config
+from encoderforge.recipes.pretrain import pretrain
 pretrain(load_config(None, sys.argv[1:]))
 """
 

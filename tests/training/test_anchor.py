@@ -15,11 +15,10 @@ from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
+from encoderforge.recipes.pretrain import load_config, pretrain
 from encoderforge.tasks.anchor import AnchoredMLMTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
 
 
 @pytest.fixture

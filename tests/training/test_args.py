@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from encoderforge import EncoderforgeError
-from encoderforge.training.args import PretrainConfig, TrainArgs, load_config
+from encoderforge.recipes.pretrain import PretrainConfig, load_config
+from encoderforge.training.args import TrainArgs
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 

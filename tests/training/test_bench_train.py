@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from encoderforge import EncoderforgeError
-from encoderforge.bench_train import bench_train
+from encoderforge.recipes.bench_train import bench_train
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_bench_train_rejects_zero_steps(legal_shards, small_tokenizer):
 @pytest.mark.slow
 def test_cli_bench_train_writes_results(legal_shards, small_tokenizer, tmp_path):
     pytest.importorskip("transformers")
-    from encoderforge.cli import app
+    from encoderforge.cli.app import app
 
     res = CliRunner().invoke(app, ["bench", "train", "--shards", str(legal_shards), "--tokenizer", str(small_tokenizer),
                                    "--preset", "bert-tiny", "--max-len", "64", "--rows", "2", "--steps", "1",

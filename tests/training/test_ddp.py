@@ -13,8 +13,7 @@ import pytest
 import torch
 from run_helpers import read_losses
 
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
+from encoderforge.recipes.pretrain import load_config, pretrain
 
 
 def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
@@ -30,7 +29,7 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
     finally:
         torch.set_num_threads(n)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli_pretrain",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli.pretrain",
            *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)]]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -18,11 +18,16 @@ from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.tasks.electra import Electra, ElectraTask, corrupt, generator_config, sample
+from encoderforge.recipes.pretrain import load_config, pretrain
+from encoderforge.tasks.electra import (
+    Electra,
+    ElectraTask,
+    corrupt,
+    generator_config,
+    sample,
+)
 from encoderforge.tasks.mlm import MLMTask
 from encoderforge.tokenization import load_tokenizer
-from encoderforge.training.args import load_config
-from encoderforge.training.pretrain import pretrain
 
 CONFIG = Path(__file__).parents[2] / "configs" / "pretrain-electra-tiny.yaml"
 ELECTRA = {"objective": "electra", "masking.strategy": "token", "masking.ratio": 0.15, "masking.mask_prob": 0.85,
@@ -168,7 +173,7 @@ def test_sigkilled_electra_run_resumes_on_the_same_curve(tiny_overrides, tmp_pat
 
 
 def test_shipped_config_loads_and_builds():
-    from encoderforge.training.pretrain import build_model
+    from encoderforge.recipes.pretrain import build_model
 
     cfg = load_config(CONFIG, ["data.max_len=64"])
     assert cfg.objective == "electra" and cfg.electra.disc_weight == 50.0 and cfg.masking.random_prob == 0.0
@@ -189,7 +194,7 @@ def test_bad_electra_fields_are_named():
 
 
 def test_cli_pretrain_electra_writes_a_loadable_encoder(tiny_overrides, tmp_path):
-    from encoderforge.cli_pretrain import app
+    from encoderforge.cli.pretrain import app
 
     run = tmp_path / "cli"
     over = tiny_overrides(run, **{"train.steps": 3, "masking.strategy": "token", "masking.ratio": 0.15})
@@ -213,7 +218,7 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
             "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
     pretrain(load_config(None, tiny_overrides(tmp_path / "single", **over)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli_pretrain",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli.pretrain",
            *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)]]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -10,7 +10,11 @@ from torch import nn
 
 from encoderforge.model import Encoder, preset
 from encoderforge.model.padding import layout_from_lengths
-from encoderforge.training.fast_linear import OneDNNLinear, available, use_onednn_linears
+from encoderforge.training.fast_linear import (
+    OneDNNLinear,
+    available,
+    use_onednn_linears,
+)
 
 pytestmark = pytest.mark.skipif(not available(), reason="torch built without oneDNN")
 
@@ -63,7 +67,11 @@ def test_swap_sets_a_small_onednn_primitive_cache_unless_the_user_chose_one(monk
 
 
 def test_kernel_choice_follows_the_instruction_set_unless_overridden(monkeypatch):
-    from encoderforge.training.fast_linear import KERNEL_ENV, train_linear_kernel, use_training_linears
+    from encoderforge.training.fast_linear import (
+        KERNEL_ENV,
+        train_linear_kernel,
+        use_training_linears,
+    )
 
     monkeypatch.delenv(KERNEL_ENV, raising=False)
     wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))

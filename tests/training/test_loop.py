@@ -9,9 +9,8 @@ import torch
 from run_helpers import read_losses, sigkill_after_checkpoint
 
 from encoderforge.model.checkpoint import load
-from encoderforge.training.args import load_config
+from encoderforge.recipes.pretrain import load_config, pretrain
 from encoderforge.training.loop import build_optimizer
-from encoderforge.training.pretrain import pretrain
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,7 @@ def test_adapters_start_as_noop_and_merge_exactly():
 
 def test_lora_finetune_saves_a_plain_checkpoint(tiny_model, bbc_rows, tmp_path):
     from encoderforge.data.readers import Schema, from_records
-    from encoderforge.finetune import FinetuneArgs, finetune
+    from encoderforge.recipes.finetune import FinetuneArgs, finetune
 
     recs = [(text, topic) for topic, text in bbc_rows]
     train, dev = from_records(recs[::2], Schema(), name="t"), from_records(recs[1::2], Schema(), name="d")
@@ -69,7 +69,7 @@ def tiny_model(tmp_path, minilm_path):
 
 @pytest.fixture
 def bbc_rows():
-    from encoderforge.datasets import bbc_documents
+    from encoderforge.data.datasets import bbc_documents
 
     docs = bbc_documents()
     return [(t, x[:300]) for t, x in docs[::37]][:60]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from encoderforge.cli_common import fail_on_error
+from encoderforge.cli.common import fail_on_error
 
 app = typer.Typer(help="Export a checkpoint to ONNX (fp32 or int8) for ONNX Runtime.", no_args_is_help=True,
                   pretty_exceptions_enable=False)

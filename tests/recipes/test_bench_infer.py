@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from encoderforge.bench import bench_infer, model_flops
 from encoderforge.model import preset
+from encoderforge.recipes.bench_infer import bench_infer, model_flops
 
 
 def test_model_flops_counts_linear_and_attention():

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.compression.quantize import Int8Linear, cpu_has_vnni, int8_fidelity, quantize_dynamic, quantize_onnx
+from encoderforge.compression.quantize import (
+    Int8Linear,
+    cpu_has_vnni,
+    int8_fidelity,
+    quantize_dynamic,
+    quantize_onnx,
+)
 from encoderforge.inference.onnx_export import encode_padded, export_onnx
 from encoderforge.model.checkpoint import load
 from encoderforge.model.config import preset

@@ -13,7 +13,13 @@ from tokenizers import Tokenizer, pre_tokenizers
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file
-from encoderforge.tokenization import _plain, _unk_token, load_tokenizer, read_corpus
+from encoderforge.tokenization.load import (
+    load_tokenizer,
+    plain_copy,
+    read_corpus,
+    unk_token,
+)
+
 
 @dataclass(frozen=True)
 class TokenizerStats:
@@ -83,8 +89,8 @@ def tokenizer_stats(files_or_texts: Sequence[str | Path], tok_a: Tokenizer | str
 
 
 def _count(tok: Tokenizer, words: list[list[str]], name: str) -> TokenizerStats:
-    plain = _plain(tok)
-    unk = plain.token_to_id(_unk_token(plain))
+    plain = plain_copy(tok)
+    unk = plain.token_to_id(unk_token(plain))
     tokens = unknown = split = n_words = 0
     for enc, ws in zip(plain.encode_batch(words, is_pretokenized=True, add_special_tokens=False), words):
         per_word = Counter(enc.word_ids)  # word index -> pieces

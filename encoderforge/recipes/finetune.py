@@ -33,8 +33,8 @@ from encoderforge.tasks.sequences import steps_per_epoch
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import setup, teardown
-from encoderforge.training.lora import apply_lora, merge_lora
 from encoderforge.training.loop import train as run_loop
+from encoderforge.training.lora import apply_lora, merge_lora
 from encoderforge.training.params import freeze_lower, param_groups, reinit_top
 
 

@@ -10,9 +10,14 @@ import torch
 from encoderforge import EncoderforgeError
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.tokenization import (extend_vocabulary, grow_embeddings, load_tokenizer, save_tokenizer,
-                                       suggest_terms, train_wordpiece)
-from encoderforge.tokenizer_stats import tokenizer_stats
+from encoderforge.tokenization import load_tokenizer
+from encoderforge.tokenization.extend import (
+    extend_vocabulary,
+    grow_embeddings,
+    suggest_terms,
+)
+from encoderforge.tokenization.stats import tokenizer_stats
+from encoderforge.tokenization.train import save_tokenizer, train_wordpiece
 
 torch.set_num_threads(1)
 

@@ -4,16 +4,19 @@ config -> data -> model -> task -> loop."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.config import load_config as _load
+from encoderforge.config import to_dict
 from encoderforge.data.corpus import load_documents
-from encoderforge.data.masking import MaskVocab
+from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.fileio import atomic_file
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
@@ -23,10 +26,115 @@ from encoderforge.tasks.anchor import AnchoredMLMTask
 from encoderforge.tasks.electra import Electra, ElectraTask
 from encoderforge.tasks.mlm import MaskedLM, MLMTask
 from encoderforge.tokenization import load_tokenizer
-from encoderforge.training.args import PretrainConfig, to_dict
+from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import setup, teardown
 from encoderforge.training.fast_linear import use_training_linears
 from encoderforge.training.loop import train
+
+
+@dataclass
+class ModelArgs:
+    """Which encoder to train.
+
+    Args:
+        preset: architecture preset for training from scratch ("bert-tiny", "bert-small", "bert-base", ...).
+        init_from: a checkpoint directory (ours or Hugging Face BERT, e.g. MiniLM) for continued pretraining;
+            its MLM head is reused when present, else a fresh one is initialised.
+        tokenizer: tokenizer.json / vocab.txt / directory; defaults to init_from's tokenizer.
+        overrides: EncoderConfig fields for a from-scratch preset, e.g. {attention: varlen, norm: pre}.
+        freeze_encoder: train the heads only (the encoder, and so the tied decoder matrix, stays fixed): warms up
+            a fresh MLM head before continued pretraining, and measures what the unadapted encoder already knows
+            (its held-out MLM loss with a trained head) as the baseline of a domain-adaptation run.
+        anchor_weight: continued MLM only (init_from): also pull the features of the unmasked tokens towards those
+            of the init_from encoder, (1 - cosine) x this weight (tasks/anchor.py). Keeps a sentence-embedding
+            model's features while it learns the domain's tokens; 0 = plain MLM.
+    """
+
+    preset: str = "bert-tiny"
+    init_from: str | None = None
+    tokenizer: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    freeze_encoder: bool = False
+    anchor_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.anchor_weight < 0:
+            raise EncoderforgeError(f"model.anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight and not self.init_from:
+            raise EncoderforgeError("model.anchor_weight anchors to the encoder a run continues from; set "
+                                    "model.init_from (or set model.anchor_weight=0 to train from scratch)")
+
+
+@dataclass
+class DataArgs:
+    """Where the tokens come from.
+
+    Args:
+        shards: a directory made by `encoderforge data prepare` (its manifest names the corpora and weights).
+        max_len: tokens per packed row (including [CLS]/[SEP] of each segment).
+        eval_rows: held-out rows evaluated at each eval (from the manifest's eval split).
+    """
+
+    shards: str = ""
+    max_len: int = 128
+    eval_rows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8:
+            raise EncoderforgeError(f"data.max_len must be >= 8, got {self.max_len}")
+        if self.eval_rows < 0:
+            raise EncoderforgeError(f"data.eval_rows must be >= 0, got {self.eval_rows}")
+
+
+@dataclass
+class ElectraArgs:
+    """Replaced-token detection (ELECTRA, Clark et al. 2020), used when `objective: electra`.
+
+    Args:
+        generator_width: generator hidden and FFN sizes as a fraction of the discriminator's (the paper finds
+            1/4 to 1/2 best; a generator as strong as the discriminator makes the task too hard).
+        generator_depth: generator layers as a fraction of the discriminator's (ELECTRA keeps the depth: 1.0).
+        disc_weight: lambda, the weight of the discriminator's loss against the generator's MLM loss (paper: 50).
+    """
+
+    generator_width: float = 0.25
+    generator_depth: float = 1.0
+    disc_weight: float = 50.0
+
+    def __post_init__(self) -> None:
+        for name in ("generator_width", "generator_depth"):
+            if not 0 < getattr(self, name) <= 1:
+                raise EncoderforgeError(f"electra.{name}={getattr(self, name)} must be in (0, 1] "
+                                        "(ELECTRA: width 0.25, depth 1.0)")
+        if self.disc_weight <= 0:
+            raise EncoderforgeError(f"electra.disc_weight must be positive, got {self.disc_weight} (ELECTRA: 50)")
+
+
+@dataclass
+class PretrainConfig:
+    """A pretraining run: model, data, masking and training sections of the YAML file, and the objective:
+    "mlm" (masked language modelling) or "electra" (replaced-token detection; the `electra` section applies)."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    objective: Literal["mlm", "electra"] = "mlm"
+    electra: ElectraArgs = field(default_factory=ElectraArgs)
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("mlm", "electra"):
+            raise EncoderforgeError(f"objective={self.objective!r}; use 'mlm' or 'electra'")
+        if self.model.anchor_weight and (self.objective != "mlm" or self.model.freeze_encoder):
+            raise EncoderforgeError("model.anchor_weight applies to continued MLM of the whole encoder; set "
+                                    "model.anchor_weight=0 with objective electra or model.freeze_encoder=true")
+
+
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
+    """A pretraining config from YAML (None = defaults) with `key.sub=value` overrides."""
+    return _load(path, overrides, PretrainConfig)
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM | Electra:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import typer
 
-from encoderforge import cli_export, cli_finetune, cli_pretrain, cli_tokenizer
-from encoderforge.cli_common import fail_on_error
+from encoderforge.cli import export as cli_export
+from encoderforge.cli import finetune as cli_finetune
+from encoderforge.cli import pretrain as cli_pretrain
+from encoderforge.cli import tokenizer as cli_tokenizer
+from encoderforge.cli.common import fail_on_error
 
 app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -39,7 +42,7 @@ def embed(
     max_length: int = typer.Option(256, help="Longest sequence in tokens; longer texts are truncated."),
 ) -> None:
     """Embed texts into vectors with the padding-free engine."""
-    from encoderforge.inference.embed import embed_file
+    from encoderforge.recipes.embed import embed_file
 
     with fail_on_error():
         r = embed_file(model, input, out, pooling=pooling.value, normalize=normalize, max_tokens=max_tokens,
@@ -55,7 +58,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Convert a checkpoint between Hugging Face BERT and encoderforge formats."""
-    from encoderforge.convert import convert as run
+    from encoderforge.recipes.convert import convert as run
 
     with fail_on_error():
         path = run(src, out, to=to.value, overwrite=overwrite)
@@ -97,7 +100,7 @@ def bench_infer(
     out: Path = typer.Option(Path("runs/bench-infer"), help="Directory for results.json/.md/.png."),
 ) -> None:
     """Inference throughput: encoderforge fp32/int8 vs transformers SDPA (arrival, sorted) vs ONNX Runtime."""
-    from encoderforge.bench import bench_infer as run
+    from encoderforge.recipes.bench_infer import bench_infer as run
 
     with fail_on_error():
         run(model, sets=[s.strip() for s in sets.split(",") if s.strip()], n=n, threads=threads, repeats=repeats,
@@ -119,7 +122,8 @@ def bench_train(
     out: Path = typer.Option(Path("runs/bench-train"), help="Directory for results.json."),
 ) -> None:
     """Training-step throughput: our packed sparse MLM vs transformers BertForMaskedLM + its MLM collator."""
-    from encoderforge.bench_train import bench_train as run, write
+    from encoderforge.recipes.bench_train import bench_train as run
+    from encoderforge.recipes.bench_train import write
 
     with fail_on_error():
         res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup,

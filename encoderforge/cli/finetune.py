@@ -1,11 +1,11 @@
 """CLI: `encoderforge finetune classify|multilabel|ner|regress|qa`, `encoderforge predict`, `encoderforge eval` (thin maps to
-encoderforge.finetune.finetune, encoderforge.predict.predict_file and encoderforge.leaderboard.leaderboard).
+encoderforge.recipes.finetune.finetune, encoderforge.recipes.predict.predict_file and encoderforge.eval.leaderboard.leaderboard).
 
 The main app registers them with:
     app.add_typer(cli_finetune.finetune_app, name="finetune")
     app.command("predict")(cli_finetune.predict)
     app.command("eval")(cli_finetune.eval_runs)
-`app` below bundles the three for testing and for `python -m encoderforge.cli_finetune`.
+`app` below bundles the three for testing and for `python -m encoderforge.cli.finetune`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from encoderforge.cli_common import fail_on_error
+from encoderforge.cli.common import fail_on_error
 
 finetune_app = typer.Typer(help="Fine-tune an encoder on labelled data (CSV/TSV/JSONL/Orange .tab/CoNLL).",
                            no_args_is_help=True)
@@ -43,7 +43,7 @@ class ClassWeight(str, Enum):
 def _run(task: str, model: str, train: Path, dev: Optional[Path], test: Optional[Path], out: Path, text_field: List[str],
          label_field: str, labels: Optional[str], label_sep: str, overwrite: bool, **kw) -> None:
     from encoderforge.data.readers import Schema
-    from encoderforge.finetune import FinetuneArgs, finetune
+    from encoderforge.recipes.finetune import FinetuneArgs, finetune
 
     label_type = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float", "qa": "span"}[task]
     with fail_on_error():
@@ -197,7 +197,7 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `enco
             out: Path = typer.Option(..., "--out", "-o", help="Predictions as JSONL ({text, label/labels/tags, ...})."),
             max_tokens: int = typer.Option(2048, help="Token budget per forward pass (the Engine's default).")) -> None:
     """Predict with a fine-tuned run through the padding-free inference engine."""
-    from encoderforge.predict import predict_file
+    from encoderforge.recipes.predict import predict_file
 
     with fail_on_error():
         n = predict_file(run, input, out, max_tokens=max_tokens)
@@ -208,7 +208,7 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `enco
 def eval_runs(runs: List[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
               out: Path = typer.Option(Path("leaderboard"), "--out", "-o", help="Writes OUT.md and OUT.json.")) -> None:
     """Leaderboard (Markdown + JSON) of fine-tuned runs: dev/test metrics, epochs, seconds per epoch, peak RSS."""
-    from encoderforge.leaderboard import leaderboard
+    from encoderforge.eval.leaderboard import leaderboard
 
     with fail_on_error():
         board = leaderboard(runs, out)

@@ -1,7 +1,7 @@
 """CLI: `encoderforge pretrain --config ...` and `encoderforge data prepare ...` (thin maps to library functions).
 
 The main app registers these with `app.add_typer(cli_pretrain.app, name="pretrain")` and
-`app.add_typer(cli_pretrain.data_app, name="data")`. For torchrun before that: `torchrun -m encoderforge.cli_pretrain`.
+`app.add_typer(cli_pretrain.data_app, name="data")`. For torchrun before that: `torchrun -m encoderforge.cli.pretrain`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from encoderforge.cli_common import fail_on_error
+from encoderforge.cli.common import fail_on_error
 
 app = typer.Typer(help="Masked-language-model pretraining (from scratch or continued).", no_args_is_help=False)
 data_app = typer.Typer(help="Corpus preparation: text -> deduplicated token shards.", no_args_is_help=True)
@@ -25,8 +25,9 @@ def pretrain(
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
 ) -> None:
     """Pretrain with MLM; launch under `torchrun --nproc_per_node K -m encoderforge pretrain ...` for DDP."""
-    from encoderforge.training.args import load_config, to_dict
-    from encoderforge.training.pretrain import pretrain as run
+    from encoderforge.config import to_dict
+    from encoderforge.recipes.pretrain import load_config
+    from encoderforge.recipes.pretrain import pretrain as run
 
     with fail_on_error():
         cfg = load_config(config, set_)

@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from encoderforge.cli.app import app
 from typer.testing import CliRunner
-
-from encoderforge.cli import app
 
 runner = CliRunner()
 
@@ -37,7 +36,7 @@ def test_embed_equals_sentence_transformers(minilm_path, real_texts, tmp_path):
 
 def test_embed_jsonl_from_stdin(tmp_path):
     out = tmp_path / "v.jsonl"
-    r = subprocess.run([sys.executable, "-m", "encoderforge.cli", "embed", "-", "--out", str(out), "--pooling", "cls"],
+    r = subprocess.run([sys.executable, "-m", "encoderforge.cli.app", "embed", "-", "--out", str(out), "--pooling", "cls"],
                        input="first text\nsecond text\n", capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -58,7 +57,7 @@ def test_convert_roundtrip(minilm_path, tmp_path):
 
 def _cli(*args, stdin=None):
     """Run the real CLI in a subprocess: what a user sees, tracebacks included."""
-    return subprocess.run([sys.executable, "-m", "encoderforge.cli", *args], capture_output=True, text=True, input=stdin)
+    return subprocess.run([sys.executable, "-m", "encoderforge.cli.app", *args], capture_output=True, text=True, input=stdin)
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "bad_arch", "corrupt", "non_utf8"])

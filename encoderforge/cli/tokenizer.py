@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from encoderforge.cli_common import fail_on_error
+from encoderforge.cli.common import fail_on_error
 
 app = typer.Typer(help="Train a domain WordPiece tokenizer, extend a model's vocabulary, compare tokenizers.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -22,7 +22,7 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Train a BERT-compatible WordPiece tokenizer ([PAD]=0, [CLS] x [SEP]) on domain text."""
-    from encoderforge.tokenization import train_wordpiece_dir
+    from encoderforge.tokenization.train import train_wordpiece_dir
 
     with fail_on_error():
         tok = train_wordpiece_dir(files, out, vocab_size=vocab_size, lowercase=not cased, min_frequency=min_frequency,
@@ -42,7 +42,7 @@ def extend(
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Add domain words to the vocabulary; each new embedding row = mean of its old sub-token rows."""
-    from encoderforge.tokenization import extend_checkpoint
+    from encoderforge.tokenization.extend import extend_checkpoint
 
     with fail_on_error():
         added = extend_checkpoint(model, out, terms_file=terms, corpus=from_corpus, top=top, overwrite=overwrite)
@@ -58,7 +58,7 @@ def stats(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
 ) -> None:
     """Tokens per word, unknown rate and words split for two tokenizers; % fewer tokens of b vs a."""
-    from encoderforge.tokenizer_stats import tokenizer_stats
+    from encoderforge.tokenization.stats import tokenizer_stats
 
     with fail_on_error():
         report = tokenizer_stats(files, a, b)

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from encoderforge import EncoderforgeError, datasets
+from encoderforge import EncoderforgeError
+from encoderforge.data import datasets
 from encoderforge.fileio import atomic_file
 from encoderforge.inference.engine import Engine
 from encoderforge.model.checkpoint import load
@@ -145,7 +146,11 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
         "transformers sdpa (sorted)": lambda: hf_run(by_len),
     }
     if include_onnx:
-        from encoderforge.inference.onnx_export import export_onnx, onnx_session, run_onnx
+        from encoderforge.inference.onnx_export import (
+            export_onnx,
+            onnx_session,
+            run_onnx,
+        )
 
         for kind, q in (("fp32", False), ("int8", True)):
             path = workdir / f"model-{kind}.onnx"

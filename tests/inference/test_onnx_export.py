@@ -7,12 +7,17 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from encoderforge.cli.export import app
 from typer.testing import CliRunner
 
 from encoderforge import EncoderforgeError
-from encoderforge.cli_export import app
 from encoderforge.compression.quantize import int8_fidelity
-from encoderforge.inference.onnx_export import encode_padded, export_onnx, onnx_session, run_onnx
+from encoderforge.inference.onnx_export import (
+    encode_padded,
+    export_onnx,
+    onnx_session,
+    run_onnx,
+)
 from encoderforge.model.checkpoint import load, save
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from encoderforge import EncoderforgeError, datasets
+from encoderforge import EncoderforgeError
+from encoderforge.data import datasets
 from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows, row_tokens
@@ -78,7 +79,12 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
 
 def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: int, rows: int, steps: int,
            warmup: int, ratio: float, threads: int, seed: int) -> dict:
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        PreTrainedTokenizerFast,
+    )
 
     torch.set_num_threads(threads)
     tok = load_tokenizer(tokenizer)

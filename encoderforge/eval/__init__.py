@@ -1,0 +1,1 @@
+"""Metrics and leaderboards across runs."""

@@ -1,0 +1,1 @@
+"""Entry points as functions over typed configs: what the CLI, the pipeline and torchrun call."""
