@@ -1,6 +1,6 @@
 """`python -m encoderforge ...` and `torchrun -m encoderforge pretrain ...` run the main CLI."""
 
-from encoderforge.cli.app import app
+from encoderforge.cli.app import main
 
 if __name__ == "__main__":
-    app()
+    main()

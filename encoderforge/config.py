@@ -8,6 +8,8 @@ value of the wrong type is an error naming the dotted key and the file.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -50,6 +52,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise EncoderforgeError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):  # `--set data.labels=a,b` or a single YAML string
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list):
+            raise EncoderforgeError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
@@ -57,45 +70,92 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise EncoderforgeError(f"{where}: must be a finite number, got {value!r}")
     expected = {int: int, float: float, bool: bool, str: str}.get(hint)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise EncoderforgeError(f"{where}: expected {expected.__name__}, got {value!r}")
     return value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None, cls: type[T]) -> T:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderforgeError(f"{path}: no such config file" if not path.exists() else f"{path}: not a file; pass a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise EncoderforgeError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise EncoderforgeError(f"{path}: expected a mapping of sections (e.g. `train: {{lr: 1e-4}}`), got {type(raw).__name__}")
+    return raw
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, *, where: str) -> None:
+    """Set a dotted key (`train.lr`) in a nested dict, creating sections; `where` names the source in errors."""
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise EncoderforgeError(f"{where}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a new dict; neither input changes)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None, cls: type[T], *,
+                base: dict[str, Any] | None = None, where: str | None = None) -> T:
     """Read a YAML config and apply `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [a, b]).
 
     Args:
         path: the YAML file (None = all defaults).
         overrides: e.g. ["train.lr=1e-4", "model.preset=bert-small"].
         cls: the config dataclass.
+        base: raw values applied before the file (e.g. a recipe's per-task defaults).
+        where: the source named in errors (default: the file, else "config").
     Returns:
         the validated config.
     """
-    raw: dict[str, Any] = {}
-    where = "config"
+    raw: dict[str, Any] = dict(base or {})
+    where = where or (str(path) if path is not None else "config")
     if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.exists():
-            raise EncoderforgeError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise EncoderforgeError(f"{path}: invalid YAML ({e})") from None
+        raw = merge(raw, read_yaml(path))
     for item in overrides or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise EncoderforgeError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise EncoderforgeError(f"--set {item!r}: {p!r} is not a section")
-        node[leaf] = _parse_value(value)
+        set_key(raw, key, _parse_value(value), where=f"--set {item!r}")
     return from_dict(cls, raw, where=where)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help from the dataclass docstring's `Args:` lines (`name: text`, `a / b: text` or `a, b: text`),
+    so `--help` and the config reference read the same words as the code."""
+    doc = cls.__doc__ or ""
+    out: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    current: list[str] = []
+    for line in doc.splitlines():
+        m = re.match(r"^\s{4,8}([\w ,/]+):\s*(.*)$", line)
+        keys = [k.strip() for k in re.split(r"[,/]", m.group(1))] if m else []
+        if m and keys and all(k in names for k in keys):
+            current = keys
+            for k in keys:
+                out[k] = m.group(2).strip()
+        elif current and line.strip() and line.startswith(" " * 8):
+            for k in current:
+                out[k] += " " + line.strip()
+        else:
+            current = []
+    return out
 
 
 def _parse_value(text: str) -> Any:

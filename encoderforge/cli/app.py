@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 
 import typer
 
+from encoderforge import EncoderforgeError
 from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import pretrain as cli_pretrain
 from encoderforge.cli import tokenizer as cli_tokenizer
-from encoderforge.cli.common import fail_on_error
+from encoderforge.cli.common import fail_on_error, os_error_line
+from encoderforge.fileio import check_output
 
 app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -83,6 +87,13 @@ app.add_typer(cli_finetune.finetune_app, name="finetune")
 app.command("predict")(cli_finetune.predict)
 app.command("eval")(cli_finetune.eval_runs)
 
+def positive(**values: int) -> None:
+    """Range-check integer options before any work: `--threads -2` is a one-line error naming the flag."""
+    for name, v in values.items():
+        if v < 1:
+            raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
 bench_app = typer.Typer(help="Speed benchmarks against transformers and ONNX Runtime, as ratios in one run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -103,6 +114,8 @@ def bench_infer(
     from encoderforge.recipes.bench_infer import bench_infer as run
 
     with fail_on_error():
+        positive(threads=threads, repeats=repeats, max_tokens=max_tokens, n=n)
+        check_output(out, [model], expect="dir")
         run(model, sets=[s.strip() for s in sets.split(",") if s.strip()], n=n, threads=threads, repeats=repeats,
             max_tokens=max_tokens, onnx=onnx, out=out)
     typer.echo(f"wrote {out}/results.json, results.md, results.png")
@@ -126,6 +139,8 @@ def bench_train(
     from encoderforge.recipes.bench_train import write
 
     with fail_on_error():
+        positive(threads=threads, steps=steps, rows=rows, max_len=max_len)
+        check_output(out, [shards], expect="dir")
         res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup,
                   threads=threads)
         write(res, out)
@@ -134,5 +149,26 @@ def bench_train(
                f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json")
 
 
+def main() -> None:
+    """The console entry point: user errors are one line and exit 1; only a real bug shows a traceback, with a line
+    asking to report it."""
+    try:
+        app()
+    except EncoderforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume where it can", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        print("this is a bug in encoderforge, not in your input: please report it with the command you ran and the "
+              "traceback above", file=sys.stderr)
+        sys.exit(70)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -36,7 +36,11 @@ def onnx(
     """Export to ONNX with dynamic batch and sequence axes, then check ONNX Runtime against torch."""
     from encoderforge.inference.onnx_export import export_checkpoint
 
+    from encoderforge import EncoderforgeError
+
     with fail_on_error():
+        if not 14 <= opset <= 20:  # torch.onnx's TorchScript exporter: 14 is the first with the ops our attention uses
+            raise EncoderforgeError(f"--opset must be between 14 and 20, got {opset} (17 is the default and tested)")
         r = export_checkpoint(model, out, pooling=pooling.value, int8=int8, opset=opset)
     typer.echo(str(r.path))
     typer.echo(f"parity vs torch fp32 on {r.n_texts} texts: max |diff| {r.max_abs_diff:.2e}, "

@@ -45,10 +45,12 @@ def data() -> None:
 
 @data_app.command("prepare")
 def prepare(
-    corpus: List[str] = typer.Argument(..., help="PATH[=NAME][:WEIGHT]: a text/JSONL file or directory; WEIGHT "
+    corpus: List[str] = typer.Argument(..., help="PATH[=NAME][:WEIGHT]: a text/JSONL file or directory; NAME "
+                                                  "(letters, digits, '-', '_', '.') names its shards; WEIGHT "
                                                   "up-samples it (2 = twice per epoch)."),
     tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="tokenizer.json, vocab.txt or a checkpoint directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard directory (appears only when complete)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output shard directory (appears only when complete); "
+                                                      "never inside a corpus directory."),
     split: str = typer.Option("file", help="Documents in text files: 'file', 'paragraph' (blank lines) or 'line'."),
     field: str = typer.Option("text", help="JSONL field holding the text."),
     eval_fraction: float = typer.Option(0.01, help="Share of documents held out for evaluation."),

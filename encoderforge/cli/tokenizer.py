@@ -36,16 +36,25 @@ def extend(
                                help="Checkpoint directory (encoderforge or Hugging Face BERT) with its tokenizer."),
     out: Path = typer.Option(..., "--out", "-o", help="Output encoderforge checkpoint directory."),
     terms: Path | None = typer.Option(None, "--terms", help="UTF-8 file, one word per line ('#' starts a comment)."),
-    from_corpus: list[Path] | None = typer.Option(None, "--from-corpus", help="Corpus file or directory (repeatable): "
-                                                  "add its most frequent words that split into >= 3 pieces."),
+    from_corpus: list[Path] | None = typer.Option(None, "--from-corpus", help="Corpus files or directories: add their "
+                                                  "most frequent words that split into >= 3 pieces. Takes a shell "
+                                                  "glob (--from-corpus corpus/*.txt) or repeats."),
+    more_corpus: list[Path] | None = typer.Argument(None, metavar="CORPUS_FILE", show_default=False,
+                                                    help="The rest of --from-corpus's files (a shell glob expands "
+                                                         "to several)."),
     top: int = typer.Option(200, "--top", help="How many words to take with --from-corpus."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Add domain words to the vocabulary; each new embedding row = mean of its old sub-token rows."""
+    from encoderforge import EncoderforgeError
     from encoderforge.tokenization.extend import extend_checkpoint
 
     with fail_on_error():
-        added = extend_checkpoint(model, out, terms_file=terms, corpus=from_corpus, top=top, overwrite=overwrite)
+        if more_corpus and not from_corpus:  # click can't give an option a variable number of values
+            raise EncoderforgeError(f"unexpected file {str(more_corpus[0])!r}; corpus files go after --from-corpus "
+                                    "(e.g. --from-corpus corpus/*.txt)")
+        corpus = [*(from_corpus or []), *(more_corpus or [])]
+        added = extend_checkpoint(model, out, terms_file=terms, corpus=corpus, top=top, overwrite=overwrite)
     shown = ", ".join(a.term for a in added[:10]) + (", ..." if len(added) > 10 else "")
     typer.echo(f"added {len(added)} words (ids {added[0].id}..{added[-1].id}): {shown}; wrote {out}")
 
@@ -58,9 +67,12 @@ def stats(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
 ) -> None:
     """Tokens per word, unknown rate and words split for two tokenizers; % fewer tokens of b vs a."""
+    from encoderforge.fileio import check_output
     from encoderforge.tokenization.stats import tokenizer_stats
 
     with fail_on_error():
+        if json_out is not None:  # before measuring: never a directory, never one of the inputs
+            check_output(json_out, [*files, a, b], flag="--json", expect="file")
         report = tokenizer_stats(files, a, b)
         if json_out is not None:
             report.write_json(json_out)

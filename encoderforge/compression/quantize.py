@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
+from encoderforge.compression.onnx_files import check_output_path, temp_dir_beside
+from encoderforge.model.surgery import replace_modules
 
 # ONNX Runtime: int8 weights (uint8 activations) hit the U8S8 VNNI kernels; U8U8 (QUInt8) ran ~1.5x slower
 # here. Per-channel scales: per-tensor ones lost ~4 cosine points on MiniLM. Measured in docs/results-onnx.md.
@@ -89,10 +91,7 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
                                 "use the ONNX int8 path (`encoderforge export onnx --int8`)")
     rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
     model = copy.deepcopy(encoder).cpu().eval()
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child, reduce_range=rr))
+    replace_modules(model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(m, reduce_range=rr))
     return model
 
 
@@ -110,11 +109,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WE
     Returns:
         the written path.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
-
-    from encoderforge.inference.onnx_export import check_output_path, temp_dir_beside
+    onnx = require("onnx", "onnx")
+    ort_quantization = require("onnxruntime.quantization", "onnx")
 
     src, dst = Path(src), check_output_path(dst)
     if not src.is_file():
@@ -123,8 +119,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WE
         raise EncoderforgeError(f"weight_type={weight_type!r} is not supported; use 'QInt8' or 'QUInt8'")
     with temp_dir_beside(dst) as tmp, _quiet_root_logger():
         q = tmp / "model.int8.onnx"
-        ort_quantize_dynamic(str(src), str(q), weight_type=getattr(QuantType, weight_type), per_channel=per_channel,
-                             reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range)
+        ort_quantization.quantize_dynamic(
+            str(src), str(q), weight_type=getattr(ort_quantization.QuantType, weight_type), per_channel=per_channel,
+            reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range)
         onnx.checker.check_model(str(q))
         os.replace(q, dst)
     return dst

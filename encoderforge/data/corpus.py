@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -24,13 +25,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.fileio import atomic_dir
+from encoderforge.fileio import atomic_dir, check_output
 from encoderforge.tokenization import load_tokenizer
 
 MANIFEST = "manifest.json"
 Split = Literal["file", "paragraph", "line"]
 _TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".license", ".rule", ".jsonl", ".json", ""}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a corpus name is part of shard file names: it must stay one plain file name
 
 
 @dataclass
@@ -52,11 +54,22 @@ class CorpusSpec:
     field: str = "text"
 
     def __post_init__(self) -> None:
-        self.name = self.name or re.sub(r"[^A-Za-z0-9_.]+", "_", Path(self.path).stem) or "corpus"
-        if self.weight <= 0:
-            raise EncoderforgeError(f"corpus {self.path}: weight must be > 0, got {self.weight}")
+        if not self.name:  # from the path: "notes v2.jsonl" -> "notes_v2"; ".." or "." -> "corpus"
+            stem = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.]+", "_", Path(self.path).stem))
+            self.name = stem.strip(".") or "corpus"
+        check_corpus_name(self.name)
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise EncoderforgeError(f"corpus {self.path}: weight must be > 0 and finite, got {self.weight}")
         if self.split not in ("file", "paragraph", "line"):
             raise EncoderforgeError(f"corpus {self.path}: split={self.split!r}; use 'file', 'paragraph' or 'line'")
+
+
+def check_corpus_name(name: str) -> str:
+    """A corpus name names shard files inside --out; `../x` or `a/b` would write (or read) elsewhere."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise EncoderforgeError(f"corpus name {name!r} is not allowed: use letters, digits, '-', '_' and '.' only "
+                                "(no '/', no '..'), e.g. PATH=legal:2")
+    return name
 
 
 @dataclass
@@ -198,6 +211,8 @@ def prepare_corpus(corpora: list[CorpusSpec], tokenizer: str | Path, out: str | 
     out = Path(out)
     if not corpora:
         raise EncoderforgeError("no corpus given; pass at least one text/JSONL file or directory")
+    # before any work: shards inside a corpus directory would be read back as text by the next run
+    check_output(out, [*(c.path for c in corpora), tokenizer], flag="--out", expect="dir")
     if not 0 <= eval_fraction < 1:
         raise EncoderforgeError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     names = [c.name for c in corpora]
@@ -206,7 +221,12 @@ def prepare_corpus(corpora: list[CorpusSpec], tokenizer: str | Path, out: str | 
     tok = load_tokenizer(tokenizer)
     thash = tokenizer_hash(tok)
     if (out / MANIFEST).exists():
-        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        try:
+            old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise EncoderforgeError(f"{out / MANIFEST}: not a readable shard manifest; choose a new output directory")
         if old.get("tokenizer_hash") != thash:
             raise EncoderforgeError(f"{out}: holds shards made with another tokenizer ({old.get('tokenizer_hash')} != "
                                     f"{thash}); choose a new output directory")
@@ -275,11 +295,33 @@ def read_manifest(path: str | Path, *, tokenizer: Tokenizer | None = None) -> di
     if not file.exists():
         raise EncoderforgeError(f"{path}: no {MANIFEST}; it is not a prepared corpus (or preparation was interrupted): "
                                 "run `encoderforge data prepare` first")
-    manifest = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+        missing = [k for k in ("tokenizer_hash", "dtype", "corpora") if k not in manifest]
+        if missing:
+            raise KeyError(missing[0])
+        for c in manifest["corpora"]:
+            for split in ("train", "eval"):
+                for name in c["shards"][split]:
+                    _check_shard_name(path, file, str(name))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EncoderforgeError(f"{file}: not valid JSON ({e}); re-run `encoderforge data prepare`") from None
+    except (KeyError, TypeError) as e:
+        raise EncoderforgeError(f"{file}: not an encoderforge shard manifest (missing or malformed {e}); re-run "
+                                "`encoderforge data prepare`") from None
     if tokenizer is not None and manifest["tokenizer_hash"] != tokenizer_hash(tokenizer):
         raise EncoderforgeError(f"{path}: shards were made with another tokenizer (hash {manifest['tokenizer_hash']}); "
                                 "re-run `encoderforge data prepare` with the model's tokenizer")
     return manifest
+
+
+def _check_shard_name(path: Path, file: Path, name: str) -> None:
+    """A manifest lists bare shard names; one that resolves outside the shard directory is refused, never read."""
+    inside = path.resolve()
+    target = (path / f"{name}.bin").resolve()
+    if Path(name).is_absolute() or "/" in name or "\\" in name or inside not in target.parents:
+        raise EncoderforgeError(f"{file}: shard {name!r} is not a file name inside {path}; a manifest lists bare shard "
+                                "names — re-run `encoderforge data prepare` instead of editing it")
 
 
 def parse_corpus_arg(arg: str, *, split: Split = "file", field: str = "text") -> CorpusSpec:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -131,8 +133,21 @@ def _decode(path: Path) -> str:
                                 "e.g. `iconv -f latin1 -t utf-8`") from None
 
 
+def _lift_csv_field_limit() -> None:
+    """Python's csv module refuses fields over 128 KB by default; a long document is a normal cell. The largest
+    limit the platform's C long holds (sys.maxsize overflows where a C long is 32 bits, e.g. Windows)."""
+    limit = sys.maxsize
+    while limit > csv.field_size_limit():
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
 def _table_rows(text: str, path: Path, fmt: Format, schema: Schema) -> Iterator[tuple[int, dict]]:
     """CSV/TSV (one header line) or Orange .tab (names, types, flags lines) rows as dicts with line numbers."""
+    _lift_csv_field_limit()
     reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
     header = next(reader, None)
     if not header:
@@ -215,9 +230,13 @@ def _label(value: Any, where: str, schema: Schema) -> Any:
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise EncoderforgeError(f"{where}: field {field_!r} must be a number for regression, got {value!r}") from None
+        if not math.isfinite(number):  # "nan", "inf", JSON NaN/Infinity or 1e999: one such label makes a NaN model
+            raise EncoderforgeError(f"{where}: field {field_!r} is not a finite number ({value!r}); "
+                                    "fix or drop the row")
+        return number
     if schema.label_type == "multilabel":
         if isinstance(value, str):
             value = [v.strip() for v in value.split(schema.label_sep) if v.strip()]

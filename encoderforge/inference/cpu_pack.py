@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge.model.layers import MLP
+from encoderforge.model.surgery import is_cpu_fp32_linear, replace_modules
 
 
 def packing_available() -> bool:
@@ -66,14 +67,10 @@ def pack_for_cpu(model: nn.Module) -> nn.Module:
     if not packing_available():
         return model
     model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MLP) and all(_fp32_linear(m) for m in (child.fc1, child.fc2)):
-                setattr(parent, name, PackedMLP(child))
-            elif _fp32_linear(child):
-                setattr(parent, name, PackedLinear(child))
+    replace_modules(model, lambda _, m: _packable_mlp(m) or is_cpu_fp32_linear(m),
+                    lambda m: PackedMLP(m) if isinstance(m, MLP) else PackedLinear(m))
     return model
 
 
-def _fp32_linear(m: nn.Module) -> bool:
-    return type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+def _packable_mlp(m: nn.Module) -> bool:
+    return isinstance(m, MLP) and is_cpu_fp32_linear(m.fc1) and is_cpu_fp32_linear(m.fc2)

@@ -1,7 +1,8 @@
 """The padding-free inference engine: texts -> fast batch tokenization -> token-budget batches ->
-unpadded forward -> pooled vectors or token states, returned in input order.
+unpadded forward -> pooled vectors or token states, returned in input order. `Engine.forward_batches` is the public
+batched forward that task heads (recipes/predict.py) run on.
 
-Shape legend: B sequences in a batch, N real tokens in a batch, C hidden size.
+Shape legend: B sequences in a batch, N real tokens in a batch, T longest sequence of a batch, C hidden size.
 Why it is fast on CPU (measured in docs/results.md): sequences are sorted by length and packed into
 batches under a token budget, and the encoder runs every GEMM on the N real tokens only (varlen backend),
 so no FLOP is spent on padding whatever order the texts arrive in.
@@ -23,7 +24,7 @@ from encoderforge.inference.cpu_pack import pack_for_cpu
 from encoderforge.model.checkpoint import load
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
-from encoderforge.model.padding import layout_from_lengths, pad
+from encoderforge.model.padding import pad_packed
 from encoderforge.tokenization import load_tokenizer
 
 Pooling = Literal["mean", "cls"]
@@ -31,6 +32,15 @@ Pooling = Literal["mean", "cls"]
 # and 2,048 still fits 4 sequences of 512; at 8,192 the activations outgrow glibc malloc's reuse threshold
 # (32 MB), so every batch pays fresh page faults and throughput halves.
 DEFAULT_MAX_TOKENS = 2048
+
+
+@dataclass
+class HiddenBatch:
+    """One token-budget batch of `Engine.forward_batches`: what a head reads, and which inputs it holds."""
+
+    index: list[int]  # (B,) positions of this batch's sequences in the caller's list
+    hidden: torch.Tensor  # (B, T, C) last hidden states, zeros at padding
+    mask: torch.Tensor  # (B, T) bool, True = real token
 
 
 @dataclass
@@ -126,16 +136,21 @@ class Engine:
     # ---- forward -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _forward(self, ids: list[list[int]]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Yield (indices, padded states (B, T, C), mask (B, T)) per token-budget batch."""
+    def forward_batches(self, ids: Sequence[Sequence[int]]) -> Iterator[HiddenBatch]:
+        """Token id sequences (each with its [CLS]/[SEP], at most max_length) -> one HiddenBatch per token-budget
+        batch, longest sequences first; `index` maps rows back to input order.
+
+        Example:
+            >>> for b in eng.forward_batches(eng.tokenize(texts).ids):
+            ...     logits[b.index] = head(b.hidden, b.mask)   # (B, L)
+        """
+        dev = self.device
         for idx in self.batches([len(s) for s in ids]):
-            dev = self.device
-            lengths = torch.tensor([len(ids[i]) for i in idx], device=dev)
+            lengths = torch.tensor([len(ids[i]) for i in idx], device=dev)  # (B,)
             flat = torch.tensor([t for i in idx for t in ids[i]], dtype=torch.long, device=dev)  # (N,)
-            layout = layout_from_lengths(lengths)
-            hidden = self.encoder.forward_unpadded(flat, layout)  # (N, C)
-            mask = torch.arange(layout.seqlen, device=dev)[None, :] < lengths[:, None]  # (B, T)
-            yield idx, pad(hidden, layout), mask
+            out = self.encoder.forward_packed(flat, lengths)  # hidden (N, C)
+            grid = pad_packed(out.hidden, out.layout)  # (B, T, C), (B, T)
+            yield HiddenBatch(index=idx, hidden=grid.hidden, mask=grid.mask)
 
     def embed(self, texts: Sequence[str], *, pooling: Pooling = "mean", normalize: bool = True) -> np.ndarray:
         """Texts -> (len(texts), C) float32 vectors in input order (mean pooling = sentence-transformers)."""
@@ -145,20 +160,20 @@ class Engine:
         """Like `embed`, for texts already passed through `tokenize`."""
         ids = encoded.ids
         out = np.zeros((len(ids), self.encoder.cfg.hidden_size), dtype=np.float32)
-        for idx, hidden, mask in self._forward(ids):
-            vec = pool(hidden, mask, pooling)  # (B, C)
+        for b in self.forward_batches(ids):
+            vec = pool(b.hidden, b.mask, pooling)  # (B, C)
             if normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
-            out[idx] = vec.float().cpu().numpy()
+            out[b.index] = vec.float().cpu().numpy()
         return out
 
     def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Texts -> one (L_i, C) array of last hidden states per text, in input order."""
         ids = self.tokenize(texts).ids
         out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(ids)
-        for idx, hidden, mask in self._forward(ids):
-            for row, i in enumerate(idx):
-                out[i] = hidden[row, : int(mask[row].sum())].float().cpu().numpy()
+        for b in self.forward_batches(ids):
+            for row, i in enumerate(b.index):
+                out[i] = b.hidden[row, : len(ids[i])].float().cpu().numpy()
         return out
 
 

@@ -15,20 +15,19 @@ leaner graph and the readable reference, and matches torch to ~4e-6 on MiniLM (d
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
+from encoderforge.compression.onnx_files import check_output_path, temp_dir_beside
+from encoderforge.compression.quantize import int8_fidelity, quantize_onnx
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
 
@@ -74,7 +73,7 @@ def export_onnx(encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling 
     Example:
         >>> export_onnx(load(resolve_model("minilm-l6")).encoder, "minilm.onnx", pooling="mean")
     """
-    import onnx
+    onnx = require("onnx", "onnx")
 
     if pooling not in ("none", "mean", "cls"):
         raise EncoderforgeError(f"pooling={pooling!r} is not supported; use 'none', 'mean' or 'cls'")
@@ -97,47 +96,12 @@ def export_onnx(encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling 
                               output_name: out_axes})
             onnx.checker.check_model(str(fp32))
             if int8:
-                from encoderforge.compression.quantize import quantize_onnx
-
                 quantize_onnx(fp32, out)
             else:
                 os.replace(fp32, out)
     finally:
         encoder.set_attention(backend).train(training)
     return out
-
-
-def check_output_path(out_path: str | Path) -> Path:
-    """Validate an ONNX output path before any work, creating nothing: a `.onnx` file name whose nearest
-    existing ancestor is a writable directory."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise EncoderforgeError(f"{out}: is a directory; pass a file path such as {out / 'model.onnx'}")
-    if out.suffix != ".onnx":
-        raise EncoderforgeError(f"{out}: the output file name must end in .onnx, e.g. {out.with_suffix('.onnx')}")
-    ancestor = out.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise EncoderforgeError(f"{ancestor}: is a file, so {out} cannot be created; choose another output path")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise EncoderforgeError(f"{ancestor}: not writable; choose another output location")
-    return out
-
-
-@contextlib.contextmanager
-def temp_dir_beside(path: Path) -> Iterator[Path]:
-    """A hidden temporary directory next to `path` (same filesystem, so os.replace is atomic), always removed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as e:
-        raise EncoderforgeError(f"{path.parent}: cannot write there ({e.strerror}); "
-                                "choose another output location") from None
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +117,7 @@ def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def onnx_session(path: str | Path, *, threads: int = 1):
     """An ONNX Runtime CPU session with `threads` intra-op threads (inter-op 1: one graph at a time)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx")
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -210,6 +174,8 @@ def export_checkpoint(model: str | Path, out_path: str | Path, *, pooling: OnnxP
     from encoderforge.model.zoo import resolve_model
 
     check_output_path(out_path)  # fail before the (slow) load
+    for dep in ("onnx", "onnxruntime"):  # so does a missing extra (export needs onnx, the parity check onnxruntime)
+        require(dep, "onnx")
     path = resolve_model(model)
     encoder = load(path).encoder
     out = export_onnx(encoder, out_path, pooling=pooling, opset=opset, int8=int8)
@@ -223,8 +189,6 @@ def export_checkpoint(model: str | Path, out_path: str | Path, *, pooling: OnnxP
     else:
         ref_vec, got_vec = pool(ref, mask, "mean"), pool(got, mask, "mean")
         diff = (got - ref).abs() * mask[..., None]  # padded positions are not compared
-    from encoderforge.compression.quantize import int8_fidelity
-
     fid = int8_fidelity(ref_vec, got_vec)
     return ExportReport(path=out, size_bytes=out.stat().st_size, n_texts=len(ids), max_abs_diff=float(diff.max()),
                         mean_cosine=fid["mean_cosine"], min_cosine=fid["min_cosine"])

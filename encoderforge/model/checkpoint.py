@@ -7,6 +7,7 @@ model.safetensors (our parameter names), tokenizer files. Never pickle.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,16 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
     if raw.get("format") == FORMAT:
         cfg = EncoderConfig.from_dict(raw["model"], source=f"{path / 'config.json'}: field 'model'")
         state = _read_weights(path)
-        source = FORMAT
+        source, unused = FORMAT, []
     else:
         cfg = hf_config_to_ours(raw, source=str(path / "config.json"))
-        state = hf_state_to_ours(_read_weights(path), cfg)
-        source = "huggingface"
+        hf = _read_weights(path)
+        state = hf_state_to_ours(hf, cfg)
+        source, unused = "huggingface", _hf_unused(hf, state)
     if attention is not None:
         cfg = EncoderConfig.from_dict({**cfg.to_dict(), "attention": attention})
+    _check_tensors(path, state, cfg, hf_names=source != FORMAT, unused=unused)
+    check_tokenizer_fits(path, cfg.vocab_size)
     enc = Encoder(cfg)
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     extra = {k: v for k, v in state.items() if not k.startswith("encoder.")}
@@ -66,6 +70,68 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
             f"{path}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "the checkpoint is incomplete or its config.json belongs to another model")
     return Loaded(encoder=enc.eval(), extra=extra, path=path, source=source)
+
+
+def check_tokenizer_fits(model_dir: str | Path, rows: int) -> None:
+    """Refuse a model directory whose tokenizer makes ids past the embedding table (an index error mid-training,
+    a device-side assert on GPU). A tokenizer *smaller* than the table is legal: BERT checkpoints often pad their
+    vocabulary (e.g. to a multiple of 8) and those rows are simply never looked up."""
+    from encoderforge.tokenization.load import load_tokenizer
+
+    model_dir = Path(model_dir)
+    file = next((model_dir / n for n in ("tokenizer.json", "vocab.txt") if (model_dir / n).exists()), None)
+    if file is None:
+        return
+    size = load_tokenizer(file).get_vocab_size(with_added_tokens=True)
+    if size > rows:
+        raise EncoderforgeError(f"{file}: the tokenizer has {size} tokens but the model only {rows} embedding rows; "
+                                f"extend the model with `encoderforge tokenizer extend --model {model_dir} ...` so "
+                                "every token gets a row, or use the model's own tokenizer")
+
+
+def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfig, *, hf_names: bool,
+                   unused: list[str]) -> None:
+    """Every tensor config.json implies is present with its shape, and no layer the config lacks is in the file.
+    Checked on a meta-device model, so a config that disagrees with the weights costs no memory."""
+    weights = _weights_file(path)
+    with torch.device("meta"):
+        expected = {f"encoder.{k}": tuple(v.shape) for k, v in Encoder(cfg).state_dict().items()}
+    if "mlm.bias" in state:  # the tied MLM decoder: one bias per vocabulary entry
+        expected["mlm.bias"] = (cfg.vocab_size,)
+    names = _hf_names if hf_names else (lambda k: [k])
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
+            raise EncoderforgeError(
+                f"{weights}: tensor {_label(names(key))!r} has shape {tuple(state[key].shape)} but "
+                f"{path / 'config.json'} expects {shape} (hidden_size={cfg.hidden_size}, layers={cfg.num_layers}, "
+                f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}); config.json does not belong "
+                "to these weights — restore the config.json that came with them")
+    missing = [n for k in expected if k not in state and not k.startswith("encoder.pooler.")  # some exports drop it
+               for n in names(k)]
+    extra = sorted(unused + [k for k in state if k.startswith("encoder.") and k not in expected], key=_natural)
+    if missing or extra:
+        parts = [f"missing {len(missing)} tensors {_few(missing)}"] if missing else []
+        parts += [f"{len(extra)} extra tensors {_few(extra)}"] if extra else []
+        raise EncoderforgeError(
+            f"{weights}: weights do not match {path / 'config.json'} (layers={cfg.num_layers}): {', '.join(parts)}; "
+            "the checkpoint is incomplete or its config.json belongs to another model")
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return "[" + ", ".join(map(repr, names[:n])) + (", ...]" if len(names) > n else "]")
+
+
+def _natural(name: str) -> list:
+    """'layer.10' after 'layer.9'."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _label(names: list[str]) -> str:
+    """One tensor name; q, k and v (fused into our qkv) as 'attention.self.query/key/value.weight'."""
+    if len(names) == 3:
+        head, _, p = names[0].rpartition(".query.")
+        return f"{head}.query/key/value.{p}"
+    return names[0]
 
 
 def save(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None = None,
@@ -162,6 +228,35 @@ def hf_state_to_ours(hf: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[st
     return out
 
 
+_EMB_BACK = {v: k for k, v in _EMB.items()}
+_LAYER_BACK = {v: k for k, v in _LAYER.items()}
+_MLM_BACK = {v: k for k, v in _MLM.items()}
+
+
+def _hf_names(key: str) -> list[str]:
+    """The Hugging Face tensor name(s) (no 'bert.' prefix) one of our names came from; qkv came from three."""
+    if m := re.fullmatch(r"encoder\.embeddings\.(\w+)\.(weight|bias)", key):
+        return [f"embeddings.{_EMB_BACK.get(m[1], m[1])}.{m[2]}"]
+    if m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
+        if m[2] == "attn.qkv":
+            return [f"encoder.layer.{m[1]}.attention.self.{n}.{m[3]}" for n in ("query", "key", "value")]
+        return [f"encoder.layer.{m[1]}.{_LAYER_BACK.get(m[2], m[2])}.{m[3]}"]
+    if m := re.fullmatch(r"encoder\.(pooler\.dense\.(?:weight|bias))", key):
+        return [m[1]]
+    if m := re.fullmatch(r"(mlm\.\w+)\.(weight|bias)", key):
+        return [f"{_MLM_BACK.get(m[1], m[1])}.{m[2]}"]
+    return ["cls.predictions.bias"] if key == "mlm.bias" else [key]
+
+
+def _hf_unused(hf: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> list[str]:
+    """Encoder tensors of a Hugging Face file that the conversion left out (layers past num_hidden_layers, ...).
+    Heads we do not use (NSP, the tied decoder) and the position_ids buffer are not encoder weights."""
+    used = {n for k in ours for n in _hf_names(k)}
+    keys = [k[5:] if k.startswith("bert.") else k for k in hf]
+    return [k for k in keys if k not in used and k.split(".")[0] in ("embeddings", "encoder", "pooler")
+            and k != "embeddings.position_ids"]
+
+
 def ours_to_hf_state(state: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
     """Inverse of hf_state_to_ours for the encoder (BertModel names, no 'bert.' prefix)."""
     out: dict[str, torch.Tensor] = {}
@@ -195,6 +290,11 @@ def _read_config(path: Path) -> dict:
         return json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EncoderforgeError(f"{cfg_file}: not valid JSON ({e})") from None
+
+
+def _weights_file(path: Path) -> Path:
+    st = path / "model.safetensors"
+    return st if st.exists() else path / "pytorch_model.bin"
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,6 +1,8 @@
-"""The encoder: embeddings -> blocks -> (final norm). Unpads once on entry and pads once on exit.
+"""The encoder: embeddings -> blocks -> (final norm). It owns the padding boundary: padded batches are unpadded
+once on entry and padded once on exit (`forward`), and packed batches (ids back to back + lengths, what every task
+and the inference engine build) go in through `forward_packed`, so no caller handles `cu_seqlens`.
 
-Shape legend: B batch, T padded length, N total real tokens, C hidden size.
+Shape legend: B batch, T padded length, N total real tokens, R selected rows, C hidden size.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from encoderforge.model.attention import (
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.layers import Block, Embeddings
 from encoderforge.model.padding import (
+    Packed,
     Unpadded,
+    layout_from_lengths,
     pad,
     positions_unpadded,
     unpad,
@@ -66,6 +70,15 @@ class Encoder(nn.Module):
             block.attn.fn = BACKENDS[backend]
         return self
 
+    def for_task_heads(self) -> "Encoder":
+        """Make this encoder the body of a task model over packed rows: the unpadded backend (same weights) and a
+        frozen BERT pooler (task heads pool for themselves, and DDP would wait for the pooler's gradients).
+        Returns self."""
+        if not self.unpadded:
+            self.set_attention("varlen")
+        self.pooler.requires_grad_(False)
+        return self
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids and 0/1 mask (real tokens left-aligned) -> (B, T, C) hidden states."""
@@ -82,6 +95,30 @@ class Encoder(nn.Module):
         rope = self._rope(positions)
         ctx = AttnContext(mask=None if bool(mask.all()) else mask, rope=rope)
         return self._run(self.embeddings(input_ids, positions, token_type_ids), ctx)
+
+    def forward_packed(self, input_ids: torch.Tensor, lengths: torch.Tensor, *,
+                       token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Packed:
+        """Sequences packed back to back -> their states and layout; the entry point of every task and the engine.
+
+        Args:
+            input_ids: (N,) ids of B sequences back to back (no padding anywhere).
+            lengths: (B,) length of each sequence; they sum to N.
+            token_type_ids: (N,) segment ids, or None (all 0).
+            rows: (R,) indices in [0, N) of the only outputs the caller reads (MLM's masked positions, each
+                sequence's first token for [CLS] pooling: `padding.sequence_starts(lengths)`); the last layer then
+                runs on those R tokens alone (see `forward_unpadded`).
+        Returns:
+            Packed: `hidden` (N, C), or (R, C) with `rows`, and the `layout` that `padding.pad_packed` needs to lay
+            them (or a head's per-token outputs) out as a (B, T, ...) batch.
+        Example:
+            >>> out = enc.forward_packed(torch.tensor([101, 7, 102, 101, 102]), torch.tensor([3, 2]))
+            >>> out.hidden.shape, pad_packed(out.hidden, out.layout).mask.shape   # (5, C), (2, 3)
+        """
+        if not self.unpadded:
+            raise ValueError(f"forward_packed needs an unpadded attention backend ({sorted(UNPADDED_BACKENDS)}), this "
+                             f"encoder uses {self.cfg.attention!r}; call encoder.set_attention('varlen') (same weights)")
+        layout = layout_from_lengths(lengths)
+        return Packed(self.forward_unpadded(input_ids, layout, token_type_ids=token_type_ids, rows=rows), layout)
 
     def forward_unpadded(self, input_ids: torch.Tensor, layout: Unpadded, *, token_type_ids: torch.Tensor | None = None,
                          rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,13 +16,24 @@ from encoderforge.model.dropout import Dropout
 Pooling = Literal["cls", "mean"]
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: Pooling = "mean") -> torch.Tensor:
-    """(B, T, C) states + (B, T) mask -> (B, C): the [CLS] vector or the mean over real tokens.
+def head_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A task head's output layer with BERT's initialisation, N(0, 0.02) weights and zero bias (the default
+    uniform init is scaled for hidden layers, not for logits that start training near zero)."""
+    out = nn.Linear(in_features, out_features)
+    nn.init.normal_(out.weight, std=0.02)
+    nn.init.zeros_(out.bias)
+    return out
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: Pooling = "mean") -> torch.Tensor:
+    """(B, T, C) states + (B, T) mask (None: no padding) -> (B, C): the [CLS] vector or the mean over real tokens.
 
     Written once; used by classification, embeddings and retrieval.
     """
     if mode == "cls":
         return hidden[:, 0]
+    if mode == "mean" and attention_mask is None:
+        return hidden.mean(dim=1)
     if mode == "mean":
         m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
@@ -54,9 +65,10 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.pooling = pooling
         self.drop = Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden_size, num_labels)
+        self.out = head_linear(cfg.hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """attention_mask may be None with "cls" pooling (only [CLS] is read)."""
         return self.out(self.drop(pool(hidden, attention_mask, self.pooling)))
 
 
@@ -66,7 +78,7 @@ class TokenClassifier(nn.Module):
     def __init__(self, cfg: EncoderConfig, num_labels: int):
         super().__init__()
         self.drop = Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden_size, num_labels)
+        self.out = head_linear(cfg.hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(self.drop(hidden))
@@ -83,7 +95,7 @@ class SpanHead(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.out = nn.Linear(cfg.hidden_size, 2)
+        self.out = head_linear(cfg.hidden_size, 2)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> SpanLogits:
         logits = self.out(hidden)  # (B, T, 2)

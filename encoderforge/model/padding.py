@@ -2,6 +2,8 @@
 
 Shapes: B batch, T padded length, N = total real tokens, C channels.
 cu_seqlens: (B + 1,) int32 cumulative lengths, so sequence b is rows cu_seqlens[b]:cu_seqlens[b + 1].
+Only the encoder and this file read cu_seqlens: callers hold an `Unpadded` as an opaque layout and hand it back to
+`pad_packed`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,22 @@ class Unpadded:
     max_seqlen: int
     batch: int
     seqlen: int
+
+
+@dataclass(frozen=True)
+class Packed:
+    """What `Encoder.forward_packed` returns: states of sequences packed back to back, and where they sit."""
+
+    hidden: torch.Tensor  # (N, C); (R, C) when the encoder was asked for `rows` only
+    layout: Unpadded  # for pad_packed
+
+
+@dataclass(frozen=True)
+class Padded:
+    """Packed states laid out as a padded batch: what heads that pool or score spans read."""
+
+    hidden: torch.Tensor  # (B, T, ...) zeros at padded positions
+    mask: torch.Tensor  # (B, T) bool, True = real token (left-aligned)
 
 
 def unpad_layout(attention_mask: torch.Tensor) -> Unpadded:
@@ -61,6 +79,24 @@ def layout_from_lengths(lengths: torch.Tensor) -> Unpadded:
     cols = torch.arange(T, device=lengths.device)
     mask = cols[None, :] < lengths[:, None]  # (B, T)
     return unpad_layout(mask)
+
+
+def pad_packed(x: torch.Tensor, layout: Unpadded) -> Padded:
+    """(N, ...) packed states (or per-token outputs) -> Padded((B, T, ...), (B, T) mask), T = the longest sequence.
+
+    Example:
+        >>> out = encoder.forward_packed(ids, lengths)
+        >>> grid = pad_packed(out.hidden, out.layout)   # grid.hidden: (B, T, C), grid.mask: (B, T)
+    """
+    lengths = layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]  # (B,)
+    mask = torch.arange(layout.seqlen, device=x.device)[None, :] < lengths[:, None]  # (B, T)
+    return Padded(hidden=pad(x, layout), mask=mask)
+
+
+def sequence_starts(lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) lengths of packed sequences -> (B,) int64 row of each sequence's first token ([CLS]) in the (N,) order."""
+    ends = torch.cumsum(lengths, dim=0)
+    return (ends - lengths).long()
 
 
 def positions_unpadded(layout: Unpadded) -> torch.Tensor:

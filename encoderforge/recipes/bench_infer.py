@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
 from encoderforge.data import datasets
 from encoderforge.fileio import atomic_file
 from encoderforge.inference.engine import Engine
@@ -115,10 +115,9 @@ def _padded_batches(tokenizer, texts: list[str], order: list[int], max_length: i
 def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdir: Path, include_onnx: bool,
              ) -> dict[str, Callable[[], np.ndarray]]:
     """name -> a function turning ts.texts into (n, C) mean-pooled, normalized vectors in input order."""
-    import transformers
-
     from encoderforge.compression.quantize import quantize_dynamic
 
+    transformers = require("transformers", "hf")
     enc = load(model_dir).encoder
     tok = load_tokenizer(model_dir)
     fp32 = Engine(enc, load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length)
@@ -184,6 +183,8 @@ def bench_infer(model: str | Path = "minilm-l6", *, sets: Sequence[str] = ("shor
         max_tokens: encoderforge's token budget per forward pass.
         onnx: include the ONNX Runtime runners (needs the `onnx` extra).
     """
+    for dep, extra in _needs(onnx):  # a missing extra fails now, not after minutes of benchmarking
+        require(dep, extra)
     model_dir = resolve_model(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,12 @@ def bench_infer(model: str | Path = "minilm-l6", *, sets: Sequence[str] = ("shor
     return results
 
 
+def _needs(onnx: bool) -> list[tuple[str, str]]:
+    """(module, extra) pairs a run needs: transformers is the anchor, matplotlib draws results.png."""
+    onnx_deps = [("onnx", "onnx"), ("onnxruntime", "onnx")] if onnx else []
+    return [("transformers", "hf"), *onnx_deps, ("matplotlib", "demo")]
+
+
 def _padding_share(lengths: list[int], batch: int) -> float:
     padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
     return 1 - sum(lengths) / padded
@@ -225,8 +232,7 @@ def _padding_share(lengths: list[int], batch: int) -> float:
 
 def _max_diff_vs_transformers(model_dir: Path, ts: TextSet, k: int = 64) -> float:
     """Max |diff| of our engine's token states to transformers (eager, padded) on the first k texts."""
-    import transformers
-
+    transformers = require("transformers", "hf")
     texts = ts.texts[:k]
     eng = Engine.from_pretrained(model_dir, max_length=ts.max_length)
     ours = eng.token_states(texts)
@@ -265,10 +271,8 @@ def _write(out: Path, results: list[SetResult], gemms: dict[str, float], threads
 
 
 def _plot(path: Path, results: list[SetResult]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "demo").use("Agg")  # before pyplot is imported: no display needed
+    plt = require("matplotlib.pyplot", "demo")
 
     runners = list(results[0].tokens_per_s)
     fig, ax = plt.subplots(figsize=(10, 4.5))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
 from encoderforge.data import datasets
 from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
@@ -66,6 +66,7 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
     if steps < 1 or warmup < 0 or rows < 1:
         raise EncoderforgeError(f"bench train: steps={steps}, warmup={warmup}, rows={rows}; use steps >= 1, "
                                 "warmup >= 0, rows >= 1")
+    require("transformers", "hf")  # the baseline; fail before preparing a corpus
     tokenizer = resolve_model(str(tokenizer))
     kw = dict(preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio,
               threads=threads, seed=seed)
@@ -79,13 +80,7 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
 
 def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: int, rows: int, steps: int,
            warmup: int, ratio: float, threads: int, seed: int) -> dict:
-    from transformers import (
-        BertConfig,
-        BertForMaskedLM,
-        DataCollatorForLanguageModeling,
-        PreTrainedTokenizerFast,
-    )
-
+    transformers = require("transformers", "hf")
     torch.set_num_threads(threads)
     tok = load_tokenizer(tokenizer)
     vocab = MaskVocab.from_tokenizer(tok)
@@ -112,15 +107,16 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
     real_per_step = [b.input_ids.numel() for b in ours_batches[warmup:]]
 
     # transformers: the same segments, padded, dense decoder
-    hf_cfg = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                        max_position_embeddings=cfg.max_position, attn_implementation="sdpa")
+    hf_cfg = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position, attn_implementation="sdpa")
     torch.manual_seed(seed)
-    hf = BertForMaskedLM(hf_cfg).train()
+    hf = transformers.BertForMaskedLM(hf_cfg).train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", unk_token="[UNK]")
-    collator = DataCollatorForLanguageModeling(fast, mlm_probability=ratio, return_tensors="pt")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]")
+    collator = transformers.DataCollatorForLanguageModeling(fast, mlm_probability=ratio, return_tensors="pt")
     hf_batches = [collator([{"input_ids": s.tolist()} for r in rb for s in row_tokens(docs, r, vocab.cls_id, vocab.sep_id)])
                   for rb in row_batches]
 

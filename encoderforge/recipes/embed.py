@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import check_output
 from encoderforge.inference.engine import Engine
 from encoderforge.inference.textio import read_lines, write_vectors
 from encoderforge.model.zoo import resolve_model
@@ -30,8 +32,12 @@ def embed_file(model: str | Path, input: str | Path, out: str | Path, *, pooling
         max_tokens: token budget per forward pass (caps memory).
         max_length: longest sequence; longer texts are truncated and counted.
     """
+    if max_tokens < 1 or max_length < 2:
+        raise EncoderforgeError(f"--max-tokens must be >= 1 and --max-length >= 2 (got {max_tokens}, {max_length})")
+    model_dir = resolve_model(model)
+    check_output(out, [input, model_dir])  # before any compute: never replace the input or write into the model
     texts = read_lines(input)
-    engine = Engine.from_pretrained(resolve_model(model), max_tokens=max_tokens, max_length=max_length)
+    engine = Engine.from_pretrained(model_dir, max_tokens=max_tokens, max_length=max_length)
     encoded = engine.tokenize(texts)
     vectors = engine.embed_encoded(encoded, pooling=pooling, normalize=normalize)
     write_vectors(out, vectors, texts)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from torch import nn
+
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
@@ -28,7 +30,7 @@ class Predictor:
     """
 
     engine: Engine
-    head: object
+    head: nn.Module
     meta: dict
 
     @classmethod

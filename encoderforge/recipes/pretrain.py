@@ -22,9 +22,9 @@ from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
-from encoderforge.tasks.anchor import AnchoredMLMTask
-from encoderforge.tasks.electra import Electra, ElectraTask
-from encoderforge.tasks.mlm import MaskedLM, MLMTask
+from encoderforge.tasks import Task
+from encoderforge.tasks.masked import MLMTask
+from encoderforge.tasks.objectives import OBJECTIVES, Objective, ObjectiveArgs, PretrainModel
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import setup, teardown
@@ -137,14 +137,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return _load(path, overrides, PretrainConfig)
 
 
-def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM | Electra:
-    """A fresh preset encoder with a fresh MLM head (or ELECTRA generator + RTD head), or a checkpoint's encoder
-    (and its heads if it has them)."""
+def select_objective(cfg: PretrainConfig) -> tuple[Objective, ObjectiveArgs]:
+    """The registered objective a config selects (`objective`; continued MLM with model.anchor_weight > 0 is
+    anchored MLM) and the settings it reads."""
+    name = "anchored_mlm" if cfg.objective == "mlm" and cfg.model.anchor_weight else cfg.objective
+    e = cfg.electra
+    return OBJECTIVES[name], ObjectiveArgs(generator_width=e.generator_width, generator_depth=e.generator_depth,
+                                           disc_weight=e.disc_weight, anchor_weight=cfg.model.anchor_weight)
+
+
+def build_model(cfg: PretrainConfig, vocab_size: int) -> PretrainModel:
+    """A fresh preset encoder with the objective's fresh heads (MLM head, or ELECTRA generator + RTD head), or a
+    checkpoint's encoder (and its heads if it has them)."""
     m = cfg.model
-    gen = {"width": cfg.electra.generator_width, "depth": cfg.electra.generator_depth}
+    obj, args = select_objective(cfg)
     if m.init_from:
-        model: MaskedLM | Electra = (Electra.from_checkpoint(m.init_from, **gen) if cfg.objective == "electra"
-                                     else MaskedLM.from_checkpoint(m.init_from))
+        model = obj.continued(m.init_from, args)
         if m.overrides:
             raise EncoderforgeError("model.overrides apply to from-scratch presets only; remove them when using "
                                     "model.init_from (the checkpoint's config.json fixes the architecture)")
@@ -155,8 +163,7 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> MaskedLM | Electra:
         unknown = sorted(set(m.overrides) - known)
         if unknown:
             raise EncoderforgeError(f"model.overrides: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        enc_cfg = preset(m.preset, vocab_size=vocab_size, **m.overrides)
-        model = Electra(Encoder(enc_cfg), **gen) if cfg.objective == "electra" else MaskedLM(Encoder(enc_cfg))
+        model = obj.fresh(Encoder(preset(m.preset, vocab_size=vocab_size, **m.overrides)), args)
     ecfg: EncoderConfig = model.encoder.cfg
     if ecfg.vocab_size < vocab_size:
         raise EncoderforgeError(f"the tokenizer has {vocab_size} tokens but the model only {ecfg.vocab_size} embeddings; "
@@ -199,12 +206,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         mlm = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
                       batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
                       seed=cfg.train.seed, rank=dist.rank, world=dist.world)
-        # ELECTRA reads the same rows and masks; the generator's samples then replace the masked tokens
-        task: MLMTask | ElectraTask | AnchoredMLMTask = mlm
-        if cfg.objective == "electra":
-            task = ElectraTask(mlm, disc_weight=cfg.electra.disc_weight)
-        elif cfg.model.anchor_weight:
-            task = AnchoredMLMTask(mlm, _frozen_start(model.encoder, dist.device), weight=cfg.model.anchor_weight)
+        # every objective reads MLM's rows and masks (ELECTRA's generator then replaces the masked tokens)
+        obj, args = select_objective(cfg)
+        task: Task = obj.task(mlm, model, args, lambda enc: _frozen_start(enc, dist.device))
         run = Path(cfg.train.out_dir)
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge.model.encoder import Encoder
-from encoderforge.model.padding import layout_from_lengths
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.mlm import MLMBatch, MLMTask, masked_ce
+from encoderforge.tasks.masked import MLMBatch, MLMTask, masked_ce
 
 
 class AnchoredMLMTask:
@@ -50,7 +49,7 @@ class AnchoredMLMTask:
     def loss(self, model: nn.Module, batch: MLMBatch) -> LossSum:
         logits, hidden = model(batch.input_ids, batch.lengths, batch.positions, return_hidden=True)
         with torch.no_grad():
-            ref = self.start.forward_unpadded(batch.input_ids, layout_from_lengths(batch.lengths))
+            ref = self.start.forward_packed(batch.input_ids, batch.lengths).hidden  # (N, C)
         keep = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         keep[batch.positions] = False
         dist = 1.0 - F.cosine_similarity(hidden[keep].float(), ref[keep].float(), dim=-1)

@@ -34,8 +34,8 @@ from encoderforge.model.encoder import Encoder, _init_weights
 from encoderforge.model.layers import Block
 from encoderforge.model.padding import Unpadded, layout_from_lengths, positions_unpadded
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.mlm import MLMBatch, MLMTask
-from encoderforge.tasks.mlm import collate as mlm_collate
+from encoderforge.tasks.masked import MLMBatch, MLMTask
+from encoderforge.tasks.masked import collate as mlm_collate
 
 _SAMPLE_SALT = 0xE1EC7A  # keeps sampling seeds apart from the masking seeds of the same rows
 
@@ -157,15 +157,15 @@ class Electra(nn.Module):
 
     def __init__(self, encoder: Encoder, *, width: float = 0.25, depth: float = 1.0):
         super().__init__()
-        if encoder.cfg.attention != "varlen":  # packed rows need the unpadded backend (same weights)
-            encoder.set_attention("varlen")
-        encoder.pooler.requires_grad_(False)  # unused; DDP would wait for its gradients
-        self.encoder = encoder
+        self.encoder = encoder.for_task_heads()  # packed rows; the pooler is unused, so frozen
         self.rtd = RTDHead(encoder.cfg)
         self.generator = Generator(generator_config(encoder.cfg, width, depth), encoder.cfg.hidden_size)
 
     def forward(self, batch: ElectraBatch) -> ElectraOutput:
         b = batch.mlm
+        # the generator is a second (narrower) stack over the shared embeddings, so it takes the layout itself; the
+        # discriminator reuses it below (Encoder.forward_unpadded) instead of forward_packed rebuilding it: one
+        # host-device sync per step, not two
         layout = layout_from_lengths(b.lengths)
         positions = positions_unpadded(layout)  # (N,)
         emb = self.encoder.embeddings(b.input_ids, positions)  # (N, C): the shared embedding layer
@@ -175,7 +175,7 @@ class Electra(nn.Module):
             original = b.input_ids.clone()
             original[b.positions] = b.labels
             disc_ids, replaced = corrupt(original, b.positions, sampled)
-        hidden = self.encoder.forward_unpadded(disc_ids, layout)  # (N, C)
+        hidden = self.encoder.forward_unpadded(disc_ids, layout)  # (N, C): the generator's layout
         return ElectraOutput(gen_logits=gen_logits, sampled=sampled, disc_logits=self.rtd(hidden), replaced=replaced)
 
     @staticmethod

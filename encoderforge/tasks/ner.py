@@ -1,5 +1,6 @@
 """Token classification (NER) with BIO/IOB2 tags: encoder -> TokenClassifier -> cross-entropy on the first
-word piece of each word (later pieces are ignored, as in BERT's CoNLL setup); entity-level P/R/F1 with seqeval.
+word piece of each word (later pieces are ignored, as in BERT's CoNLL setup); entity-level P/R/F1 with seqeval
+(from the `eval` extra, imported where it is used, so training and prediction code loads without it).
 
 The loop's evaluation sums entity true/false positives over batches (micro P/R/F1 = seqeval's default), and the
 final evaluation runs seqeval itself on whole predicted tag sequences (plus its per-type report).
@@ -14,23 +15,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from seqeval.metrics import (
-    classification_report,
-    f1_score,
-    precision_score,
-    recall_score,
-)
-from seqeval.metrics.sequence_labeling import get_entities
 from tokenizers import Tokenizer
 from torch import nn
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import TokenClassifier
-from encoderforge.model.padding import layout_from_lengths
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.sequences import epoch_steps, fixed_batches
-from encoderforge.tasks.spec import TaskSpec
+from encoderforge.tasks.sequences import epoch_steps, fixed_batches, truncation
+from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec, batching
 
 IGNORE = -100
 
@@ -60,16 +53,11 @@ class TokenModel(nn.Module):
 
     def __init__(self, encoder: Encoder, num_labels: int):
         super().__init__()
-        if encoder.cfg.attention != "varlen":
-            encoder.set_attention("varlen")
-        encoder.pooler.requires_grad_(False)
-        self.encoder = encoder
+        self.encoder = encoder.for_task_heads()
         self.head = TokenClassifier(encoder.cfg, num_labels)
-        nn.init.normal_(self.head.out.weight, std=0.02)
-        nn.init.zeros_(self.head.out.bias)
 
     def forward(self, batch: TokBatch) -> torch.Tensor:
-        hidden = self.encoder.forward_unpadded(batch.input_ids, layout_from_lengths(batch.lengths))  # (N, C)
+        hidden = self.encoder.forward_packed(batch.input_ids, batch.lengths).hidden  # (N, C)
         return self.head(hidden)  # (N, L)
 
 
@@ -82,14 +70,8 @@ def check_bio(tags: Sequence[str], where: str = "tags") -> None:
 
 def encode_words(tok: Tokenizer, sentences: Sequence[Sequence[str]], max_length: int) -> EncodedWords:
     """Word lists -> [CLS] pieces [SEP] (truncated at max_length) and the first piece of every word."""
-    saved = tok.truncation
-    tok.enable_truncation(max_length)
-    try:
+    with truncation(tok, max_length):
         encs = tok.encode_batch([list(s) for s in sentences], is_pretokenized=True)
-    finally:
-        tok.no_truncation()
-        if saved:
-            tok.enable_truncation(**saved)
     ids, first, truncated = [], [], 0
     for words, enc in zip(sentences, encs):
         pos = [-1] * len(words)
@@ -107,11 +89,16 @@ def decode(logits: np.ndarray, first: Sequence[int], tags: Sequence[str]) -> lis
     return [tags[int(logits[p].argmax())] if p >= 0 else "O" for p in first]
 
 
+def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each entity in a BIO tag sequence (seqeval's extraction)."""
+    return require("seqeval.metrics.sequence_labeling", "eval").get_entities(list(tags))
+
+
 def entity_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> tuple[int, int, int]:
     """Entity-level true positives, predicted and gold entity counts (seqeval's entity extraction)."""
     tp = n_pred = n_gold = 0
     for g, p in zip(gold, pred):
-        ge, pe = set(get_entities(list(g))), set(get_entities(list(p)))
+        ge, pe = set(entities(g)), set(entities(p))
         tp, n_pred, n_gold = tp + len(ge & pe), n_pred + len(pe), n_gold + len(ge)
     return tp, n_pred, n_gold
 
@@ -203,44 +190,41 @@ class NERTask:
 
     def evaluate(self, model: nn.Module, rows: Sequence) -> dict[str, object]:
         """seqeval entity P/R/F1 (micro, default conlleval-style matching) and the per-type report."""
+        sq = require("seqeval.metrics", "eval")
         pred, truncated = self.predict_tags(model, [r[0] for r in rows])
         gold = [list(r[1]) for r in rows]
-        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+        report = sq.classification_report(gold, pred, output_dict=True, zero_division=0)
         per_type = {k: {m: round(float(v[m]), 4) for m in ("precision", "recall", "f1-score", "support")}
                     for k, v in report.items() if "avg" not in k}
-        return {"precision": float(precision_score(gold, pred, zero_division=0)),
-                "recall": float(recall_score(gold, pred, zero_division=0)), "f1": float(f1_score(gold, pred, zero_division=0)),
-                "per_type": per_type, "n": len(rows), "truncated": truncated}
+        return {"precision": float(sq.precision_score(gold, pred, zero_division=0)),
+                "recall": float(sq.recall_score(gold, pred, zero_division=0)),
+                "f1": float(sq.f1_score(gold, pred, zero_division=0)), "per_type": per_type, "n": len(rows),
+                "truncated": truncated}
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: list, dev: list, args, *, rank: int = 0, world: int = 1) -> NERTask:
-    return NERTask(tok, labels, train, dev, max_length=args.max_length, batch_rows=args.batch_size,
-                   micro_rows=args.micro_batch, seed=args.seed, rank=rank, world=world)
-
-
-def _load_head(cfg, meta: dict, state: dict[str, torch.Tensor]) -> TokenClassifier:
-    head = TokenClassifier(cfg, len(meta["labels"]))
-    head.load_state_dict(state)
-    return head.eval()
+def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
+                world: int = 1) -> NERTask:
+    return NERTask(tok, labels, train, dev, **batching(args, rank, world))
 
 
 @torch.inference_mode()
-def _predict(engine, head: nn.Module, meta: dict, texts: Sequence[str]) -> list[dict]:
+def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     """Whitespace-split words -> tags through the Engine's padding-free forward -> entities with word spans."""
     sentences = [t.split() for t in texts]
     enc = encode_words(engine.tokenizer, sentences, meta["max_length"])
     tags: list[list[str]] = [[] for _ in sentences]
-    for idx, hidden, mask in engine._forward(enc.ids):
-        logits = head(hidden).float().numpy()  # (B, T, L)
-        for row, i in enumerate(idx):
+    for b in engine.forward_batches(enc.ids):
+        logits = head(b.hidden).float().numpy()  # (B, T, L)
+        for row, i in enumerate(b.index):
             tags[i] = decode(logits[row], enc.first[i], meta["labels"])
     return [{"tokens": words, "tags": t,
              "entities": [{"type": typ, "start": s, "end": e + 1, "text": " ".join(words[s:e + 1])}
-                          for typ, s, e in get_entities(t)]} for words, t in zip(sentences, tags)]
+                          for typ, s, e in entities(t)]} for words, t in zip(sentences, tags)]
 
 
-SPEC = TaskSpec(kind="ner", label_type="tags", build_model=lambda enc, labels, a: TokenModel(enc, len(labels)),
-                build_task=_build_task, calibrate=lambda task, model, rows: {},
-                task_json=lambda a: {"max_length": a.max_length}, load_head=_load_head, predict=_predict)
+SPEC = TaskSpec(kind="ner", label_type="tags", primary=NERTask.primary,
+                build_model=lambda enc, labels, a: TokenModel(enc, len(labels)), build_task=_build_task,
+                task_json=lambda a: {"max_length": a.finetune.max_length},
+                build_head=lambda cfg, meta: TokenClassifier(cfg, len(meta["labels"])), predict=_predict)

@@ -5,7 +5,7 @@ Pairs are one window `[CLS] a [SEP] b [SEP]` (tasks.sequences.encode_texts) with
 marks the boundary (as in RoBERTa), so the padding-free inference Engine, which serves single segments, predicts
 exactly what was trained. Pair *classification* is the classify task with two --text-field columns.
 Pearson is summable over batches (sums of x, y, xy, x^2, y^2), so the loop's dev evaluation is exact; Spearman needs
-ranks and is computed in the final evaluation.
+ranks and is computed in the final evaluation (scipy, from the `eval` extra, imported there only).
 Shapes: D documents (texts or pairs), S windows.
 """
 
@@ -17,27 +17,26 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import pearsonr, spearmanr
 from tokenizers import Tokenizer
 from torch import nn
 
-from encoderforge.model.heads import SequenceClassifier
-from encoderforge.tasks import LossSum
-from encoderforge.tasks.classification import SequenceModel, document_logits
-from encoderforge.tasks.sequences import (
-    Encoded,
-    SeqBatch,
-    encode_texts,
-    eval_batches,
-    train_step_batches,
-)
-from encoderforge.tasks.spec import TaskSpec
+from encoderforge import require
+from encoderforge.tasks import LossSum, pooled
+from encoderforge.tasks.pooled import DocBatches
+from encoderforge.tasks.sequences import Encoded, SeqBatch
+from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec, batching
 
 
 def pearson_from_sums(n: float, sx: float, sy: float, sxy: float, sxx: float, syy: float) -> float:
     """Pearson r from running sums (0 when either side is constant)."""
     cov, vx, vy = sxy - sx * sy / n, sxx - sx * sx / n, syy - sy * sy / n
     return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else 0.0
+
+
+def correlations(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlations of (D,) predictions with (D,) gold values (scipy)."""
+    stats = require("scipy.stats", "eval")  # optional: imported where used
+    return {"pearson": float(stats.pearsonr(pred, gold)[0]), "spearman": float(stats.spearmanr(pred, gold)[0])}
 
 
 class RegressionTask:
@@ -54,25 +53,22 @@ class RegressionTask:
     def __init__(self, tokenizer: Tokenizer, train: Sequence, dev: Sequence, *, max_length: int = 128, batch_rows: int = 32,
                  micro_rows: int = 0, max_chunks: int = 1, stride: int = 64, seed: int = 0, rank: int = 0, world: int = 1,
                  mean: float | None = None, std: float | None = None):
-        self.tok, self.max_length, self.max_chunks, self.stride = tokenizer, max_length, max_chunks, stride
-        self.batch_rows, self.micro_rows, self.seed, self.rank, self.world = batch_rows, micro_rows, seed, rank, world
+        self.docs = DocBatches(tokenizer, max_length, max_chunks, stride, batch_rows, micro_rows, seed, rank, world)
         ys = np.array([float(r[1]) for r in train])
         self.mean = float(ys.mean()) if mean is None else mean
         self.std = float(ys.std() or 1.0) if std is None else std
         self.train_enc, self.train_y = self.encode(train)
         self.dev_enc, self.dev_y = self.encode(dev)
 
-    def encode(self, rows: Sequence) -> tuple[Encoded, torch.Tensor]:
-        enc = encode_texts(self.tok, [r[0] for r in rows], self.max_length, max_chunks=self.max_chunks,
-                           stride=self.stride)
-        return enc, torch.tensor([(float(r[1]) - self.mean) / self.std for r in rows], dtype=torch.float32)
+    def encode(self, rows: Rows) -> tuple[Encoded, torch.Tensor]:
+        y = torch.tensor([(float(r[1]) - self.mean) / self.std for r in rows], dtype=torch.float32)
+        return self.docs.encode(rows), y
 
     def train_batches(self, start_step: int) -> Iterator[list[SeqBatch]]:
-        return train_step_batches(self.train_enc, self.train_y, self.batch_rows, self.micro_rows, self.seed, start_step,
-                                  rank=self.rank, world=self.world)
+        return self.docs.train(self.train_enc, self.train_y, start_step)
 
     def eval_batches(self) -> Iterator[SeqBatch]:
-        return eval_batches(self.dev_enc, self.dev_y, self.batch_rows, rank=self.rank, world=self.world)
+        return self.docs.dev(self.dev_enc, self.dev_y)
 
     def loss(self, model: nn.Module, batch: SeqBatch) -> LossSum:
         pred = model(batch).float()[:, 0]  # (D,) standardised
@@ -88,44 +84,33 @@ class RegressionTask:
         r = pearson_from_sums(n, sums["sx"], sums["sy"], sums["sxy"], sums["sxx"], sums["syy"])
         return {"loss": sums["loss"] / n, "mse": sums["se"] / n, "pearson": r}
 
-    @torch.no_grad()
     def predict_values(self, model: nn.Module, enc: Encoded) -> np.ndarray:
-        model.eval()
-        device = next(model.parameters()).device
-        dummy = torch.zeros(enc.num_docs)
-        out = [model(b.to(device)).float()[:, 0].cpu() for b in eval_batches(enc, dummy, self.batch_rows)]
-        return (torch.cat(out).numpy() if out else np.zeros(0, np.float32)) * self.std + self.mean
+        """(D,) predictions on the original scale for every document of `enc`, in order."""
+        return self.docs.outputs(model, enc, 1)[:, 0].numpy() * self.std + self.mean
 
     def evaluate(self, model: nn.Module, rows: Sequence) -> dict[str, object]:
         enc, _ = self.encode(rows)
         pred, gold = self.predict_values(model, enc), np.array([float(r[1]) for r in rows])
-        return {"pearson": float(pearsonr(pred, gold)[0]), "spearman": float(spearmanr(pred, gold)[0]),
-                "mse": float(((pred - gold) ** 2).mean()), "n": len(rows), "truncated": enc.truncated}
+        return {**correlations(pred, gold), "mse": float(((pred - gold) ** 2).mean()), "n": len(rows),
+                "truncated": enc.truncated}
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: list, dev: list, args, *, rank: int = 0, world: int = 1) -> RegressionTask:
-    return RegressionTask(tok, train, dev, max_length=args.max_length, batch_rows=args.batch_size, micro_rows=args.micro_batch,
-                          max_chunks=args.max_chunks, stride=args.stride, seed=args.seed, rank=rank, world=world)
+def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
+                world: int = 1) -> RegressionTask:
+    return RegressionTask(tok, train, dev, max_chunks=args.finetune.max_chunks, stride=args.finetune.stride,
+                          **batching(args, rank, world))
 
 
-def _load_head(cfg, meta: dict, state: dict[str, torch.Tensor]) -> SequenceClassifier:
-    head = SequenceClassifier(cfg, 1, pooling=meta["pooling"])
-    head.load_state_dict(state)
-    return head.eval()
-
-
-def _predict(engine, head: nn.Module, meta: dict, texts: Sequence[str]) -> list[dict]:
+def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     """One text per line; a pair as `text a<TAB>text b`."""
-    values = document_logits(engine, head, {**meta, "labels": ["value"]}, texts)[:, 0] * meta["std"] + meta["mean"]
+    values = pooled.document_logits(engine, head, meta, texts)[:, 0] * meta["std"] + meta["mean"]
     return [{"value": round(float(v), 5)} for v in values]
 
 
 SPEC = TaskSpec(
-    kind="regress", label_type="float",
-    build_model=lambda enc, labels, a: SequenceModel(enc, 1, pooling=a.pooling, chunk_pooling=a.chunk_pooling),
-    build_task=_build_task, calibrate=lambda task, model, rows: {"mean": task.mean, "std": task.std},
-    task_json=lambda a: {"max_length": a.max_length, "pooling": a.pooling, "max_chunks": a.max_chunks,
-                         "stride": a.stride, "chunk_pooling": a.chunk_pooling},
-    load_head=_load_head, predict=_predict)
+    kind="regress", label_type="float", primary=RegressionTask.primary,
+    build_model=lambda enc, labels, a: pooled.build_model(enc, 1, a), build_task=_build_task,
+    task_json=pooled.task_json, build_head=lambda cfg, meta: pooled.build_head(cfg, 1, meta), predict=_predict,
+    calibrate=lambda task, model, rows: {"mean": task.mean, "std": task.std})

@@ -25,11 +25,16 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.model.encoder import Encoder
-from encoderforge.model.heads import SpanHead
-from encoderforge.model.padding import layout_from_lengths, pad
+from encoderforge.model.heads import SpanHead, SpanLogits
+from encoderforge.model.padding import pad_packed
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.sequences import epoch_steps, fixed_batches
-from encoderforge.tasks.spec import TaskSpec
+from encoderforge.tasks.sequences import (
+    epoch_steps,
+    fixed_batches,
+    split_pairs,
+    truncation,
+)
+from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec, batching
 
 Answer = tuple[str, int]  # (text, start character)
 
@@ -57,19 +62,13 @@ def encode_qa(tok: Tokenizer, rows: Sequence[tuple[tuple[str, str], list[Answer]
     if not 0 <= stride < max_length - max_query - 3:
         raise EncoderforgeError(f"--stride={stride} must be below {max_length - max_query - 3} (half of --max-length="
                                 f"{max_length} is kept for the context, minus 3 special tokens); lower --stride")
-    saved = tok.truncation
-    tok.no_truncation()
-    try:
-        questions = [q for (q, _), _ in rows]
+    questions = [q for (q, _), _ in rows]
+    with truncation(tok):
         for i, enc in enumerate(tok.encode_batch(questions, add_special_tokens=False)):
             if len(enc.ids) > max_query:
                 questions[i] = questions[i][: enc.offsets[max_query - 1][1]]
-        tok.enable_truncation(max_length, stride=stride, strategy="only_second")
+    with truncation(tok, max_length, stride=stride, strategy="only_second"):
         encs = tok.encode_batch([(q, c) for q, ((_, c), _) in zip(questions, rows)])
-    finally:
-        tok.no_truncation()
-        if saved:
-            tok.enable_truncation(**saved)
     w = Windows([], [], [], [], [], [], [[] for _ in rows])
     for i, (enc, (_, answers)) in enumerate(zip(encs, rows)):
         for win in [enc, *enc.overflowing]:
@@ -150,19 +149,13 @@ class SpanModel(nn.Module):
 
     def __init__(self, encoder: Encoder):
         super().__init__()
-        if encoder.cfg.attention != "varlen":
-            encoder.set_attention("varlen")
-        encoder.pooler.requires_grad_(False)
-        self.encoder = encoder
+        self.encoder = encoder.for_task_heads()
         self.head = SpanHead(encoder.cfg)
-        nn.init.normal_(self.head.out.weight, std=0.02)
-        nn.init.zeros_(self.head.out.bias)
 
-    def forward(self, batch: QABatch):
-        layout = layout_from_lengths(batch.lengths)
-        hidden = self.encoder.forward_unpadded(batch.input_ids, layout)  # (N, C)
-        mask = torch.arange(layout.seqlen, device=hidden.device)[None, :] < batch.lengths[:, None]  # (S, T)
-        return self.head(pad(hidden, layout), mask)  # SpanLogits: (S, T) each
+    def forward(self, batch: QABatch) -> SpanLogits:
+        out = self.encoder.forward_packed(batch.input_ids, batch.lengths)  # (N, C)
+        grid = pad_packed(out.hidden, out.layout)  # (S, T, C), (S, T)
+        return self.head(grid.hidden, grid.mask)  # (S, T) each
 
 
 class QATask:
@@ -251,29 +244,21 @@ class QATask:
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: list, dev: list, args, *, rank: int = 0, world: int = 1) -> QATask:
-    return QATask(tok, train, dev, max_length=args.max_length, stride=args.stride, batch_rows=args.batch_size,
-                  micro_rows=args.micro_batch, seed=args.seed, rank=rank, world=world)
-
-
-def _load_head(cfg, meta: dict, state: dict[str, torch.Tensor]) -> SpanHead:
-    head = SpanHead(cfg)
-    head.load_state_dict(state)
-    return head.eval()
+def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
+                world: int = 1) -> QATask:
+    return QATask(tok, train, dev, stride=args.finetune.stride, **batching(args, rank, world))
 
 
 @torch.inference_mode()
-def _predict(engine, head: nn.Module, meta: dict, texts: Sequence[str]) -> list[dict]:
+def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     """Lines `question<TAB>context` -> {"answer", "start", "end"} (character offsets in the context)."""
-    from encoderforge.tasks.classification import split_pairs
-
     pairs = split_pairs(texts, 2)
     w = encode_qa(engine.tokenizer, [(p, []) for p in pairs], meta["max_length"], meta["stride"])
     start: list[np.ndarray] = [np.zeros(0)] * len(w.ids)
     end: list[np.ndarray] = [np.zeros(0)] * len(w.ids)
-    for idx, hidden, mask in engine._forward(w.ids):
-        logits = head(hidden, mask)  # SpanLogits (B, T)
-        for row, j in enumerate(idx):
+    for batch in engine.forward_batches(w.ids):
+        logits = head(batch.hidden, batch.mask)  # SpanLogits (B, T)
+        for row, j in enumerate(batch.index):
             n = len(w.ids[j])
             start[j], end[j] = logits.start[row, :n].float().numpy(), logits.end[row, :n].float().numpy()
     out = []
@@ -286,7 +271,7 @@ def _predict(engine, head: nn.Module, meta: dict, texts: Sequence[str]) -> list[
     return out
 
 
-SPEC = TaskSpec(kind="qa", label_type="span", build_model=lambda enc, labels, a: SpanModel(enc), build_task=_build_task,
-                calibrate=lambda task, model, rows: {},
-                task_json=lambda a: {"max_length": a.max_length, "stride": a.stride, "max_answer_tokens": 30},
-                load_head=_load_head, predict=_predict)
+SPEC = TaskSpec(kind="qa", label_type="span", primary=QATask.primary, build_model=lambda enc, labels, a: SpanModel(enc),
+                build_task=_build_task,
+                task_json=lambda a: {"max_length": a.finetune.max_length, "stride": a.finetune.stride, "max_answer_tokens": 30},
+                build_head=lambda cfg, meta: SpanHead(cfg), predict=_predict)

@@ -1,5 +1,5 @@
-"""Shared by the fine-tuning tasks: texts -> token windows (chunk-with-overlap for long documents), packed batches
-with no padding, and resume-exact shuffled epochs.
+"""Shared by the fine-tuning tasks: input lines -> texts, the one tokenizer-truncation helper, texts -> token windows
+(chunk-with-overlap for long documents), packed batches with no padding, and resume-exact shuffled epochs.
 
 Shapes: D documents in a batch, S chunks (sequences), N real tokens of all chunks back to back, C hidden, L labels.
 """
@@ -7,16 +7,15 @@ Shapes: D documents in a batch, S chunks (sequences), N real tokens of all chunk
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-
-ChunkPooling = Literal["mean", "max"]
 
 
 @dataclass
@@ -37,6 +36,37 @@ def special_ids(tok: Tokenizer) -> tuple[int, int]:
     return cls, sep
 
 
+def split_pairs(texts: Sequence[str], fields: int) -> list[tuple[str, ...]]:
+    """Input lines as model inputs: the line itself, or for pair models `text a<TAB>text b`."""
+    if fields == 1:
+        return [(t,) for t in texts]
+    out: list[tuple[str, ...]] = []
+    for i, t in enumerate(texts, 1):
+        a, tab, b = t.partition("\t")
+        if not tab or not a.strip() or not b.strip():
+            raise EncoderforgeError(f"line {i}: this model reads sentence pairs; write each as `text a<TAB>text b`")
+        out.append((a, b))
+    return out
+
+
+@contextmanager
+def truncation(tok: Tokenizer, max_length: int | None = None, **kw: Any) -> Iterator[Tokenizer]:
+    """Inside the block `tok` truncates at `max_length` (None: not at all; `kw` as Tokenizer.enable_truncation:
+    stride, strategy); afterwards the settings from before are back (the Engine enables truncation on its tokenizer,
+    and tasks encode with the same one)."""
+    saved = tok.truncation
+    if max_length is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_length, **kw)
+    try:
+        yield tok
+    finally:
+        tok.no_truncation()
+        if saved:
+            tok.enable_truncation(**saved)
+
+
 def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int, *, max_chunks: int = 1,
                  stride: int = 64) -> Encoded:
     """Tokenize documents (one text, or a pair) into [CLS] ... [SEP] windows of at most `max_length` tokens.
@@ -54,21 +84,16 @@ def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int
     ids: list[list[int]] = []
     doc: list[int] = []
     truncated = 0
-    saved = tok.truncation  # the Engine enables truncation on its tokenizer; restore whatever was set
-    try:
-        if texts and len(texts[0]) == 2:
-            tok.enable_truncation(max_length, strategy="longest_first")
-            for d, enc in enumerate(tok.encode_batch([tuple(t) for t in texts])):
-                ids.append(enc.ids)
-                doc.append(d)
-                truncated += bool(enc.overflowing)
-            return Encoded(ids, doc, len(texts), truncated)
-        tok.no_truncation()
+    if texts and len(texts[0]) == 2:
+        with truncation(tok, max_length, strategy="longest_first"):
+            pairs = tok.encode_batch([tuple(t) for t in texts])
+        for d, enc in enumerate(pairs):
+            ids.append(enc.ids)
+            doc.append(d)
+            truncated += bool(enc.overflowing)
+        return Encoded(ids, doc, len(texts), truncated)
+    with truncation(tok):
         pieces = tok.encode_batch([t[0] for t in texts], add_special_tokens=False)
-    finally:
-        tok.no_truncation()
-        if saved:
-            tok.enable_truncation(**saved)
     step = body - stride if max_chunks > 1 else body
     for d, enc in enumerate(pieces):
         p = enc.ids
@@ -111,15 +136,6 @@ def windows_by_doc(enc: Encoded) -> list[list[int]]:
     for w, d in enumerate(enc.doc):
         by_doc[d].append(w)
     return by_doc
-
-
-def pool_chunks(logits: torch.Tensor, doc: torch.Tensor, num_docs: int, mode: ChunkPooling = "mean") -> torch.Tensor:
-    """(S, L) window logits -> (D, L) document logits by mean or max over each document's windows."""
-    if logits.shape[0] == num_docs:
-        return logits  # one window per document (the common case): nothing to pool
-    out = logits.new_zeros(num_docs, logits.shape[1])
-    index = doc[:, None].expand_as(logits)  # (S, L)
-    return out.scatter_reduce(0, index, logits, reduce="mean" if mode == "mean" else "amax", include_self=False)
 
 
 def steps_per_epoch(n: int, batch_rows: int) -> int:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -15,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.fileio import check_output
 from encoderforge.tokenization.load import (
     expand_paths,
     load_tokenizer,
@@ -27,6 +29,7 @@ from encoderforge.tokenization.load import (
 from encoderforge.tokenization.train import save_tokenizer
 
 
+@dataclass(frozen=True)
 class AddedTerm:
     """A word appended to the WordPiece vocabulary: its new id and how the old tokenizer split it."""
 
@@ -163,17 +166,16 @@ def extend_checkpoint(model: str | Path, out: str | Path, *, terms_file: str | P
         the terms added (an MLM bias in the checkpoint grows with the same mean rule).
     """
     from encoderforge.model import checkpoint
+    from encoderforge.model.zoo import resolve_model
 
     if (terms_file is None) == (not corpus):
         raise EncoderforgeError("pass exactly one of --terms FILE or --from-corpus FILES")
+    # before any work: never over the model, the terms or a corpus file, nor inside a corpus directory
+    check_output(out, [resolve_model(model), terms_file, *(corpus or [])], flag="--out", expect="dir")
     if Path(out).exists() and not overwrite:
         raise EncoderforgeError(f"{out}: already exists; pass --overwrite or choose another output path")
-    loaded = checkpoint.load(model)
+    loaded = checkpoint.load(model)  # also refuses a tokenizer larger than the embedding table
     tok = load_tokenizer(model)
-    rows = loaded.encoder.embeddings.tok.num_embeddings
-    if tok.get_vocab_size() > rows:
-        raise EncoderforgeError(f"{model}: tokenizer has {tok.get_vocab_size()} tokens but the model {rows} embedding "
-                                "rows; the tokenizer files belong to another model")
     if terms_file is not None:
         lines = read_text(expand_paths([terms_file])[0]).splitlines()
         terms = [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]

@@ -11,7 +11,7 @@ from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
 from encoderforge import EncoderforgeError
-from encoderforge.fileio import atomic_dir
+from encoderforge.fileio import atomic_dir, check_output
 from encoderforge.tokenization.load import (
     BERT_SPECIALS,
     is_lowercase,
@@ -87,7 +87,9 @@ def save_tokenizer(tok: Tokenizer, path: str | Path, *, overwrite: bool = True) 
 
 def train_wordpiece_dir(files: Sequence[str | Path], out: str | Path, *, vocab_size: int, lowercase: bool = True,
                         min_frequency: int = 2, overwrite: bool = False) -> Tokenizer:
-    """`train_wordpiece` then `save_tokenizer` (what `encoderforge tokenizer train` runs); nothing is written on error."""
+    """`train_wordpiece` then `save_tokenizer` (what `encoderforge tokenizer train` runs); nothing is written on error.
+    An `out` that is, lies inside or holds a corpus file or directory is refused before training."""
+    check_output(out, files, flag="--out", expect="dir")
     if Path(out).exists() and not overwrite:
         raise EncoderforgeError(f"{out}: already exists; pass --overwrite or choose another output path")
     tok = train_wordpiece(files, vocab_size=vocab_size, lowercase=lowercase, min_frequency=min_frequency)

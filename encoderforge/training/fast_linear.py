@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.model.surgery import is_cpu_fp32_linear, replace_modules
 
 KERNEL_ENV = "ENCODERFORGE_TRAIN_LINEAR"
 KERNELS = ("auto", "onednn", "torch")
@@ -106,24 +107,16 @@ def use_onednn_linears(model: nn.Module) -> int:
     if not available():
         return 0
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
-                setattr(parent, name, OneDNNLinear(child))
-                swapped += 1
-    return swapped
+    return replace_modules(model, lambda _, m: is_cpu_fp32_linear(m), OneDNNLinear)
 
 
 def restore_linears(model: nn.Module) -> int:
     """Undo `use_onednn_linears`: plain nn.Linear modules around the same Parameters; returns how many."""
-    restored = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, OneDNNLinear):
-                lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                device="meta")  # no throwaway allocation: the parameters are replaced next
-                lin.weight, lin.bias = child.weight, child.bias
-                setattr(parent, name, lin)
-                restored += 1
-    return restored
+    return replace_modules(model, lambda _, m: isinstance(m, OneDNNLinear), _plain_linear)
+
+
+def _plain_linear(m: OneDNNLinear) -> nn.Linear:
+    lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                    device="meta")  # no throwaway allocation: the parameters are replaced next
+    lin.weight, lin.bias = m.weight, m.bias
+    return lin

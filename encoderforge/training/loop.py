@@ -16,7 +16,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from encoderforge.fileio import atomic_file
 from encoderforge.tasks import Task
@@ -29,8 +28,10 @@ from encoderforge.training.distributed import (
 )
 from encoderforge.training.fast_linear import restore_linears, use_training_linears
 from encoderforge.training.memory import release_free_heap, rss_mb
+from encoderforge.training.progress import Progress
 from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import (
+    Stateful,
     TrainState,
     list_checkpoints,
     load_checkpoint,
@@ -64,7 +65,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenizer_dir: str | Path | None = None,
           param_groups: list[dict[str, Any]] | None = None,
-          on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+          on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+          extra_state: Stateful | None = None) -> dict[str, Any]:
     """Train `model` on `task` for `args.steps` optimizer steps, resuming from `args.out_dir` if possible.
 
     Args:
@@ -77,6 +79,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
             (its LR = scheduled LR x lr_scale), e.g. layer-wise LR decay for fine-tuning.
         on_eval: called as on_eval(step, dev_metrics) after every evaluation past step 0 (the same reduced
             metrics on every rank); returning True stops training there (early stopping), after a checkpoint.
+        extra_state: saved in every checkpoint and restored on resume (e.g. the best-weights keeper).
     Returns:
         the final metrics (also written to out_dir/metrics.json).
     """
@@ -88,13 +91,13 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
     state = TrainState()
     ckpts = list_checkpoints(run) if args.resume else []
     if ckpts:
-        state = load_checkpoint(ckpts[-1], model, optimizer)
+        state = load_checkpoint(ckpts[-1], model, optimizer, extra=extra_state)
     if dist.main:
         _truncate_metrics(run / "metrics.jsonl", state.step)  # drop lines logged after the checkpoint we resume from
     ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
     amp = autocast_dtype(args.precision, dist.device)
     log = open(run / "metrics.jsonl", "a", encoding="utf-8") if dist.main else None
-    bar = tqdm(total=args.steps, initial=state.step, disable=not (dist.main and args.progress), unit="step")
+    bar = Progress(args.steps, initial=state.step, enabled=dist.main and args.progress, desc=run.name)
     last: dict[str, Any] = {}
     t0, tokens0 = time.perf_counter(), state.tokens
 
@@ -140,8 +143,7 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         loss = total / max(count, 1)
         elapsed = time.perf_counter() - t0
         tok_s = (state.tokens - tokens0) / max(elapsed, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+        bar.update(1, loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
         record: dict[str, Any] = {}
         if args.log_every and (state.step % args.log_every == 0 or state.step == 1):
             record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s,
@@ -160,7 +162,8 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         last.update(record)
         if (args.save_every and state.step % args.save_every == 0) or done or stop:
             if dist.main:
-                save_checkpoint(run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir)
+                save_checkpoint(run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir,
+                                extra=extra_state)
             barrier(dist)
         if stop:
             break

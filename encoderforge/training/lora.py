@@ -15,6 +15,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.model.dropout import Dropout
 from encoderforge.model.encoder import Encoder
+from encoderforge.model.surgery import replace_modules
 
 TARGETS = ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2")
 
@@ -59,30 +60,28 @@ def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tup
     """
     if rank < 1:
         raise EncoderforgeError(f"--lora-rank={rank}: use a positive rank (0 means no LoRA)")
+    wanted = {f"layers.{i}.{name}" for i in range(len(encoder.layers)) for name in targets}
+    found = {name for name, m in encoder.named_modules() if name in wanted and isinstance(m, nn.Linear)}
+    if found != wanted:  # checked before any change, so a bad target leaves the encoder as it was
+        missing = min(wanted - found).split(".", 2)[2]  # "layers.{i}.<target>" -> "<target>"
+        raise EncoderforgeError(f"LoRA target {missing!r} is not a linear layer of the encoder blocks; "
+                                f"use some of {list(TARGETS)}")
     encoder.requires_grad_(False)
     added = 0
-    for block in encoder.layers:
-        for name in targets:
-            parent_name, _, leaf = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            layer = getattr(parent, leaf, None)
-            if not isinstance(layer, nn.Linear):
-                raise EncoderforgeError(f"LoRA target {name!r} is not a linear layer of the encoder blocks; "
-                                        f"use some of {list(TARGETS)}")
-            wrapped = LoRALinear(layer, rank, alpha, dropout).to(layer.weight.device)
-            setattr(parent, leaf, wrapped)
-            added += wrapped.lora_a.numel() + wrapped.lora_b.numel()
+
+    def wrap(layer: nn.Module) -> LoRALinear:
+        nonlocal added
+        wrapped = LoRALinear(layer, rank, alpha, dropout).to(layer.weight.device)
+        added += wrapped.lora_a.numel() + wrapped.lora_b.numel()
+        return wrapped
+
+    replace_modules(encoder, lambda name, _: name in wanted, wrap)
     return added
 
 
 def merge_lora(encoder: Encoder) -> int:
     """Replace every LoRALinear by its merged nn.Linear (trainable again, as a plain encoder); returns how many."""
-    merged = 0
-    for module in list(encoder.modules()):
-        for leaf, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(module, leaf, child.merged())
-                merged += 1
+    merged = replace_modules(encoder, lambda _, m: isinstance(m, LoRALinear), lambda m: m.merged())
     encoder.requires_grad_(True)
     encoder.pooler.requires_grad_(True)
     return merged

@@ -18,6 +18,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,14 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir
 from encoderforge.model.checkpoint import FORMAT, copy_tokenizer_files
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]:
+        """{"weights": {name: tensor}, "meta": JSON-able values}."""
+        ...
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
+
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -38,7 +47,7 @@ class TrainState:
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, *,
-                    keep: int = 2, tokenizer_dir: str | Path | None = None) -> Path:
+                    keep: int = 2, tokenizer_dir: str | Path | None = None, extra: Stateful | None = None) -> Path:
     """Write `run_dir/checkpoints/step-XXXXXXXX` atomically, then delete all but the newest `keep`.
 
     Args:
@@ -48,6 +57,8 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         state: counters to restore.
         keep: checkpoints to keep.
         tokenizer_dir: copy tokenizer files in, so the checkpoint is self-contained.
+        extra: another stateful part of the run (e.g. the best-weights keeper): its tensors go to
+            extra.safetensors, its plain values into train_state.json.
     Returns:
         the checkpoint directory.
     """
@@ -68,8 +79,14 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         if encoder is not None and hasattr(encoder, "cfg"):
             (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2))
         copy_tokenizer_files(tokenizer_dir, tmp)
+        extra_meta = None
+        if extra is not None:
+            sd = extra.state_dict()
+            save_file({k: v.contiguous() for k, v in sd["weights"].items()}, str(tmp / "extra.safetensors"))
+            extra_meta = sd["meta"]
         (tmp / "train_state.json").write_text(json.dumps(
-            {**asdict(state), "param_groups": opt["param_groups"], "optimizer_scalars": scalars}, indent=2))
+            {**asdict(state), "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "extra": extra_meta},
+            indent=2))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -83,8 +100,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> TrainState:
-    """Restore model (and optimizer) in place from a checkpoint directory; returns the counters."""
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                    extra: Stateful | None = None) -> TrainState:
+    """Restore model (and optimizer, and `extra`'s state) in place from a checkpoint directory; returns the counters."""
     path = Path(path)
     try:
         meta = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
@@ -109,4 +127,6 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+    if extra is not None and meta.get("extra") is not None:
+        extra.load_state_dict({"weights": load_file(str(path / "extra.safetensors")), "meta": meta["extra"]})
     return TrainState(step=meta["step"], tokens=meta["tokens"], rows=meta["rows"])

@@ -132,3 +132,63 @@ def test_stats_prints_table_and_json(minilm_path, license_texts, tmp_path):
     assert f"b needs {d['fewer_tokens_pct']:.1f}% fewer tokens than a" in r.stdout
     r = runner.invoke(app, ["stats", "--a", str(minilm_path), "--b", str(tmp_path / "none"), *held])
     _one_line_error(r, "none: no such tokenizer file")
+
+
+def test_extend_from_corpus_takes_a_shell_expanded_glob(tiny_ckpt, tmp_path, license_texts):
+    """README: `--from-corpus corpus/*.txt` — the shell hands over every file after the one option."""
+    files = [str(p) for p in license_texts[::40]]
+    assert len(files) >= 2
+    out = tmp_path / "ext"
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", *files, "--top", "20",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "added 20 words (ids 30522..30541)" in r.stdout
+    # the same words as the repeated-option form: every file was read
+    again = tmp_path / "again"
+    repeated = [a for f in files for a in ("--from-corpus", f)]
+    assert runner.invoke(app, ["extend", "--model", str(tiny_ckpt), *repeated, "--top", "20",
+                               "--out", str(again)]).exit_code == 0
+    assert (out / "vocab.txt").read_text() == (again / "vocab.txt").read_text()
+    # files with no --from-corpus before them are a mistake, not silently ignored
+    terms = tmp_path / "terms.txt"
+    terms.write_text("licensor\n")
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--terms", str(terms), *files[:2],
+                            "--out", str(tmp_path / "x")])
+    _one_line_error(r, "corpus files go after --from-corpus")
+    assert not (tmp_path / "x").exists()
+
+
+def test_outputs_that_would_destroy_inputs_are_refused_before_work(tiny_ckpt, tmp_path, license_texts):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for p in license_texts[:3]:
+        (corpus / p.name).write_bytes(p.read_bytes())
+    before = sorted(p.name for p in corpus.iterdir())
+    # train: --out on the corpus directory (with --overwrite it used to replace the corpus by the tokenizer)
+    r = runner.invoke(app, ["train", str(corpus), "--vocab-size", "500", "--out", str(corpus), "--overwrite"])
+    _one_line_error(r, "--out is the input")
+    r = runner.invoke(app, ["train", str(corpus), "--vocab-size", "500", "--out", str(corpus / "tok")])
+    _one_line_error(r, "--out lies inside the input directory")
+    assert sorted(p.name for p in corpus.iterdir()) == before
+    # train: --out is an existing file
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    r = runner.invoke(app, ["train", str(corpus), "--vocab-size", "500", "--out", str(notes), "--overwrite"])
+    _one_line_error(r, "notes.txt: is a file; --out needs a directory path")
+    assert notes.read_text() == "keep me\n"
+    # extend: --out on the model itself, or inside the corpus directory
+    mtime = (tiny_ckpt / "model.safetensors").stat().st_mtime_ns
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus), "--out", str(tiny_ckpt),
+                            "--overwrite"])
+    _one_line_error(r, "--out is the input")
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus),
+                            "--out", str(corpus / "ext")])
+    _one_line_error(r, "--out lies inside the input directory")
+    assert (tiny_ckpt / "model.safetensors").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in corpus.iterdir()) == before
+    # stats: --json on a directory or on an input file
+    r = runner.invoke(app, ["stats", "--a", str(tiny_ckpt), "--b", str(tiny_ckpt), str(notes), "--json", str(corpus)])
+    _one_line_error(r, "corpus: is a directory; --json needs a file path")
+    r = runner.invoke(app, ["stats", "--a", str(tiny_ckpt), "--b", str(tiny_ckpt), str(notes), "--json", str(notes)])
+    _one_line_error(r, "--json is the input")
+    assert notes.read_text() == "keep me\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -104,6 +106,12 @@ def test_quantize_onnx_writes_int8_atomically(tmp_path):
     with pytest.raises(EncoderforgeError, match="weight_type"):
         quantize_onnx(src, tmp_path / "x.onnx", weight_type="QInt4")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_onnx_names_the_extra_it_needs(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # as if onnxruntime were not installed
+    with pytest.raises(EncoderforgeError, match=r"onnxruntime.*pip install 'encoderforge\[onnx\]'"):
+        quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
 
 
 def test_int8_fidelity_values():

@@ -131,3 +131,84 @@ def test_parse_corpus_arg():
     assert parse_corpus_arg("C:dir").weight == 1.0
     with pytest.raises(EncoderforgeError, match="weight must be > 0"):
         parse_corpus_arg("a.txt:0")
+
+
+@pytest.mark.parametrize("arg", ["a.txt=../../x", "a.txt=sub/x:2", "a.txt=/abs", "a.txt=..", "a.txt=a..b",
+                                 "a.txt=spaced name", "a.txt=x\\y"])
+def test_corpus_names_cannot_leave_the_output_dir(arg):
+    """A corpus name becomes part of shard file names: `name=../../x` wrote shards outside --out."""
+    bad = arg.split("=", 1)[1].rsplit(":2", 1)[0]
+    with pytest.raises(EncoderforgeError) as e:
+        parse_corpus_arg(arg)
+    msg = str(e.value)
+    assert f"corpus name {bad!r}" in msg and "letters, digits, '-', '_' and '.'" in msg and "\n" not in msg, msg
+
+
+def test_default_corpus_names_are_safe(tmp_path):
+    assert CorpusSpec("..").name == "corpus"
+    assert CorpusSpec("../legal/").name == "legal"
+    assert CorpusSpec("notes v2..final.jsonl").name == "notes_v2.final"
+    assert parse_corpus_arg("data/legal/=legal-2.v1:3").name == "legal-2.v1"
+
+
+def _tamper(out: Path, corpus: int, split: str, name: str) -> None:
+    m = json.loads((out / "manifest.json").read_text())
+    m["corpora"][corpus]["shards"][split][0] = name
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def test_manifest_shard_names_must_stay_inside(tmp_path, legal_dir, small_tokenizer):
+    out = tmp_path / "shards"
+    prepare_corpus([CorpusSpec(str(legal_dir), name="legal")], small_tokenizer, out, eval_fraction=0.0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    first = json.loads((out / "manifest.json").read_text())["corpora"][0]["shards"]["train"][0]
+    for suffix in (".bin", ".idx.npy"):  # a real shard sits where the tampered name points
+        (outside / f"x{suffix}").write_bytes((out / f"{first}{suffix}").read_bytes())
+    for name in ("../outside/x", str(outside / "x"), "sub/../../outside/x"):
+        _tamper(out, 0, "train", name)
+        with pytest.raises(EncoderforgeError) as e:
+            load_documents(out)
+        msg = str(e.value)
+        assert f"shard {name!r}" in msg and "manifest.json" in msg and "\n" not in msg, msg
+    with pytest.raises(EncoderforgeError, match="manifest.json: not valid JSON"):
+        (out / "manifest.json").write_text("{")
+        read_manifest(out)
+
+
+def test_out_inside_a_corpus_dir_or_on_an_input_is_refused_before_work(tmp_path, legal_dir, small_tokenizer):
+    """Shards written inside the corpus directory are read back as text (manifest.json) by the next run."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for p in sorted(legal_dir.iterdir())[:5]:
+        (corpus / p.name).write_bytes(p.read_bytes())
+    before = sorted(p.name for p in corpus.iterdir())
+    with pytest.raises(EncoderforgeError, match=r"--out lies inside the input directory"):
+        prepare_corpus([CorpusSpec(str(corpus))], small_tokenizer, corpus / "shards")
+    with pytest.raises(EncoderforgeError, match=r"--out is the input"):
+        prepare_corpus([CorpusSpec(str(corpus))], small_tokenizer, corpus, overwrite=True)
+    with pytest.raises(EncoderforgeError, match=r"--out holds the input"):
+        prepare_corpus([CorpusSpec(str(corpus))], small_tokenizer, tmp_path, overwrite=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(EncoderforgeError, match=r"notes.txt: is a file; --out needs a directory"):
+        prepare_corpus([CorpusSpec(str(corpus))], small_tokenizer, notes, overwrite=True)
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in corpus.iterdir()) == before and not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_cli_data_prepare_errors_are_one_line(tmp_path, legal_dir, small_tokenizer):
+    from typer.testing import CliRunner
+
+    from encoderforge.cli.pretrain import data_app
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    r = runner.invoke(data_app, ["prepare", f"{legal_dir}=../../escaped", "--tokenizer", str(small_tokenizer),
+                                 "--out", str(out)])
+    assert r.exit_code == 1 and r.stderr.startswith("error: corpus name '../../escaped'"), r.output
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
+    r = runner.invoke(data_app, ["prepare", str(legal_dir), "--tokenizer", str(small_tokenizer),
+                                 "--out", str(legal_dir / "shards")])
+    assert r.exit_code == 1 and "--out lies inside the input directory" in r.stderr, r.output
+    assert not out.exists() and not list(tmp_path.parent.glob("escaped*")) and not (legal_dir / "shards").exists()

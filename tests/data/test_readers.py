@@ -98,3 +98,37 @@ def test_split_dev_is_stratified_and_disjoint():
     assert not {ex.where for ex in dev.examples} & {ex.where for ex in train.examples}
     again = split_dev(from_records(recs, Schema()), 0.2, seed=1)[1]
     assert [ex.where for ex in again.examples] == [ex.where for ex in dev.examples]
+
+
+@pytest.mark.parametrize("name,content,bad", [
+    ("r.csv", "text,score\ngood,1.5\nbad,nan\n", "'nan'"),
+    ("r.tsv", "text\tscore\ngood\t1.5\nbad\tinf\n", "'inf'"),
+    ("r.csv", "text,score\ngood,1.5\nbad,-Infinity\n", "'-Infinity'"),
+    ("r.csv", "text,score\ngood,1.5\nbad,1e999\n", "'1e999'"),
+    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": NaN}\n', "nan"),
+    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": 1e999}\n', "inf"),
+    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": "nan"}\n', "'nan'"),
+])
+def test_non_finite_regression_labels_are_rejected(tmp_path, name, content, bad):
+    """A nan/inf label trains a NaN model: it is an error naming the file, line, field and value."""
+    schema = Schema(label_field="score", label_type="float")
+    with pytest.raises(EncoderforgeError) as e:
+        read_dataset(write(tmp_path / name, content), schema)
+    msg = str(e.value)
+    assert f"{name}:3: field 'score' is not a finite number ({bad}); fix or drop the row" in msg, msg
+    assert "\n" not in msg
+    with pytest.raises(EncoderforgeError, match=r"<memory>:2: field 'score' is not a finite number \(inf\)"):
+        from_records([("a", 1.0), ("b", float("inf"))], schema)
+
+
+@pytest.mark.parametrize("suffix,sep", [(".csv", ","), (".tsv", "\t")])
+def test_cells_over_128kb_read(tmp_path, license_texts, suffix, sep):
+    """Python's csv module stops at 128 KB per field by default; a long document is a normal input."""
+    text = license_texts[0].read_text(encoding="utf-8")
+    long_doc = (text * (300_000 // len(text) + 1))[:300_000]  # a real 300 KB license text
+    cell = '"' + long_doc.replace('"', '""') + '"'
+    f = write(tmp_path / f"long{suffix}", f"text{sep}label\n{cell}{sep}legal\nshort{sep}other\n")
+    ds = read_dataset(f, Schema())
+    assert [len(ex.texts[0]) for ex in ds.examples] == [300_000, 5]
+    assert ds.examples[0].texts[0] == long_doc
+    assert ds.examples[1].where.endswith(f"long{suffix}:{2 + long_doc.count(chr(10)) + 1}")

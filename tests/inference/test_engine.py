@@ -129,3 +129,33 @@ def test_engine_leaves_the_callers_encoder_and_tokenizer_alone(minilm_path, real
         assert eng.encoder.layers[0].attn.qkv.weight is enc.layers[0].attn.qkv.weight
     ref = Engine.from_pretrained(minilm_path, max_tokens=1024, max_length=32).embed(real_texts[:4])
     assert np.abs(eng.embed(real_texts[:4]) - ref).max() <= 1e-4
+
+
+def test_forward_batches_is_the_public_batched_forward(minilm_path, engine, real_texts):
+    """What task heads run on: every input once, padded states equal to the padded reference, in input order."""
+    ids = engine.tokenize(real_texts).ids
+    hidden, mask = _padded_reference(minilm_path, real_texts)
+    seen = []
+    for b in engine.forward_batches(ids):
+        assert b.hidden.shape[:2] == b.mask.shape and b.mask.sum(1).tolist() == [len(ids[i]) for i in b.index]
+        assert not b.hidden[~b.mask].any()  # zeros at padding
+        for row, i in enumerate(b.index):
+            n = len(ids[i])
+            assert (b.hidden[row, :n] - hidden[i, :n]).abs().max() <= 1e-4
+        seen.extend(b.index)
+    assert sorted(seen) == list(range(len(real_texts)))
+    assert list(engine.forward_batches([])) == []
+
+
+def test_nothing_outside_inference_calls_a_private_engine_method():
+    """Tasks and recipes go through Engine's public API (forward_batches, embed, tokenize, ...)."""
+    import re
+    from pathlib import Path
+
+    import encoderforge
+
+    root = Path(encoderforge.__file__).parent
+    private = re.compile(r"\bengine\._\w|\beng\._\w|\._forward\(")
+    offenders = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.parent.name != "inference"
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if private.search(line)]
+    assert offenders == []

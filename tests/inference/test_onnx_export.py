@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import onnx
@@ -105,6 +106,13 @@ def test_bad_output_paths(tiny, tmp_path):
     with pytest.raises(EncoderforgeError, match="pooling"):  # checked before any file is written
         export_onnx(tiny, tmp_path / "m.onnx", pooling="max")  # type: ignore[arg-type]
     assert _leftovers(tmp_path) == ["afile"]
+
+
+def test_missing_onnx_extra_is_one_clear_error(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what a core install without the 'onnx' extra sees
+    with pytest.raises(EncoderforgeError, match=r"onnx.*pip install 'encoderforge\[onnx\]'"):
+        export_onnx(tiny, tmp_path / "m.onnx")
+    assert _leftovers(tmp_path) == []
 
 
 # ---- real MiniLM: parity on real text ----------------------------------------------------------------

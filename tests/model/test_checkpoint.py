@@ -80,3 +80,88 @@ def test_corrupt_safetensors(minilm_path, tmp_path):
     (d / "model.safetensors").write_bytes((minilm_path / "model.safetensors").read_bytes()[:5000])
     with pytest.raises(EncoderforgeError, match=r"model.safetensors: corrupt or truncated safetensors"):
         load(d)
+
+
+def _hf_copy(minilm_path, d, **config):
+    """MiniLM's directory with an edited config.json (weights linked, not copied)."""
+    d.mkdir()
+    for p in minilm_path.iterdir():
+        if p.is_file() and p.name != "config.json":
+            (d / p.name).symlink_to(p)
+    cfg = json.loads((minilm_path / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **config}))
+    return d
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_config_that_disagrees_with_the_weights_names_the_tensor(minilm_path, tmp_path):
+    d = _hf_copy(minilm_path, tmp_path / "hf", hidden_size=768)
+    with pytest.raises(EncoderforgeError) as e:
+        load(d)
+    msg = _one_line(e)
+    assert (f"{d / 'model.safetensors'}: tensor 'embeddings.word_embeddings.weight' has shape (30522, 384) but "
+            f"{d / 'config.json'} expects (30522, 768)") in msg, msg
+    d = _hf_copy(minilm_path, tmp_path / "ffn", intermediate_size=1024)
+    with pytest.raises(EncoderforgeError, match=r"'encoder.layer.0.intermediate.dense.weight' has shape \(1536, 384\) "
+                                                r"but .*config.json expects \(1024, 384\)"):
+        load(d)
+    # our own format: config.json's model.hidden_size edited by hand
+    torch.manual_seed(0)
+    save(Encoder(preset("bert-tiny", vocab_size=300)), tmp_path / "ours")
+    cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
+    cfg["model"]["hidden_size"] = 64
+    (tmp_path / "ours" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EncoderforgeError) as e:
+        load(tmp_path / "ours")
+    assert "model.safetensors: tensor 'encoder.embeddings.tok.weight' has shape (300, 128) but" in _one_line(e)
+    assert "expects (300, 64)" in str(e.value)
+
+
+def test_missing_and_extra_tensors_are_named(minilm_path, tmp_path):
+    with pytest.raises(EncoderforgeError) as e:  # config says 4 layers, the file holds 6
+        load(_hf_copy(minilm_path, tmp_path / "fewer", num_hidden_layers=4))
+    msg = _one_line(e)
+    assert "32 extra tensors" in msg and "'encoder.layer.4.attention.output.LayerNorm.bias'" in msg, msg
+    with pytest.raises(EncoderforgeError) as e:  # config says 8 layers
+        load(_hf_copy(minilm_path, tmp_path / "more", num_hidden_layers=8))
+    msg = _one_line(e)
+    assert "missing 32 tensors" in msg and "'encoder.layer.6.attention.self.query.weight'" in msg, msg
+    torch.manual_seed(0)
+    save(Encoder(preset("bert-tiny", vocab_size=300)), tmp_path / "ours", extra={"mlm.bias": torch.zeros(300)})
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "ours" / "model.safetensors"))
+    state.pop("encoder.layers.1.mlp.fc2.bias")
+    state["encoder.layers.2.mlp.fc2.bias"] = torch.zeros(128)
+    save_file(state, str(tmp_path / "ours" / "model.safetensors"))
+    with pytest.raises(EncoderforgeError) as e:
+        load(tmp_path / "ours")
+    msg = _one_line(e)
+    assert "missing 1 tensors ['encoder.layers.1.mlp.fc2.bias']" in msg, msg
+    assert "1 extra tensors ['encoder.layers.2.mlp.fc2.bias']" in msg, msg
+
+
+def test_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path, small_tokenizer):
+    torch.manual_seed(0)
+    save(Encoder(preset("bert-tiny", vocab_size=300)), tmp_path / "small", tokenizer_dir=small_tokenizer.parent)
+    with pytest.raises(EncoderforgeError) as e:
+        load(tmp_path / "small")
+    msg = _one_line(e)
+    tok = tmp_path / "small" / "tokenizer.json"
+    assert f"{tok}: the tokenizer has 2000 tokens but the model only 300 embedding rows" in msg, msg
+    assert "encoderforge tokenizer extend" in msg and "the model's own tokenizer" in msg
+    # a tokenizer smaller than the table is legal (BERT checkpoints pad their vocabulary)
+    save(Encoder(preset("bert-tiny", vocab_size=2048)), tmp_path / "padded", tokenizer_dir=small_tokenizer.parent)
+    assert load(tmp_path / "padded").encoder.cfg.vocab_size == 2048
+
+
+def test_mlm_bias_must_match_the_vocabulary(tmp_path):
+    torch.manual_seed(0)
+    save(Encoder(preset("bert-tiny", vocab_size=300)), tmp_path / "ck", extra={"mlm.bias": torch.zeros(299)})
+    with pytest.raises(EncoderforgeError, match=r"'mlm.bias' has shape \(299,\) but .*config.json expects \(300,\)"):
+        load(tmp_path / "ck")

@@ -23,6 +23,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def ft_config():
+    """A fine-tuning config for a test run: task, start model, run directory, then dotted keys as the CLI sets them
+    (recipes.finetune_config.finetune_config)."""
+    from encoderforge.recipes.finetune_config import finetune_config
+
+    def make(task: str, model: Path, out: Path, values: dict | None = None):
+        return finetune_config(task, values={"model": str(model), "train.out_dir": str(out), **(values or {})})
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, minilm_path) -> Path:
     """bert-tiny (2 layers, hidden 128), random weights, MiniLM's uncased 30,522-token vocabulary."""

@@ -16,7 +16,7 @@ from encoderforge.data.readers import Schema, from_records
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.recipes.finetune import BestKeeper, FinetuneArgs, finetune
+from encoderforge.recipes.finetune import BestKeeper, finetune
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.classification import (
     ClassificationTask,
@@ -94,10 +94,12 @@ def test_cls_pooling_runs_the_last_layer_on_cls_only(minilm_path, bbc_rows):
     torch.testing.assert_close(logits, expect, atol=1e-5, rtol=1e-4)
 
 
-def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path):
+def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path, ft_config):
     train, dev, test = split(bbc_rows)
-    args = FinetuneArgs(max_length=64, epochs=8, batch_size=8, lr=2e-3, warmup_ratio=0.1, seed=0, evals_per_epoch=1)
-    r = finetune("classify", tiny_model, train, dev, test, out=tmp_path / "run", args=args)
+    cfg = ft_config("classify", tiny_model, tmp_path / "run", {
+        "finetune.max_length": 64, "finetune.epochs": 8, "train.batch_rows": 8, "train.lr": 2e-3,
+        "finetune.warmup_ratio": 0.1, "train.seed": 0, "finetune.evals_per_epoch": 1})
+    r = finetune(cfg, train=train, dev=dev, test=test)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m == json.loads(json.dumps(r.metrics))
     assert m["dev"]["accuracy"] >= 0.6 and m["test"]["accuracy"] >= 0.4, m  # chance is 0.2
@@ -116,20 +118,21 @@ def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path)
     assert acc == pytest.approx(m["test"]["accuracy"])
     assert all(abs(sum(p["scores"].values()) - 1) < 1e-3 for p in pred)
     with pytest.raises(EncoderforgeError, match="already holds a finished run"):
-        finetune("classify", tiny_model, train, dev, test, out=tmp_path / "run", args=args)
+        finetune(cfg, train=train, dev=dev, test=test)
 
 
-def test_freeze_reinit_and_unknown_dev_label(tiny_model, bbc_rows, tmp_path):
+def test_freeze_reinit_and_unknown_dev_label(tiny_model, bbc_rows, tmp_path, ft_config):
     train, dev, _ = split(bbc_rows)
-    args = FinetuneArgs(max_length=32, epochs=1, batch_size=16, freeze_layers=1, reinit_layers=1, lr=1e-3)
-    finetune("classify", tiny_model, train, dev, out=tmp_path / "run", args=args)
+    values = {"finetune.max_length": 32, "finetune.epochs": 1, "train.batch_rows": 16, "finetune.freeze_layers": 1,
+              "finetune.reinit_layers": 1, "train.lr": 1e-3}
+    finetune(ft_config("classify", tiny_model, tmp_path / "run", values), train=train, dev=dev)
     before, after = checkpoint.load(tiny_model).encoder.state_dict(), checkpoint.load(tmp_path / "run" / "model").encoder.state_dict()
     assert torch.equal(before["embeddings.tok.weight"], after["embeddings.tok.weight"])  # frozen
     assert torch.equal(before["layers.0.mlp.fc1.weight"], after["layers.0.mlp.fc1.weight"])  # frozen
     assert not torch.equal(before["layers.1.mlp.fc1.weight"], after["layers.1.mlp.fc1.weight"])  # trained
     bad = from_records([("some text", "weather")], Schema(), name="bad-dev")
     with pytest.raises(EncoderforgeError, match="bad-dev:1: label 'weather' does not occur in the training data"):
-        finetune("classify", tiny_model, train, bad, out=tmp_path / "bad", args=args)
+        finetune(ft_config("classify", tiny_model, tmp_path / "bad", values), train=train, dev=bad)
 
 
 def test_best_keeper_restores_best_and_stops_after_patience():

@@ -17,7 +17,8 @@ import torch
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.finetune import finetune
+from encoderforge.recipes.finetune_config import finetune_config
 
 
 def curve(run: Path) -> tuple[dict[int, float], dict[int, float]]:
@@ -43,8 +44,11 @@ def test_two_process_finetune_matches_single_process(minilm_path, bbc_rows, tmp_
         w.writerow(["text", "label"])
         w.writerows((text, topic) for topic, text in bbc_rows[80:])
     opts = dict(max_length=48, epochs=3, batch_size=16, lr=2e-3, seed=0, threads=1, dev_fraction=0.25)
-    single = finetune("classify", model, tmp_path / "train.csv", test=tmp_path / "test.csv", out=tmp_path / "single",
-                      args=FinetuneArgs(**opts)).metrics
+    keys = {"max_length": "finetune.max_length", "epochs": "finetune.epochs", "batch_size": "train.batch_rows",
+            "lr": "train.lr", "seed": "train.seed", "threads": "finetune.threads", "dev_fraction": "data.dev_fraction"}
+    single = finetune(finetune_config("classify", values={
+        "model": str(model), "data.train": str(tmp_path / "train.csv"), "data.test": str(tmp_path / "test.csv"),
+        "train.out_dir": str(tmp_path / "single"), **{keys[k]: v for k, v in opts.items()}})).metrics
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     flags = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.multilabel import multilabel_metrics, tune_thresholds
 
@@ -38,13 +38,14 @@ def test_thresholds_are_tuned_per_label():
     assert f1_score(y[:, 0], pred[:, 0]) == 1.0
 
 
-def test_finetune_on_license_rules(tiny_model, license_rule_rows, tmp_path):
+def test_finetune_on_license_rules(tiny_model, license_rule_rows, tmp_path, ft_config):
     rows = license_rule_rows
     assert sum(len(labels) > 1 for _, labels in rows) >= 15  # really multi-label
     schema = Schema(label_type="multilabel")
     train, dev = from_records(rows[::2], schema, name="rules-train"), from_records(rows[1::2], schema, name="rules-dev")
-    args = FinetuneArgs(max_length=64, epochs=6, batch_size=8, lr=2e-3)
-    r = finetune("multilabel", tiny_model, train, dev, dev, out=tmp_path / "run", schema=schema, args=args)
+    cfg = ft_config("multilabel", tiny_model, tmp_path / "run", {
+        "finetune.max_length": 64, "finetune.epochs": 6, "train.batch_rows": 8, "train.lr": 2e-3})
+    r = finetune(cfg, train=train, dev=dev, test=dev)
     m = r.metrics
     assert m["primary"] == "micro_f1" and {"micro_f1", "macro_f1", "exact_match", "per_label_f1"} <= set(m["dev"])
     # each label's threshold maximises that label's dev F1, so macro-F1 on dev can only improve over 0.5

@@ -12,7 +12,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
 from encoderforge.model import checkpoint
-from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.ner import (
     NERTask,
@@ -50,12 +50,13 @@ def test_entity_counts_match_seqeval(wnut_rows):
     assert tp / n_gold == pytest.approx(recall_score(gold, pred))
 
 
-def test_finetune_on_wnut_and_predict(tiny_model, wnut_rows, tmp_path):
+def test_finetune_on_wnut_and_predict(tiny_model, wnut_rows, tmp_path, ft_config):
     schema = Schema(label_type="tags")
     train = from_records(wnut_rows[:90], schema, name="wnut-train")
     dev = from_records(wnut_rows[90:], schema, name="wnut-dev")
-    args = FinetuneArgs(max_length=64, epochs=3, batch_size=16, lr=2e-3)
-    r = finetune("ner", tiny_model, train, dev, out=tmp_path / "run", schema=schema, args=args)
+    cfg = ft_config("ner", tiny_model, tmp_path / "run", {
+        "finetune.max_length": 64, "finetune.epochs": 3, "train.batch_rows": 16, "train.lr": 2e-3})
+    r = finetune(cfg, train=train, dev=dev)
     m = r.metrics
     assert m["primary"] == "f1" and "test" not in m  # no test split given: no test score
     assert m["dev"]["n"] == 30 and 0.0 <= m["dev"]["f1"] <= 1.0
@@ -80,8 +81,8 @@ def test_finetune_on_wnut_and_predict(tiny_model, wnut_rows, tmp_path):
             assert p["tags"][e["start"]] in (f"B-{e['type']}", f"I-{e['type']}")
 
 
-def test_non_bio_tags_are_rejected(tiny_model, tmp_path):
+def test_non_bio_tags_are_rejected(tiny_model, tmp_path, ft_config):
     schema = Schema(label_type="tags")
     bad = from_records([(["a", "b"], ["PER", "O"])] * 4, schema, name="bad")
     with pytest.raises(EncoderforgeError, match="tag 'PER' is not BIO"):
-        finetune("ner", tiny_model, bad, bad, out=tmp_path / "run", schema=schema, args=FinetuneArgs(epochs=1))
+        finetune(ft_config("ner", tiny_model, tmp_path / "run", {"finetune.epochs": 1}), train=bad, dev=bad)

@@ -12,7 +12,7 @@ from scipy.stats import pearsonr
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
-from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.pairs import pearson_from_sums
 
@@ -41,12 +41,14 @@ def overlap_pairs(bbc_rows, n):
     return rows
 
 
-def test_pair_regression_end_to_end(tiny_model, bbc_rows, tmp_path):
+def test_pair_regression_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
     rows = overlap_pairs(bbc_rows, 80)
     schema = Schema(text_fields=("a", "b"), label_type="float")
     train, dev = from_records(rows[:60], schema, name="pairs-train"), from_records(rows[60:], schema, name="pairs-dev")
-    r = finetune("regress", tiny_model, train, dev, dev, out=tmp_path / "run", schema=schema,
-                 args=FinetuneArgs(max_length=64, epochs=4, batch_size=8, lr=2e-3))
+    cfg = ft_config("regress", tiny_model, tmp_path / "run", {
+        "data.text_field": ["a", "b"], "finetune.max_length": 64, "finetune.epochs": 4, "train.batch_rows": 8,
+        "train.lr": 2e-3})
+    r = finetune(cfg, train=train, dev=dev, test=dev)
     m = r.metrics
     assert m["primary"] == "pearson" and {"pearson", "spearman", "mse"} <= set(m["test"])
     curve = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -62,15 +64,17 @@ def test_pair_regression_end_to_end(tiny_model, bbc_rows, tmp_path):
         p.predict(["no tab here"])
 
 
-def test_pair_classification_with_two_text_fields(tiny_model, bbc_rows, tmp_path):
+def test_pair_classification_with_two_text_fields(tiny_model, bbc_rows, tmp_path, ft_config):
     titles = [text.split("\n")[0] for _, text in bbc_rows]
     bodies = [" ".join(text.split("\n")[1:])[:300] for _, text in bbc_rows]
     rows = [((titles[i], bodies[i] if i % 2 else bodies[(i + 7) % len(bodies)]), "match" if i % 2 else "other")
             for i in range(len(titles))]
     schema = Schema(text_fields=("title", "body"))
     train, dev = from_records(rows[:70], schema, name="tb-train"), from_records(rows[70:], schema, name="tb-dev")
-    r = finetune("classify", tiny_model, train, dev, dev, out=tmp_path / "run", schema=schema,
-                 args=FinetuneArgs(max_length=64, epochs=2, batch_size=16, lr=2e-3))
+    cfg = ft_config("classify", tiny_model, tmp_path / "run", {
+        "data.text_field": ["title", "body"], "finetune.max_length": 64, "finetune.epochs": 2, "train.batch_rows": 16,
+        "train.lr": 2e-3})
+    r = finetune(cfg, train=train, dev=dev, test=dev)
     preds = Predictor.load(tmp_path / "run").predict([f"{ex.texts[0]}\t{ex.texts[1]}" for ex in dev.examples])
     acc = np.mean([p["label"] == ex.label for p, ex in zip(preds, dev.examples)])
     assert acc == pytest.approx(r.metrics["test"]["accuracy"])

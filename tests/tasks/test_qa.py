@@ -12,7 +12,7 @@ import pytest
 
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, read_dataset, read_qa
-from encoderforge.recipes.finetune import FinetuneArgs, finetune
+from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.qa import QATask, best_span, em_f1, encode_qa
 from encoderforge.tokenization import load_tokenizer
@@ -75,11 +75,13 @@ def test_read_qa_checks_offsets(tmp_path):
         read_qa(write_jsonl(tmp_path / "b.jsonl", [good, bad]))
 
 
-def test_finetune_qa_end_to_end(tiny_model, bbc_rows, tmp_path):
+def test_finetune_qa_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
     data = cloze(bbc_rows, 40)
     train, dev = write_jsonl(tmp_path / "train.jsonl", data[:30]), write_jsonl(tmp_path / "dev.jsonl", data[30:])
-    r = finetune("qa", tiny_model, train, dev, dev, out=tmp_path / "run", schema=Schema(label_type="span"),
-                 args=FinetuneArgs(max_length=96, stride=32, epochs=2, batch_size=8, lr=2e-3))
+    cfg = ft_config("qa", tiny_model, tmp_path / "run", {
+        "data.train": str(train), "data.dev": str(dev), "data.test": str(dev), "finetune.max_length": 96,
+        "finetune.stride": 32, "finetune.epochs": 2, "train.batch_rows": 8, "train.lr": 2e-3})
+    r = finetune(cfg)
     m = r.metrics
     assert m["primary"] == "f1" and m["test"]["n"] == 10 and m["test"]["windows"] > 10
     curve = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

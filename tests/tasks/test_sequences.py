@@ -1,12 +1,15 @@
-"""Windows, chunk pooling and resume-exact epochs shared by the fine-tuning tasks."""
+"""Windows, the truncation helper, chunk pooling and resume-exact epochs shared by the fine-tuning tasks."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
-from encoderforge.tasks.sequences import encode_texts, epoch_steps, pool_chunks
+from encoderforge import EncoderforgeError
+from encoderforge.tasks.pooled import pool_chunks
+from encoderforge.tasks.sequences import encode_texts, epoch_steps, split_pairs, truncation
 from encoderforge.tokenization import load_tokenizer
 
 
@@ -28,6 +31,34 @@ def test_long_text_becomes_overlapping_windows(minilm_path, bbc_rows):
     head = encode_texts(tok, [(text,)], 32, max_chunks=2, stride=10)
     assert len(head.ids) == 2 and head.truncated == 1
     assert tok.truncation is None  # the tokenizer is left as it was
+
+
+def test_truncation_helper_restores_what_was_set(minilm_path):
+    """Tasks encode with the Engine's tokenizer, which truncates: inside the block the task's setting holds, after
+    it the Engine's is back (also when encoding fails)."""
+    tok = load_tokenizer(minilm_path)
+    tok.enable_truncation(16, stride=2)
+    before = dict(tok.truncation)
+    long = "the licensee shall " * 40
+    with truncation(tok):
+        assert len(tok.encode(long).ids) > 16
+    with truncation(tok, 8, strategy="only_second"):
+        assert tok.truncation["max_length"] == 8 and tok.truncation["strategy"] == "only_second"
+    assert tok.truncation == before
+    with pytest.raises(RuntimeError), truncation(tok):
+        raise RuntimeError("encoding failed")
+    assert tok.truncation == before and len(tok.encode(long).ids) == 16
+    plain = load_tokenizer(minilm_path)
+    with truncation(plain, 8):
+        pass
+    assert plain.truncation is None
+
+
+def test_split_pairs_names_the_bad_line():
+    assert split_pairs(["a", "b"], 1) == [("a",), ("b",)]
+    assert split_pairs(["q\tc"], 2) == [("q", "c")]
+    with pytest.raises(EncoderforgeError, match="line 2: this model reads sentence pairs"):
+        split_pairs(["q\tc", "no tab here"], 2)
 
 
 def test_pool_chunks_mean_and_max():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from encoderforge import EncoderforgeError
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.encoder import Encoder
@@ -40,14 +41,26 @@ def test_adapters_start_as_noop_and_merge_exactly():
     assert set(enc.state_dict()) == set(tiny().state_dict())  # a plain encoder again
 
 
+@pytest.mark.parametrize("targets", [("attn.qkv", "mlp"), ("attn.qkv", "mlp.nope"), ("nope.fc1",)])
+def test_a_bad_target_is_a_clear_error_and_changes_nothing(targets):
+    enc = tiny()
+    with pytest.raises(EncoderforgeError, match=f"LoRA target '{targets[-1]}' is not a linear layer"):
+        apply_lora(enc, rank=4, targets=targets)
+    assert not any(isinstance(m, LoRALinear) for m in enc.modules())  # checked before the first wrap
+    assert all(p.requires_grad for p in enc.parameters())
+
+
 def test_lora_finetune_saves_a_plain_checkpoint(tiny_model, bbc_rows, tmp_path):
     from encoderforge.data.readers import Schema, from_records
-    from encoderforge.recipes.finetune import FinetuneArgs, finetune
+    from encoderforge.recipes.finetune import finetune
+    from encoderforge.recipes.finetune_config import finetune_config
 
     recs = [(text, topic) for topic, text in bbc_rows]
     train, dev = from_records(recs[::2], Schema(), name="t"), from_records(recs[1::2], Schema(), name="d")
-    r = finetune("classify", tiny_model, train, dev, out=tmp_path / "run",
-                 args=FinetuneArgs(max_length=32, epochs=1, batch_size=8, lr=5e-3, lora_rank=4))
+    cfg = finetune_config("classify", values={
+        "model": str(tiny_model), "train.out_dir": str(tmp_path / "run"), "finetune.max_length": 32,
+        "finetune.epochs": 1, "train.batch_rows": 8, "train.lr": 5e-3, "finetune.lora_rank": 4})
+    r = finetune(cfg, train=train, dev=dev)
     full = sum(p.numel() for p in checkpoint.load(tiny_model).encoder.parameters())
     assert r.metrics["trainable_params"] < 0.05 * full  # adapters + head only
     base, tuned = checkpoint.load(tiny_model).encoder.state_dict(), checkpoint.load(tmp_path / "run" / "model").encoder.state_dict()

@@ -91,3 +91,32 @@ def test_continued_pretraining_from_minilm_gets_fresh_head(minilm_path):
     assert logits.shape == (1, 30522)
     with pytest.raises(EncoderforgeError, match="no MLM head in this checkpoint"):  # evaluation needs a trained head
         MaskedLM.from_checkpoint(minilm_path, require_head=True)
+
+
+def test_objectives_are_registered_and_selected_by_config(legal_shards, small_tokenizer, tmp_path):
+    """MLM, ELECTRA and anchored MLM come from one registry (tasks/objectives.py), not a branch per name."""
+    from encoderforge.recipes.pretrain import build_model, load_config, select_objective
+    from encoderforge.tasks.anchor import AnchoredMLMTask
+    from encoderforge.tasks.electra import Electra, ElectraTask
+    from encoderforge.tasks.objectives import OBJECTIVES
+
+    assert set(OBJECTIVES) == {"mlm", "electra", "anchored_mlm"}
+    base = [f"model.tokenizer={small_tokenizer}", "data.max_len=64"]
+    mlm_cfg = load_config(None, base)
+    electra_cfg = load_config(None, [*base, "objective=electra", "electra.disc_weight=7", "electra.generator_width=0.5"])
+    anchored_cfg = load_config(None, [*base, f"model.init_from={tmp_path}", "model.anchor_weight=2"])
+    for cfg, name in ((mlm_cfg, "mlm"), (electra_cfg, "electra"), (anchored_cfg, "anchored_mlm")):
+        assert select_objective(cfg)[0] is OBJECTIVES[name]
+    assert isinstance(build_model(mlm_cfg, 2000), MaskedLM)
+    electra = build_model(electra_cfg, 2000)
+    assert isinstance(electra, Electra) and electra.generator.cfg.hidden_size == 64
+    task = _task(legal_shards, small_tokenizer)
+    obj, args = select_objective(electra_cfg)
+    made = obj.task(task, electra, args, lambda enc: enc)
+    assert isinstance(made, ElectraTask) and made.disc_weight == 7.0 and made.data is task
+    model = MaskedLM(Encoder(preset("bert-tiny", vocab_size=2000)))
+    obj, args = select_objective(anchored_cfg)
+    started = []
+    anchored = obj.task(task, model, args, lambda enc: started.append(enc) or enc)
+    assert isinstance(anchored, AnchoredMLMTask) and anchored.weight == 2.0 and started == [model.encoder]
+    assert OBJECTIVES["mlm"].task(task, model, args, lambda enc: enc) is task  # plain MLM is the data's own task

@@ -1,0 +1,182 @@
+"""The fine-tuning recipe's typed config: files, fine-tuning knobs and the loop's TrainArgs, one name per concept.
+
+    task: classify                 # classify | multilabel | ner | regress | qa
+    model: minilm-l6               # checkpoint directory (ours or HF BERT) or zoo name
+    data: {train: train.csv, dev: dev.csv, test: test.csv, text_field: [text], label_field: label}
+    finetune: {epochs: 3, max_length: 128, pooling: mean, patience: 0}
+    train: {batch_rows: 32, lr: 5e-5, seed: 0, out_dir: runs/clf, save_every: 100}
+
+`train` is the loop's own TrainArgs (the same section pretraining uses); fine-tuning derives its `steps`,
+`warmup_steps`, `eval_every` and `log_every` from `finetune.epochs`, `warmup_ratio` and `evals_per_epoch`, so
+setting those four in a fine-tuning config is an error that says which field to set instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from encoderforge import EncoderforgeError
+from encoderforge.config import load_config, merge, read_yaml
+from encoderforge.training.args import TrainArgs
+
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa"]
+DERIVED = {"steps": "finetune.epochs", "warmup_steps": "finetune.warmup_ratio",
+           "eval_every": "finetune.evals_per_epoch", "log_every": "finetune.evals_per_epoch"}
+# BERT's fine-tuning AdamW (Devlin et al. 2019) where the loop's defaults are RoBERTa pretraining's
+TRAIN_DEFAULTS: dict[str, Any] = {"batch_rows": 32, "lr": 5e-5, "beta2": 0.999, "eps": 1e-8, "warmup_steps": 0,
+                                  "save_every": 100, "keep_checkpoints": 1, "out_dir": ""}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qa": {"finetune": {"max_length": 256}, "data": {"text_field": ["question", "context"], "label_field": "answers"}}}
+LABEL_TYPES = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float", "qa": "span"}
+
+
+@dataclass
+class FinetuneData:
+    """The labelled files and how to read them.
+
+    Args:
+        train: training file: .csv, .tsv, .jsonl, .tab (Orange) or CoNLL.
+        dev: dev file (best checkpoint, early stopping); default: a held-out share of train.
+        test: test file, scored once with the best checkpoint.
+        text_field: text column(s); two for sentence pairs (QA reads question and context).
+        label_field: column/field with the label.
+        labels: allowed labels (unknown ones are errors); default: the labels seen in train.
+        label_sep: separator of multi-label cells in CSV/TSV/.tab files.
+        dev_fraction: held-out share of train when no dev file is given.
+    """
+
+    train: str = ""
+    dev: str | None = None
+    test: str | None = None
+    text_field: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    labels: list[str] | None = None
+    label_sep: str = "|"
+    dev_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dev_fraction < 1:
+            raise EncoderforgeError(f"--dev-fraction (data.dev_fraction) must be in (0, 1), got {self.dev_fraction}")
+        if not self.text_field:
+            raise EncoderforgeError("--text-field (data.text_field) needs at least one column name")
+
+
+@dataclass
+class FinetuneArgs:
+    """What fine-tuning adds to the loop's TrainArgs.
+
+    Args:
+        max_length: tokens per window including [CLS]/[SEP].
+        epochs: passes over the training set (fractions allowed).
+        warmup_ratio: share of the steps spent warming the LR up linearly (then linear decay to 0).
+        lr_decay: layer-wise LR decay factor per layer below the head (1 = off; 0.8-0.95 typical).
+        freeze_layers: freeze the embeddings and this many lowest layers (0 = none).
+        reinit_layers: re-initialise this many top layers before training.
+        lora_rank: train LoRA adapters of this rank on the frozen encoder, merged before saving (0 = off).
+        lora_alpha: LoRA scale numerator (the update is scaled by alpha / rank).
+        patience: stop after this many evaluations without dev improvement (0 = never stop early).
+        evals_per_epoch: dev evaluations per epoch (the best one is kept).
+        pooling: how a window becomes a vector: mean (sentence-transformers models) or cls.
+        max_chunks: windows per long document (1 = plain truncation).
+        stride: overlap of consecutive windows in tokens (QA: the doc stride).
+        chunk_pooling: pool the windows' logits by mean or max.
+        class_weight: none or balanced (inverse class frequency) loss weights, single-label classification.
+        threads: torch intra-op threads (0 = torch's default).
+    """
+
+    max_length: int = 128
+    epochs: float = 3.0
+    warmup_ratio: float = 0.1
+    lr_decay: float = 1.0
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    patience: int = 0
+    evals_per_epoch: int = 1
+    pooling: Literal["mean", "cls"] = "mean"
+    max_chunks: int = 1
+    stride: int = 64
+    chunk_pooling: Literal["mean", "max"] = "mean"
+    class_weight: Literal["none", "balanced"] = "none"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "max_chunks", "evals_per_epoch"):
+            if getattr(self, name) < 1:
+                raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("freeze_layers", "reinit_layers", "lora_rank", "patience", "stride", "threads"):
+            if getattr(self, name) < 0:
+                raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise EncoderforgeError(f"--epochs must be positive, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise EncoderforgeError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 < self.lr_decay <= 1:
+            raise EncoderforgeError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.lora_alpha <= 0:
+            raise EncoderforgeError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run: the task, the start model, the files, the fine-tuning knobs and the loop's TrainArgs.
+
+    Args:
+        task: classify | multilabel | ner | regress | qa.
+        model: checkpoint directory (encoderforge or HF BERT) or zoo name.
+    """
+
+    task: TaskKind = "classify"
+    model: str = "minilm-l6"
+    data: FinetuneData = field(default_factory=FinetuneData)
+    finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(**TRAIN_DEFAULTS))
+
+    def __post_init__(self) -> None:
+        if self.train.micro_rows and self.train.batch_rows % self.train.micro_rows:
+            raise EncoderforgeError(f"--batch-size={self.train.batch_rows} must be a multiple of "
+                                    f"--micro-batch={self.train.micro_rows}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir)
+
+
+def finetune_config(task: str, path: str | Path | None = None, overrides: list[str] | None = None, *,
+                    values: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Resolve a fine-tuning config: TrainArgs' fine-tuning defaults < the task's defaults < the YAML file <
+    `values` (dotted keys, e.g. from CLI flags) < `--set` overrides.
+
+    Args:
+        task: the task kind (a file's own `task:` must agree).
+        path: a YAML file such as configs/finetune-classify.yaml (None = defaults).
+        overrides: ["train.lr=1e-4", ...].
+        values: {"train.lr": 1e-4, "data.train": "train.csv"}; None values are skipped.
+    Returns:
+        the validated config.
+    """
+    if task not in LABEL_TYPES:
+        raise EncoderforgeError(f"unknown task {task!r}; use one of {sorted(LABEL_TYPES)}")
+    raw: dict[str, Any] = merge({"task": task, "train": dict(TRAIN_DEFAULTS)}, TASK_DEFAULTS.get(task, {}))
+    if path is not None:
+        own = read_yaml(path)
+        if own.get("task", task) != task:
+            raise EncoderforgeError(f"{path}: task is {own['task']!r} but the command is `finetune {task}`; "
+                                    f"use `encoderforge finetune {own['task']} --config {path}`")
+        bad = sorted(set(own.get("train") or {}) & set(DERIVED))
+        if bad:
+            raise EncoderforgeError(f"{path}: train.{bad[0]} is derived in fine-tuning; set {DERIVED[bad[0]]} instead")
+        raw = merge(raw, own)
+    for key, value in (values or {}).items():
+        if value is not None:
+            section, _, leaf = key.rpartition(".")
+            node = raw.setdefault(section, {}) if section else raw
+            node[leaf] = value
+    for item in overrides or []:
+        key = item.partition("=")[0]
+        if key.startswith("train.") and key[6:] in DERIVED:
+            raise EncoderforgeError(f"--set {item!r}: {key} is derived in fine-tuning; set {DERIVED[key[6:]]} instead")
+    return load_config(None, overrides, FinetuneConfig, base=raw, where=str(path) if path is not None else None)
