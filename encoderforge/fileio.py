@@ -142,7 +142,8 @@ def prepare_run_dir(run: str | Path, kind: str, config: dict, *, inputs: Iterabl
     - missing or empty: "new";
     - our marker, same kind, unfinished: "resume" if the config is the same (keys in `safe_changes` may differ),
       else an error listing the changed keys;
-    - our marker, same kind, finished: "overwrite" with `overwrite`, "done" with the same config, else an error;
+    - our marker, same kind, finished: "overwrite" with `overwrite`, "done" with the same config, "resume" when
+      only `safe_changes` keys differ, else an error;
     - anything else (a file, a directory of other files, another kind of run): an error, even with `overwrite`,
       which deletes only directories that carry our marker.
     """
@@ -156,12 +157,15 @@ def prepare_run_dir(run: str | Path, kind: str, config: dict, *, inputs: Iterabl
                                 "deletes it — choose another --out")
     if marker.get("kind") != kind:
         raise EncoderforgeError(f"{run}: holds a {marker.get('kind')} run, not a {kind} run; choose another --out")
-    changed = [k for k in changed_keys(marker.get("config"), config) if k not in set(safe_changes)]
+    every = changed_keys(marker.get("config"), config)
+    changed = [k for k in every if k not in set(safe_changes)]
     if marker.get("status") == "finished":
         if overwrite:
             return "overwrite"
-        if not changed:
+        if not every:
             return "done"
+        if not changed:
+            return "resume"  # only safe keys changed (e.g. more steps): continue from the last checkpoint
         raise EncoderforgeError(f"{run}: already holds a finished run (changed: {', '.join(changed[:6])}); pass "
                                 "--overwrite to replace it or choose another --out")
     if overwrite:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir
@@ -76,13 +77,15 @@ def check_tokenizer_fits(model_dir: str | Path, rows: int) -> None:
     """Refuse a model directory whose tokenizer makes ids past the embedding table (an index error mid-training,
     a device-side assert on GPU). A tokenizer *smaller* than the table is legal: BERT checkpoints often pad their
     vocabulary (e.g. to a multiple of 8) and those rows are simply never looked up."""
-    from encoderforge.tokenization.load import load_tokenizer
-
     model_dir = Path(model_dir)
     file = next((model_dir / n for n in ("tokenizer.json", "vocab.txt") if (model_dir / n).exists()), None)
     if file is None:
         return
-    size = load_tokenizer(file).get_vocab_size(with_added_tokens=True)
+    try:  # read the size directly: model/ sits below tokenization/ in the layers
+        size = (Tokenizer.from_file(str(file)).get_vocab_size(with_added_tokens=True) if file.suffix == ".json"
+                else sum(1 for line in file.read_text(encoding="utf-8").splitlines() if line.strip()))
+    except Exception as e:  # tokenizers raises its own exception type for a corrupt file
+        raise EncoderforgeError(f"{file}: unreadable tokenizer ({str(e).splitlines()[0][:200]}); restore the file") from None
     if size > rows:
         raise EncoderforgeError(f"{file}: the tokenizer has {size} tokens but the model only {rows} embedding rows; "
                                 f"extend the model with `encoderforge tokenizer extend --model {model_dir} ...` so "

@@ -17,8 +17,8 @@ Pooling = Literal["cls", "mean"]
 
 
 def head_linear(in_features: int, out_features: int) -> nn.Linear:
-    """A task head's output layer with BERT's initialisation, N(0, 0.02) weights and zero bias (the default
-    uniform init is scaled for hidden layers, not for logits that start training near zero)."""
+    """A task head's output layer with BERT's initialisation (google-research/bert `initializer_range`): N(0, 0.02)
+    weights and zero bias, so a fresh head's logits start near zero. Written once here instead of in every task."""
     out = nn.Linear(in_features, out_features)
     nn.init.normal_(out.weight, std=0.02)
     nn.init.zeros_(out.bias)

@@ -4,6 +4,8 @@ config -> data -> model -> task -> loop."""
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +19,7 @@ from encoderforge.config import load_config as _load
 from encoderforge.config import to_dict
 from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
-from encoderforge.fileio import atomic_file
+from encoderforge.fileio import atomic_file, prepare_run_dir, write_marker
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
 from encoderforge.model.encoder import Encoder
@@ -132,6 +134,11 @@ class PretrainConfig:
 
 
 
+# keys a rerun may change and still continue the run: more steps, logging, checkpoint cadence, the bar
+SAFE = ("train.steps", "train.log_every", "train.eval_every", "train.save_every", "train.keep_checkpoints",
+        "train.progress", "train.trim_heap_every")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
     """A pretraining config from YAML (None = defaults) with `key.sub=value` overrides."""
     return _load(path, overrides, PretrainConfig)
@@ -197,6 +204,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         eval_docs = load_documents(cfg.data.shards, "eval", tokenizer=tok)
     except EncoderforgeError:
         eval_docs = None  # prepared with --eval-fraction 0: no held-out evaluation
+    run = Path(cfg.train.out_dir)
+    record = to_dict(cfg)
+    action = prepare_run_dir(run, "pretrain", record, inputs=[cfg.data.shards, tok_src], safe_changes=SAFE)
+    if action == "done" and (run / "metrics.json").is_file():
+        print(f"{run}: already finished with this config; nothing to do (more train.steps continues it)", file=sys.stderr)
+        return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     dist = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)  # same initialisation on every rank
@@ -209,14 +222,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # every objective reads MLM's rows and masks (ELECTRA's generator then replaces the masked tokens)
         obj, args = select_objective(cfg)
         task: Task = obj.task(mlm, model, args, lambda enc: _frozen_start(enc, dist.device))
-        run = Path(cfg.train.out_dir)
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)
+            write_marker(run, "pretrain", "running", record)
             with atomic_file(run / "config.yaml") as f:
-                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+                yaml.safe_dump(record, f, sort_keys=False)
         final = train(model, task, cfg.train, dist, tokenizer_dir=tok_dir)
         if dist.main:
             checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=_heads(model))
+            write_marker(run, "pretrain", "finished", record)
         return final
     finally:
         teardown(dist)

@@ -1,42 +1,9 @@
 """Tasks: WHAT to learn. A task supplies batches and a loss; the one training loop (training/loop.py) does the rest.
 
-A task is any object with these methods (a Protocol, not a base class): adding one is a file here, its test,
-and one CLI line.
+A task is any object with the methods of `Task` (a Protocol in training/task.py, not a base class): adding one is a
+file here, its test, and one CLI line.
 """
 
-from __future__ import annotations
+from encoderforge.training.task import LossSum, Task
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
-
-import torch
-from torch import nn
-
-
-@dataclass
-class LossSum:
-    """A loss *summed* over `count` units (masked tokens, examples), so the loop can normalise by the count over
-    all micro-batches and processes: gradient accumulation and DDP then give exactly the single-batch gradient."""
-
-    total: torch.Tensor  # () scalar, summed over units
-    count: int  # units in the sum
-    tokens: int = 0  # input tokens processed (for tokens/s)
-    stats: dict[str, float] = field(default_factory=dict)  # other sums over the same units, e.g. {"correct": 93}
-
-
-class Task(Protocol):
-    def train_batches(self, start_step: int) -> Iterator[list[Any]]:
-        """From optimizer step `start_step` on: for each step, this process's micro-batches (resume-exact)."""
-        ...
-
-    def eval_batches(self) -> Iterable[Any]:
-        """This process's share of the fixed held-out batches."""
-        ...
-
-    def loss(self, model: nn.Module, batch: Any) -> LossSum:
-        """Run `model` (possibly DDP-wrapped: call it, not its submodules) on a batch on the model's device."""
-        ...
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """Turn summed eval stats ({"loss", "count", *stats}) into named metrics."""
-        ...
+__all__ = ["LossSum", "Task"]

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from encoderforge.fileio import atomic_file
-from encoderforge.tasks import Task
+from encoderforge.training.task import Task
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import (
     Dist,
