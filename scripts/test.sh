@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: set up the environment, then run the whole suite (slow tests included).
+# The test command: set up the environment, lint, then run the whole suite (slow tests included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+ruff check encoderforge tests benchmarks  # lint + import order (pyproject.toml [tool.ruff])
 python -m pytest -q "$@"

@@ -8,8 +8,9 @@ import re
 import shlex
 from pathlib import Path
 
-from encoderforge.cli.app import app
 from typer.testing import CliRunner
+
+from encoderforge.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

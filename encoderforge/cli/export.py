@@ -34,9 +34,8 @@ def onnx(
     opset: int = typer.Option(17, help="ONNX opset version."),
 ) -> None:
     """Export to ONNX with dynamic batch and sequence axes, then check ONNX Runtime against torch."""
-    from encoderforge.inference.onnx_export import export_checkpoint
-
     from encoderforge import EncoderforgeError
+    from encoderforge.inference.onnx_export import export_checkpoint
 
     with fail_on_error():
         if not 14 <= opset <= 20:  # torch.onnx's TorchScript exporter: 14 is the first with the ops our attention uses

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.readers import Dataset, Schema, read_dataset, split_dev
 from encoderforge.config import to_dict
+from encoderforge.data.readers import Dataset, Schema, read_dataset, split_dev
 from encoderforge.fileio import atomic_file, clear_run_dir, file_digest, prepare_run_dir, write_marker
 from encoderforge.model import checkpoint
 from encoderforge.model.zoo import resolve_model

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from encoderforge.fileio import atomic_file
-from encoderforge.training.task import Task
 from encoderforge.training.args import TrainArgs
 from encoderforge.training.distributed import (
     Dist,
@@ -37,6 +36,7 @@ from encoderforge.training.state import (
     load_checkpoint,
     save_checkpoint,
 )
+from encoderforge.training.task import Task
 
 
 def build_optimizer(model: nn.Module, args: TrainArgs, groups: list[dict[str, Any]] | None = None) -> torch.optim.AdamW:

@@ -28,6 +28,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir
 from encoderforge.model.checkpoint import FORMAT, copy_tokenizer_files
 
+
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """{"weights": {name: tensor}, "meta": JSON-able values}."""

@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from encoderforge.cli.app import app
 from typer.testing import CliRunner
+
+from encoderforge.cli.app import app
 
 runner = CliRunner()
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from encoderforge.cli.tokenizer import app
 from typer.testing import CliRunner
 
+from encoderforge.cli.tokenizer import app
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder

@@ -8,10 +8,10 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from encoderforge.cli.export import app
 from typer.testing import CliRunner
 
 from encoderforge import EncoderforgeError
+from encoderforge.cli.export import app
 from encoderforge.compression.quantize import int8_fidelity
 from encoderforge.inference.onnx_export import (
     encode_padded,

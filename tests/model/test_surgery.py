@@ -21,7 +21,7 @@ from encoderforge.model.surgery import (
     replace_modules,
 )
 
-C, H, I = 32, 4, 64  # hidden size, heads, FFN width of the tiny test encoder
+C, H, I = 32, 4, 64  # noqa: E741 - hidden size, heads, FFN width of the tiny test encoder
 
 
 def tiny(**kw) -> Encoder:

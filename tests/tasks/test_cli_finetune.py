@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import json
 
-from encoderforge.cli.finetune import app
 from typer.testing import CliRunner
+
+from encoderforge.cli.finetune import app
 
 runner = CliRunner()
 

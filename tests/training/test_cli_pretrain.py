@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from encoderforge.cli.pretrain import app, data_app
 from typer.testing import CliRunner
+
+from encoderforge.cli.pretrain import app, data_app
 
 runner = CliRunner()
 TINY = str(Path(__file__).parents[2] / "configs" / "pretrain-tiny.yaml")

@@ -38,6 +38,6 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
     for s in single:
         assert ddp[s] == pytest.approx(single[s], rel=1e-4, abs=1e-4), s
     assert single[6] < single[1]
-    ev = lambda run: [l for l in (run / "metrics.jsonl").read_text().splitlines() if "eval_mlm_loss" in l]  # noqa: E731
+    ev = lambda run: [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if "eval_mlm_loss" in ln]  # noqa: E731
     for a, b in zip(ev(tmp_path / "single"), ev(tmp_path / "ddp")):
         assert json.loads(a)["eval_mlm_loss"] == pytest.approx(json.loads(b)["eval_mlm_loss"], rel=1e-4)
