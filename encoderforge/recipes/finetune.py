@@ -118,10 +118,11 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
     if cfg.finetune.max_length > loaded.encoder.cfg.max_position:
         raise EncoderforgeError(f"--max-length={cfg.finetune.max_length} exceeds the model's max_position="
                                 f"{loaded.encoder.cfg.max_position}")
-    if action == "overwrite":  # only now: every input has been read and validated
-        clear_run_dir(run)
     dist = setup(cfg.train.device)
     try:
+        if action == "overwrite" and dist.main:  # only now: every input has been read and validated; one rank deletes
+            clear_run_dir(run)
+        barrier(dist)
         torch.manual_seed(cfg.train.seed)
         net = spec.build_model(loaded.encoder, labels, cfg)
         freeze_lower(net.encoder, cfg.finetune.freeze_layers)
