@@ -54,7 +54,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         origin = typing.get_origin(hint)
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
-            raise EncoderforgeError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
+            choices = [repr(a) for a in typing.get_args(hint)]
+            raise EncoderforgeError(f"{where}={value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
         return value
     if origin is list:
         if isinstance(value, str):  # `--set data.labels=a,b` or a single YAML string

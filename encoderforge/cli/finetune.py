@@ -96,7 +96,9 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `enco
     with fail_on_error():
         if max_tokens < 1:
             raise EncoderforgeError(f"--max-tokens must be >= 1, got {max_tokens}")
-        check_output(out, [input, run])  # before any compute: never replace the input or write into the run
+        if (run / "task.json").is_file():  # (a directory that is not a run gets its own error from the recipe)
+            check_output(out, [input, run])  # before any compute: never replace the input or write into the run
+        check_output(out, [input])
         n = predict_file(run, input, out, max_tokens=max_tokens)
     typer.echo(f"wrote {n} predictions to {out}")
 

@@ -55,7 +55,7 @@ def leaderboard(paths: Sequence[str | Path], out: str | Path | None = None) -> L
         cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
         kind = meta.get("kind", "?")
         row: dict[str, Any] = {"run": run.name, "path": str(run), "kind": kind, "model": m.get("model", ""),
-                               "train": "/".join(Path(cfg.get("train") or "").parts[-2:]), "primary": m.get("primary")}
+                               "train": "/".join(Path((cfg.get("train_files") or {}).get("train") or "").parts[-2:]), "primary": m.get("primary")}
         for split in ("dev", "test"):
             for k in COLUMNS.get(kind, ()):
                 v = m.get(split, {}).get(k)

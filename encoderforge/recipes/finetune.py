@@ -93,7 +93,7 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
     model_dir = resolve_model(cfg.model)
     files = [d.train, d.dev, d.test]
     record = {**to_dict(cfg), "inputs": {"files": {f: file_digest(f) for f in files if f},
-                                         "in_memory": [ds.path for ds in (train, dev, test) if ds is not None]}}
+                                         "in_memory": [str(ds.path) for ds in (train, dev, test) if ds is not None]}}
     if any(ds is not None for ds in (train, dev, test)):
         record["inputs"]["unverifiable"] = True  # in-memory data: a finished run can never be proven identical
     action = prepare_run_dir(run, "finetune", record, inputs=[*files, model_dir], overwrite=overwrite, safe_changes=SAFE)
