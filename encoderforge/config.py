@@ -7,6 +7,7 @@ value of the wrong type is an error naming the dotted key and the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -106,9 +107,9 @@ def set_key(raw: dict[str, Any], key: str, value: Any, *, where: str) -> None:
 
 def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """`top` over `base`, section by section (a new dict; neither input changes)."""
-    out = dict(base)
+    out = copy.deepcopy(base)
     for k, v in top.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k] if isinstance(out.get(k), dict) else {}, v) if isinstance(v, dict) else copy.deepcopy(v)
     return out
 
 
