@@ -55,17 +55,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def run_ours(a: argparse.Namespace) -> dict:
-    from encoderforge.data.readers import Schema
-    from encoderforge.recipes.finetune import FinetuneArgs, finetune
+    from encoderforge.recipes.finetune import finetune
+    from encoderforge.recipes.finetune_config import finetune_config
 
     d = Path(a.data)
-    schema = Schema(labels=tuple(json.loads((d / "labels.json").read_text())))
-    args = FinetuneArgs(max_length=a.max_length, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                        warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed, threads=a.threads,
-                        device="cpu", precision="fp32", pooling=a.pooling)
+    cfg = finetune_config("classify", values={
+        "model": a.model, "data.train": str(d / "train.jsonl"), "data.dev": str(d / "dev.jsonl"),
+        "data.test": str(d / "test.jsonl"), "data.labels": json.loads((d / "labels.json").read_text()),
+        "finetune.max_length": a.max_length, "finetune.epochs": a.epochs, "finetune.warmup_ratio": a.warmup_ratio,
+        "finetune.threads": a.threads, "finetune.pooling": a.pooling, "train.batch_rows": a.batch_size, "train.lr": a.lr,
+        "train.weight_decay": a.weight_decay, "train.seed": a.seed, "train.device": "cpu", "train.precision": "fp32",
+        "train.save_every": 0,  # as the measured runs: no mid-run resume checkpoints inside the timed epochs
+        "train.progress": False, "train.out_dir": str(Path(a.out) / "ours-run")})
     t0 = time.perf_counter()
-    r = finetune("classify", a.model, d / "train.jsonl", d / "dev.jsonl", d / "test.jsonl", out=Path(a.out) / "ours-run",
-                 schema=schema, args=args, overwrite=True)
+    r = finetune(cfg, overwrite=True)
     m = r.metrics
     return {"test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"], "train_s": m["train_s"],
             "s_per_epoch": m["train_s"] / a.epochs, "total_s": time.perf_counter() - t0}

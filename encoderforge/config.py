@@ -28,14 +28,14 @@ def from_dict(cls: type[T], raw: dict[str, Any], *, where: str) -> T:
     if not isinstance(raw, dict):
         raise EncoderforgeError(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is always a dataclass here
     unknown = sorted(set(raw) - known)
     if unknown:
         raise EncoderforgeError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
     kw = {}
     for name, value in raw.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kw[name] = from_dict(hint, value or {}, where=f"{where}.{name}")
         else:
             kw[name] = _coerce(value, hint, f"{where}.{name}")

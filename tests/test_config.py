@@ -77,3 +77,11 @@ def test_generated_flags_are_unique_and_documented():
     assert all(f.help for f in flags), [f.key for f in flags if not f.help]
     r = runner.invoke(app, ["finetune", "ner", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "--batch-size" in r.output and "train.batch_rows" in r.output
+
+
+def test_list_flags_take_commas_and_repeats():
+    r = runner.invoke(app, ["finetune", "classify", "--labels", "negative,neutral", "--labels", "positive",
+                            "--text-field", "a", "--text-field", "b", "--print-config"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output)
+    assert cfg["data"]["labels"] == ["negative", "neutral", "positive"] and cfg["data"]["text_field"] == ["a", "b"]

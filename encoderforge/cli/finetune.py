@@ -18,6 +18,7 @@ import typer
 
 from encoderforge.cli.common import fail_on_error
 from encoderforge.cli.options import CONFIG, SET, config_flags, param, with_config_flags
+from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig
 
 finetune_app = typer.Typer(help="Fine-tune an encoder on labelled data (CSV/TSV/JSONL/Orange .tab/CoNLL).",
                            no_args_is_help=True)
@@ -28,7 +29,7 @@ app.add_typer(finetune_app, name="finetune")
 # Flags users already type, kept as aliases of the config keys they set.
 ALIASES = {"train.out_dir": ("--out", "-o"), "train.batch_rows": ("--batch-size",), "train.micro_rows": ("--micro-batch",)}
 # `task` is the subcommand; the loop's fields that fine-tuning derives (finetune_config.DERIVED) get no flag.
-SKIP = {"task", "train.steps", "train.warmup_steps", "train.eval_every", "train.log_every", "train.resume"}
+SKIP = {"task", "train.resume", *(f"train.{k}" for k in DERIVED)}
 TASK_HELP = {
     "classify": "Single-label classification (accuracy, macro-F1); a text or a sentence pair; long documents by "
                 "chunk-and-pool.",
@@ -45,8 +46,6 @@ PRINT = param("print_config", bool, typer.Option(False, "--print-config", help="
 
 
 def _register(task: str) -> None:
-    from encoderforge.recipes.finetune_config import FinetuneConfig
-
     flags = config_flags(FinetuneConfig, skip=SKIP, aliases=ALIASES)
 
     @with_config_flags(flags, [CONFIG, SET, OVERWRITE, PRINT])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -57,7 +58,7 @@ def config_flags(cls: type, *, skip: set[str] = frozenset(), aliases: dict[str, 
 def _option_type(hint: Any) -> Any:
     """The Typer parameter type for a config field: Literal -> str with a choice check in the config, list -> List."""
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is list:
@@ -82,7 +83,9 @@ def with_config_flags(flags: list[Flag], fixed: list[inspect.Parameter]) -> Call
                                             default=typer.Option(None, *fl.names, help=help_text, show_default=False)))
 
         def command(**kw: Any) -> Any:
-            values = {by_name[k]: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items() if k in by_name}
+            # a list flag is repeatable and takes commas: `--labels a,b --labels c` -> [a, b, c]
+            values = {by_name[k]: ([p.strip() for x in v for p in str(x).split(",") if p.strip()]
+                                   if isinstance(v, (list, tuple)) else v) for k, v in kw.items() if k in by_name}
             values = {k: v for k, v in values.items() if v is not None and v != []}
             return fn(values=values, **{k: v for k, v in kw.items() if k not in by_name})
 

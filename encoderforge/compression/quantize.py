@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
                                 "use the ONNX int8 path (`encoderforge export onnx --int8`)")
     rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
     model = copy.deepcopy(encoder).cpu().eval()
-    replace_modules(model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(m, reduce_range=rr))
+    replace_modules(model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(cast(nn.Linear, m), reduce_range=rr))
     return model
 
 

@@ -10,6 +10,7 @@ we call it directly so eager inference gets it without compiling. Falls back to 
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ def pack_for_cpu(model: nn.Module) -> nn.Module:
         return model
     model = copy.deepcopy(model).eval()
     replace_modules(model, lambda _, m: _packable_mlp(m) or is_cpu_fp32_linear(m),
-                    lambda m: PackedMLP(m) if isinstance(m, MLP) else PackedLinear(m))
+                    lambda m: PackedMLP(m) if isinstance(m, MLP) else PackedLinear(cast(nn.Linear, m)))
     return model
 
 

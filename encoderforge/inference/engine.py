@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class Engine:
             # the engine's own module tree over the same tensors: the caller's encoder keeps its attention backend
             # and training mode, and no weight memory is duplicated (e.g. a model on the GPU)
             own = copy.deepcopy(encoder, memo={id(t): t for t in (*encoder.parameters(), *encoder.buffers())})
-        self.encoder = own.set_attention("varlen").eval()
+        self.encoder = cast(Encoder, own).set_attention("varlen").eval()
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # truncation settings below stay the engine's
         self.max_length = int(max_length or encoder.cfg.max_position)
         if self.max_length > encoder.cfg.max_position and encoder.cfg.position == "learned":

@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from encoderforge.data import datasets
 from encoderforge.fileio import atomic_file
 from encoderforge.inference.engine import Engine
 from encoderforge.model.checkpoint import load
+from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
 from encoderforge.model.zoo import resolve_model
 from encoderforge.tokenization import load_tokenizer
@@ -121,7 +122,8 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
     enc = load(model_dir).encoder
     tok = load_tokenizer(model_dir)
     fp32 = Engine(enc, load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length)
-    int8 = Engine(quantize_dynamic(enc), load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length)
+    int8 = Engine(cast(Encoder, quantize_dynamic(enc)), load_tokenizer(model_dir), max_tokens=max_tokens,
+                  max_length=ts.max_length)
     hf_tok = transformers.BertTokenizerFast.from_pretrained(str(model_dir))
     hf = transformers.BertModel.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     n = len(ts.texts)

@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
                                 "warmup >= 0, rows >= 1")
     require("transformers", "hf")  # the baseline; fail before preparing a corpus
     tokenizer = resolve_model(str(tokenizer))
-    kw = dict(preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio,
+    kw: dict[str, Any] = dict(preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio,
               threads=threads, seed=seed)
     if shards is not None:
         return _bench(Path(shards), tokenizer, **kw)

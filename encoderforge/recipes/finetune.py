@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -32,6 +32,7 @@ from encoderforge.config import to_dict
 from encoderforge.data.readers import Dataset, Schema, read_dataset, split_dev
 from encoderforge.fileio import atomic_file, clear_run_dir, file_digest, prepare_run_dir, write_marker
 from encoderforge.model import checkpoint
+from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
 from encoderforge.recipes.finetune_config import FinetuneConfig
 from encoderforge.tasks.registry import TASKS
@@ -55,13 +56,10 @@ class FinetuneResult:
 SAFE = ("finetune.threads", "train.progress", "train.save_every", "train.keep_checkpoints", "train.trim_heap_every")
 
 
-DataArg = str | Path | Dataset | None
-
-
-def load_split(data: DataArg, schema: Schema, what: str) -> Dataset | None:
-    """A path is read and validated with `schema`; a Dataset (e.g. built from a real-data loader) is used as is."""
-    if data is None or isinstance(data, Dataset):
-        return data
+def load_split(data: str | None, schema: Schema, what: str) -> Dataset | None:
+    """A labelled file read and validated with `schema` (None: no such split)."""
+    if not data:
+        return None
     ds = read_dataset(data, schema)
     if not len(ds):
         raise EncoderforgeError(f"{data}: the {what} file holds no examples")
@@ -125,10 +123,11 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
         barrier(dist)
         torch.manual_seed(cfg.train.seed)
         net = spec.build_model(loaded.encoder, labels, cfg)
-        freeze_lower(net.encoder, cfg.finetune.freeze_layers)
-        reinit_top(net.encoder, cfg.finetune.reinit_layers, seed=cfg.train.seed)
+        encoder = cast(Encoder, net.encoder)  # every task model is encoder + head (TaskSpec.build_model)
+        freeze_lower(encoder, cfg.finetune.freeze_layers)
+        reinit_top(encoder, cfg.finetune.reinit_layers, seed=cfg.train.seed)
         if cfg.finetune.lora_rank:
-            apply_lora(net.encoder, cfg.finetune.lora_rank, cfg.finetune.lora_alpha)
+            apply_lora(encoder, cfg.finetune.lora_rank, cfg.finetune.lora_alpha)
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), cfg, rank=dist.rank, world=dist.world)
         per_epoch = steps_per_epoch(len(train_ds), cfg.train.batch_rows)
@@ -148,7 +147,7 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
         train_s = time.perf_counter() - t0
         keeper.restore()
         if cfg.finetune.lora_rank:
-            merge_lora(net.encoder)  # a plain encoder again: the Engine and every export read it unchanged
+            merge_lora(encoder)  # a plain encoder again: the Engine and every export read it unchanged
         if not dist.main:
             return FinetuneResult(run, {})
         extra_json = spec.calibrate(job, net, rows(dev_ds))  # e.g. per-label thresholds tuned on dev
@@ -192,8 +191,8 @@ def check_finite(metrics: dict[str, Any], run: Path) -> None:
 
 def write_run(run: Path, net: torch.nn.Module, model_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     """model/ (encoder + head under "head.*"), task.json, metrics.json; drop the loop's resume-only checkpoints."""
-    head = {f"head.{k}": v for k, v in net.head.state_dict().items()}
-    checkpoint.save(net.encoder, run / "model", tokenizer_dir=model_dir, extra=head)
+    head = {f"head.{k}": v for k, v in cast(torch.nn.Module, net.head).state_dict().items()}
+    checkpoint.save(cast(Encoder, net.encoder), run / "model", tokenizer_dir=model_dir, extra=head)
     with atomic_file(run / "task.json") as f:
         json.dump(meta, f, indent=2)
     with atomic_file(run / "metrics.json") as f:

@@ -196,9 +196,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     tok_src = cfg.model.tokenizer or cfg.model.init_from
     if not tok_src:
         raise EncoderforgeError("model.tokenizer is required when training from scratch (tokenizer.json or vocab.txt)")
-    tok_src = resolve_model(tok_src)  # a zoo name ("minilm-l6") -> its directory
-    tok = load_tokenizer(tok_src)
-    tok_dir = tok_src if tok_src.is_dir() else tok_src.parent
+    tok_path = resolve_model(tok_src)  # a zoo name ("minilm-l6") -> its directory
+    tok = load_tokenizer(tok_path)
+    tok_dir = tok_path if tok_path.is_dir() else tok_path.parent
     train_docs = load_documents(cfg.data.shards, "train", tokenizer=tok)
     try:
         eval_docs = load_documents(cfg.data.shards, "eval", tokenizer=tok)
@@ -206,7 +206,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         eval_docs = None  # prepared with --eval-fraction 0: no held-out evaluation
     run = Path(cfg.train.out_dir)
     record = to_dict(cfg)
-    action = prepare_run_dir(run, "pretrain", record, inputs=[cfg.data.shards, tok_src], safe_changes=SAFE)
+    action = prepare_run_dir(run, "pretrain", record, inputs=[cfg.data.shards, tok_path], safe_changes=SAFE)
     if action == "done" and (run / "metrics.json").is_file():
         print(f"{run}: already finished with this config; nothing to do (more train.steps continues it)", file=sys.stderr)
         return json.loads((run / "metrics.json").read_text(encoding="utf-8"))

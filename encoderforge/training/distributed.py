@@ -60,7 +60,7 @@ def all_reduce_dict(values: dict[str, float], dist: Dist) -> dict[str, float]:
         return dict(values)
     key_sets: list[list[str] | None] = [None] * dist.world
     tdist.all_gather_object(key_sets, sorted(values))
-    keys = sorted(set().union(*key_sets))
+    keys = sorted(set().union(*(k or [] for k in key_sets)))
     return dict(zip(keys, all_reduce_sum([values.get(k, 0.0) for k in keys], dist)))
 
 

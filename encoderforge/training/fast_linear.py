@@ -13,6 +13,7 @@ checkpoints and DDP see no difference.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ def use_onednn_linears(model: nn.Module) -> int:
     if not available():
         return 0
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
-    return replace_modules(model, lambda _, m: is_cpu_fp32_linear(m), OneDNNLinear)
+    return replace_modules(model, lambda _, m: is_cpu_fp32_linear(m), lambda m: OneDNNLinear(cast(nn.Linear, m)))
 
 
 def restore_linears(model: nn.Module) -> int:
@@ -115,7 +116,8 @@ def restore_linears(model: nn.Module) -> int:
     return replace_modules(model, lambda _, m: isinstance(m, OneDNNLinear), _plain_linear)
 
 
-def _plain_linear(m: OneDNNLinear) -> nn.Linear:
+def _plain_linear(module: nn.Module) -> nn.Linear:
+    m = cast(OneDNNLinear, module)  # the predicate selected OneDNNLinear modules only
     lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
                     device="meta")  # no throwaway allocation: the parameters are replaced next
     lin.weight, lin.bias = m.weight, m.bias

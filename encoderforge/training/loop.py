@@ -118,10 +118,11 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         torch.manual_seed(args.seed * 1_000_003 + step * 97 + dist.rank)
         model.train()
         micro = next(batches)
-        total, count, tokens = 0.0, 0, 0
+        total, count, tokens = 0.0, 0.0, 0.0
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
-            with ddp.no_sync() if dist.world > 1 and not sync else contextlib.nullcontext():  # all-reduce once per step
+            # DDP exactly when world > 1: all-reduce once per step, on the last micro-batch
+            with ddp.no_sync() if isinstance(ddp, DDP) and not sync else contextlib.nullcontext():
                 with _autocast(amp, dist.device):
                     out = task.loss(ddp, batch.to(dist.device))
                 out.total.backward()  # summed loss; normalised below once the global count is known

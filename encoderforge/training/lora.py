@@ -8,6 +8,7 @@ Shapes: in features I, out features O, rank r; A: (r, I), B: (O, r).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -71,7 +72,8 @@ def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tup
 
     def wrap(layer: nn.Module) -> LoRALinear:
         nonlocal added
-        wrapped = LoRALinear(layer, rank, alpha, dropout).to(layer.weight.device)
+        linear = cast(nn.Linear, layer)  # `wanted` holds only linear layers (checked above)
+        wrapped = LoRALinear(linear, rank, alpha, dropout).to(linear.weight.device)
         added += wrapped.lora_a.numel() + wrapped.lora_b.numel()
         return wrapped
 
@@ -81,7 +83,7 @@ def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tup
 
 def merge_lora(encoder: Encoder) -> int:
     """Replace every LoRALinear by its merged nn.Linear (trainable again, as a plain encoder); returns how many."""
-    merged = replace_modules(encoder, lambda _, m: isinstance(m, LoRALinear), lambda m: m.merged())
+    merged = replace_modules(encoder, lambda _, m: isinstance(m, LoRALinear), lambda m: cast(LoRALinear, m).merged())
     encoder.requires_grad_(True)
     encoder.pooler.requires_grad_(True)
     return merged
