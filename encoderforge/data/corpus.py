@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import BinaryIO, Iterator, Literal
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -166,7 +166,7 @@ class _ShardWriter:
     def __init__(self, out: Path, prefix: str, dtype: type, shard_tokens: int):
         self.out, self.prefix, self.dtype, self.shard_tokens = out, prefix, dtype, shard_tokens
         self.names: list[str] = []
-        self._f = None
+        self._f: BinaryIO | None = None
         self._offsets: list[int] = []
 
     def add(self, ids: list[int]) -> None:
@@ -363,7 +363,8 @@ def load_documents(path: str | Path, split: Literal["train", "eval"] = "train", 
     manifest = read_manifest(path, tokenizer=tokenizer)
     out = []
     for c in manifest["corpora"]:
-        bins, shard, start, lengths = [], [], [], []
+        bins: list[np.ndarray] = []  # memmaps
+        shard, start, lengths = [], [], []
         for k, name in enumerate(c["shards"][split]):
             offsets = np.load(path / f"{name}.idx.npy")
             bins.append(np.memmap(path / f"{name}.bin", dtype=manifest["dtype"], mode="r"))

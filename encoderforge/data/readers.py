@@ -277,6 +277,7 @@ def _tagged(obj: dict, where: str, schema: Schema) -> Example:
                                     f'{{"{tok_field}": [...], "{tag_field}": [...]}}')
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise EncoderforgeError(f"{where}: field {name!r} must be a list of non-empty strings, got {value!r:.60}")
+    assert isinstance(tokens, list) and isinstance(tags, list)  # the loop above raised for anything else
     if not tokens:
         raise EncoderforgeError(f"{where}: empty sentence (no tokens)")
     if len(tokens) != len(tags):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,8 @@ def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -
         from torch.nn.attention.varlen import varlen_attn
 
         q, k, v = qkv.unbind(1)  # each (N, H, D)
-        return varlen_attn(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen)
+        # without return_aux varlen_attn returns the output tensor alone (the tuple is for the logsumexp)
+        return cast(torch.Tensor, varlen_attn(q, k, v, lay.cu_seqlens, lay.cu_seqlens, lay.max_seqlen, lay.max_seqlen))
     grid, mask = _kv_grid(qkv, ctx)  # (B, T, 3, H, D), (B, 1, 1, T) or None
     B, T, _, H, D = grid.shape
     q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
@@ -123,6 +124,8 @@ def varlen_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) -
 def _kv_grid(qkv: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, 3, H, D) packed -> (B, T, 3, H, D) grid with zeros at padding, and the (B, 1, 1, T) key mask (None when
     every sequence has length T: then the packed tokens already are the grid)."""
+    # callers check for the unpadded context first, and AttnContext.unpadded sets these three together
+    assert ctx.pad_mask is not None and ctx.pad_index is not None and ctx.fill_index is not None
     B, T = ctx.pad_mask.shape
     N, _, H, D = qkv.shape
     if N == B * T:

@@ -214,9 +214,9 @@ def hf_state_to_ours(hf: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[st
     for i in range(cfg.num_layers):
         pre = f"encoder.layer.{i}."
         for p in ("weight", "bias"):
-            qkv = [hf.get(f"{pre}attention.self.{n}.{p}") for n in ("query", "key", "value")]
-            if all(t is not None for t in qkv):
-                out[f"encoder.layers.{i}.attn.qkv.{p}"] = torch.cat(qkv, dim=0)
+            qkv = [f"{pre}attention.self.{n}.{p}" for n in ("query", "key", "value")]
+            if all(k in hf for k in qkv):
+                out[f"encoder.layers.{i}.attn.qkv.{p}"] = torch.cat([hf[k] for k in qkv], dim=0)
             for name, ours in _LAYER.items():
                 if f"{pre}{name}.{p}" in hf:
                     out[f"encoder.layers.{i}.{ours}.{p}"] = hf[f"{pre}{name}.{p}"]

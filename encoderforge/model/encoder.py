@@ -8,6 +8,7 @@ Shape legend: B batch, T padded length, N total real tokens, R selected rows, C 
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from encoderforge.model.attention import (
     AttnContext,
     rope_tables,
 )
-from encoderforge.model.config import EncoderConfig
+from encoderforge.model.config import Backend, EncoderConfig
 from encoderforge.model.layers import Block, Embeddings
 from encoderforge.model.padding import (
     Packed,
@@ -65,9 +66,10 @@ class Encoder(nn.Module):
 
     def set_attention(self, backend: str) -> "Encoder":
         """Switch every layer to another attention backend (weights unchanged); returns self."""
-        self.cfg = dataclasses.replace(self.cfg, attention=backend)  # validates the name
+        # EncoderConfig.__post_init__ validates the name (the cast only tells mypy; a bad name still raises)
+        self.cfg = dataclasses.replace(self.cfg, attention=cast(Backend, backend))
         for block in self.layers:
-            block.attn.fn = BACKENDS[backend]
+            cast(Block, block).attn.fn = BACKENDS[backend]  # self.layers holds only Blocks (__init__)
         return self
 
     def for_task_heads(self) -> "Encoder":

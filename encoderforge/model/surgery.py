@@ -16,7 +16,7 @@ Shape legend: C hidden size, H heads, D head dim (C = H * D before pruning), I F
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ def _block(model: nn.Module, layer: int) -> Block:
     blocks = encoder_blocks(model)
     if not -len(blocks) <= layer < len(blocks):
         raise EncoderforgeError(f"layer={layer}: the encoder has {len(blocks)} layers (0..{len(blocks) - 1})")
-    return blocks[layer]
+    return cast(Block, blocks[layer])  # encoder_blocks returns only lists whose items are all Blocks
 
 
 def _keep_index(keep: Sequence[int] | torch.Tensor, size: int, what: str) -> torch.Tensor:
@@ -174,6 +174,7 @@ def remove_layers(model: nn.Module, keep_layers: Sequence[int]) -> int:
         if child is blocks:
             setattr(owner, name, kept)
     cfg = getattr(owner, "cfg", None)
-    if dataclasses.is_dataclass(cfg) and hasattr(cfg, "num_layers"):
-        owner.cfg = dataclasses.replace(cfg, num_layers=len(idx))
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) and hasattr(cfg, "num_layers"):
+        # setattr: nn.Module's __setattr__ is typed for tensors and modules only (a config is a plain attribute)
+        setattr(owner, "cfg", dataclasses.replace(cfg, num_layers=len(idx)))
     return len(blocks) - len(idx)

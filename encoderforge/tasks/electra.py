@@ -232,7 +232,9 @@ class ElectraTask:
     def eval_batches(self) -> list[ElectraBatch]:
         d = self.data
         if self._eval is None:  # fixed rows, masks and sampling seeds (as MLMTask.eval_batches)
-            self._eval = [collate(d.eval_docs, rows, d.vocab, d.masking, d.seed + 1) for rows in d.eval_row_batches()]
+            docs = d.eval_docs  # None: no eval corpus, and eval_row_batches() is empty anyway
+            self._eval = [] if docs is None else [collate(docs, rows, d.vocab, d.masking, d.seed + 1)
+                                                  for rows in d.eval_row_batches()]
         return self._eval
 
     def loss(self, model: nn.Module, batch: ElectraBatch) -> LossSum:

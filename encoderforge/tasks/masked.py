@@ -107,8 +107,9 @@ class MLMTask:
 
     def eval_batches(self) -> list[MLMBatch]:
         if self._eval is None:  # fixed rows and masks, built once: evaluations are comparable across steps
-            self._eval = [collate(self.eval_docs, rows, self.vocab, self.masking, self.seed + 1)
-                          for rows in self.eval_row_batches()]
+            docs = self.eval_docs  # None: no eval corpus, and eval_row_batches() is empty anyway
+            self._eval = [] if docs is None else [collate(docs, rows, self.vocab, self.masking, self.seed + 1)
+                                                  for rows in self.eval_row_batches()]
         return self._eval
 
     def loss(self, model: nn.Module, batch: MLMBatch) -> LossSum:

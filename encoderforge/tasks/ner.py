@@ -37,8 +37,8 @@ class TokBatch:
     gold: list[list[str]] | None = None  # evaluation only: gold word tags, for entity counts
 
     def to(self, device: torch.device | str) -> "TokBatch":
-        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.lengths, self.labels))
-        return TokBatch(*moved, first=self.first, gold=self.gold)
+        input_ids, lengths, labels = (t.to(device, non_blocking=True) for t in (self.input_ids, self.lengths, self.labels))
+        return TokBatch(input_ids, lengths, labels, first=self.first, gold=self.gold)
 
 
 @dataclass

@@ -81,7 +81,8 @@ def encode_qa(tok: Tokenizer, rows: Sequence[tuple[tuple[str, str], list[Answer]
                 first_ctx = next((j for j, c in enumerate(ctx) if c), None)
                 last_ctx = max((j for j, c in enumerate(ctx) if c), default=None)
                 # the answer counts only if the window holds all of it
-                if toks and first_ctx is not None and win.offsets[first_ctx][0] <= a_start and win.offsets[last_ctx][1] >= a_end:
+                if (toks and first_ctx is not None and last_ctx is not None  # both None together (no context token)
+                        and win.offsets[first_ctx][0] <= a_start and win.offsets[last_ctx][1] >= a_end):
                     s_tok, e_tok = toks[0], toks[-1]
             w.by_example[i].append(len(w.ids))
             w.ids.append(win.ids)
@@ -140,8 +141,9 @@ class QABatch:
     examples: list[int] | None = None  # evaluation: the examples whose windows (all of them) are in this batch
 
     def to(self, device: torch.device | str) -> "QABatch":
-        t = [x.to(device, non_blocking=True) for x in (self.input_ids, self.lengths, self.start, self.end)]
-        return QABatch(*t, examples=self.examples)
+        input_ids, lengths, start, end = (x.to(device, non_blocking=True)
+                                          for x in (self.input_ids, self.lengths, self.start, self.end))
+        return QABatch(input_ids, lengths, start, end, examples=self.examples)
 
 
 class SpanModel(nn.Module):
@@ -252,7 +254,7 @@ def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args:
 @torch.inference_mode()
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     """Lines `question<TAB>context` -> {"answer", "start", "end"} (character offsets in the context)."""
-    pairs = split_pairs(texts, 2)
+    pairs = [(q, c) for q, c in split_pairs(texts, 2)]  # (question, context): split_pairs(_, 2) gives 2-tuples
     w = encode_qa(engine.tokenizer, [(p, []) for p in pairs], meta["max_length"], meta["stride"])
     start: list[np.ndarray] = [np.zeros(0)] * len(w.ids)
     end: list[np.ndarray] = [np.zeros(0)] * len(w.ids)

@@ -9,7 +9,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -27,6 +27,9 @@ from encoderforge.tokenization.load import (
     wordpiece_vocab,
 )
 from encoderforge.tokenization.train import save_tokenizer
+
+if TYPE_CHECKING:
+    from encoderforge.model.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def suggest_terms(files: Sequence[str | Path], tok: Tokenizer, n: int, *, min_pi
 
 
 
-def grow_embeddings(encoder: nn.Module, added: Sequence[AddedTerm]) -> nn.Module:
+def grow_embeddings(encoder: Encoder, added: Sequence[AddedTerm]) -> Encoder:
     """Give each added term an embedding row = mean of its old sub-token rows (amplified vocabulary).
 
     Resizes `encoder.embeddings.tok` in place to cover the new ids and sets `encoder.cfg.vocab_size`.
@@ -180,6 +183,7 @@ def extend_checkpoint(model: str | Path, out: str | Path, *, terms_file: str | P
         lines = read_text(expand_paths([terms_file])[0]).splitlines()
         terms = [t.strip() for t in lines if t.strip() and not t.lstrip().startswith("#")]
     else:
+        assert corpus is not None  # the exactly-one check above: no terms_file means a non-empty corpus
         terms = suggest_terms(corpus, tok, top)
     new_tok, added = extend_vocabulary(tok, terms)
     if not added:

@@ -81,7 +81,8 @@ def tokenizer_stats(files_or_texts: Sequence[str | Path], tok_a: Tokenizer | str
         raise EncoderforgeError("no text to measure; pass non-empty UTF-8 files")
     words = [[w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(t)] for t in texts]
     words = [w for w in words if w]  # (texts,) lists of words
-    names = names or tuple(str(t) if not isinstance(t, Tokenizer) else d for t, d in ((tok_a, "a"), (tok_b, "b")))
+    names = names or (str(tok_a) if not isinstance(tok_a, Tokenizer) else "a",
+                      str(tok_b) if not isinstance(tok_b, Tokenizer) else "b")
     a, b = (_count(t if isinstance(t, Tokenizer) else load_tokenizer(t), words, nm)
             for t, nm in zip((tok_a, tok_b), names))
     return StatsReport(texts=len(texts), words=sum(map(len, words)), a=a, b=b,
