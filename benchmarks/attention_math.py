@@ -49,8 +49,10 @@ def main() -> None:
             run(fn)
             times[name].append(time.perf_counter() - t)
     real = ctx.mask.sum().item()
-    print(f"{B} sequences, {real} real tokens (longest {T}), {a.heads} heads x {a.head_dim}, dropout {a.dropout}, "
-          f"{a.threads} threads; max abs diff of the outputs {(outs[0] - outs[1])[ctx.mask].abs().max().item():.1e}")
+    print(
+        f"{B} sequences, {real} real tokens (longest {T}), {a.heads} heads x {a.head_dim}, dropout {a.dropout}, "
+        f"{a.threads} threads; max abs diff of the outputs {(outs[0] - outs[1])[ctx.mask].abs().max().item():.1e}"
+    )
     base = statistics.median(times["textbook (eager backend)"])
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -37,8 +37,9 @@ def tfidf_lr(train: list[dict], test: list[dict]) -> list[str]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                        LogisticRegression(C=10.0, max_iter=2000))
+    clf = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1), LogisticRegression(C=10.0, max_iter=2000)
+    )
     clf.fit([r["text"] for r in train], [r["label"] for r in train])
     return list(clf.predict([r["text"] for r in test]))
 
@@ -83,24 +84,29 @@ def gazetteer(train: list[list[tuple[str, str]]], test: list[list[tuple[str, str
         words, tags, i = [t.lower() for t, _ in sent], ["O"] * len(sent), 0
         while i < len(words):
             for n in range(min(longest, len(words) - i), 0, -1):
-                kind = known.get(tuple(words[i:i + n]))
+                kind = known.get(tuple(words[i : i + n]))
                 if kind:
-                    tags[i:i + n] = [f"B-{kind}"] + [f"I-{kind}"] * (n - 1)
+                    tags[i : i + n] = [f"B-{kind}"] + [f"I-{kind}"] * (n - 1)
                     i += n
                     break
             else:
                 i += 1
         pred.append(tags)
     gold = [[g for _, g in sent] for sent in test]
-    return {"f1": 100 * f1_score(gold, pred), "precision": 100 * precision_score(gold, pred),
-            "recall": 100 * recall_score(gold, pred)}
+    return {
+        "f1": 100 * f1_score(gold, pred),
+        "precision": 100 * precision_score(gold, pred),
+        "recall": 100 * recall_score(gold, pred),
+    }
 
 
 def summarise(per_fold: list[dict[str, float]]) -> dict:
     keys = per_fold[0].keys()
-    return {"folds": per_fold,
-            **{f"{k}_mean": statistics.mean(f[k] for f in per_fold) for k in keys},
-            **{f"{k}_sd": statistics.stdev(f[k] for f in per_fold) if len(per_fold) > 1 else 0.0 for k in keys}}
+    return {
+        "folds": per_fold,
+        **{f"{k}_mean": statistics.mean(f[k] for f in per_fold) for k in keys},
+        **{f"{k}_sd": statistics.stdev(f[k] for f in per_fold) if len(per_fold) > 1 else 0.0 for k in keys},
+    }
 
 
 def main() -> None:
@@ -118,8 +124,9 @@ def main() -> None:
         if name == "vader-cv":
             res[f"{name}/vader"] = summarise([scores([r["label"] for r in te], vader(te)) for _, te in splits])
     folds = sorted((data / "wnut-cv").glob("fold*"))
-    res["wnut-cv/gazetteer"] = summarise([gazetteer(read_conll(f / "train.conll") + read_conll(f / "dev.conll"),
-                                                    read_conll(f / "test.conll")) for f in folds])
+    res["wnut-cv/gazetteer"] = summarise(
+        [gazetteer(read_conll(f / "train.conll") + read_conll(f / "dev.conll"), read_conll(f / "test.conll")) for f in folds]
+    )
     lic = data / "license-category"
     tr, te = read_jsonl(lic / "train.jsonl"), read_jsonl(lic / "test.jsonl")
     res["license-category/tfidf-lr"] = summarise([scores([r["label"] for r in te], tfidf_lr(tr, te))])
@@ -127,8 +134,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(res, indent=2))
     for k, v in res.items():
-        print(f"{k}: " + ", ".join(f"{m} {v[m + '_mean']:.2f} +- {v[m + '_sd']:.2f}" for m in v["folds"][0])
-              + f" ({len(v['folds'])} fold(s))")
+        print(
+            f"{k}: "
+            + ", ".join(f"{m} {v[m + '_mean']:.2f} +- {v[m + '_sd']:.2f}" for m in v["folds"][0])
+            + f" ({len(v['folds'])} fold(s))"
+        )
 
 
 if __name__ == "__main__":

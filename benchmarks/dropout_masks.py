@@ -36,11 +36,19 @@ def main() -> None:
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {a.threads} threads, p = 0.1, ms per call\n")
     print("| shape | torch bernoulli_ mask | keep_mask | F.dropout | model.dropout |")
     print("|---|---:|---:|---:|---:|")
-    for shape, what in [((1024, 384), "hidden, 1,024 tokens"), ((1024, 1536), "FFN, 1,024 tokens"),
-                        ((8, 12, 128, 128), "attention probs, 8 x 128"), ((32, 12, 128, 128), "attention probs, 32 x 128")]:
+    for shape, what in [
+        ((1024, 384), "hidden, 1,024 tokens"),
+        ((1024, 1536), "FFN, 1,024 tokens"),
+        ((8, 12, 128, 128), "attention probs, 8 x 128"),
+        ((32, 12, 128, 128), "attention probs, 32 x 128"),
+    ]:
         x = torch.randn(shape)
-        cells = [ms(lambda: torch.empty_like(x).bernoulli_(0.9), a.reps), ms(lambda: keep_mask(shape, 0.1), a.reps),
-                 ms(lambda: F.dropout(x, 0.1, True), a.reps), ms(lambda: dropout(x, 0.1), a.reps)]
+        cells = [
+            ms(lambda: torch.empty_like(x).bernoulli_(0.9), a.reps),
+            ms(lambda: keep_mask(shape, 0.1), a.reps),
+            ms(lambda: F.dropout(x, 0.1, True), a.reps),
+            ms(lambda: dropout(x, 0.1), a.reps),
+        ]
         print(f"| {what} {tuple(shape)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 

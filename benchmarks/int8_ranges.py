@@ -38,9 +38,11 @@ class ActReduced(nn.Module):
         return torch.ops.quantized.linear_dynamic(x, self.inner._packed, True)
 
 
-VARIANTS = {"8-bit weights, 8-bit activations": lambda lin: Int8Linear(lin, reduce_range=False),
-            "8-bit weights, 7-bit activations": ActReduced,
-            "7-bit weights, 8-bit activations": lambda lin: Int8Linear(lin, reduce_range=True)}
+VARIANTS = {
+    "8-bit weights, 8-bit activations": lambda lin: Int8Linear(lin, reduce_range=False),
+    "8-bit weights, 7-bit activations": ActReduced,
+    "7-bit weights, 8-bit activations": lambda lin: Int8Linear(lin, reduce_range=True),
+}
 
 
 def swap(model: nn.Module, make) -> nn.Module:

@@ -73,9 +73,19 @@ def main() -> None:
         q = np.asarray(engine.embed([t for t, _ in qs]))
         scores = q @ docs.T
         rank = (scores > scores[np.arange(len(qs)), gold][:, None]).sum(1)  # 0 = the license ranks first
-        print(json.dumps({"model": name, "queries": len(qs), "documents": len(texts),
-                          "recall@1": round(float((rank == 0).mean()), 4), "recall@10": round(float((rank < 10).mean()), 4),
-                          "mrr": round(float((1.0 / (rank + 1)).mean()), 4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "queries": len(qs),
+                    "documents": len(texts),
+                    "recall@1": round(float((rank == 0).mean()), 4),
+                    "recall@10": round(float((rank < 10).mean()), 4),
+                    "mrr": round(float((1.0 / (rank + 1)).mean()), 4),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import math
 import torch
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.data.shards import load_documents
 from encoderforge.model import checkpoint
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
@@ -27,21 +27,35 @@ from encoderforge.training.distributed import Dist
 from encoderforge.training.loop import evaluate
 
 
-def heldout(model_dir: str, shards: str, *, rows: int, max_len: int, ratio: float, strategy: str, seed: int,
-            start: Encoder | None = None) -> dict:
+def heldout(
+    model_dir: str, shards: str, *, rows: int, max_len: int, ratio: float, strategy: str, seed: int, start: Encoder | None = None
+) -> dict:
     tok = load_tokenizer(model_dir)
     docs = load_documents(shards, "eval", tokenizer=tok)
-    mlm = MLMTask(docs, docs, MaskVocab.from_tokenizer(tok), MaskingConfig(ratio=ratio, strategy=strategy),
-                  max_len=max_len, batch_rows=16, eval_rows=rows, seed=seed)
+    mlm = MLMTask(
+        docs,
+        docs,
+        MaskVocab.from_tokenizer(tok),
+        MaskingConfig(ratio=ratio, strategy=strategy),
+        max_len=max_len,
+        batch_rows=16,
+        eval_rows=rows,
+        seed=seed,
+    )
     task: MLMTask | AnchoredMLMTask = mlm
     if start is not None:  # weight 0: the loss is plain MLM; the metrics add the feature distance from the start encoder
         task = AnchoredMLMTask(mlm, start, weight=0.0)
     model = MaskedLM.from_checkpoint(model_dir, require_head=True)
     m = evaluate(model, task, Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
     n_rows = sum(int(b.lengths.numel()) for b in task.eval_batches())
-    out = {"model": model_dir, "mlm_loss": m["mlm_loss"], "mlm_accuracy": m["mlm_accuracy"],
-           "perplexity": math.exp(m["mlm_loss"]), "segments": n_rows,
-           "masked_tokens": sum(int(b.labels.numel()) for b in task.eval_batches())}
+    out = {
+        "model": model_dir,
+        "mlm_loss": m["mlm_loss"],
+        "mlm_accuracy": m["mlm_accuracy"],
+        "perplexity": math.exp(m["mlm_loss"]),
+        "segments": n_rows,
+        "masked_tokens": sum(int(b.labels.numel()) for b in task.eval_batches()),
+    }
     if start is not None:
         out["feature_distance"] = m["anchor_cos_dist"]
     return out
@@ -63,8 +77,14 @@ def main() -> None:
     try:
         start = MaskedLM(checkpoint.load(resolve_model(a.start)).encoder).encoder if a.start else None  # varlen, once
         for m in a.models:
-            print(json.dumps(heldout(m, a.shards, rows=a.rows, max_len=a.max_len, ratio=a.ratio,
-                                     strategy=a.strategy, seed=a.seed, start=start)), flush=True)
+            print(
+                json.dumps(
+                    heldout(
+                        m, a.shards, rows=a.rows, max_len=a.max_len, ratio=a.ratio, strategy=a.strategy, seed=a.seed, start=start
+                    )
+                ),
+                flush=True,
+            )
     except EncoderforgeError as e:
         raise SystemExit(f"error: {e}") from None
 

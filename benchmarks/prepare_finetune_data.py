@@ -114,11 +114,13 @@ def main() -> None:
     keep = multi + [single[i] for i in rng.permutation(len(single))[: int(a.single_per_multi * len(multi))]]
     keep = [keep[i] for i in rng.permutation(len(keep))]
     n = len(keep)
-    cuts = {"train": keep[: int(0.7 * n)], "dev": keep[int(0.7 * n): int(0.85 * n)], "test": keep[int(0.85 * n):]}
+    cuts = {"train": keep[: int(0.7 * n)], "dev": keep[int(0.7 * n) : int(0.85 * n)], "test": keep[int(0.85 * n) :]}
     for name, rows in cuts.items():
         write_jsonl(out / "license-multilabel" / f"{name}.jsonl", [{"text": t, "label": k} for t, k in rows])
-    print(f"license-multilabel: {n} rules ({len(multi)} multi-key), {len({k for _, ks in keep for k in ks})} labels, "
-          f"splits {[len(v) for v in cuts.values()]}")
+    print(
+        f"license-multilabel: {n} rules ({len(multi)} multi-key), {len({k for _, ks in keep for k in ks})} labels, "
+        f"splits {[len(v) for v in cuts.values()]}"
+    )
 
     sents = datasets.wnut_sentences()
     fold = rng.permutation(len(sents)) % a.folds
@@ -135,8 +137,10 @@ def main() -> None:
     fold = stratified_folds([t for t, _ in docs], a.folds, rng)
     for k in range(a.folds):
         for name, sel in (("train", fold != k), ("test", fold == k)):
-            write_jsonl(out / "bbc-cv" / f"fold{k}" / f"{name}.jsonl",
-                        [{"text": docs[i][1], "label": docs[i][0]} for i in np.flatnonzero(sel)])
+            write_jsonl(
+                out / "bbc-cv" / f"fold{k}" / f"{name}.jsonl",
+                [{"text": docs[i][1], "label": docs[i][0]} for i in np.flatnonzero(sel)],
+            )
     print(f"bbc-cv: {len(docs)} articles in {a.folds} stratified folds")
 
     rng = np.random.default_rng([a.seed, 1])  # a stream of its own: the sets above stay as they were
@@ -146,24 +150,31 @@ def main() -> None:
         rows = [lic[i] for i in rng.permutation([i for i, (_, c) in enumerate(lic) if c == label])]
         n_dev = n_test = max(1, round(0.15 * len(rows)))
         cuts["dev"] += rows[:n_dev]
-        cuts["test"] += rows[n_dev:n_dev + n_test]
-        cuts["train"] += rows[n_dev + n_test:]
+        cuts["test"] += rows[n_dev : n_dev + n_test]
+        cuts["train"] += rows[n_dev + n_test :]
     for name, rows in cuts.items():
-        write_jsonl(out / "license-category" / f"{name}.jsonl",
-                    [{"text": t, "label": c} for t, c in (rows[i] for i in rng.permutation(len(rows)))])
+        write_jsonl(
+            out / "license-category" / f"{name}.jsonl",
+            [{"text": t, "label": c} for t, c in (rows[i] for i in rng.permutation(len(rows)))],
+        )
     write_jsonl(out / "license-category" / "pretrain.jsonl", [{"text": t} for t, _ in cuts["train"]])
-    print(f"license-category: {len(lic)} license texts, {len({c for _, c in lic})} categories, "
-          f"splits {[len(v) for v in cuts.values()]}")
+    print(
+        f"license-category: {len(lic)} license texts, {len({c for _, c in lic})} categories, "
+        f"splits {[len(v) for v in cuts.values()]}"
+    )
 
     tweets = [(vader_label(v), t) for v, t in datasets.vader_snippets("tweets")]
     fold = stratified_folds([y for y, _ in tweets], a.folds, rng)
     for k in range(a.folds):
         for name, sel in (("train", fold != k), ("test", fold == k)):
-            write_jsonl(out / "vader-cv" / f"fold{k}" / f"{name}.jsonl",
-                        [{"text": tweets[i][1], "label": tweets[i][0]} for i in np.flatnonzero(sel)])
+            write_jsonl(
+                out / "vader-cv" / f"fold{k}" / f"{name}.jsonl",
+                [{"text": tweets[i][1], "label": tweets[i][0]} for i in np.flatnonzero(sel)],
+            )
     write_jsonl(out / "news-mlm" / "pretrain.jsonl", [{"text": t} for _, t in datasets.bbc_documents()])
-    print(f"vader-cv: {len(tweets)} tweets in {a.folds} stratified folds, "
-          f"classes {dict(collections.Counter(y for y, _ in tweets))}")
+    print(
+        f"vader-cv: {len(tweets)} tweets in {a.folds} stratified folds, classes {dict(collections.Counter(y for y, _ in tweets))}"
+    )
 
 
 if __name__ == "__main__":

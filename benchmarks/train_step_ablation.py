@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from encoderforge.data import datasets
-from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
+from encoderforge.data.corpus import CorpusSpec, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows
+from encoderforge.data.shards import load_documents
 from encoderforge.model import attention as attention_mod
 from encoderforge.model import dropout as dropout_mod
 from encoderforge.model.config import preset
@@ -62,8 +63,10 @@ def worker(a: argparse.Namespace) -> None:
     vocab = MaskVocab.from_tokenizer(tok)
     docs = load_documents(Path(a.shards), "train", tokenizer=tok)
     stream = iter_rows(docs, a.max_len, 0)
-    batches = [collate(docs, [next(stream) for _ in range(a.rows)], vocab, MaskingConfig(ratio=0.15), 0)
-               for _ in range(a.warmup + a.steps)]
+    batches = [
+        collate(docs, [next(stream) for _ in range(a.rows)], vocab, MaskingConfig(ratio=0.15), 0)
+        for _ in range(a.warmup + a.steps)
+    ]
     torch.manual_seed(0)
     cfg = preset(a.preset, vocab_size=tok.get_vocab_size(), max_position=max(512, a.max_len))
     model = MaskedLM(Encoder(cfg)).train()
@@ -79,7 +82,7 @@ def worker(a: argparse.Namespace) -> None:
             opt.zero_grad(set_to_none=True)
             if i >= a.warmup:
                 secs.append(time.perf_counter() - t)
-    tokens = statistics.median(b.input_ids.numel() for b in batches[a.warmup:])
+    tokens = statistics.median(b.input_ids.numel() for b in batches[a.warmup :])
     print("RESULT " + json.dumps({"secs": secs, "tokens": tokens}), flush=True)
 
 
@@ -106,31 +109,49 @@ def main() -> None:
         # one process per variant and round: swapping kernels inside one process slowed every variant
         for _ in range(a.rounds):
             for v in secs:
-                cmd = [sys.executable, __file__, "--variant", v, "--shards", str(Path(tmp) / "shards"),
-                       *(f"--{k.replace('_', '-')}={getattr(a, k)}" for k in
-                         ("threads", "steps", "warmup", "max_len", "rows", "preset"))]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    v,
+                    "--shards",
+                    str(Path(tmp) / "shards"),
+                    *(
+                        f"--{k.replace('_', '-')}={getattr(a, k)}"
+                        for k in ("threads", "steps", "warmup", "max_len", "rows", "preset")
+                    ),
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if proc.returncode or line is None:
                     sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
-                r = json.loads(line[len("RESULT "):])
+                r = json.loads(line[len("RESULT ") :])
                 secs[v] += r["secs"]
                 tokens = r["tokens"]
     base = statistics.median(secs["onednn/torch"])
-    rows = [f"| {v.split('/')[0]} | {v.split('/')[1]} | {tokens / statistics.median(ts):,.0f} | "
-            f"{base / statistics.median(ts):.2f}x |" for v, ts in secs.items()]
-    md = "\n".join([f"CPU capability {torch.backends.cpu.get_cpu_capability()}; the loop's kernel here: "
-                    f"{train_linear_kernel()}; {a.threads} threads, {a.rows} x {a.max_len} tokens, {a.rounds} rounds x "
-                    f"{a.steps} timed steps per variant", "",
-                    "| GEMM kernel | dropout mask | real tokens/s | x (oneDNN, torch dropout) |",
-                    "|---|---|---:|---:|", *rows])
+    rows = [
+        f"| {v.split('/')[0]} | {v.split('/')[1]} | {tokens / statistics.median(ts):,.0f} | {base / statistics.median(ts):.2f}x |"
+        for v, ts in secs.items()
+    ]
+    md = "\n".join(
+        [
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}; the loop's kernel here: "
+            f"{train_linear_kernel()}; {a.threads} threads, {a.rows} x {a.max_len} tokens, {a.rounds} rounds x "
+            f"{a.steps} timed steps per variant",
+            "",
+            "| GEMM kernel | dropout mask | real tokens/s | x (oneDNN, torch dropout) |",
+            "|---|---|---:|---:|",
+            *rows,
+        ]
+    )
     print(md)
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.md").write_text(md + "\n")
-        (out / "results.json").write_text(json.dumps({"config": vars(a), "tokens_per_step": tokens,
-                                                      "step_seconds": secs}, indent=2))
+        (out / "results.json").write_text(
+            json.dumps({"config": vars(a), "tokens_per_step": tokens, "step_seconds": secs}, indent=2)
+        )
 
 
 if __name__ == "__main__":

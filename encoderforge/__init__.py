@@ -14,5 +14,6 @@ def require(module: str, extra: str):  # noqa: ANN201 - returns the imported mod
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise EncoderforgeError(f"this needs {module.split('.')[0]}, from the '{extra}' extra: "
-                                f"pip install 'encoderforge[{extra}]'") from None
+        raise EncoderforgeError(
+            f"this needs {module.split('.')[0]}, from the '{extra}' extra: pip install 'encoderforge[{extra}]'"
+        ) from None

@@ -113,8 +113,14 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None, cls: type[T], *,
-                base: dict[str, Any] | None = None, where: str | None = None) -> T:
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None,
+    cls: type[T],
+    *,
+    base: dict[str, Any] | None = None,
+    where: str | None = None,
+) -> T:
     """Read a YAML config and apply `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [a, b]).
 
     Args:

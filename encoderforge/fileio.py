@@ -71,8 +71,7 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, flag: str = "--out",
-                 expect: str = "file") -> Path:
+def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, flag: str = "--out", expect: str = "file") -> Path:
     """Refuse an output path that would destroy or shadow an input: equal to an input, inside an input directory
     (a model or corpus), or a directory that holds an input; a directory where a file is expected and the reverse;
     a parent that is not a writable directory. Returns the resolved-as-given path.
@@ -128,13 +127,19 @@ def write_marker(run: str | Path, kind: str, status: str, config: dict) -> None:
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new))
-                for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [k for key in sorted(set(old) | set(new)) for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def prepare_run_dir(run: str | Path, kind: str, config: dict, *, inputs: Iterable[str | Path | None] = (),
-                    overwrite: bool = False, safe_changes: Iterable[str] = ()) -> str:
+def prepare_run_dir(
+    run: str | Path,
+    kind: str,
+    config: dict,
+    *,
+    inputs: Iterable[str | Path | None] = (),
+    overwrite: bool = False,
+    safe_changes: Iterable[str] = (),
+) -> str:
     """Decide what a run command does with its output directory, before any compute. Returns "new", "resume",
     "done" (a finished run of the same config: nothing to do) or "overwrite" (call `clear_run_dir` once the inputs
     have been validated).
@@ -153,8 +158,10 @@ def prepare_run_dir(run: str | Path, kind: str, config: dict, *, inputs: Iterabl
         return "new"
     marker = read_marker(run)
     if marker is None:
-        raise EncoderforgeError(f"{run}: exists and is not an encoderforge run (no {RUN_MARKER}); encoderforge never "
-                                "deletes it — choose another --out")
+        raise EncoderforgeError(
+            f"{run}: exists and is not an encoderforge run (no {RUN_MARKER}); encoderforge never "
+            "deletes it — choose another --out"
+        )
     if marker.get("kind") != kind:
         raise EncoderforgeError(f"{run}: holds a {marker.get('kind')} run, not a {kind} run; choose another --out")
     every = changed_keys(marker.get("config"), config)
@@ -166,14 +173,18 @@ def prepare_run_dir(run: str | Path, kind: str, config: dict, *, inputs: Iterabl
             return "done"
         if not changed:
             return "resume"  # only safe keys changed (e.g. more steps): continue from the last checkpoint
-        raise EncoderforgeError(f"{run}: already holds a finished run (changed: {', '.join(changed[:6])}); pass "
-                                "--overwrite to replace it or choose another --out")
+        raise EncoderforgeError(
+            f"{run}: already holds a finished run (changed: {', '.join(changed[:6])}); pass "
+            "--overwrite to replace it or choose another --out"
+        )
     if overwrite:
         return "overwrite"
     if changed:
-        raise EncoderforgeError(f"{run}: holds an unfinished run with another config (changed: {', '.join(changed[:6])});"
-                                " rerun with the same settings to resume, pass --overwrite to start over, or choose "
-                                "another --out")
+        raise EncoderforgeError(
+            f"{run}: holds an unfinished run with another config (changed: {', '.join(changed[:6])});"
+            " rerun with the same settings to resume, pass --overwrite to start over, or choose "
+            "another --out"
+        )
     return "resume"
 
 

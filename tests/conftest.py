@@ -68,7 +68,8 @@ def small_tokenizer(tmp_path_factory, license_texts) -> Path:
     """A 2,000-token uncased WordPiece vocabulary trained on license texts (keeps tests fast)."""
     d = tmp_path_factory.mktemp("tok")
     tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in license_texts[:300]),
-                            vocab_size=2000, min_frequency=2)
+    tok.train_from_iterator(
+        (p.read_text(encoding="utf-8", errors="replace") for p in license_texts[:300]), vocab_size=2000, min_frequency=2
+    )
     tok.save(str(d / "tokenizer.json"))
     return d / "tokenizer.json"

@@ -31,8 +31,22 @@ def test_every_shipped_config_loads(path):
 
 
 def test_finetune_config_file_flags_and_set_in_that_order(tmp_path):
-    r = runner.invoke(app, ["finetune", "classify", "--config", str(CONFIGS / "finetune-classify.yaml"),
-                            "--set", "train.lr=1e-4", "--epochs", "2", "--batch-size", "8", "--print-config"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "classify",
+            "--config",
+            str(CONFIGS / "finetune-classify.yaml"),
+            "--set",
+            "train.lr=1e-4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--print-config",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads(r.output)
     assert cfg["train"]["lr"] == 1e-4 and cfg["finetune"]["epochs"] == 2 and cfg["train"]["batch_rows"] == 8
@@ -44,17 +58,20 @@ def test_finetune_config_file_flags_and_set_in_that_order(tmp_path):
     assert finetune_config("qa").finetune.max_length == 256  # the task's default
 
 
-@pytest.mark.parametrize("text, overrides, match", [
-    ("train: {lrr: 1}\n", [], r"my.yaml.train: unknown field\(s\) \['lrr'\]"),
-    ("finetune: {epochs: many}\n", [], r"finetune.epochs: expected float, got 'many'"),
-    ("finetune: {epochs: .nan}\n", [], r"finetune.epochs: must be a finite number"),
-    ("finetune: {pooling: max}\n", [], r"finetune.pooling='max'; use 'mean' or 'cls'"),
-    ("train: {steps: 10}\n", [], r"train.steps is derived in fine-tuning; set finetune.epochs instead"),
-    ("task: ner\n", [], r"task is 'ner' but the command is `finetune classify`"),
-    ("", ["finetune.epochs=-1"], r"--epochs must be positive"),
-    ("", ["train.batch_rows=0"], r"train.batch_rows must be positive"),
-    ("- a\n- b\n", [], r"my.yaml: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, match",
+    [
+        ("train: {lrr: 1}\n", [], r"my.yaml.train: unknown field\(s\) \['lrr'\]"),
+        ("finetune: {epochs: many}\n", [], r"finetune.epochs: expected float, got 'many'"),
+        ("finetune: {epochs: .nan}\n", [], r"finetune.epochs: must be a finite number"),
+        ("finetune: {pooling: max}\n", [], r"finetune.pooling='max'; use 'mean' or 'cls'"),
+        ("train: {steps: 10}\n", [], r"train.steps is derived in fine-tuning; set finetune.epochs instead"),
+        ("task: ner\n", [], r"task is 'ner' but the command is `finetune classify`"),
+        ("", ["finetune.epochs=-1"], r"--epochs must be positive"),
+        ("", ["train.batch_rows=0"], r"train.batch_rows must be positive"),
+        ("- a\n- b\n", [], r"my.yaml: expected a mapping"),
+    ],
+)
 def test_bad_configs_are_one_line_errors_naming_the_key(tmp_path, text, overrides, match):
     own = tmp_path / "my.yaml"
     own.write_text(text)
@@ -80,8 +97,22 @@ def test_generated_flags_are_unique_and_documented():
 
 
 def test_list_flags_take_commas_and_repeats():
-    r = runner.invoke(app, ["finetune", "classify", "--labels", "negative,neutral", "--labels", "positive",
-                            "--text-field", "a", "--text-field", "b", "--print-config"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "classify",
+            "--labels",
+            "negative,neutral",
+            "--labels",
+            "positive",
+            "--text-field",
+            "a",
+            "--text-field",
+            "b",
+            "--print-config",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads(r.output)
     assert cfg["data"]["labels"] == ["negative", "neutral", "positive"] and cfg["data"]["text_field"] == ["a", "b"]

@@ -18,15 +18,23 @@ PACKAGE = "encoderforge"
 # DESIGN.md's layers, bottom up. A module may import from its own layer or lower, never higher. pipeline runs
 # recipes (so sits above them) and the CLI calls the pipeline (so sits above it).
 LAYERS: dict[str, int] = {
-    "": 0, "config": 0, "fileio": 0,  # "" = encoderforge/__init__.py
+    "": 0,
+    "config": 0,
+    "fileio": 0,  # "" = encoderforge/__init__.py
     "model": 1,
     "tokenization": 2,
     "data": 3,
-    "training": 4, "tasks": 4,
-    "compression": 5, "inference": 5, "eval": 5, "index": 5,
-    "recipes": 6, "serving": 6,
+    "training": 4,
+    "tasks": 4,
+    "compression": 5,
+    "inference": 5,
+    "eval": 5,
+    "index": 5,
+    "recipes": 6,
+    "serving": 6,
     "pipeline": 7,
-    "cli": 8, "__main__": 8,
+    "cli": 8,
+    "__main__": 8,
 }
 # Same-layer packages that must not import each other in this direction. training is HOW to learn, tasks WHAT:
 # training imports no task (DESIGN.md); tasks implement training/task.py's protocol. inference uses compression (int8 export, fidelity), never the reverse.
@@ -157,7 +165,8 @@ def graph() -> dict[str, dict[str, int]]:
 def test_no_import_cycles(graph):
     cycles = find_cycles(graph)
     assert not cycles, "import cycles (move the shared code into the lowest layer that needs it):\n" + "\n".join(
-        describe(c, graph) for c in cycles)
+        describe(c, graph) for c in cycles
+    )
 
 
 def test_every_subpackage_has_a_layer(graph):
@@ -184,14 +193,19 @@ def test_package_top_level_stays_small():
     top = sorted(p.name for p in ROOT.glob("*.py"))
     assert len(top) <= MAX_TOP_LEVEL_MODULES, (
         f"encoderforge/ has {len(top)} top-level modules {top}; at most {MAX_TOP_LEVEL_MODULES} "
-        "(__init__, __main__, config, fileio): put the others in a subpackage")
+        "(__init__, __main__, config, fileio): put the others in a subpackage"
+    )
 
 
 def test_no_module_over_the_line_budget():
-    long = sorted((n, str(p.relative_to(ROOT.parent))) for p in ROOT.rglob("*.py")
-                  if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES)
+    long = sorted(
+        (n, str(p.relative_to(ROOT.parent)))
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    )
     assert not long, f"modules over {MAX_LINES} lines (STYLE.md's soft budget; split them by job):\n" + "\n".join(
-        f"{path}: {n}" for n, path in long)
+        f"{path}: {n}" for n, path in long
+    )
 
 
 def test_the_checker_sees_function_local_and_relative_imports(tmp_path):

@@ -28,7 +28,12 @@ def fail_on_error() -> Iterator[None]:
 def os_error_line(e: OSError) -> str:
     """`<path>: <problem>; <fix>` for an OSError."""
     path = e.filename or "<unknown path>"
-    fix = {errno.EACCES: "check its permissions or choose another path", errno.ENOSPC: "free disk space and rerun",
-           errno.EROFS: "choose a writable location", errno.ENOENT: "check the path",
-           errno.EISDIR: "pass a file, not a directory", errno.ENOTDIR: "a parent of the path is a file"}
+    fix = {
+        errno.EACCES: "check its permissions or choose another path",
+        errno.ENOSPC: "free disk space and rerun",
+        errno.EROFS: "choose a writable location",
+        errno.ENOENT: "check the path",
+        errno.EISDIR: "pass a file, not a directory",
+        errno.ENOTDIR: "a parent of the path is a file",
+    }
     return f"{path}: {e.strerror or e}; {fix.get(e.errno or 0, 'check the path and rerun')}"

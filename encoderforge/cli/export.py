@@ -9,8 +9,9 @@ import typer
 
 from encoderforge.cli.common import fail_on_error
 
-app = typer.Typer(help="Export a checkpoint to ONNX (fp32 or int8) for ONNX Runtime.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Export a checkpoint to ONNX (fp32 or int8) for ONNX Runtime.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 
 
 class OnnxPooling(str, Enum):
@@ -28,8 +29,9 @@ def _group() -> None:
 def onnx(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint directory (encoderforge or HF BERT) or zoo name."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .onnx file (written atomically)."),
-    pooling: OnnxPooling = typer.Option(OnnxPooling.none, help="none: output last_hidden_state (B, T, C); "
-                                        "mean / cls: output pooled (B, C)."),
+    pooling: OnnxPooling = typer.Option(
+        OnnxPooling.none, help="none: output last_hidden_state (B, T, C); mean / cls: output pooled (B, C)."
+    ),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization with ONNX Runtime (~4x smaller)."),
     opset: int = typer.Option(17, help="ONNX opset version."),
 ) -> None:
@@ -42,8 +44,10 @@ def onnx(
             raise EncoderforgeError(f"--opset must be between 14 and 20, got {opset} (17 is the default and tested)")
         r = export_checkpoint(model, out, pooling=pooling.value, int8=int8, opset=opset)
     typer.echo(str(r.path))
-    typer.echo(f"parity vs torch fp32 on {r.n_texts} texts: max |diff| {r.max_abs_diff:.2e}, "
-               f"cosine mean {r.mean_cosine:.5f} / min {r.min_cosine:.5f}")
+    typer.echo(
+        f"parity vs torch fp32 on {r.n_texts} texts: max |diff| {r.max_abs_diff:.2e}, "
+        f"cosine mean {r.mean_cosine:.5f} / min {r.min_cosine:.5f}"
+    )
     typer.echo(f"size: {r.size_bytes / 2**20:.1f} MiB ({r.size_bytes} bytes)")
 
 

@@ -20,8 +20,7 @@ from encoderforge.cli.common import fail_on_error
 from encoderforge.cli.options import CONFIG, SET, config_flags, param, with_config_flags
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig
 
-finetune_app = typer.Typer(help="Fine-tune an encoder on labelled data (CSV/TSV/JSONL/Orange .tab/CoNLL).",
-                           no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune an encoder on labelled data (CSV/TSV/JSONL/Orange .tab/CoNLL).", no_args_is_help=True)
 app = typer.Typer(help="Fine-tuning, prediction and leaderboards.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(finetune_app, name="finetune")
 
@@ -31,17 +30,16 @@ ALIASES = {"train.out_dir": ("--out", "-o"), "train.batch_rows": ("--batch-size"
 # `task` is the subcommand; the loop's fields that fine-tuning derives (finetune_config.DERIVED) get no flag.
 SKIP = {"task", "train.resume", *(f"train.{k}" for k in DERIVED)}
 TASK_HELP = {
-    "classify": "Single-label classification (accuracy, macro-F1); a text or a sentence pair; long documents by "
-                "chunk-and-pool.",
+    "classify": "Single-label classification (accuracy, macro-F1); a text or a sentence pair; long documents by chunk-and-pool.",
     "multilabel": "Multi-label classification (BCE; per-label thresholds tuned on dev; micro/macro F1, exact match).",
-    "ner": "Token classification with BIO tags (CoNLL `token<TAB>tag` or JSONL {\"tokens\", \"tags\"}); seqeval "
-           "entity F1.",
+    "ner": 'Token classification with BIO tags (CoNLL `token<TAB>tag` or JSONL {"tokens", "tags"}); seqeval entity F1.',
     "regress": "Regression on a text or a sentence pair (MSE; Pearson, Spearman); predict reads pairs as `a<TAB>b`.",
     "qa": "Extractive QA on SQuAD-style JSONL {question, context, answers: [{text, start}]}; EM and F1. Predict "
-          "reads `question<TAB>context` lines.",
+    "reads `question<TAB>context` lines.",
 }
-OVERWRITE = param("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory "
-                                                  "(only one encoderforge wrote)."))
+OVERWRITE = param(
+    "overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory (only one encoderforge wrote).")
+)
 PRINT = param("print_config", bool, typer.Option(False, "--print-config", help="Print the resolved config and exit."))
 
 
@@ -71,11 +69,24 @@ def _run(task: str, config: Optional[Path], set_: List[str], values: dict, overw
     if not m:  # a torchrun worker other than rank 0: rank 0 evaluates, writes the run and prints the summary
         return
     if result.skipped:
-        typer.echo(f"{result.run_dir}: already finished with this config and these files; nothing to do "
-                   "(--overwrite retrains)", err=True)
-    summary = {split: {k: v for k, v in m[split].items() if isinstance(v, (int, float))} for split in ("dev", "test") if split in m}
-    typer.echo(json.dumps({"run": str(result.run_dir), **summary, "epochs_run": m["epochs_run"],
-                           "s_per_epoch": m["s_per_epoch"], "peak_rss_mb": m["peak_rss_mb"]}, indent=2))
+        typer.echo(
+            f"{result.run_dir}: already finished with this config and these files; nothing to do (--overwrite retrains)", err=True
+        )
+    summary = {
+        split: {k: v for k, v in m[split].items() if isinstance(v, (int, float))} for split in ("dev", "test") if split in m
+    }
+    typer.echo(
+        json.dumps(
+            {
+                "run": str(result.run_dir),
+                **summary,
+                "epochs_run": m["epochs_run"],
+                "s_per_epoch": m["s_per_epoch"],
+                "peak_rss_mb": m["peak_rss_mb"],
+            },
+            indent=2,
+        )
+    )
 
 
 for _task in TASK_HELP:
@@ -83,10 +94,12 @@ for _task in TASK_HELP:
 
 
 @app.command("predict")
-def predict(run: Path = typer.Argument(..., help="Run directory written by `encoderforge finetune`."),
-            input: str = typer.Argument("-", help="UTF-8 text file, one text per line ('-' = stdin)."),
-            out: Path = typer.Option(..., "--out", "-o", help="Predictions as JSONL ({text, label/labels/tags, ...})."),
-            max_tokens: int = typer.Option(2048, help="Token budget per forward pass (the Engine's default).")) -> None:
+def predict(
+    run: Path = typer.Argument(..., help="Run directory written by `encoderforge finetune`."),
+    input: str = typer.Argument("-", help="UTF-8 text file, one text per line ('-' = stdin)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Predictions as JSONL ({text, label/labels/tags, ...})."),
+    max_tokens: int = typer.Option(2048, help="Token budget per forward pass (the Engine's default)."),
+) -> None:
     """Predict with a fine-tuned run through the padding-free inference engine."""
     from encoderforge import EncoderforgeError
     from encoderforge.fileio import check_output
@@ -103,8 +116,10 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `enco
 
 
 @app.command("eval")
-def eval_runs(runs: List[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
-              out: Path = typer.Option(Path("leaderboard"), "--out", "-o", help="Writes OUT.md and OUT.json.")) -> None:
+def eval_runs(
+    runs: List[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
+    out: Path = typer.Option(Path("leaderboard"), "--out", "-o", help="Writes OUT.md and OUT.json."),
+) -> None:
     """Leaderboard (Markdown + JSON) of fine-tuned runs: dev/test metrics, epochs, seconds per epoch, peak RSS."""
     from encoderforge.eval.leaderboard import leaderboard
 

@@ -14,7 +14,7 @@ import inspect
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Collection, List, Optional
 
 import typer
 
@@ -30,8 +30,14 @@ class Flag:
     help: str
 
 
-def config_flags(cls: type, *, skip: set[str] = frozenset(), aliases: dict[str, tuple[str, ...]] | None = None,  # type: ignore[assignment]
-                 defaults: Any = None, prefix: str = "") -> list[Flag]:
+def config_flags(
+    cls: type,
+    *,
+    skip: Collection[str] = frozenset(),
+    aliases: dict[str, tuple[str, ...]] | None = None,
+    defaults: Any = None,
+    prefix: str = "",
+) -> list[Flag]:
     """One Flag per leaf field of `cls` (recursing into dataclass sections), except the dotted keys in `skip`."""
     aliases = aliases or {}
     defaults = defaults if defaults is not None else cls()
@@ -71,6 +77,7 @@ def _option_type(hint: Any) -> Any:
 def with_config_flags(flags: list[Flag], fixed: list[inspect.Parameter]) -> Callable[[Callable], Callable]:
     """Give `fn(**kw)` a signature Typer reads: the `fixed` parameters first, then one option per Flag. The wrapped
     function receives `values={dotted key: value}` (given flags only) next to the fixed parameters."""
+
     def wrap(fn: Callable) -> Callable:
         params = list(fixed)
         by_name = {}
@@ -79,19 +86,31 @@ def with_config_flags(flags: list[Flag], fixed: list[inspect.Parameter]) -> Call
             by_name[name] = fl.key
             default = fl.default if not isinstance(fl.default, list) else ",".join(map(str, fl.default))
             help_text = f"{fl.help} ({fl.key}; default: {default})".strip()
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(fl.hint),
-                                            default=typer.Option(None, *fl.names, help=help_text, show_default=False)))
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=_option_type(fl.hint),
+                    default=typer.Option(None, *fl.names, help=help_text, show_default=False),
+                )
+            )
 
         def command(**kw: Any) -> Any:
             # a list flag is repeatable and takes commas: `--labels a,b --labels c` -> [a, b, c]
-            values = {by_name[k]: ([p.strip() for x in v for p in str(x).split(",") if p.strip()]
-                                   if isinstance(v, (list, tuple)) else v) for k, v in kw.items() if k in by_name}
+            values = {
+                by_name[k]: (
+                    [p.strip() for x in v for p in str(x).split(",") if p.strip()] if isinstance(v, (list, tuple)) else v
+                )
+                for k, v in kw.items()
+                if k in by_name
+            }
             values = {k: v for k, v in values.items() if v is not None and v != []}
             return fn(values=values, **{k: v for k, v in kw.items() if k not in by_name})
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__doc__, command.__name__ = fn.__doc__, fn.__name__
         return command
+
     return wrap
 
 

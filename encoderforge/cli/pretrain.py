@@ -45,12 +45,16 @@ def data() -> None:
 
 @data_app.command("prepare")
 def prepare(
-    corpus: List[str] = typer.Argument(..., help="PATH[=NAME][:WEIGHT]: a text/JSONL file or directory; NAME "
-                                                  "(letters, digits, '-', '_', '.') names its shards; WEIGHT "
-                                                  "up-samples it (2 = twice per epoch)."),
+    corpus: List[str] = typer.Argument(
+        ...,
+        help="PATH[=NAME][:WEIGHT]: a text/JSONL file or directory; NAME "
+        "(letters, digits, '-', '_', '.') names its shards; WEIGHT "
+        "up-samples it (2 = twice per epoch).",
+    ),
     tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="tokenizer.json, vocab.txt or a checkpoint directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output shard directory (appears only when complete); "
-                                                      "never inside a corpus directory."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output shard directory (appears only when complete); never inside a corpus directory."
+    ),
     split: str = typer.Option("file", help="Documents in text files: 'file', 'paragraph' (blank lines) or 'line'."),
     field: str = typer.Option("text", help="JSONL field holding the text."),
     eval_fraction: float = typer.Option(0.01, help="Share of documents held out for evaluation."),
@@ -64,12 +68,22 @@ def prepare(
 
     with fail_on_error():
         specs = [parse_corpus_arg(c, split=split, field=field) for c in corpus]  # type: ignore[arg-type]
-        manifest = prepare_corpus(specs, tokenizer, out, eval_fraction=eval_fraction, shard_tokens=shard_tokens,
-                                  min_chars=min_chars, seed=seed, overwrite=overwrite)
+        manifest = prepare_corpus(
+            specs,
+            tokenizer,
+            out,
+            eval_fraction=eval_fraction,
+            shard_tokens=shard_tokens,
+            min_chars=min_chars,
+            seed=seed,
+            overwrite=overwrite,
+        )
     for c in manifest["corpora"]:
-        typer.echo(f"{c['name']}: {c['documents']['train']} train / {c['documents']['eval']} eval documents, "
-                   f"{c['tokens']['train']:,} / {c['tokens']['eval']:,} tokens ({c['duplicates']} duplicates, "
-                   f"{c['empty']} too short dropped), weight {c['weight']}")
+        typer.echo(
+            f"{c['name']}: {c['documents']['train']} train / {c['documents']['eval']} eval documents, "
+            f"{c['tokens']['train']:,} / {c['tokens']['eval']:,} tokens ({c['duplicates']} duplicates, "
+            f"{c['empty']} too short dropped), weight {c['weight']}"
+        )
 
 
 if __name__ == "__main__":

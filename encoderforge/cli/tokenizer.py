@@ -8,8 +8,11 @@ import typer
 
 from encoderforge.cli.common import fail_on_error
 
-app = typer.Typer(help="Train a domain WordPiece tokenizer, extend a model's vocabulary, compare tokenizers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Train a domain WordPiece tokenizer, extend a model's vocabulary, compare tokenizers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command()
@@ -25,23 +28,32 @@ def train(
     from encoderforge.tokenization.train import train_wordpiece_dir
 
     with fail_on_error():
-        tok = train_wordpiece_dir(files, out, vocab_size=vocab_size, lowercase=not cased, min_frequency=min_frequency,
-                                  overwrite=overwrite)
+        tok = train_wordpiece_dir(
+            files, out, vocab_size=vocab_size, lowercase=not cased, min_frequency=min_frequency, overwrite=overwrite
+        )
     typer.echo(f"wrote {out}: WordPiece vocabulary of {tok.get_vocab_size():,} tokens")
 
 
 @app.command()
 def extend(
-    model: Path = typer.Option(..., "--model",
-                               help="Checkpoint directory (encoderforge or Hugging Face BERT) with its tokenizer."),
+    model: Path = typer.Option(
+        ..., "--model", help="Checkpoint directory (encoderforge or Hugging Face BERT) with its tokenizer."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output encoderforge checkpoint directory."),
     terms: Path | None = typer.Option(None, "--terms", help="UTF-8 file, one word per line ('#' starts a comment)."),
-    from_corpus: list[Path] | None = typer.Option(None, "--from-corpus", help="Corpus files or directories: add their "
-                                                  "most frequent words that split into >= 3 pieces. Takes a shell "
-                                                  "glob (--from-corpus corpus/*.txt) or repeats."),
-    more_corpus: list[Path] | None = typer.Argument(None, metavar="CORPUS_FILE", show_default=False,
-                                                    help="The rest of --from-corpus's files (a shell glob expands "
-                                                         "to several)."),
+    from_corpus: list[Path] | None = typer.Option(
+        None,
+        "--from-corpus",
+        help="Corpus files or directories: add their "
+        "most frequent words that split into >= 3 pieces. Takes a shell "
+        "glob (--from-corpus corpus/*.txt) or repeats.",
+    ),
+    more_corpus: list[Path] | None = typer.Argument(
+        None,
+        metavar="CORPUS_FILE",
+        show_default=False,
+        help="The rest of --from-corpus's files (a shell glob expands to several).",
+    ),
     top: int = typer.Option(200, "--top", help="How many words to take with --from-corpus."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
@@ -51,8 +63,9 @@ def extend(
 
     with fail_on_error():
         if more_corpus and not from_corpus:  # click can't give an option a variable number of values
-            raise EncoderforgeError(f"unexpected file {str(more_corpus[0])!r}; corpus files go after --from-corpus "
-                                    "(e.g. --from-corpus corpus/*.txt)")
+            raise EncoderforgeError(
+                f"unexpected file {str(more_corpus[0])!r}; corpus files go after --from-corpus (e.g. --from-corpus corpus/*.txt)"
+            )
         corpus = [*(from_corpus or []), *(more_corpus or [])]
         added = extend_checkpoint(model, out, terms_file=terms, corpus=corpus, top=top, overwrite=overwrite)
     shown = ", ".join(a.term for a in added[:10]) + (", ..." if len(added) > 10 else "")

@@ -43,8 +43,7 @@ def temp_dir_beside(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as e:
-        raise EncoderforgeError(f"{path.parent}: cannot write there ({e.strerror}); "
-                                "choose another output location") from None
+        raise EncoderforgeError(f"{path.parent}: cannot write there ({e.strerror}); choose another output location") from None
     try:
         yield tmp
     finally:

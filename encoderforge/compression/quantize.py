@@ -87,16 +87,24 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
         keep saving the fp32 checkpoint and quantize after loading (it takes well under a second).
     """
     if not hasattr(torch.ops.quantized, "linear_dynamic"):  # pragma: no cover - a torch without int8 kernels
-        raise EncoderforgeError(f"torch {torch.__version__} has no dynamic int8 Linear kernels; "
-                                "use the ONNX int8 path (`encoderforge export onnx --int8`)")
+        raise EncoderforgeError(
+            f"torch {torch.__version__} has no dynamic int8 Linear kernels; "
+            "use the ONNX int8 path (`encoderforge export onnx --int8`)"
+        )
     rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
     model = copy.deepcopy(encoder).cpu().eval()
     replace_modules(model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(cast(nn.Linear, m), reduce_range=rr))
     return model
 
 
-def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WEIGHT_TYPE,
-                  per_channel: bool = ORT_PER_CHANNEL, reduce_range: bool | None = None) -> Path:
+def quantize_onnx(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    weight_type: str = ORT_WEIGHT_TYPE,
+    per_channel: bool = ORT_PER_CHANNEL,
+    reduce_range: bool | None = None,
+) -> Path:
     """ONNX Runtime dynamic int8 quantization of every MatMul weight, written atomically to `dst`.
 
     Args:
@@ -120,8 +128,12 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, weight_type: str = ORT_WE
     with temp_dir_beside(dst) as tmp, _quiet_root_logger():
         q = tmp / "model.int8.onnx"
         ort_quantization.quantize_dynamic(
-            str(src), str(q), weight_type=getattr(ort_quantization.QuantType, weight_type), per_channel=per_channel,
-            reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range)
+            str(src),
+            str(q),
+            weight_type=getattr(ort_quantization.QuantType, weight_type),
+            per_channel=per_channel,
+            reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range,
+        )
         onnx.checker.check_model(str(q))
         os.replace(q, dst)
     return dst
@@ -148,10 +160,12 @@ def int8_fidelity(fp32_vectors: torch.Tensor | np.ndarray, int8_vectors: torch.T
     Returns:
         {"mean_cosine", "min_cosine", "n"}; an all-zero row counts as cosine 0.
     """
-    a, b = (torch.as_tensor(v.detach() if isinstance(v, torch.Tensor) else v).cpu().double()
-            for v in (fp32_vectors, int8_vectors))
+    a, b = (
+        torch.as_tensor(v.detach() if isinstance(v, torch.Tensor) else v).cpu().double() for v in (fp32_vectors, int8_vectors)
+    )
     if a.shape != b.shape or a.ndim != 2 or not len(a):
-        raise EncoderforgeError(f"int8_fidelity needs two non-empty (n, C) matrices of one shape, got "
-                                f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise EncoderforgeError(
+            f"int8_fidelity needs two non-empty (n, C) matrices of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)  # (n,)
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": len(cos)}

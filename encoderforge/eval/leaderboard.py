@@ -11,9 +11,13 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file
 
 # per task kind: the metrics shown, primary first
-COLUMNS = {"classify": ("accuracy", "macro_f1"), "multilabel": ("micro_f1", "macro_f1", "exact_match"),
-           "ner": ("f1", "precision", "recall"), "regress": ("pearson", "spearman"),
-           "qa": ("f1", "exact_match")}
+COLUMNS = {
+    "classify": ("accuracy", "macro_f1"),
+    "multilabel": ("micro_f1", "macro_f1", "exact_match"),
+    "ner": ("f1", "precision", "recall"),
+    "regress": ("pearson", "spearman"),
+    "qa": ("f1", "exact_match"),
+}
 
 
 @dataclass
@@ -54,8 +58,14 @@ def leaderboard(paths: Sequence[str | Path], out: str | Path | None = None) -> L
         cfg_file = run / "config.json"
         cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
         kind = meta.get("kind", "?")
-        row: dict[str, Any] = {"run": run.name, "path": str(run), "kind": kind, "model": m.get("model", ""),
-                               "train": "/".join(Path((cfg.get("train_files") or {}).get("train") or "").parts[-2:]), "primary": m.get("primary")}
+        row: dict[str, Any] = {
+            "run": run.name,
+            "path": str(run),
+            "kind": kind,
+            "model": m.get("model", ""),
+            "train": "/".join(Path((cfg.get("train_files") or {}).get("train") or "").parts[-2:]),
+            "primary": m.get("primary"),
+        }
         for split in ("dev", "test"):
             for k in COLUMNS.get(kind, ()):
                 v = m.get(split, {}).get(k)
@@ -83,13 +93,30 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     parts = []
     for kind in sorted({r["kind"] for r in rows}):
         mets = COLUMNS.get(kind, ())
-        head = ["run", "model", "train", *[f"dev {m}" for m in mets], *[f"test {m}" for m in mets],
-                "epochs", "best epoch", "s/epoch", "peak RSS MB"]
+        head = [
+            "run",
+            "model",
+            "train",
+            *[f"dev {m}" for m in mets],
+            *[f"test {m}" for m in mets],
+            "epochs",
+            "best epoch",
+            "s/epoch",
+            "peak RSS MB",
+        ]
         lines = [f"### {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["kind"] == kind):
-            cells = [r["run"], r["model"], r["train"], *[_fmt(r.get(f"dev_{m}")) for m in mets],
-                     *[_fmt(r.get(f"test_{m}")) for m in mets], _fmt(r["epochs_run"]), _fmt(r["best_epoch"]),
-                     _fmt(r["s_per_epoch"]), _fmt(r["peak_rss_mb"])]
+            cells = [
+                r["run"],
+                r["model"],
+                r["train"],
+                *[_fmt(r.get(f"dev_{m}")) for m in mets],
+                *[_fmt(r.get(f"test_{m}")) for m in mets],
+                _fmt(r["epochs_run"]),
+                _fmt(r["best_epoch"]),
+                _fmt(r["s_per_epoch"]),
+                _fmt(r["peak_rss_mb"]),
+            ]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

@@ -22,8 +22,11 @@ from encoderforge.model.surgery import is_cpu_fp32_linear, replace_modules
 
 def packing_available() -> bool:
     """oneDNN is compiled in and exposes the packed linear ops."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
 
 
 class PackedLinear(nn.Module):
@@ -40,8 +43,14 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias,
-                                               self.activation, [], "none" if self.activation == "gelu" else "")
+        y = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(-1, self.in_features),
+            self.packed,
+            self.bias,
+            self.activation,
+            [],
+            "none" if self.activation == "gelu" else "",
+        )
         return y.view(*lead, self.out_features)
 
 
@@ -68,8 +77,11 @@ def pack_for_cpu(model: nn.Module) -> nn.Module:
     if not packing_available():
         return model
     model = copy.deepcopy(model).eval()
-    replace_modules(model, lambda _, m: _packable_mlp(m) or is_cpu_fp32_linear(m),
-                    lambda m: PackedMLP(m) if isinstance(m, MLP) else PackedLinear(cast(nn.Linear, m)))
+    replace_modules(
+        model,
+        lambda _, m: _packable_mlp(m) or is_cpu_fp32_linear(m),
+        lambda m: PackedMLP(m) if isinstance(m, MLP) else PackedLinear(cast(nn.Linear, m)),
+    )
     return model
 
 

@@ -68,8 +68,16 @@ class Engine:
         >>> vecs = eng.embed(["a sentence", "another one"])   # (2, 384) float32, L2-normalized
     """
 
-    def __init__(self, encoder: Encoder, tokenizer, *, max_tokens: int = DEFAULT_MAX_TOKENS, max_length: int | None = None,
-                 truncate: bool = True, pack: bool = True):
+    def __init__(
+        self,
+        encoder: Encoder,
+        tokenizer,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_length: int | None = None,
+        truncate: bool = True,
+        pack: bool = True,
+    ):
         on_cpu = next(encoder.parameters()).device.type == "cpu"
         own = pack_for_cpu(encoder) if pack and on_cpu else encoder  # packing makes a copy (when oneDNN is there)
         if own is encoder:
@@ -80,11 +88,14 @@ class Engine:
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # truncation settings below stay the engine's
         self.max_length = int(max_length or encoder.cfg.max_position)
         if self.max_length > encoder.cfg.max_position and encoder.cfg.position == "learned":
-            raise EncoderforgeError(f"max_length={self.max_length} exceeds the model's max_position="
-                                    f"{encoder.cfg.max_position}; lower --max-length")
+            raise EncoderforgeError(
+                f"max_length={self.max_length} exceeds the model's max_position={encoder.cfg.max_position}; lower --max-length"
+            )
         if max_tokens < self.max_length:
-            raise EncoderforgeError(f"max_tokens={max_tokens} is smaller than one sequence of max_length="
-                                    f"{self.max_length}; raise --max-tokens or lower --max-length")
+            raise EncoderforgeError(
+                f"max_tokens={max_tokens} is smaller than one sequence of max_length="
+                f"{self.max_length}; raise --max-tokens or lower --max-length"
+            )
         self.max_tokens = int(max_tokens)
         self.truncate = truncate
         if truncate:  # the Rust tokenizer truncates (keeping [CLS]/[SEP]) and reports what overflowed
@@ -113,8 +124,9 @@ class Engine:
             if enc.overflowing:
                 truncated.append(i)
             elif len(enc.ids) > self.max_length:
-                raise EncoderforgeError(f"text {i} has {len(enc.ids)} tokens > max_length={self.max_length}; "
-                                        "enable truncation or raise --max-length")
+                raise EncoderforgeError(
+                    f"text {i} has {len(enc.ids)} tokens > max_length={self.max_length}; enable truncation or raise --max-length"
+                )
             ids.append(enc.ids)
         return EncodedTexts(ids=ids, truncated=truncated)
 
@@ -182,5 +194,6 @@ def _check_texts(texts: Sequence[str]) -> None:
         raise EncoderforgeError(f"texts must be a list of strings, got {type(texts).__name__}")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise EncoderforgeError(f"texts[{i}] is {type(t).__name__} ({t!r:.40}), not a string; "
-                                    "convert or drop it before encoding")
+            raise EncoderforgeError(
+                f"texts[{i}] is {type(t).__name__} ({t!r:.40}), not a string; convert or drop it before encoding"
+            )

@@ -26,8 +26,10 @@ def nearest_neighbors(texts: str | Path, vectors: str | Path) -> list[Neighbor]:
     except (OSError, ValueError) as e:
         raise EncoderforgeError(f"{vectors}: not a .npy matrix written by `encoderforge embed` ({e})") from None
     if vecs.shape[0] != len(lines) or len(lines) < 2:
-        raise EncoderforgeError(f"{vectors}: has {vecs.shape[0]} vectors but {texts} has {len(lines)} lines; "
-                                "embed the same file again (and use at least 2 lines)")
+        raise EncoderforgeError(
+            f"{vectors}: has {vecs.shape[0]} vectors but {texts} has {len(lines)} lines; "
+            "embed the same file again (and use at least 2 lines)"
+        )
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)
     sim = unit @ unit.T  # (n, n) cosine
     np.fill_diagonal(sim, -np.inf)

@@ -58,8 +58,9 @@ class _ExportGraph(nn.Module):
         return hidden if self.pooling == "none" else pool(hidden, attention_mask, self.pooling)  # (B, C)
 
 
-def export_onnx(encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling = "none", opset: int = 17,
-                int8: bool = False) -> Path:
+def export_onnx(
+    encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling = "none", opset: int = 17, int8: bool = False
+) -> Path:
     """Export `encoder` to an ONNX file, atomically (no half-written file is ever left at `out_path`).
 
     Args:
@@ -90,10 +91,20 @@ def export_onnx(encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling 
             warnings.simplefilter("ignore")
             fp32 = tmp / "model.onnx"
             torch.onnx.export(
-                _ExportGraph(encoder, pooling).eval(), (ids, mask), str(fp32), dynamo=False, opset_version=opset,
-                input_names=list(INPUT_NAMES), output_names=[output_name], do_constant_folding=True,
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                              output_name: out_axes})
+                _ExportGraph(encoder, pooling).eval(),
+                (ids, mask),
+                str(fp32),
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(INPUT_NAMES),
+                output_names=[output_name],
+                do_constant_folding=True,
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    output_name: out_axes,
+                },
+            )
             onnx.checker.check_model(str(fp32))
             if int8:
                 quantize_onnx(fp32, out)
@@ -114,6 +125,7 @@ def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---- running and checking an exported file ---------------------------------------------------------
+
 
 def onnx_session(path: str | Path, *, threads: int = 1):
     """An ONNX Runtime CPU session with `threads` intra-op threads (inter-op 1: one graph at a time)."""
@@ -158,8 +170,15 @@ class ExportReport:
     min_cosine: float
 
 
-def export_checkpoint(model: str | Path, out_path: str | Path, *, pooling: OnnxPooling = "none", int8: bool = False,
-                      opset: int = 17, texts: Sequence[str] = SAMPLE_TEXTS) -> ExportReport:
+def export_checkpoint(
+    model: str | Path,
+    out_path: str | Path,
+    *,
+    pooling: OnnxPooling = "none",
+    int8: bool = False,
+    opset: int = 17,
+    texts: Sequence[str] = SAMPLE_TEXTS,
+) -> ExportReport:
     """Load a checkpoint (directory or zoo name), export it to ONNX and compare ONNX Runtime with torch.
 
     Args:
@@ -190,8 +209,14 @@ def export_checkpoint(model: str | Path, out_path: str | Path, *, pooling: OnnxP
         ref_vec, got_vec = pool(ref, mask, "mean"), pool(got, mask, "mean")
         diff = (got - ref).abs() * mask[..., None]  # padded positions are not compared
     fid = int8_fidelity(ref_vec, got_vec)
-    return ExportReport(path=out, size_bytes=out.stat().st_size, n_texts=len(ids), max_abs_diff=float(diff.max()),
-                        mean_cosine=fid["mean_cosine"], min_cosine=fid["min_cosine"])
+    return ExportReport(
+        path=out,
+        size_bytes=out.stat().st_size,
+        n_texts=len(ids),
+        max_abs_diff=float(diff.max()),
+        mean_cosine=fid["mean_cosine"],
+        min_cosine=fid["min_cosine"],
+    )
 
 
 def _parity_batch(path: Path, texts: Sequence[str], cfg) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,9 @@ def read_lines(path: str | Path) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise EncoderforgeError(f"{name}: line {line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8, "
-                                f"e.g. `iconv -f latin1 -t utf-8`") from None
+        raise EncoderforgeError(
+            f"{name}: line {line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
     return text.splitlines()
 
 

@@ -49,8 +49,9 @@ def eager_attention(qkv: torch.Tensor, ctx: AttnContext, *, dropout_p: float) ->
     return (dropout(scores.softmax(dim=-1), dropout_p) @ v).transpose(1, 2)  # (B, T, H, D)
 
 
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   dropout_p: float) -> torch.Tensor:
+def math_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     """eager_attention's math with model.dropout's mask, in fewer passes over the (B, H, T, Tk) scores.
     q: (B, H, T, D); k, v: (B, H, Tk, D); mask: (B, 1, 1, Tk) bool, True = key takes part -> (B, H, T, D).
 

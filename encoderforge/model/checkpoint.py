@@ -62,14 +62,15 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
     _check_tensors(path, state, cfg, hf_names=source != FORMAT, unused=unused)
     check_tokenizer_fits(path, cfg.vocab_size)
     enc = Encoder(cfg)
-    enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     extra = {k: v for k, v in state.items() if not k.startswith("encoder.")}
     missing, unexpected = enc.load_state_dict(enc_state, strict=False)
     missing = [m for m in missing if not m.startswith("pooler.")]  # some exports drop the pooler
     if missing or unexpected:
         raise EncoderforgeError(
             f"{path}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
-            "the checkpoint is incomplete or its config.json belongs to another model")
+            "the checkpoint is incomplete or its config.json belongs to another model"
+        )
     return Loaded(encoder=enc.eval(), extra=extra, path=path, source=source)
 
 
@@ -82,18 +83,22 @@ def check_tokenizer_fits(model_dir: str | Path, rows: int) -> None:
     if file is None:
         return
     try:  # read the size directly: model/ sits below tokenization/ in the layers
-        size = (Tokenizer.from_file(str(file)).get_vocab_size(with_added_tokens=True) if file.suffix == ".json"
-                else sum(1 for line in file.read_text(encoding="utf-8").splitlines() if line.strip()))
+        size = (
+            Tokenizer.from_file(str(file)).get_vocab_size(with_added_tokens=True)
+            if file.suffix == ".json"
+            else sum(1 for line in file.read_text(encoding="utf-8").splitlines() if line.strip())
+        )
     except Exception as e:  # tokenizers raises its own exception type for a corrupt file
         raise EncoderforgeError(f"{file}: unreadable tokenizer ({str(e).splitlines()[0][:200]}); restore the file") from None
     if size > rows:
-        raise EncoderforgeError(f"{file}: the tokenizer has {size} tokens but the model only {rows} embedding rows; "
-                                f"extend the model with `encoderforge tokenizer extend --model {model_dir} ...` so "
-                                "every token gets a row, or use the model's own tokenizer")
+        raise EncoderforgeError(
+            f"{file}: the tokenizer has {size} tokens but the model only {rows} embedding rows; "
+            f"extend the model with `encoderforge tokenizer extend --model {model_dir} ...` so "
+            "every token gets a row, or use the model's own tokenizer"
+        )
 
 
-def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfig, *, hf_names: bool,
-                   unused: list[str]) -> None:
+def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfig, *, hf_names: bool, unused: list[str]) -> None:
     """Every tensor config.json implies is present with its shape, and no layer the config lacks is in the file.
     Checked on a meta-device model, so a config that disagrees with the weights costs no memory."""
     weights = _weights_file(path)
@@ -108,16 +113,22 @@ def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfi
                 f"{weights}: tensor {_label(names(key))!r} has shape {tuple(state[key].shape)} but "
                 f"{path / 'config.json'} expects {shape} (hidden_size={cfg.hidden_size}, layers={cfg.num_layers}, "
                 f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}); config.json does not belong "
-                "to these weights — restore the config.json that came with them")
-    missing = [n for k in expected if k not in state and not k.startswith("encoder.pooler.")  # some exports drop it
-               for n in names(k)]
+                "to these weights — restore the config.json that came with them"
+            )
+    missing = [
+        n
+        for k in expected
+        if k not in state and not k.startswith("encoder.pooler.")  # some exports drop it
+        for n in names(k)
+    ]
     extra = sorted(unused + [k for k in state if k.startswith("encoder.") and k not in expected], key=_natural)
     if missing or extra:
         parts = [f"missing {len(missing)} tensors {_few(missing)}"] if missing else []
         parts += [f"{len(extra)} extra tensors {_few(extra)}"] if extra else []
         raise EncoderforgeError(
             f"{weights}: weights do not match {path / 'config.json'} (layers={cfg.num_layers}): {', '.join(parts)}; "
-            "the checkpoint is incomplete or its config.json belongs to another model")
+            "the checkpoint is incomplete or its config.json belongs to another model"
+        )
 
 
 def _few(names: list[str], n: int = 4) -> str:
@@ -137,8 +148,14 @@ def _label(names: list[str]) -> str:
     return names[0]
 
 
-def save(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None = None,
-         extra: dict[str, torch.Tensor] | None = None, overwrite: bool = True) -> Path:
+def save(
+    encoder: Encoder,
+    path: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    overwrite: bool = True,
+) -> Path:
     """Write our directory format atomically: config.json, model.safetensors, tokenizer files."""
     state = {f"encoder.{k}": v.detach().contiguous() for k, v in encoder.state_dict().items()}
     state.update({k: v.detach().contiguous() for k, v in (extra or {}).items()})
@@ -153,17 +170,34 @@ def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path |
     """Write a Hugging Face BERT directory that `transformers.AutoModel.from_pretrained` loads with no
     missing or unexpected keys. Only the BERT layout (post-LN, GELU, learned positions, biases) exports."""
     cfg = encoder.cfg
-    bad = {k: getattr(cfg, k) for k, ok in (("norm", "post"), ("activation", "gelu"), ("position", "learned"), ("bias", True))
-           if getattr(cfg, k) != ok}
+    bad = {
+        k: getattr(cfg, k)
+        for k, ok in (("norm", "post"), ("activation", "gelu"), ("position", "learned"), ("bias", True))
+        if getattr(cfg, k) != ok
+    }
     if bad or not cfg.type_vocab_size:
-        raise EncoderforgeError(f"cannot export to Hugging Face BERT: {bad or {'type_vocab_size': 0}} has no BertModel "
-                                "equivalent; keep the checkpoint in encoderforge format")
-    hf = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": cfg.vocab_size,
-          "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-          "intermediate_size": cfg.intermediate_size, "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout,
-          "attention_probs_dropout_prob": cfg.attention_dropout, "max_position_embeddings": cfg.max_position,
-          "type_vocab_size": cfg.type_vocab_size, "initializer_range": 0.02, "layer_norm_eps": cfg.layer_norm_eps,
-          "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute"}
+        raise EncoderforgeError(
+            f"cannot export to Hugging Face BERT: {bad or {'type_vocab_size': 0}} has no BertModel "
+            "equivalent; keep the checkpoint in encoderforge format"
+        )
+    hf = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "max_position_embeddings": cfg.max_position,
+        "type_vocab_size": cfg.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": cfg.pad_token_id,
+        "position_embedding_type": "absolute",
+    }
     state = ours_to_hf_state(encoder.state_dict(), cfg)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
@@ -175,8 +209,13 @@ def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path |
 # ---- Hugging Face <-> ours -------------------------------------------------------------------------
 
 _EMB = {"word_embeddings": "tok", "position_embeddings": "pos", "token_type_embeddings": "segment", "LayerNorm": "norm"}
-_LAYER = {"attention.output.dense": "attn.out", "attention.output.LayerNorm": "norm1", "intermediate.dense": "mlp.fc1",
-          "output.dense": "mlp.fc2", "output.LayerNorm": "norm2"}
+_LAYER = {
+    "attention.output.dense": "attn.out",
+    "attention.output.LayerNorm": "norm1",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "output.LayerNorm": "norm2",
+}
 _MLM = {"cls.predictions.transform.dense": "mlm.dense", "cls.predictions.transform.LayerNorm": "mlm.norm"}
 
 
@@ -184,20 +223,31 @@ def hf_config_to_ours(raw: dict, *, source: str) -> EncoderConfig:
     """Map a Hugging Face BERT config.json to EncoderConfig; anything else is a clear error."""
     mtype = raw.get("model_type")
     if mtype not in ("bert",):
-        raise EncoderforgeError(f"{source}: model_type {mtype!r} is not supported; encoderforge imports BERT "
-                                "checkpoints (model_type 'bert'), e.g. MiniLM, BERT, BioBERT, LegalBERT")
+        raise EncoderforgeError(
+            f"{source}: model_type {mtype!r} is not supported; encoderforge imports BERT "
+            "checkpoints (model_type 'bert'), e.g. MiniLM, BERT, BioBERT, LegalBERT"
+        )
     if raw.get("position_embedding_type", "absolute") != "absolute":
-        raise EncoderforgeError(f"{source}: position_embedding_type {raw['position_embedding_type']!r} is not "
-                                "supported; only 'absolute' BERT positions import")
+        raise EncoderforgeError(
+            f"{source}: position_embedding_type {raw['position_embedding_type']!r} is not "
+            "supported; only 'absolute' BERT positions import"
+        )
     if raw.get("hidden_act", "gelu") != "gelu":
         raise EncoderforgeError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported; only 'gelu' imports")
     try:
         return EncoderConfig(
-            vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], num_layers=raw["num_hidden_layers"],
-            num_heads=raw["num_attention_heads"], intermediate_size=raw["intermediate_size"],
-            max_position=raw.get("max_position_embeddings", 512), type_vocab_size=raw.get("type_vocab_size", 2),
-            layer_norm_eps=raw.get("layer_norm_eps", 1e-12), dropout=raw.get("hidden_dropout_prob", 0.1),
-            attention_dropout=raw.get("attention_probs_dropout_prob", 0.1), pad_token_id=raw.get("pad_token_id", 0) or 0)
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=raw["num_attention_heads"],
+            intermediate_size=raw["intermediate_size"],
+            max_position=raw.get("max_position_embeddings", 512),
+            type_vocab_size=raw.get("type_vocab_size", 2),
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+            dropout=raw.get("hidden_dropout_prob", 0.1),
+            attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
+            pad_token_id=raw.get("pad_token_id", 0) or 0,
+        )
     except KeyError as e:
         raise EncoderforgeError(f"{source}: missing field {e.args[0]!r} in a BERT config") from None
 
@@ -256,8 +306,11 @@ def _hf_unused(hf: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> li
     Heads we do not use (NSP, the tied decoder) and the position_ids buffer are not encoder weights."""
     used = {n for k in ours for n in _hf_names(k)}
     keys = [k[5:] if k.startswith("bert.") else k for k in hf]
-    return [k for k in keys if k not in used and k.split(".")[0] in ("embeddings", "encoder", "pooler")
-            and k != "embeddings.position_ids"]
+    return [
+        k
+        for k in keys
+        if k not in used and k.split(".")[0] in ("embeddings", "encoder", "pooler") and k != "embeddings.position_ids"
+    ]
 
 
 def ours_to_hf_state(state: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
@@ -280,6 +333,7 @@ def ours_to_hf_state(state: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict
 
 
 # ---- files -----------------------------------------------------------------------------------------
+
 
 def _read_config(path: Path) -> dict:
     if not path.exists():

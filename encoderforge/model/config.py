@@ -44,10 +44,11 @@ class EncoderConfig:
         for name, lit in choices.items():
             allowed = lit.__args__  # type: ignore[attr-defined]
             if getattr(self, name) not in allowed:
-                raise EncoderforgeError(f"config field '{name}'={getattr(self, name)!r} is not supported; use one of {list(allowed)}")
+                raise EncoderforgeError(
+                    f"config field '{name}'={getattr(self, name)!r} is not supported; use one of {list(allowed)}"
+                )
         if self.hidden_size % self.num_heads:
-            raise EncoderforgeError(
-                f"config: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+            raise EncoderforgeError(f"config: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.position == "rope" and self.head_dim % 2:
             raise EncoderforgeError(f"config: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
@@ -95,8 +96,12 @@ def minilm_l6(**kw: Any) -> EncoderConfig:
 
 
 PRESETS: dict[str, Callable[..., EncoderConfig]] = {
-    "bert-tiny": bert_tiny, "bert-mini": bert_mini, "bert-small": bert_small,
-    "bert-medium": bert_medium, "bert-base": bert_base, "minilm-l6": minilm_l6,
+    "bert-tiny": bert_tiny,
+    "bert-mini": bert_mini,
+    "bert-small": bert_small,
+    "bert-medium": bert_medium,
+    "bert-base": bert_base,
+    "minilm-l6": minilm_l6,
 }
 
 

@@ -81,8 +81,9 @@ class Encoder(nn.Module):
         self.pooler.requires_grad_(False)
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, T) ids and 0/1 mask (real tokens left-aligned) -> (B, T, C) hidden states."""
         B, T = input_ids.shape
         if attention_mask is None:
@@ -98,8 +99,14 @@ class Encoder(nn.Module):
         ctx = AttnContext(mask=None if bool(mask.all()) else mask, rope=rope)
         return self._run(self.embeddings(input_ids, positions, token_type_ids), ctx)
 
-    def forward_packed(self, input_ids: torch.Tensor, lengths: torch.Tensor, *,
-                       token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Packed:
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        token_type_ids: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> Packed:
         """Sequences packed back to back -> their states and layout; the entry point of every task and the engine.
 
         Args:
@@ -117,13 +124,21 @@ class Encoder(nn.Module):
             >>> out.hidden.shape, pad_packed(out.hidden, out.layout).mask.shape   # (5, C), (2, 3)
         """
         if not self.unpadded:
-            raise ValueError(f"forward_packed needs an unpadded attention backend ({sorted(UNPADDED_BACKENDS)}), this "
-                             f"encoder uses {self.cfg.attention!r}; call encoder.set_attention('varlen') (same weights)")
+            raise ValueError(
+                f"forward_packed needs an unpadded attention backend ({sorted(UNPADDED_BACKENDS)}), this "
+                f"encoder uses {self.cfg.attention!r}; call encoder.set_attention('varlen') (same weights)"
+            )
         layout = layout_from_lengths(lengths)
         return Packed(self.forward_unpadded(input_ids, layout, token_type_ids=token_type_ids, rows=rows), layout)
 
-    def forward_unpadded(self, input_ids: torch.Tensor, layout: Unpadded, *, token_type_ids: torch.Tensor | None = None,
-                         rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_unpadded(
+        self,
+        input_ids: torch.Tensor,
+        layout: Unpadded,
+        *,
+        token_type_ids: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(N,) packed ids of several sequences -> (N, C); sequences never attend to each other.
 
         rows: (R,) token indices in [0, N) whose outputs are all the caller reads (MLM's masked positions) -> (R, C),

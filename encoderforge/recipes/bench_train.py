@@ -23,9 +23,10 @@ import torch
 
 from encoderforge import EncoderforgeError, require
 from encoderforge.data import datasets
-from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
+from encoderforge.data.corpus import CorpusSpec, prepare_corpus
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import iter_rows, row_tokens
+from encoderforge.data.shards import load_documents
 from encoderforge.fileio import atomic_file
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
@@ -49,9 +50,19 @@ def _interleaved(steps: list, batches: list[list], warmup: int) -> list[list[flo
     return secs
 
 
-def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minilm-l6", *, preset_name: str = "minilm-l6",
-                max_len: int = 128, rows: int = 8, steps: int = 10, warmup: int = 2, ratio: float = 0.15,
-                threads: int = 2, seed: int = 0) -> dict:
+def bench_train(
+    shards: str | Path | None = None,
+    tokenizer: str | Path = "minilm-l6",
+    *,
+    preset_name: str = "minilm-l6",
+    max_len: int = 128,
+    rows: int = 8,
+    steps: int = 10,
+    warmup: int = 2,
+    ratio: float = 0.15,
+    threads: int = 2,
+    seed: int = 0,
+) -> dict:
     """Tokens/s of one optimizer step (forward, backward, AdamW) for both implementations.
 
     Args:
@@ -65,12 +76,14 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
         the HF batches, "config": {...}}.
     """
     if steps < 1 or warmup < 0 or rows < 1:
-        raise EncoderforgeError(f"bench train: steps={steps}, warmup={warmup}, rows={rows}; use steps >= 1, "
-                                "warmup >= 0, rows >= 1")
+        raise EncoderforgeError(
+            f"bench train: steps={steps}, warmup={warmup}, rows={rows}; use steps >= 1, warmup >= 0, rows >= 1"
+        )
     require("transformers", "hf")  # the baseline; fail before preparing a corpus
     tokenizer = resolve_model(str(tokenizer))
-    kw: dict[str, Any] = dict(preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio,
-              threads=threads, seed=seed)
+    kw: dict[str, Any] = dict(
+        preset_name=preset_name, max_len=max_len, rows=rows, steps=steps, warmup=warmup, ratio=ratio, threads=threads, seed=seed
+    )
     if shards is not None:
         return _bench(Path(shards), tokenizer, **kw)
     with tempfile.TemporaryDirectory(prefix="encoderforge-bench-train-") as tmp:
@@ -79,8 +92,19 @@ def bench_train(shards: str | Path | None = None, tokenizer: str | Path = "minil
         return _bench(Path(tmp) / "shards", tokenizer, **kw)
 
 
-def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: int, rows: int, steps: int,
-           warmup: int, ratio: float, threads: int, seed: int) -> dict:
+def _bench(
+    shards: Path,
+    tokenizer: str | Path,
+    *,
+    preset_name: str,
+    max_len: int,
+    rows: int,
+    steps: int,
+    warmup: int,
+    ratio: float,
+    threads: int,
+    seed: int,
+) -> dict:
     transformers = require("transformers", "hf")
     torch.set_num_threads(threads)
     tok = load_tokenizer(tokenizer)
@@ -109,17 +133,25 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
 
     # transformers: the same segments, padded, dense decoder
     hf_cfg = transformers.BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position, attn_implementation="sdpa")
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     hf = transformers.BertForMaskedLM(hf_cfg).train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]",
-                                                cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]"
+    )
     collator = transformers.DataCollatorForLanguageModeling(fast, mlm_probability=ratio, return_tensors="pt")
-    hf_batches = [collator([{"input_ids": s.tolist()} for r in rb for s in row_tokens(docs, r, vocab.cls_id, vocab.sep_id)])
-                  for rb in row_batches]
+    hf_batches = [
+        collator([{"input_ids": s.tolist()} for r in rb for s in row_tokens(docs, r, vocab.cls_id, vocab.sep_id)])
+        for rb in row_batches
+    ]
 
     def hf_step(b):
         hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()
@@ -133,12 +165,25 @@ def _bench(shards: Path, tokenizer: str | Path, *, preset_name: str, max_len: in
     assert hf_real == real, (hf_real, real)  # the same tokens went through both
     tokens = statistics.median(real_per_step)
     med_ours, med_hf = statistics.median(t_ours), statistics.median(t_hf)
-    return {"config": {"preset": preset_name, "max_len": max_len, "rows": rows, "steps": steps, "warmup": warmup,
-                       "ratio": ratio, "threads": threads, "torch": torch.__version__, "shards": str(shards),
-                       "cpu": torch.backends.cpu.get_cpu_capability(), "linear_kernel": train_linear_kernel()},
-            "ours": {"step_seconds": t_ours, "median_step_s": med_ours, "tokens_per_s": tokens / med_ours},
-            "hf": {"step_seconds": t_hf, "median_step_s": med_hf, "tokens_per_s": tokens / med_hf},
-            "speedup": med_hf / med_ours, "padding_share_hf": 1 - real / padded}
+    return {
+        "config": {
+            "preset": preset_name,
+            "max_len": max_len,
+            "rows": rows,
+            "steps": steps,
+            "warmup": warmup,
+            "ratio": ratio,
+            "threads": threads,
+            "torch": torch.__version__,
+            "shards": str(shards),
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "linear_kernel": train_linear_kernel(),
+        },
+        "ours": {"step_seconds": t_ours, "median_step_s": med_ours, "tokens_per_s": tokens / med_ours},
+        "hf": {"step_seconds": t_hf, "median_step_s": med_hf, "tokens_per_s": tokens / med_hf},
+        "speedup": med_hf / med_ours,
+        "padding_share_hf": 1 - real / padded,
+    }
 
 
 def write(result: dict, out: str | Path) -> Path:

@@ -21,8 +21,16 @@ class EmbedResult:
     truncated: int
 
 
-def embed_file(model: str | Path, input: str | Path, out: str | Path, *, pooling: Literal["mean", "cls"] = "mean",
-               normalize: bool = True, max_tokens: int = 2048, max_length: int = 256) -> EmbedResult:
+def embed_file(
+    model: str | Path,
+    input: str | Path,
+    out: str | Path,
+    *,
+    pooling: Literal["mean", "cls"] = "mean",
+    normalize: bool = True,
+    max_tokens: int = 2048,
+    max_length: int = 256,
+) -> EmbedResult:
     """Embed every line of `input` (or stdin for '-') with `model` and write .npy or JSONL to `out`.
 
     Args:

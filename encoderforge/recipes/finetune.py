@@ -66,8 +66,14 @@ def load_split(data: str | None, schema: Schema, what: str) -> Dataset | None:
     return ds
 
 
-def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset | None = None,
-             test: Dataset | None = None, overwrite: bool = False) -> FinetuneResult:
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    train: Dataset | None = None,
+    dev: Dataset | None = None,
+    test: Dataset | None = None,
+    overwrite: bool = False,
+) -> FinetuneResult:
     """Fine-tune `cfg.model` on `cfg.task` and write the run directory `cfg.train.out_dir` (module docstring).
 
     Args:
@@ -86,12 +92,22 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
     if not cfg.train.out_dir:
         raise EncoderforgeError("no run directory; pass --out DIR (train.out_dir)")
     d = cfg.data
-    schema = Schema(text_fields=tuple(d.text_field), label_field=d.label_field, label_type=spec.label_type,  # type: ignore[arg-type]
-                    labels=tuple(d.labels) if d.labels else None, label_sep=d.label_sep)
+    schema = Schema(
+        text_fields=tuple(d.text_field),
+        label_field=d.label_field,
+        label_type=spec.label_type,  # type: ignore[arg-type]
+        labels=tuple(d.labels) if d.labels else None,
+        label_sep=d.label_sep,
+    )
     model_dir = resolve_model(cfg.model)
     files = [d.train, d.dev, d.test]
-    record = {**to_dict(cfg), "inputs": {"files": {f: file_digest(f) for f in files if f},
-                                         "in_memory": [str(ds.path) for ds in (train, dev, test) if ds is not None]}}
+    record = {
+        **to_dict(cfg),
+        "inputs": {
+            "files": {f: file_digest(f) for f in files if f},
+            "in_memory": [str(ds.path) for ds in (train, dev, test) if ds is not None],
+        },
+    }
     if any(ds is not None for ds in (train, dev, test)):
         record["inputs"]["unverifiable"] = True  # in-memory data: a finished run can never be proven identical
     action = prepare_run_dir(run, "finetune", record, inputs=[*files, model_dir], overwrite=overwrite, safe_changes=SAFE)
@@ -114,8 +130,9 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
     tok = load_tokenizer(model_dir)
     loaded = checkpoint.load(model_dir)
     if cfg.finetune.max_length > loaded.encoder.cfg.max_position:
-        raise EncoderforgeError(f"--max-length={cfg.finetune.max_length} exceeds the model's max_position="
-                                f"{loaded.encoder.cfg.max_position}")
+        raise EncoderforgeError(
+            f"--max-length={cfg.finetune.max_length} exceeds the model's max_position={loaded.encoder.cfg.max_position}"
+        )
     dist = setup(cfg.train.device)
     try:
         if action == "overwrite" and dist.main:  # only now: every input has been read and validated; one rank deletes
@@ -136,14 +153,34 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
             run.mkdir(parents=True, exist_ok=True)
             write_marker(run, "finetune", "running", record)
             with atomic_file(run / "config.json") as f:
-                json.dump({**record, "train_files": {"train": str(train_ds.path), "dev": str(dev_ds.path),
-                                                     "test": None if test_ds is None else str(test_ds.path)},
-                           "schema": asdict(schema), "steps": targs.steps, "steps_per_epoch": per_epoch}, f, indent=2)
+                json.dump(
+                    {
+                        **record,
+                        "train_files": {
+                            "train": str(train_ds.path),
+                            "dev": str(dev_ds.path),
+                            "test": None if test_ds is None else str(test_ds.path),
+                        },
+                        "schema": asdict(schema),
+                        "steps": targs.steps,
+                        "steps_per_epoch": per_epoch,
+                    },
+                    f,
+                    indent=2,
+                )
         barrier(dist)
         keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better)
         t0 = time.perf_counter()
-        run_loop(net, job, targs, dist, tokenizer_dir=model_dir, param_groups=param_groups(
-            net, weight_decay=cfg.train.weight_decay, lr_decay=cfg.finetune.lr_decay), on_eval=keeper, extra_state=keeper)
+        run_loop(
+            net,
+            job,
+            targs,
+            dist,
+            tokenizer_dir=model_dir,
+            param_groups=param_groups(net, weight_decay=cfg.train.weight_decay, lr_decay=cfg.finetune.lr_decay),
+            on_eval=keeper,
+            extra_state=keeper,
+        )
         train_s = time.perf_counter() - t0
         keeper.restore()
         if cfg.finetune.lora_rank:
@@ -151,19 +188,38 @@ def finetune(cfg: FinetuneConfig, *, train: Dataset | None = None, dev: Dataset 
         if not dist.main:
             return FinetuneResult(run, {})
         extra_json = spec.calibrate(job, net, rows(dev_ds))  # e.g. per-label thresholds tuned on dev
-        metrics: dict[str, Any] = {"task": cfg.task, "model": cfg.model, "primary": job.primary,
-                                   "dev": job.evaluate(net, rows(dev_ds))}
+        metrics: dict[str, Any] = {
+            "task": cfg.task,
+            "model": cfg.model,
+            "primary": job.primary,
+            "dev": job.evaluate(net, rows(dev_ds)),
+        }
         if test_ds is not None:
             metrics["test"] = job.evaluate(net, rows(test_ds))
         epochs_run = keeper.last_step / per_epoch
-        metrics.update(best_step=keeper.best_step, best_epoch=round(keeper.best_step / per_epoch, 2),
-                       epochs_run=round(epochs_run, 2), stopped_early=keeper.stopped, train_s=round(train_s, 1),
-                       s_per_epoch=round(train_s / max(epochs_run, 1e-9), 1), train_examples=len(train_ds),
-                       dev_examples=len(dev_ds), test_examples=0 if test_ds is None else len(test_ds),
-                       peak_rss_mb=round(peak_rss_mb(), 1), threads=torch.get_num_threads(), trainable_params=trainable)
+        metrics.update(
+            best_step=keeper.best_step,
+            best_epoch=round(keeper.best_step / per_epoch, 2),
+            epochs_run=round(epochs_run, 2),
+            stopped_early=keeper.stopped,
+            train_s=round(train_s, 1),
+            s_per_epoch=round(train_s / max(epochs_run, 1e-9), 1),
+            train_examples=len(train_ds),
+            dev_examples=len(dev_ds),
+            test_examples=0 if test_ds is None else len(test_ds),
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            threads=torch.get_num_threads(),
+            trainable_params=trainable,
+        )
         check_finite(metrics, run)
-        meta = {"kind": cfg.task, "labels": labels, "text_fields": len(schema.text_fields), **spec.task_json(cfg),
-                **extra_json, "source_model": cfg.model}
+        meta = {
+            "kind": cfg.task,
+            "labels": labels,
+            "text_fields": len(schema.text_fields),
+            **spec.task_json(cfg),
+            **extra_json,
+            "source_model": cfg.model,
+        }
         write_run(run, net, model_dir, meta, metrics)
         write_marker(run, "finetune", "finished", record)
         return FinetuneResult(run, metrics)
@@ -175,18 +231,29 @@ def train_args(cfg: FinetuneConfig, per_epoch: int) -> TrainArgs:
     """The loop's arguments for a fine-tuning run: epochs -> steps, warmup ratio -> steps, `evals_per_epoch` dev
     evaluations per epoch, resumable checkpoints every `train.save_every` steps (deleted when the run ends)."""
     steps = max(1, round(cfg.finetune.epochs * per_epoch))
-    return dataclasses.replace(cfg.train, steps=steps, warmup_steps=round(cfg.finetune.warmup_ratio * steps),
-                               log_every=max(1, per_epoch // 20),
-                               eval_every=max(1, per_epoch // cfg.finetune.evals_per_epoch), resume=True)
+    return dataclasses.replace(
+        cfg.train,
+        steps=steps,
+        warmup_steps=round(cfg.finetune.warmup_ratio * steps),
+        log_every=max(1, per_epoch // 20),
+        eval_every=max(1, per_epoch // cfg.finetune.evals_per_epoch),
+        resume=True,
+    )
 
 
 def check_finite(metrics: dict[str, Any], run: Path) -> None:
     """A NaN/inf metric means training diverged (or a label was non-finite): fail instead of writing NaN as a result."""
-    bad = [f"{split}.{k}" for split in ("dev", "test") for k, v in (metrics.get(split) or {}).items()
-           if isinstance(v, float) and not math.isfinite(v)]
+    bad = [
+        f"{split}.{k}"
+        for split in ("dev", "test")
+        for k, v in (metrics.get(split) or {}).items()
+        if isinstance(v, float) and not math.isfinite(v)
+    ]
     if bad:
-        raise EncoderforgeError(f"{run}: training diverged ({', '.join(bad)} is not finite); lower --lr or check the "
-                                "labels; the run was not marked finished")
+        raise EncoderforgeError(
+            f"{run}: training diverged ({', '.join(bad)} is not finite); lower --lr or check the "
+            "labels; the run was not marked finished"
+        )
 
 
 def write_run(run: Path, net: torch.nn.Module, model_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:

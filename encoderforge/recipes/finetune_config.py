@@ -22,13 +22,26 @@ from encoderforge.config import load_config, merge, read_yaml
 from encoderforge.training.args import TrainArgs
 
 TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa"]
-DERIVED = {"steps": "finetune.epochs", "warmup_steps": "finetune.warmup_ratio",
-           "eval_every": "finetune.evals_per_epoch", "log_every": "finetune.evals_per_epoch"}
+DERIVED = {
+    "steps": "finetune.epochs",
+    "warmup_steps": "finetune.warmup_ratio",
+    "eval_every": "finetune.evals_per_epoch",
+    "log_every": "finetune.evals_per_epoch",
+}
 # BERT's fine-tuning AdamW (Devlin et al. 2019) where the loop's defaults are RoBERTa pretraining's
-TRAIN_DEFAULTS: dict[str, Any] = {"batch_rows": 32, "lr": 5e-5, "beta2": 0.999, "eps": 1e-8, "warmup_steps": 0,
-                                  "save_every": 100, "keep_checkpoints": 1, "out_dir": ""}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch_rows": 32,
+    "lr": 5e-5,
+    "beta2": 0.999,
+    "eps": 1e-8,
+    "warmup_steps": 0,
+    "save_every": 100,
+    "keep_checkpoints": 1,
+    "out_dir": "",
+}
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "qa": {"finetune": {"max_length": 256}, "data": {"text_field": ["question", "context"], "label_field": "answers"}}}
+    "qa": {"finetune": {"max_length": 256}, "data": {"text_field": ["question", "context"], "label_field": "answers"}}
+}
 LABEL_TYPES = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float", "qa": "span"}
 
 
@@ -137,16 +150,18 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.train.micro_rows and self.train.batch_rows % self.train.micro_rows:
-            raise EncoderforgeError(f"--batch-size={self.train.batch_rows} must be a multiple of "
-                                    f"--micro-batch={self.train.micro_rows}")
+            raise EncoderforgeError(
+                f"--batch-size={self.train.batch_rows} must be a multiple of --micro-batch={self.train.micro_rows}"
+            )
 
     @property
     def run_dir(self) -> Path:
         return Path(self.train.out_dir)
 
 
-def finetune_config(task: str, path: str | Path | None = None, overrides: list[str] | None = None, *,
-                    values: dict[str, Any] | None = None) -> FinetuneConfig:
+def finetune_config(
+    task: str, path: str | Path | None = None, overrides: list[str] | None = None, *, values: dict[str, Any] | None = None
+) -> FinetuneConfig:
     """Resolve a fine-tuning config: TrainArgs' fine-tuning defaults < the task's defaults < the YAML file <
     `values` (dotted keys, e.g. from CLI flags) < `--set` overrides.
 
@@ -164,8 +179,10 @@ def finetune_config(task: str, path: str | Path | None = None, overrides: list[s
     if path is not None:
         own = read_yaml(path)
         if own.get("task", task) != task:
-            raise EncoderforgeError(f"{path}: task is {own['task']!r} but the command is `finetune {task}`; "
-                                    f"use `encoderforge finetune {own['task']} --config {path}`")
+            raise EncoderforgeError(
+                f"{path}: task is {own['task']!r} but the command is `finetune {task}`; "
+                f"use `encoderforge finetune {own['task']} --config {path}`"
+            )
         bad = sorted(set(own.get("train") or {}) & set(DERIVED))
         if bad:
             raise EncoderforgeError(f"{path}: train.{bad[0]} is derived in fine-tuning; set {DERIVED[bad[0]]} instead")

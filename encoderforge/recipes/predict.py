@@ -44,13 +44,18 @@ class Predictor:
         if spec is None:
             raise EncoderforgeError(f"{meta_file}: unknown task kind {meta.get('kind')!r}; expected one of {sorted(TASKS)}")
         loaded = checkpoint.load(run / "model")
-        state = {k[len("head."):]: v for k, v in loaded.extra.items() if k.startswith("head.")}
+        state = {k[len("head.") :]: v for k, v in loaded.extra.items() if k.startswith("head.")}
         if not state:
-            raise EncoderforgeError(f"{run / 'model'}: the checkpoint holds no task head (head.* tensors); it is not a "
-                                    "fine-tuned model")
+            raise EncoderforgeError(
+                f"{run / 'model'}: the checkpoint holds no task head (head.* tensors); it is not a fine-tuned model"
+            )
         head = spec.load_head(loaded.encoder.cfg, meta, state)
-        engine = Engine(loaded.encoder, load_tokenizer(run / "model"), max_tokens=max(max_tokens, meta["max_length"]),
-                        max_length=meta["max_length"])
+        engine = Engine(
+            loaded.encoder,
+            load_tokenizer(run / "model"),
+            max_tokens=max(max_tokens, meta["max_length"]),
+            max_length=meta["max_length"],
+        )
         return cls(engine=engine, head=head, meta=meta)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:

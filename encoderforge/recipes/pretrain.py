@@ -17,8 +17,8 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.config import load_config as _load
 from encoderforge.config import to_dict
-from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.data.shards import load_documents
 from encoderforge.fileio import atomic_file, prepare_run_dir, write_marker
 from encoderforge.model import checkpoint
 from encoderforge.model.config import EncoderConfig, preset
@@ -63,8 +63,10 @@ class ModelArgs:
         if self.anchor_weight < 0:
             raise EncoderforgeError(f"model.anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.anchor_weight and not self.init_from:
-            raise EncoderforgeError("model.anchor_weight anchors to the encoder a run continues from; set "
-                                    "model.init_from (or set model.anchor_weight=0 to train from scratch)")
+            raise EncoderforgeError(
+                "model.anchor_weight anchors to the encoder a run continues from; set "
+                "model.init_from (or set model.anchor_weight=0 to train from scratch)"
+            )
 
 
 @dataclass
@@ -106,8 +108,9 @@ class ElectraArgs:
     def __post_init__(self) -> None:
         for name in ("generator_width", "generator_depth"):
             if not 0 < getattr(self, name) <= 1:
-                raise EncoderforgeError(f"electra.{name}={getattr(self, name)} must be in (0, 1] "
-                                        "(ELECTRA: width 0.25, depth 1.0)")
+                raise EncoderforgeError(
+                    f"electra.{name}={getattr(self, name)} must be in (0, 1] (ELECTRA: width 0.25, depth 1.0)"
+                )
         if self.disc_weight <= 0:
             raise EncoderforgeError(f"electra.disc_weight must be positive, got {self.disc_weight} (ELECTRA: 50)")
 
@@ -128,15 +131,22 @@ class PretrainConfig:
         if self.objective not in ("mlm", "electra"):
             raise EncoderforgeError(f"objective={self.objective!r}; use 'mlm' or 'electra'")
         if self.model.anchor_weight and (self.objective != "mlm" or self.model.freeze_encoder):
-            raise EncoderforgeError("model.anchor_weight applies to continued MLM of the whole encoder; set "
-                                    "model.anchor_weight=0 with objective electra or model.freeze_encoder=true")
-
-
+            raise EncoderforgeError(
+                "model.anchor_weight applies to continued MLM of the whole encoder; set "
+                "model.anchor_weight=0 with objective electra or model.freeze_encoder=true"
+            )
 
 
 # keys a rerun may change and still continue the run: more steps, logging, checkpoint cadence, the bar
-SAFE = ("train.steps", "train.log_every", "train.eval_every", "train.save_every", "train.keep_checkpoints",
-        "train.progress", "train.trim_heap_every")
+SAFE = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.trim_heap_every",
+)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -149,8 +159,12 @@ def select_objective(cfg: PretrainConfig) -> tuple[Objective, ObjectiveArgs]:
     anchored MLM) and the settings it reads."""
     name = "anchored_mlm" if cfg.objective == "mlm" and cfg.model.anchor_weight else cfg.objective
     e = cfg.electra
-    return OBJECTIVES[name], ObjectiveArgs(generator_width=e.generator_width, generator_depth=e.generator_depth,
-                                           disc_weight=e.disc_weight, anchor_weight=cfg.model.anchor_weight)
+    return OBJECTIVES[name], ObjectiveArgs(
+        generator_width=e.generator_width,
+        generator_depth=e.generator_depth,
+        disc_weight=e.disc_weight,
+        anchor_weight=cfg.model.anchor_weight,
+    )
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int) -> PretrainModel:
@@ -161,8 +175,10 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> PretrainModel:
     if m.init_from:
         model = obj.continued(m.init_from, args)
         if m.overrides:
-            raise EncoderforgeError("model.overrides apply to from-scratch presets only; remove them when using "
-                                    "model.init_from (the checkpoint's config.json fixes the architecture)")
+            raise EncoderforgeError(
+                "model.overrides apply to from-scratch presets only; remove them when using "
+                "model.init_from (the checkpoint's config.json fixes the architecture)"
+            )
     else:
         if "vocab_size" in m.overrides:
             raise EncoderforgeError("model.overrides.vocab_size is set by the tokenizer; remove it")
@@ -173,8 +189,10 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> PretrainModel:
         model = obj.fresh(Encoder(preset(m.preset, vocab_size=vocab_size, **m.overrides)), args)
     ecfg: EncoderConfig = model.encoder.cfg
     if ecfg.vocab_size < vocab_size:
-        raise EncoderforgeError(f"the tokenizer has {vocab_size} tokens but the model only {ecfg.vocab_size} embeddings; "
-                                "use the checkpoint's own tokenizer (model.tokenizer) or extend the vocabulary first")
+        raise EncoderforgeError(
+            f"the tokenizer has {vocab_size} tokens but the model only {ecfg.vocab_size} embeddings; "
+            "use the checkpoint's own tokenizer (model.tokenizer) or extend the vocabulary first"
+        )
     if cfg.data.max_len > ecfg.max_position:
         raise EncoderforgeError(f"data.max_len={cfg.data.max_len} exceeds the model's max_position={ecfg.max_position}")
     return model
@@ -191,8 +209,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         checkpoint format: the encoder, i.e. the discriminator for ELECTRA, with the heads as extra tensors).
     """
     if not cfg.data.shards:
-        raise EncoderforgeError("data.shards is not set; prepare a corpus with `encoderforge data prepare` and pass "
-                                "--set data.shards=DIR")
+        raise EncoderforgeError(
+            "data.shards is not set; prepare a corpus with `encoderforge data prepare` and pass --set data.shards=DIR"
+        )
     tok_src = cfg.model.tokenizer or cfg.model.init_from
     if not tok_src:
         raise EncoderforgeError("model.tokenizer is required when training from scratch (tokenizer.json or vocab.txt)")
@@ -216,9 +235,19 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         model = build_model(cfg, tok.get_vocab_size())
         if cfg.model.freeze_encoder:
             model.encoder.requires_grad_(False)
-        mlm = MLMTask(train_docs, eval_docs, MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len,
-                      batch_rows=cfg.train.batch_rows, micro_rows=cfg.train.micro_rows, eval_rows=cfg.data.eval_rows,
-                      seed=cfg.train.seed, rank=dist.rank, world=dist.world)
+        mlm = MLMTask(
+            train_docs,
+            eval_docs,
+            MaskVocab.from_tokenizer(tok),
+            cfg.masking,
+            max_len=cfg.data.max_len,
+            batch_rows=cfg.train.batch_rows,
+            micro_rows=cfg.train.micro_rows,
+            eval_rows=cfg.data.eval_rows,
+            seed=cfg.train.seed,
+            rank=dist.rank,
+            world=dist.world,
+        )
         # every objective reads MLM's rows and masks (ELECTRA's generator then replaces the masked tokens)
         obj, args = select_objective(cfg)
         task: Task = obj.task(mlm, model, args, lambda enc: _frozen_start(enc, dist.device))

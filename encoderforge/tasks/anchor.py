@@ -55,9 +55,12 @@ class AnchoredMLMTask:
         dist = 1.0 - F.cosine_similarity(hidden[keep].float(), ref[keep].float(), dim=-1)
         ce, correct = masked_ce(logits, batch.labels)
         total = ce + self.weight * self.ratio / (1.0 - self.ratio) * dist.sum()
-        return LossSum(total=total, count=int(batch.labels.numel()), tokens=int(batch.input_ids.numel()),
-                       stats={"correct": correct, "mlm_sum": ce.item(), "anchor_sum": dist.sum().item(),
-                              "anchored": float(keep.sum())})
+        return LossSum(
+            total=total,
+            count=int(batch.labels.numel()),
+            tokens=int(batch.input_ids.numel()),
+            stats={"correct": correct, "mlm_sum": ce.item(), "anchor_sum": dist.sum().item(), "anchored": float(keep.sum())},
+        )
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """The MLM metrics of the cross-entropy alone (comparable with plain MLM runs) and the mean cosine

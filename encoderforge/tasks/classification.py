@@ -58,10 +58,23 @@ class ClassificationTask:
 
     primary = "accuracy"
 
-    def __init__(self, tokenizer: Tokenizer, labels: Sequence[str], train: Sequence[tuple[Sequence[str], str]],
-                 dev: Sequence[tuple[Sequence[str], str]], *, max_length: int = 128, batch_rows: int = 32,
-                 micro_rows: int = 0, max_chunks: int = 1, stride: int = 64,
-                 class_weight: Literal["none", "balanced"] = "none", seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        labels: Sequence[str],
+        train: Sequence[tuple[Sequence[str], str]],
+        dev: Sequence[tuple[Sequence[str], str]],
+        *,
+        max_length: int = 128,
+        batch_rows: int = 32,
+        micro_rows: int = 0,
+        max_chunks: int = 1,
+        stride: int = 64,
+        class_weight: Literal["none", "balanced"] = "none",
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.labels = list(labels)
         self.index = {lab: i for i, lab in enumerate(self.labels)}
         self.docs = DocBatches(tokenizer, max_length, max_chunks, stride, batch_rows, micro_rows, seed, rank, world)
@@ -92,8 +105,11 @@ class ClassificationTask:
         return LossSum(total=total, count=batch.num_docs, tokens=int(batch.input_ids.numel()), stats=stats)
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return {"loss": sums["loss"] / sums["count"], "accuracy": sums.get("correct", 0.0) / sums["count"],
-                "macro_f1": macro_f1_from_sums(sums, len(self.labels))}
+        return {
+            "loss": sums["loss"] / sums["count"],
+            "accuracy": sums.get("correct", 0.0) / sums["count"],
+            "macro_f1": macro_f1_from_sums(sums, len(self.labels)),
+        }
 
     def predict_logits(self, model: nn.Module, enc: Encoded) -> np.ndarray:
         """(D, L) logits of every document of `enc`, in order (no labels needed)."""
@@ -108,22 +124,43 @@ class ClassificationTask:
 
 # ---- fine-tuning and prediction glue (tasks.spec.TaskSpec) ------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                world: int = 1) -> ClassificationTask:
+
+def _build_task(
+    tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+) -> ClassificationTask:
     f = args.finetune
-    return ClassificationTask(tok, labels, train, dev, max_chunks=f.max_chunks, stride=f.stride,
-                              class_weight=f.class_weight, **batching(args, rank, world))
+    return ClassificationTask(
+        tok,
+        labels,
+        train,
+        dev,
+        max_chunks=f.max_chunks,
+        stride=f.stride,
+        class_weight=f.class_weight,
+        **batching(args, rank, world),
+    )
 
 
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     probs = torch.softmax(torch.from_numpy(pooled.document_logits(engine, head, meta, texts)), -1).numpy()
     labels = meta["labels"]
-    return [{"label": labels[int(p.argmax())], "score": round(float(p.max()), 5),
-             "scores": {lab: round(float(x), 5) for lab, x in zip(labels, p)}} for p in probs]
+    return [
+        {
+            "label": labels[int(p.argmax())],
+            "score": round(float(p.max()), 5),
+            "scores": {lab: round(float(x), 5) for lab, x in zip(labels, p)},
+        }
+        for p in probs
+    ]
 
 
 SPEC = TaskSpec(
-    kind="classify", label_type="class", primary=ClassificationTask.primary,
-    build_model=lambda enc, labels, a: pooled.build_model(enc, len(labels), a), build_task=_build_task,
-    task_json=pooled.task_json, build_head=lambda cfg, meta: pooled.build_head(cfg, len(meta["labels"]), meta),
-    predict=_predict)
+    kind="classify",
+    label_type="class",
+    primary=ClassificationTask.primary,
+    build_model=lambda enc, labels, a: pooled.build_model(enc, len(labels), a),
+    build_task=_build_task,
+    task_json=pooled.task_json,
+    build_head=lambda cfg, meta: pooled.build_head(cfg, len(meta["labels"]), meta),
+    predict=_predict,
+)

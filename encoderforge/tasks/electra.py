@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import Documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
 from encoderforge.data.packing import Row
+from encoderforge.data.shards import Documents
 from encoderforge.model import checkpoint
 from encoderforge.model.attention import AttnContext, rope_tables
 from encoderforge.model.config import EncoderConfig
@@ -66,9 +66,13 @@ def generator_config(disc: EncoderConfig, width: float, depth: float) -> Encoder
     hidden = heads * max(1, round(hidden / heads))
     if disc.position == "rope" and (hidden // heads) % 2:
         hidden += heads  # RoPE rotates pairs of channels
-    return dataclasses.replace(disc, hidden_size=hidden, num_heads=heads,
-                               num_layers=max(1, round(disc.num_layers * depth)),
-                               intermediate_size=max(1, round(disc.intermediate_size * width)))
+    return dataclasses.replace(
+        disc,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_layers=max(1, round(disc.num_layers * depth)),
+        intermediate_size=max(1, round(disc.intermediate_size * width)),
+    )
 
 
 class Generator(nn.Module):
@@ -88,8 +92,9 @@ class Generator(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(_init_weights)
 
-    def forward(self, emb: torch.Tensor, layout: Unpadded, positions: torch.Tensor, masked: torch.Tensor,
-                table: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, emb: torch.Tensor, layout: Unpadded, positions: torch.Tensor, masked: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
         """(N, C) embeddings, their layout and (N,) in-segment positions, (M,) masked indices, (V, C) token table
         -> (M, V) logits (sparse prediction: the decoder runs on the masked positions only)."""
         rope = None
@@ -185,26 +190,26 @@ class Electra(nn.Module):
         loaded = checkpoint.load(path)
         model = Electra(loaded.encoder, width=width, depth=depth)
         for name in ("rtd", "generator"):
-            part = {k[len(name) + 1:]: v for k, v in loaded.extra.items() if k.startswith(name + ".")}
+            part = {k[len(name) + 1 :]: v for k, v in loaded.extra.items() if k.startswith(name + ".")}
             if not part:
                 continue
             try:
                 getattr(model, name).load_state_dict(part)
             except RuntimeError as e:
-                raise EncoderforgeError(f"{path}: its {name} tensors do not fit this run ({str(e).splitlines()[0]}); "
-                                        "use the electra.generator_width/depth it was trained with, or remove the "
-                                        f"'{name}.*' tensors to start a fresh one") from None
+                raise EncoderforgeError(
+                    f"{path}: its {name} tensors do not fit this run ({str(e).splitlines()[0]}); "
+                    "use the electra.generator_width/depth it was trained with, or remove the "
+                    f"'{name}.*' tensors to start a fresh one"
+                ) from None
         return model
 
 
-def collate(docs: list[Documents], rows: list[Row], vocab: MaskVocab, masking: MaskingConfig,
-            seed: int) -> ElectraBatch:
+def collate(docs: list[Documents], rows: list[Row], vocab: MaskVocab, masking: MaskingConfig, seed: int) -> ElectraBatch:
     """MLM's packed, masked batch (same masks), plus each row's sampling seed and number of masked positions."""
     mlm = mlm_collate(docs, rows, vocab, masking, seed)
     ends = np.cumsum([sum(b - a + 2 for _, _, a, b in row.pieces) for row in rows])  # (R,) row ends in the flat batch
     counts = np.diff(np.searchsorted(mlm.positions.numpy(), np.concatenate(([0], ends))))  # positions are sorted
-    seeds = [int(np.random.SeedSequence([seed, _SAMPLE_SALT, row.index]).generate_state(1, np.uint64)[0])
-             for row in rows]
+    seeds = [int(np.random.SeedSequence([seed, _SAMPLE_SALT, row.index]).generate_state(1, np.uint64)[0]) for row in rows]
     return ElectraBatch(mlm=mlm, row_seeds=seeds, row_masked=counts.tolist())
 
 
@@ -233,8 +238,9 @@ class ElectraTask:
         d = self.data
         if self._eval is None:  # fixed rows, masks and sampling seeds (as MLMTask.eval_batches)
             docs = d.eval_docs  # None: no eval corpus, and eval_row_batches() is empty anyway
-            self._eval = [] if docs is None else [collate(docs, rows, d.vocab, d.masking, d.seed + 1)
-                                                  for rows in d.eval_row_batches()]
+            self._eval = (
+                [] if docs is None else [collate(docs, rows, d.vocab, d.masking, d.seed + 1) for rows in d.eval_row_batches()]
+            )
         return self._eval
 
     def loss(self, model: nn.Module, batch: ElectraBatch) -> LossSum:
@@ -246,25 +252,33 @@ class ElectraTask:
         total = ce / self.data.masking.ratio + self.disc_weight * bce
         flagged = disc > 0  # predicted "replaced"
         n = int(disc.numel())
-        stats = {"gen_loss": ce.item(), "gen_correct": (out.gen_logits.argmax(-1) == labels).sum().item(),
-                 "masked": float(labels.numel()), "disc_loss": bce.item(),
-                 "disc_correct": (flagged == out.replaced).sum().item(), "replaced": out.replaced.sum().item(),
-                 "flagged": flagged.sum().item(), "flagged_replaced": (flagged & out.replaced).sum().item()}
+        stats = {
+            "gen_loss": ce.item(),
+            "gen_correct": (out.gen_logits.argmax(-1) == labels).sum().item(),
+            "masked": float(labels.numel()),
+            "disc_loss": bce.item(),
+            "disc_correct": (flagged == out.replaced).sum().item(),
+            "replaced": out.replaced.sum().item(),
+            "flagged": flagged.sum().item(),
+            "flagged_replaced": (flagged & out.replaced).sum().item(),
+        }
         return LossSum(total=total, count=n, tokens=n, stats={k: float(v) for k, v in stats.items()})
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         masked, n = max(sums.get("masked", 0.0), 1.0), sums["count"]
         rate = min(max(sums.get("replaced", 0.0) / n, 1e-12), 1 - 1e-12)  # share of all tokens that were replaced
-        return {"loss": sums["loss"] / n,
-                "gen_mlm_loss": sums.get("gen_loss", 0.0) / masked,
-                "gen_mlm_accuracy": sums.get("gen_correct", 0.0) / masked,
-                "disc_loss": sums.get("disc_loss", 0.0) / n,
-                "disc_accuracy": sums.get("disc_correct", 0.0) / n,
-                # of the tokens flagged "replaced", the share that were (no AUC: a threshold at logit 0)
-                "disc_precision": sums.get("flagged_replaced", 0.0) / max(sums.get("flagged", 0.0), 1.0),
-                "disc_recall": sums.get("flagged_replaced", 0.0) / max(sums.get("replaced", 0.0), 1.0),
-                # masked tokens whose sample differs from the original: falls as the generator improves
-                "replaced_share": sums.get("replaced", 0.0) / masked,
-                # the BCE of the best content-blind discriminator (always predict `rate`): disc_loss must go below
-                # this, not just below its step-0 value, to show the discriminator reads the context
-                "disc_prior_loss": float(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)))}
+        return {
+            "loss": sums["loss"] / n,
+            "gen_mlm_loss": sums.get("gen_loss", 0.0) / masked,
+            "gen_mlm_accuracy": sums.get("gen_correct", 0.0) / masked,
+            "disc_loss": sums.get("disc_loss", 0.0) / n,
+            "disc_accuracy": sums.get("disc_correct", 0.0) / n,
+            # of the tokens flagged "replaced", the share that were (no AUC: a threshold at logit 0)
+            "disc_precision": sums.get("flagged_replaced", 0.0) / max(sums.get("flagged", 0.0), 1.0),
+            "disc_recall": sums.get("flagged_replaced", 0.0) / max(sums.get("replaced", 0.0), 1.0),
+            # masked tokens whose sample differs from the original: falls as the generator improves
+            "replaced_share": sums.get("replaced", 0.0) / masked,
+            # the BCE of the best content-blind discriminator (always predict `rate`): disc_loss must go below
+            # this, not just below its step-0 value, to show the discriminator reads the context
+            "disc_prior_loss": float(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))),
+        }

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import Documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab, mask_row
 from encoderforge.data.packing import Row, iter_rows, pack, rank_slice, row_tokens
+from encoderforge.data.shards import Documents
 from encoderforge.tasks import LossSum
 
 
@@ -47,8 +47,12 @@ def collate(docs: list[Documents], rows: list[Row], vocab: MaskVocab, masking: M
         segments.extend(segs)
         offset += len(m.input_ids)
     packed = pack(segments)
-    return MLMBatch(input_ids=torch.from_numpy(np.concatenate(ids)), lengths=packed.lengths,
-                    positions=torch.from_numpy(np.concatenate(positions)), labels=torch.from_numpy(np.concatenate(labels)))
+    return MLMBatch(
+        input_ids=torch.from_numpy(np.concatenate(ids)),
+        lengths=packed.lengths,
+        positions=torch.from_numpy(np.concatenate(positions)),
+        labels=torch.from_numpy(np.concatenate(labels)),
+    )
 
 
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -71,16 +75,29 @@ class MLMTask:
         rank, world: this process's share of every global batch.
     """
 
-    def __init__(self, train_docs: list[Documents], eval_docs: list[Documents] | None, vocab: MaskVocab,
-                 masking: MaskingConfig, *, max_len: int, batch_rows: int, micro_rows: int = 0, eval_rows: int = 64,
-                 seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        train_docs: list[Documents],
+        eval_docs: list[Documents] | None,
+        vocab: MaskVocab,
+        masking: MaskingConfig,
+        *,
+        max_len: int,
+        batch_rows: int,
+        micro_rows: int = 0,
+        eval_rows: int = 64,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.train_docs, self.eval_docs, self.vocab, self.masking = train_docs, eval_docs, vocab, masking
         self.max_len, self.batch_rows, self.eval_rows, self.seed = max_len, batch_rows, eval_rows, seed
         self.rank, self.world = rank, world
         self.micro_rows = micro_rows or batch_rows // world
         if batch_rows % world or (batch_rows // world) % self.micro_rows:
-            raise EncoderforgeError(f"train.batch_rows={batch_rows} must split evenly into {world} process(es) x "
-                                    f"train.micro_rows={self.micro_rows}")
+            raise EncoderforgeError(
+                f"train.batch_rows={batch_rows} must split evenly into {world} process(es) x train.micro_rows={self.micro_rows}"
+            )
         self._eval: list[MLMBatch] | None = None
 
     def train_row_batches(self, start_step: int) -> Iterator[list[list[Row]]]:
@@ -88,7 +105,7 @@ class MLMTask:
         stream = iter_rows(self.train_docs, self.max_len, self.seed, start=start_step * self.batch_rows)
         while True:
             rows = rank_slice([next(stream) for _ in range(self.batch_rows)], self.rank, self.world)
-            yield [rows[i:i + self.micro_rows] for i in range(0, len(rows), self.micro_rows)]
+            yield [rows[i : i + self.micro_rows] for i in range(0, len(rows), self.micro_rows)]
 
     def eval_row_batches(self) -> list[list[Row]]:
         """This process's share of the first `eval_rows` held-out rows, in micro-batches: the same every time."""
@@ -98,8 +115,8 @@ class MLMTask:
                 rows.append(row)
                 if len(rows) == self.eval_rows:
                     break
-        mine = rows[self.rank::self.world]
-        return [mine[i:i + self.micro_rows] for i in range(0, len(mine), self.micro_rows)]
+        mine = rows[self.rank :: self.world]
+        return [mine[i : i + self.micro_rows] for i in range(0, len(mine), self.micro_rows)]
 
     def train_batches(self, start_step: int) -> Iterator[list[MLMBatch]]:
         for micro in self.train_row_batches(start_step):
@@ -108,16 +125,23 @@ class MLMTask:
     def eval_batches(self) -> list[MLMBatch]:
         if self._eval is None:  # fixed rows and masks, built once: evaluations are comparable across steps
             docs = self.eval_docs  # None: no eval corpus, and eval_row_batches() is empty anyway
-            self._eval = [] if docs is None else [collate(docs, rows, self.vocab, self.masking, self.seed + 1)
-                                                  for rows in self.eval_row_batches()]
+            self._eval = (
+                []
+                if docs is None
+                else [collate(docs, rows, self.vocab, self.masking, self.seed + 1) for rows in self.eval_row_batches()]
+            )
         return self._eval
 
     def loss(self, model: nn.Module, batch: MLMBatch) -> LossSum:
         total, correct = masked_ce(model(batch.input_ids, batch.lengths, batch.positions), batch.labels)
-        return LossSum(total=total, count=int(batch.labels.numel()), tokens=int(batch.input_ids.numel()),
-                       stats={"correct": correct})
+        return LossSum(
+            total=total, count=int(batch.labels.numel()), tokens=int(batch.input_ids.numel()), stats={"correct": correct}
+        )
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         loss = sums["loss"] / sums["count"]
-        return {"mlm_loss": loss, "mlm_accuracy": sums.get("correct", 0.0) / sums["count"],
-                "perplexity": float(np.exp(min(loss, 50.0)))}
+        return {
+            "mlm_loss": loss,
+            "mlm_accuracy": sums.get("correct", 0.0) / sums["count"],
+            "perplexity": float(np.exp(min(loss, 50.0))),
+        }

@@ -40,8 +40,9 @@ class MaskedLM(nn.Module):
             head.apply(_init_weights)
         self.mlm = head
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor,
-                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (M, V) at `positions`; with return_hidden, also every token's final features (N, C).
         Without it the encoder's last layer runs on the masked positions only (Encoder.forward_packed `rows`)."""
         if not return_hidden:
@@ -56,13 +57,17 @@ class MaskedLM(nn.Module):
         (e.g. sentence-transformers MiniLM ships none) unless `require_head` (evaluating a head needs a trained one)."""
         loaded = checkpoint.load(path)
         model = MaskedLM(loaded.encoder)
-        head = {k[len("mlm."):]: v for k, v in loaded.extra.items() if k.startswith("mlm.")}
+        head = {k[len("mlm.") :]: v for k, v in loaded.extra.items() if k.startswith("mlm.")}
         if require_head and not head:
-            raise EncoderforgeError(f"{path}: no MLM head in this checkpoint; pass the `model` directory of an "
-                                    "`encoderforge pretrain` run (it saves the head beside the encoder)")
+            raise EncoderforgeError(
+                f"{path}: no MLM head in this checkpoint; pass the `model` directory of an "
+                "`encoderforge pretrain` run (it saves the head beside the encoder)"
+            )
         if head:
             missing, unexpected = model.mlm.load_state_dict(head, strict=False)
             if missing or unexpected:
-                raise EncoderforgeError(f"{path}: MLM head tensors do not match (missing {missing}, unexpected "
-                                        f"{unexpected}); remove them to start from a fresh head")
+                raise EncoderforgeError(
+                    f"{path}: MLM head tensors do not match (missing {missing}, unexpected "
+                    f"{unexpected}); remove them to start from a fresh head"
+                )
         return model

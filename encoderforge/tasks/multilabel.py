@@ -38,8 +38,12 @@ def multilabel_metrics(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -
     fn = (y * (1 - pred)).sum(0).astype(float)
     micro = f1_from_counts(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))[0]
     report = f1_report(tp, fp, fn, labels)
-    return {"micro_f1": float(micro), "macro_f1": report["macro_f1"],
-            "exact_match": float((y == pred).all(1).mean()) if len(y) else 0.0, "per_label_f1": report["per_label_f1"]}
+    return {
+        "micro_f1": float(micro),
+        "macro_f1": report["macro_f1"],
+        "exact_match": float((y == pred).all(1).mean()) if len(y) else 0.0,
+        "per_label_f1": report["per_label_f1"],
+    }
 
 
 def tune_thresholds(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -71,9 +75,22 @@ class MultiLabelTask:
 
     primary = "micro_f1"
 
-    def __init__(self, tokenizer: Tokenizer, labels: Sequence[str], train: Sequence, dev: Sequence, *, max_length: int = 128,
-                 batch_rows: int = 32, micro_rows: int = 0, max_chunks: int = 1, stride: int = 64, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        labels: Sequence[str],
+        train: Sequence,
+        dev: Sequence,
+        *,
+        max_length: int = 128,
+        batch_rows: int = 32,
+        micro_rows: int = 0,
+        max_chunks: int = 1,
+        stride: int = 64,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.labels = list(labels)
         self.index = {lab: i for i, lab in enumerate(self.labels)}
         self.docs = DocBatches(tokenizer, max_length, max_chunks, stride, batch_rows, micro_rows, seed, rank, world)
@@ -99,15 +116,23 @@ class MultiLabelTask:
         total = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="sum")
         pred, y = (logits > 0).float(), batch.targets
         tp, fp, fn = (pred * y).sum(0), (pred * (1 - y)).sum(0), ((1 - pred) * y).sum(0)  # (L,) each
-        stats = {"exact": float((pred == y).all(1).sum()), "tp": float(tp.sum()), "fp": float(fp.sum()),
-                 "fn": float(fn.sum()), **count_stats(tp, fp, fn)}
+        stats = {
+            "exact": float((pred == y).all(1).sum()),
+            "tp": float(tp.sum()),
+            "fp": float(fp.sum()),
+            "fn": float(fn.sum()),
+            **count_stats(tp, fp, fn),
+        }
         return LossSum(total=total, count=batch.num_docs, tokens=int(batch.input_ids.numel()), stats=stats)
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         micro = f1_from_counts(*(np.array([sums.get(k, 0.0)]) for k in ("tp", "fp", "fn")))[0]
-        return {"loss": sums["loss"] / sums["count"], "micro_f1": float(micro),
-                "macro_f1": macro_f1_from_sums(sums, len(self.labels)),
-                "exact_match": sums.get("exact", 0.0) / sums["count"]}
+        return {
+            "loss": sums["loss"] / sums["count"],
+            "micro_f1": float(micro),
+            "macro_f1": macro_f1_from_sums(sums, len(self.labels)),
+            "exact_match": sums.get("exact", 0.0) / sums["count"],
+        }
 
     def predict_probs(self, model: nn.Module, enc: Encoded) -> np.ndarray:
         """(D, L) sigmoid probabilities of every document of `enc`, in order."""
@@ -126,27 +151,46 @@ class MultiLabelTask:
         gold = y.numpy().astype(int)
         at_half = multilabel_metrics(gold, (probs >= 0.5).astype(int), self.labels)
         out = multilabel_metrics(gold, (probs >= self.thresholds).astype(int), self.labels)
-        return {**out, "micro_f1_at_0.5": at_half["micro_f1"], "macro_f1_at_0.5": at_half["macro_f1"],
-                "n": len(rows), "truncated": enc.truncated}
+        return {
+            **out,
+            "micro_f1_at_0.5": at_half["micro_f1"],
+            "macro_f1_at_0.5": at_half["macro_f1"],
+            "n": len(rows),
+            "truncated": enc.truncated,
+        }
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                world: int = 1) -> MultiLabelTask:
-    return MultiLabelTask(tok, labels, train, dev, max_chunks=args.finetune.max_chunks, stride=args.finetune.stride,
-                          **batching(args, rank, world))
+
+def _build_task(
+    tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+) -> MultiLabelTask:
+    return MultiLabelTask(
+        tok, labels, train, dev, max_chunks=args.finetune.max_chunks, stride=args.finetune.stride, **batching(args, rank, world)
+    )
 
 
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     probs = torch.sigmoid(torch.from_numpy(pooled.document_logits(engine, head, meta, texts))).numpy()  # (D, L)
     labels, thr = meta["labels"], np.asarray(meta["thresholds"])
-    return [{"labels": [lab for lab, p, t in zip(labels, row, thr) if p >= t],
-             "scores": {lab: round(float(p), 5) for lab, p in zip(labels, row)}} for row in probs]
+    return [
+        {
+            "labels": [lab for lab, p, t in zip(labels, row, thr) if p >= t],
+            "scores": {lab: round(float(p), 5) for lab, p in zip(labels, row)},
+        }
+        for row in probs
+    ]
 
 
 SPEC = TaskSpec(
-    kind="multilabel", label_type="multilabel", primary=MultiLabelTask.primary,
-    build_model=lambda enc, labels, a: pooled.build_model(enc, len(labels), a), build_task=_build_task,
-    task_json=pooled.task_json, build_head=lambda cfg, meta: pooled.build_head(cfg, len(meta["labels"]), meta),
-    predict=_predict, calibrate=lambda task, model, rows: task.calibrate(model, rows))
+    kind="multilabel",
+    label_type="multilabel",
+    primary=MultiLabelTask.primary,
+    build_model=lambda enc, labels, a: pooled.build_model(enc, len(labels), a),
+    build_task=_build_task,
+    task_json=pooled.task_json,
+    build_head=lambda cfg, meta: pooled.build_head(cfg, len(meta["labels"]), meta),
+    predict=_predict,
+    calibrate=lambda task, model, rows: task.calibrate(model, rows),
+)

@@ -115,8 +115,20 @@ class NERTask:
 
     primary = "f1"
 
-    def __init__(self, tokenizer: Tokenizer, labels: Sequence[str], train: Sequence, dev: Sequence, *, max_length: int = 128,
-                 batch_rows: int = 32, micro_rows: int = 0, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        labels: Sequence[str],
+        train: Sequence,
+        dev: Sequence,
+        *,
+        max_length: int = 128,
+        batch_rows: int = 32,
+        micro_rows: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.tok, self.labels = tokenizer, list(labels)
         check_bio(self.labels, "labels")
         self.index = {t: i for i, t in enumerate(self.labels)}
@@ -139,8 +151,9 @@ class NERTask:
         return TokBatch(flat, lengths, torch.tensor(labels, dtype=torch.long))
 
     def train_batches(self, start_step: int) -> Iterator[list[TokBatch]]:
-        for micro in epoch_steps(len(self.train_rows), self.batch_rows, self.micro_rows, self.seed, start_step,
-                                 rank=self.rank, world=self.world):
+        for micro in epoch_steps(
+            len(self.train_rows), self.batch_rows, self.micro_rows, self.seed, start_step, rank=self.rank, world=self.world
+        ):
             yield [self._batch(self.train_enc, self.train_rows, idx) for idx in micro]
 
     def eval_batches(self) -> Iterator[TokBatch]:
@@ -165,15 +178,20 @@ class NERTask:
     def _decode(self, logits: np.ndarray, lengths: list[int], first: list[list[int]]) -> list[list[str]]:
         out, start = [], 0
         for n, pos in zip(lengths, first):
-            out.append(decode(logits[start:start + n], pos, self.labels))
+            out.append(decode(logits[start : start + n], pos, self.labels))
             start += n
         return out
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         tp, n_pred, n_gold = sums.get("tp", 0.0), sums.get("n_pred", 0.0), sums.get("n_gold", 0.0)
         p, r = tp / max(n_pred, 1e-12), tp / max(n_gold, 1e-12)
-        return {"loss": sums["loss"] / sums["count"], "token_accuracy": sums.get("correct", 0.0) / sums["count"],
-                "precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12)}
+        return {
+            "loss": sums["loss"] / sums["count"],
+            "token_accuracy": sums.get("correct", 0.0) / sums["count"],
+            "precision": p,
+            "recall": r,
+            "f1": 2 * p * r / max(p + r, 1e-12),
+        }
 
     @torch.no_grad()
     def predict_tags(self, model: nn.Module, sentences: Sequence[Sequence[str]]) -> tuple[list[list[str]], int]:
@@ -194,18 +212,27 @@ class NERTask:
         pred, truncated = self.predict_tags(model, [r[0] for r in rows])
         gold = [list(r[1]) for r in rows]
         report = sq.classification_report(gold, pred, output_dict=True, zero_division=0)
-        per_type = {k: {m: round(float(v[m]), 4) for m in ("precision", "recall", "f1-score", "support")}
-                    for k, v in report.items() if "avg" not in k}
-        return {"precision": float(sq.precision_score(gold, pred, zero_division=0)),
-                "recall": float(sq.recall_score(gold, pred, zero_division=0)),
-                "f1": float(sq.f1_score(gold, pred, zero_division=0)), "per_type": per_type, "n": len(rows),
-                "truncated": truncated}
+        per_type = {
+            k: {m: round(float(v[m]), 4) for m in ("precision", "recall", "f1-score", "support")}
+            for k, v in report.items()
+            if "avg" not in k
+        }
+        return {
+            "precision": float(sq.precision_score(gold, pred, zero_division=0)),
+            "recall": float(sq.recall_score(gold, pred, zero_division=0)),
+            "f1": float(sq.f1_score(gold, pred, zero_division=0)),
+            "per_type": per_type,
+            "n": len(rows),
+            "truncated": truncated,
+        }
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                world: int = 1) -> NERTask:
+
+def _build_task(
+    tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+) -> NERTask:
     return NERTask(tok, labels, train, dev, **batching(args, rank, world))
 
 
@@ -219,12 +246,25 @@ def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[
         logits = head(b.hidden).float().numpy()  # (B, T, L)
         for row, i in enumerate(b.index):
             tags[i] = decode(logits[row], enc.first[i], meta["labels"])
-    return [{"tokens": words, "tags": t,
-             "entities": [{"type": typ, "start": s, "end": e + 1, "text": " ".join(words[s:e + 1])}
-                          for typ, s, e in entities(t)]} for words, t in zip(sentences, tags)]
+    return [
+        {
+            "tokens": words,
+            "tags": t,
+            "entities": [
+                {"type": typ, "start": s, "end": e + 1, "text": " ".join(words[s : e + 1])} for typ, s, e in entities(t)
+            ],
+        }
+        for words, t in zip(sentences, tags)
+    ]
 
 
-SPEC = TaskSpec(kind="ner", label_type="tags", primary=NERTask.primary,
-                build_model=lambda enc, labels, a: TokenModel(enc, len(labels)), build_task=_build_task,
-                task_json=lambda a: {"max_length": a.finetune.max_length},
-                build_head=lambda cfg, meta: TokenClassifier(cfg, len(meta["labels"])), predict=_predict)
+SPEC = TaskSpec(
+    kind="ner",
+    label_type="tags",
+    primary=NERTask.primary,
+    build_model=lambda enc, labels, a: TokenModel(enc, len(labels)),
+    build_task=_build_task,
+    task_json=lambda a: {"max_length": a.finetune.max_length},
+    build_head=lambda cfg, meta: TokenClassifier(cfg, len(meta["labels"])),
+    predict=_predict,
+)

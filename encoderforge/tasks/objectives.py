@@ -70,6 +70,7 @@ OBJECTIVES: dict[str, Objective] = {
     "electra": Objective(
         fresh=lambda enc, a: Electra(enc, width=a.generator_width, depth=a.generator_depth),
         continued=lambda path, a: Electra.from_checkpoint(path, width=a.generator_width, depth=a.generator_depth),
-        task=lambda data, model, a, start: ElectraTask(data, disc_weight=a.disc_weight)),
+        task=lambda data, model, a, start: ElectraTask(data, disc_weight=a.disc_weight),
+    ),
     "anchored_mlm": Objective(fresh=_mlm, continued=_mlm_continued, task=_anchored),
 }

@@ -50,9 +50,23 @@ class RegressionTask:
 
     primary = "pearson"
 
-    def __init__(self, tokenizer: Tokenizer, train: Sequence, dev: Sequence, *, max_length: int = 128, batch_rows: int = 32,
-                 micro_rows: int = 0, max_chunks: int = 1, stride: int = 64, seed: int = 0, rank: int = 0, world: int = 1,
-                 mean: float | None = None, std: float | None = None):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train: Sequence,
+        dev: Sequence,
+        *,
+        max_length: int = 128,
+        batch_rows: int = 32,
+        micro_rows: int = 0,
+        max_chunks: int = 1,
+        stride: int = 64,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        mean: float | None = None,
+        std: float | None = None,
+    ):
         self.docs = DocBatches(tokenizer, max_length, max_chunks, stride, batch_rows, micro_rows, seed, rank, world)
         ys = np.array([float(r[1]) for r in train])
         self.mean = float(ys.mean()) if mean is None else mean
@@ -75,8 +89,14 @@ class RegressionTask:
         y = batch.targets
         total = F.mse_loss(pred, y, reduction="sum")
         p, t = pred.detach().double() * self.std + self.mean, y.double() * self.std + self.mean  # original scale
-        stats = {"sx": float(p.sum()), "sy": float(t.sum()), "sxy": float((p * t).sum()), "sxx": float((p * p).sum()),
-                 "syy": float((t * t).sum()), "se": float(((p - t) ** 2).sum())}
+        stats = {
+            "sx": float(p.sum()),
+            "sy": float(t.sum()),
+            "sxy": float((p * t).sum()),
+            "sxx": float((p * p).sum()),
+            "syy": float((t * t).sum()),
+            "se": float(((p - t) ** 2).sum()),
+        }
         return LossSum(total=total, count=batch.num_docs, tokens=int(batch.input_ids.numel()), stats=stats)
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -91,16 +111,18 @@ class RegressionTask:
     def evaluate(self, model: nn.Module, rows: Sequence) -> dict[str, object]:
         enc, _ = self.encode(rows)
         pred, gold = self.predict_values(model, enc), np.array([float(r[1]) for r in rows])
-        return {**correlations(pred, gold), "mse": float(((pred - gold) ** 2).mean()), "n": len(rows),
-                "truncated": enc.truncated}
+        return {**correlations(pred, gold), "mse": float(((pred - gold) ** 2).mean()), "n": len(rows), "truncated": enc.truncated}
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                world: int = 1) -> RegressionTask:
-    return RegressionTask(tok, train, dev, max_chunks=args.finetune.max_chunks, stride=args.finetune.stride,
-                          **batching(args, rank, world))
+
+def _build_task(
+    tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+) -> RegressionTask:
+    return RegressionTask(
+        tok, train, dev, max_chunks=args.finetune.max_chunks, stride=args.finetune.stride, **batching(args, rank, world)
+    )
 
 
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
@@ -110,7 +132,13 @@ def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[
 
 
 SPEC = TaskSpec(
-    kind="regress", label_type="float", primary=RegressionTask.primary,
-    build_model=lambda enc, labels, a: pooled.build_model(enc, 1, a), build_task=_build_task,
-    task_json=pooled.task_json, build_head=lambda cfg, meta: pooled.build_head(cfg, 1, meta), predict=_predict,
-    calibrate=lambda task, model, rows: {"mean": task.mean, "std": task.std})
+    kind="regress",
+    label_type="float",
+    primary=RegressionTask.primary,
+    build_model=lambda enc, labels, a: pooled.build_model(enc, 1, a),
+    build_task=_build_task,
+    task_json=pooled.task_json,
+    build_head=lambda cfg, meta: pooled.build_head(cfg, 1, meta),
+    predict=_predict,
+    calibrate=lambda task, model, rows: {"mean": task.mean, "std": task.std},
+)

@@ -85,13 +85,13 @@ class DocBatches:
 
     def encode(self, rows: Rows) -> Encoded:
         """The windows of each row's texts (a tuple of one text, or two for pairs)."""
-        return encode_texts(self.tok, [r[0] for r in rows], self.max_length, max_chunks=self.max_chunks,
-                            stride=self.stride)
+        return encode_texts(self.tok, [r[0] for r in rows], self.max_length, max_chunks=self.max_chunks, stride=self.stride)
 
     def train(self, enc: Encoded, y: torch.Tensor, start_step: int) -> Iterator[list[SeqBatch]]:
         """This process's micro-batches for each optimizer step from `start_step` on (resume-exact)."""
-        return train_step_batches(enc, y, self.batch_rows, self.micro_rows, self.seed, start_step, rank=self.rank,
-                                  world=self.world)
+        return train_step_batches(
+            enc, y, self.batch_rows, self.micro_rows, self.seed, start_step, rank=self.rank, world=self.world
+        )
 
     def dev(self, enc: Encoded, y: torch.Tensor) -> Iterator[SeqBatch]:
         """This process's share of the fixed evaluation batches."""
@@ -118,8 +118,10 @@ def f1_report(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, labels: Sequence[s
     """(L,) counts -> macro-F1 over the labels present in gold or predictions (as sklearn) and per-label F1."""
     f1 = f1_from_counts(tp, fp, fn)
     present = (tp + fp + fn) > 0
-    return {"macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-            "per_label_f1": {lab: round(float(f1[i]), 4) for i, lab in enumerate(labels) if present[i]}}
+    return {
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_label_f1": {lab: round(float(f1[i]), 4) for i, lab in enumerate(labels) if present[i]},
+    }
 
 
 def count_stats(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, float]:
@@ -138,6 +140,7 @@ def macro_f1_from_sums(sums: dict[str, float], num_labels: int) -> float:
 
 # ---- fine-tuning and prediction glue shared by the pooled TaskSpecs -------------------------------------------
 
+
 def build_model(encoder: Encoder, num_labels: int, args: TaskArgs) -> SequenceModel:
     return SequenceModel(encoder, num_labels, pooling=args.finetune.pooling, chunk_pooling=args.finetune.chunk_pooling)
 
@@ -148,15 +151,25 @@ def build_head(cfg: EncoderConfig, num_labels: int, meta: Meta) -> SequenceClass
 
 def task_json(args: TaskArgs) -> Meta:
     f = args.finetune
-    return {"max_length": f.max_length, "pooling": f.pooling, "max_chunks": f.max_chunks, "stride": f.stride,
-            "chunk_pooling": f.chunk_pooling}
+    return {
+        "max_length": f.max_length,
+        "pooling": f.pooling,
+        "max_chunks": f.max_chunks,
+        "stride": f.stride,
+        "chunk_pooling": f.chunk_pooling,
+    }
 
 
 @torch.inference_mode()
 def document_logits(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> np.ndarray:
     """(D, L) logits of raw texts through the inference Engine's padding-free forward, windows pooled per text."""
-    enc = encode_texts(engine.tokenizer, split_pairs(texts, meta.get("text_fields", 1)), meta["max_length"],
-                       max_chunks=meta["max_chunks"], stride=meta["stride"])
+    enc = encode_texts(
+        engine.tokenizer,
+        split_pairs(texts, meta.get("text_fields", 1)),
+        meta["max_length"],
+        max_chunks=meta["max_chunks"],
+        stride=meta["stride"],
+    )
     window = torch.zeros(len(enc.ids), cast(nn.Linear, head.out).out_features)  # (S, L)
     for b in engine.forward_batches(enc.ids):
         window[b.index] = head(b.hidden, b.mask).float()  # (B, L)

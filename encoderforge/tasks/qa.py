@@ -60,8 +60,10 @@ def encode_qa(tok: Tokenizer, rows: Sequence[tuple[tuple[str, str], list[Answer]
     """
     max_query = max_length // 2
     if not 0 <= stride < max_length - max_query - 3:
-        raise EncoderforgeError(f"--stride={stride} must be below {max_length - max_query - 3} (half of --max-length="
-                                f"{max_length} is kept for the context, minus 3 special tokens); lower --stride")
+        raise EncoderforgeError(
+            f"--stride={stride} must be below {max_length - max_query - 3} (half of --max-length="
+            f"{max_length} is kept for the context, minus 3 special tokens); lower --stride"
+        )
     questions = [q for (q, _), _ in rows]
     with truncation(tok):
         for i, enc in enumerate(tok.encode_batch(questions, add_special_tokens=False)):
@@ -81,8 +83,13 @@ def encode_qa(tok: Tokenizer, rows: Sequence[tuple[tuple[str, str], list[Answer]
                 first_ctx = next((j for j, c in enumerate(ctx) if c), None)
                 last_ctx = max((j for j, c in enumerate(ctx) if c), default=None)
                 # the answer counts only if the window holds all of it
-                if (toks and first_ctx is not None and last_ctx is not None  # both None together (no context token)
-                        and win.offsets[first_ctx][0] <= a_start and win.offsets[last_ctx][1] >= a_end):
+                if (
+                    toks
+                    and first_ctx is not None
+                    and last_ctx is not None  # both None together (no context token)
+                    and win.offsets[first_ctx][0] <= a_start
+                    and win.offsets[last_ctx][1] >= a_end
+                ):
                     s_tok, e_tok = toks[0], toks[-1]
             w.by_example[i].append(len(w.ids))
             w.ids.append(win.ids)
@@ -94,8 +101,13 @@ def encode_qa(tok: Tokenizer, rows: Sequence[tuple[tuple[str, str], list[Answer]
     return w
 
 
-def best_span(starts: Sequence[np.ndarray], ends: Sequence[np.ndarray], in_context: Sequence[Sequence[bool]],
-              max_answer_tokens: int, top: int = 20) -> tuple[int, int, int]:
+def best_span(
+    starts: Sequence[np.ndarray],
+    ends: Sequence[np.ndarray],
+    in_context: Sequence[Sequence[bool]],
+    max_answer_tokens: int,
+    top: int = 20,
+) -> tuple[int, int, int]:
     """(window, start token, end token) with the highest start + end score over an example's windows, the span
     inside the context and at most `max_answer_tokens` long."""
     best, arg = -np.inf, (0, 0, 0)
@@ -141,8 +153,9 @@ class QABatch:
     examples: list[int] | None = None  # evaluation: the examples whose windows (all of them) are in this batch
 
     def to(self, device: torch.device | str) -> "QABatch":
-        input_ids, lengths, start, end = (x.to(device, non_blocking=True)
-                                          for x in (self.input_ids, self.lengths, self.start, self.end))
+        input_ids, lengths, start, end = (
+            x.to(device, non_blocking=True) for x in (self.input_ids, self.lengths, self.start, self.end)
+        )
         return QABatch(input_ids, lengths, start, end, examples=self.examples)
 
 
@@ -173,9 +186,21 @@ class QATask:
 
     primary = "f1"
 
-    def __init__(self, tokenizer: Tokenizer, train: Sequence, dev: Sequence, *, max_length: int = 256, stride: int = 64,
-                 max_answer_tokens: int = 30, batch_rows: int = 32, micro_rows: int = 0, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train: Sequence,
+        dev: Sequence,
+        *,
+        max_length: int = 256,
+        stride: int = 64,
+        max_answer_tokens: int = 30,
+        batch_rows: int = 32,
+        micro_rows: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.tok, self.max_length, self.stride, self.max_answer_tokens = tokenizer, max_length, stride, max_answer_tokens
         self.batch_rows, self.micro_rows, self.seed, self.rank, self.world = batch_rows, micro_rows, seed, rank, world
         self.train_rows, self.dev_rows = list(train), list(dev)
@@ -185,12 +210,18 @@ class QATask:
     def _batch(self, w: Windows, examples: Sequence[int], *, keep: bool = False) -> QABatch:
         wins = [j for i in examples for j in w.by_example[i]]
         flat = torch.tensor([t for j in wins for t in w.ids[j]], dtype=torch.long)
-        return QABatch(flat, torch.tensor([len(w.ids[j]) for j in wins]), torch.tensor([w.start[j] for j in wins]),
-                       torch.tensor([w.end[j] for j in wins]), examples=list(examples) if keep else None)
+        return QABatch(
+            flat,
+            torch.tensor([len(w.ids[j]) for j in wins]),
+            torch.tensor([w.start[j] for j in wins]),
+            torch.tensor([w.end[j] for j in wins]),
+            examples=list(examples) if keep else None,
+        )
 
     def train_batches(self, start_step: int) -> Iterator[list[QABatch]]:
-        for micro in epoch_steps(len(self.train_rows), self.batch_rows, self.micro_rows, self.seed, start_step,
-                                 rank=self.rank, world=self.world):
+        for micro in epoch_steps(
+            len(self.train_rows), self.batch_rows, self.micro_rows, self.seed, start_step, rank=self.rank, world=self.world
+        ):
             yield [self._batch(self.train_w, ex) for ex in micro]
 
     def eval_batches(self) -> Iterator[QABatch]:
@@ -203,7 +234,9 @@ class QATask:
         total = (F.cross_entropy(start, batch.start, reduction="sum") + F.cross_entropy(end, batch.end, reduction="sum")) / 2
         stats: dict[str, float] = {}
         if batch.examples is not None:  # evaluation: decode each example from all of its windows
-            answers = self._decode(self.dev_w, self.dev_rows, batch.examples, start.detach().cpu().numpy(), end.detach().cpu().numpy())
+            answers = self._decode(
+                self.dev_w, self.dev_rows, batch.examples, start.detach().cpu().numpy(), end.detach().cpu().numpy()
+            )
             scores = [em_f1(a, [g for g, _ in self.dev_rows[i][1]]) for a, i in zip(answers, batch.examples)]
             stats = {"em": sum(s[0] for s in scores), "f1": sum(s[1] for s in scores), "examples": float(len(scores))}
         return LossSum(total=total, count=int(batch.lengths.numel()), tokens=int(batch.input_ids.numel()), stats=stats)
@@ -214,10 +247,14 @@ class QATask:
         for i in examples:
             wins = w.by_example[i]
             n = len(wins)
-            wi, s, e = best_span([start[row + k] for k in range(n)], [end[row + k] for k in range(n)],
-                                 [w.in_context[j] for j in wins], self.max_answer_tokens)
+            wi, s, e = best_span(
+                [start[row + k] for k in range(n)],
+                [end[row + k] for k in range(n)],
+                [w.in_context[j] for j in wins],
+                self.max_answer_tokens,
+            )
             offs, context = w.offsets[wins[wi]], rows[i][0][1]
-            out.append(context[offs[s][0]: offs[e][1]])
+            out.append(context[offs[s][0] : offs[e][1]])
             row += n
         return out
 
@@ -240,14 +277,20 @@ class QATask:
         """SQuAD v1.1 exact match and F1 (answerable examples)."""
         preds = self.predict_answers(model, rows)
         scores = [em_f1(p, [g for g, _ in r[1]]) for p, r in zip(preds, rows)]
-        return {"exact_match": float(np.mean([s[0] for s in scores])), "f1": float(np.mean([s[1] for s in scores])),
-                "n": len(rows), "windows": len(encode_qa(self.tok, rows, self.max_length, self.stride).ids)}
+        return {
+            "exact_match": float(np.mean([s[0] for s in scores])),
+            "f1": float(np.mean([s[1] for s in scores])),
+            "n": len(rows),
+            "windows": len(encode_qa(self.tok, rows, self.max_length, self.stride).ids),
+        }
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
 
-def _build_task(tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                world: int = 1) -> QATask:
+
+def _build_task(
+    tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+) -> QATask:
     return QATask(tok, train, dev, stride=args.finetune.stride, **batching(args, rank, world))
 
 
@@ -266,14 +309,21 @@ def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[
     out = []
     for i, (question, context) in enumerate(pairs):
         wins = w.by_example[i]
-        wi, s, e = best_span([start[j] for j in wins], [end[j] for j in wins], [w.in_context[j] for j in wins],
-                             meta["max_answer_tokens"])
+        wi, s, e = best_span(
+            [start[j] for j in wins], [end[j] for j in wins], [w.in_context[j] for j in wins], meta["max_answer_tokens"]
+        )
         a, b = w.offsets[wins[wi]][s][0], w.offsets[wins[wi]][e][1]
         out.append({"answer": context[a:b], "start": a, "end": b})
     return out
 
 
-SPEC = TaskSpec(kind="qa", label_type="span", primary=QATask.primary, build_model=lambda enc, labels, a: SpanModel(enc),
-                build_task=_build_task,
-                task_json=lambda a: {"max_length": a.finetune.max_length, "stride": a.finetune.stride, "max_answer_tokens": 30},
-                build_head=lambda cfg, meta: SpanHead(cfg), predict=_predict)
+SPEC = TaskSpec(
+    kind="qa",
+    label_type="span",
+    primary=QATask.primary,
+    build_model=lambda enc, labels, a: SpanModel(enc),
+    build_task=_build_task,
+    task_json=lambda a: {"max_length": a.finetune.max_length, "stride": a.finetune.stride, "max_answer_tokens": 30},
+    build_head=lambda cfg, meta: SpanHead(cfg),
+    predict=_predict,
+)

@@ -67,8 +67,9 @@ def truncation(tok: Tokenizer, max_length: int | None = None, **kw: Any) -> Iter
             tok.enable_truncation(**saved)
 
 
-def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int, *, max_chunks: int = 1,
-                 stride: int = 64) -> Encoded:
+def encode_texts(
+    tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int, *, max_chunks: int = 1, stride: int = 64
+) -> Encoded:
     """Tokenize documents (one text, or a pair) into [CLS] ... [SEP] windows of at most `max_length` tokens.
 
     Long single texts are split into up to `max_chunks` windows overlapping by `stride` tokens (so no sentence is
@@ -79,8 +80,10 @@ def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int
     cls, sep = special_ids(tok)
     body = max_length - 2
     if body < 8 or (max_chunks > 1 and not 0 <= stride < body):
-        raise EncoderforgeError(f"max_length={max_length} with chunk stride={stride}: need max_length >= 10 and "
-                                "0 <= stride < max_length - 2 (lower --stride)")
+        raise EncoderforgeError(
+            f"max_length={max_length} with chunk stride={stride}: need max_length >= 10 and "
+            "0 <= stride < max_length - 2 (lower --stride)"
+        )
     ids: list[list[int]] = []
     doc: list[int] = []
     truncated = 0
@@ -100,7 +103,7 @@ def encode_texts(tok: Tokenizer, texts: Sequence[Sequence[str]], max_length: int
         n = 1 if len(p) <= body else 1 + math.ceil((len(p) - body) / step)
         truncated += n > max_chunks
         for c in range(min(n, max_chunks)):
-            ids.append([cls, *p[c * step: c * step + body], sep])
+            ids.append([cls, *p[c * step : c * step + body], sep])
             doc.append(d)
     return Encoded(ids, doc, len(texts), truncated)
 
@@ -142,8 +145,9 @@ def steps_per_epoch(n: int, batch_rows: int) -> int:
     return max(1, math.ceil(n / batch_rows))
 
 
-def epoch_steps(n: int, batch_rows: int, micro_rows: int, seed: int, start_step: int, *, rank: int = 0,
-                world: int = 1) -> Iterator[list[list[int]]]:
+def epoch_steps(
+    n: int, batch_rows: int, micro_rows: int, seed: int, start_step: int, *, rank: int = 0, world: int = 1
+) -> Iterator[list[list[int]]]:
     """From optimizer step `start_step` on: this process's micro-batches of example indices, each epoch a fresh
     permutation seeded by (seed, epoch), so resuming at any step replays exactly the same stream."""
     per = steps_per_epoch(n, batch_rows)
@@ -151,20 +155,21 @@ def epoch_steps(n: int, batch_rows: int, micro_rows: int, seed: int, start_step:
     while True:
         epoch, k = divmod(step, per)
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        mine = order[k * batch_rows:(k + 1) * batch_rows][rank::world].tolist()
+        mine = order[k * batch_rows : (k + 1) * batch_rows][rank::world].tolist()
         micro = micro_rows or len(mine) or 1
-        yield [mine[i:i + micro] for i in range(0, len(mine), micro)]
+        yield [mine[i : i + micro] for i in range(0, len(mine), micro)]
         step += 1
 
 
 def fixed_batches(n: int, batch_rows: int, *, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Evaluation batches: every example once, in order, split over processes."""
     mine = list(range(rank, n, world))
-    return [mine[i:i + batch_rows] for i in range(0, len(mine), batch_rows)]
+    return [mine[i : i + batch_rows] for i in range(0, len(mine), batch_rows)]
 
 
-def train_step_batches(enc: Encoded, y: torch.Tensor, batch_rows: int, micro_rows: int, seed: int, start_step: int, *,
-                       rank: int = 0, world: int = 1) -> Iterator[list[SeqBatch]]:
+def train_step_batches(
+    enc: Encoded, y: torch.Tensor, batch_rows: int, micro_rows: int, seed: int, start_step: int, *, rank: int = 0, world: int = 1
+) -> Iterator[list[SeqBatch]]:
     """For each optimizer step from `start_step` on: this process's micro-batches of documents (resume-exact)."""
     by_doc = windows_by_doc(enc)
     for micro in epoch_steps(enc.num_docs, batch_rows, micro_rows, seed, start_step, rank=rank, world=world):

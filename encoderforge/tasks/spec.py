@@ -64,8 +64,14 @@ class TaskArgs(Protocol):
 
 def batching(args: TaskArgs, rank: int, world: int) -> dict[str, Any]:
     """The keyword arguments every task constructor shares: window length, batch split, seed, this process."""
-    return {"max_length": args.finetune.max_length, "batch_rows": args.train.batch_rows,
-            "micro_rows": args.train.micro_rows, "seed": args.train.seed, "rank": rank, "world": world}
+    return {
+        "max_length": args.finetune.max_length,
+        "batch_rows": args.train.batch_rows,
+        "micro_rows": args.train.micro_rows,
+        "seed": args.train.seed,
+        "rank": rank,
+        "world": world,
+    }
 
 
 class FinetuneTask(Task, Protocol):
@@ -73,14 +79,13 @@ class FinetuneTask(Task, Protocol):
 
     primary: str  # the dev metric that picks the best checkpoint (the same name as TaskSpec.primary)
 
-    def evaluate(self, model: nn.Module, rows: Rows) -> dict[str, object]:
-        ...
+    def evaluate(self, model: nn.Module, rows: Rows) -> dict[str, object]: ...
 
 
 class BuildTask(Protocol):
-    def __call__(self, tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0,
-                 world: int = 1) -> FinetuneTask:
-        ...
+    def __call__(
+        self, tok: Tokenizer, labels: list[str], train: Rows, dev: Rows, args: TaskArgs, *, rank: int = 0, world: int = 1
+    ) -> FinetuneTask: ...
 
 
 class HiddenBatch(Protocol):
@@ -96,8 +101,7 @@ class HiddenStates(Protocol):
 
     tokenizer: Tokenizer
 
-    def forward_batches(self, ids: Sequence[Sequence[int]]) -> Iterator[HiddenBatch]:
-        ...
+    def forward_batches(self, ids: Sequence[Sequence[int]]) -> Iterator[HiddenBatch]: ...
 
 
 BuildModel = Callable[[Encoder, list[str], TaskArgs], nn.Module]  # -> a module with `.encoder` and `.head`
@@ -144,8 +148,10 @@ class TaskSpec:
         try:
             head.load_state_dict(state)
         except RuntimeError as e:
-            raise EncoderforgeError(f"the saved {self.kind} head does not fit task.json ({str(e).splitlines()[0]}); "
-                                    "the run directory is inconsistent: fine-tune again") from None
+            raise EncoderforgeError(
+                f"the saved {self.kind} head does not fit task.json ({str(e).splitlines()[0]}); "
+                "the run directory is inconsistent: fine-tune again"
+            ) from None
         return head.eval()
 
     def labels_from(self, ds: Dataset, *others: Dataset | None) -> list[str]:
@@ -172,5 +178,7 @@ class TaskSpec:
         for ex in ds.examples:
             for lab in ex.label if isinstance(ex.label, list) else [ex.label]:
                 if lab not in known:
-                    raise EncoderforgeError(f"{ex.where}: label {lab!r} does not occur in the training data (labels: "
-                                            f"{labels[:20]}); fix the record, or declare all labels with --labels")
+                    raise EncoderforgeError(
+                        f"{ex.where}: label {lab!r} does not occur in the training data (labels: "
+                        f"{labels[:20]}); fix the record, or declare all labels with --labels"
+                    )

@@ -80,13 +80,14 @@ def _normalize_word(tok: Tokenizer, raw: str) -> str:
         word = tok.normalizer.normalize_str(word)
     pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(word)] if tok.pre_tokenizer is not None else [word]
     if pieces != [word] or not word:
-        raise EncoderforgeError(f"term {raw!r} is not a single word for this tokenizer (splits into {pieces}); "
-                                "a WordPiece entry is one word without spaces or punctuation: list its parts instead")
+        raise EncoderforgeError(
+            f"term {raw!r} is not a single word for this tokenizer (splits into {pieces}); "
+            "a WordPiece entry is one word without spaces or punctuation: list its parts instead"
+        )
     return word
 
 
-def suggest_terms(files: Sequence[str | Path], tok: Tokenizer, n: int, *, min_pieces: int = 3,
-                  min_count: int = 2) -> list[str]:
+def suggest_terms(files: Sequence[str | Path], tok: Tokenizer, n: int, *, min_pieces: int = 3, min_count: int = 2) -> list[str]:
     """The `n` most frequent corpus words that `tok` splits into >= `min_pieces` pieces (the ones worth adding).
 
     Args:
@@ -114,7 +115,6 @@ def suggest_terms(files: Sequence[str | Path], tok: Tokenizer, n: int, *, min_pi
     return keep[:n]
 
 
-
 def grow_embeddings(encoder: Encoder, added: Sequence[AddedTerm]) -> Encoder:
     """Give each added term an embedding row = mean of its old sub-token rows (amplified vocabulary).
 
@@ -128,8 +128,7 @@ def grow_embeddings(encoder: Encoder, added: Sequence[AddedTerm]) -> Encoder:
     """
     old = encoder.embeddings.tok
     weight = grow_rows(old.weight.detach(), added)  # (V', C)
-    new = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=old.padding_idx,
-                       dtype=weight.dtype, device=weight.device)
+    new = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=old.padding_idx, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         new.weight.copy_(weight)
     new.weight.requires_grad_(old.weight.requires_grad)
@@ -143,8 +142,10 @@ def grow_rows(table: torch.Tensor, added: Sequence[AddedTerm]) -> torch.Tensor:
     n_old = table.shape[0]
     for a in added:
         if not a.old_ids or max(a.old_ids) >= n_old:
-            raise EncoderforgeError(f"term {a.term!r}: old sub-token ids {list(a.old_ids)} do not fit the {n_old} "
-                                    "embedding rows; the tokenizer does not belong to this model")
+            raise EncoderforgeError(
+                f"term {a.term!r}: old sub-token ids {list(a.old_ids)} do not fit the {n_old} "
+                "embedding rows; the tokenizer does not belong to this model"
+            )
     size = max([n_old] + [a.id + 1 for a in added])
     out = table.new_zeros((size, *table.shape[1:]))
     out[:n_old] = table
@@ -153,9 +154,15 @@ def grow_rows(table: torch.Tensor, added: Sequence[AddedTerm]) -> torch.Tensor:
     return out
 
 
-def extend_checkpoint(model: str | Path, out: str | Path, *, terms_file: str | Path | None = None,
-                      corpus: Sequence[str | Path] | None = None, top: int = 200,
-                      overwrite: bool = False) -> list[AddedTerm]:
+def extend_checkpoint(
+    model: str | Path,
+    out: str | Path,
+    *,
+    terms_file: str | Path | None = None,
+    corpus: Sequence[str | Path] | None = None,
+    top: int = 200,
+    overwrite: bool = False,
+) -> list[AddedTerm]:
     """Extend a checkpoint's vocabulary and embeddings; write a full encoderforge checkpoint to `out`.
 
     Args:

@@ -59,6 +59,7 @@ def _lowercase_from_config(folder: Path) -> bool:
 
 # ---- reading corpora ---------------------------------------------------------------------------------
 
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; a directory stands for the (non-hidden) files directly inside it, sorted by name."""
     out: list[Path] = []
@@ -82,8 +83,10 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise EncoderforgeError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start}, 0x{raw[e.start]:02x}); "
-                                "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`, or leave it out") from None
+        raise EncoderforgeError(
+            f"{path}: line {line}: not valid UTF-8 (byte offset {e.start}, 0x{raw[e.start]:02x}); "
+            "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`, or leave it out"
+        ) from None
 
 
 def read_corpus(paths: Iterable[str | Path]) -> list[str]:
@@ -103,8 +106,9 @@ def read_corpus(paths: Iterable[str | Path]) -> list[str]:
 def wordpiece_vocab(tok: Tokenizer) -> dict[str, int]:
     model = json.loads(tok.to_str())["model"]
     if model.get("type") != "WordPiece":
-        raise EncoderforgeError(f"tokenizer model is {model.get('type')!r}; encoderforge edits and saves WordPiece "
-                                "(BERT) tokenizers only")
+        raise EncoderforgeError(
+            f"tokenizer model is {model.get('type')!r}; encoderforge edits and saves WordPiece (BERT) tokenizers only"
+        )
     vocab: dict[str, int] = model["vocab"]
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise EncoderforgeError("WordPiece vocabulary ids have gaps; vocab.txt needs ids 0..V-1")
@@ -118,6 +122,7 @@ def is_lowercase(tok: Tokenizer) -> bool:
         if n.get("type") == "Sequence":
             return any(walk(c) for c in n.get("normalizers", []))
         return n.get("type") == "Lowercase" or (n.get("type") == "BertNormalizer" and bool(n.get("lowercase")))
+
     return walk(json.loads(tok.to_str()).get("normalizer"))
 
 
@@ -127,8 +132,6 @@ def plain_copy(tok: Tokenizer) -> Tokenizer:
     out.no_padding()
     out.no_truncation()
     return out
-
-
 
 
 def unk_token(tok: Tokenizer) -> str:

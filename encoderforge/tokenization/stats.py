@@ -47,11 +47,15 @@ class StatsReport:
         return dataclasses.asdict(self)
 
     def to_markdown(self) -> str:
-        rows = ["| tokenizer | vocab | tokens | tokens/word | unknown rate | words split >1 piece |",
-                "|---|---:|---:|---:|---:|---:|"]
+        rows = [
+            "| tokenizer | vocab | tokens | tokens/word | unknown rate | words split >1 piece |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for tag, s in (("a", self.a), ("b", self.b)):
-            rows.append(f"| {tag}: {s.name} | {s.vocab_size:,} | {s.tokens:,} | {s.tokens_per_word:.3f} | "
-                        f"{100 * s.unknown_rate:.2f}% | {100 * s.split_rate:.1f}% |")
+            rows.append(
+                f"| {tag}: {s.name} | {s.vocab_size:,} | {s.tokens:,} | {s.tokens_per_word:.3f} | "
+                f"{100 * s.unknown_rate:.2f}% | {100 * s.split_rate:.1f}% |"
+            )
         pct = self.fewer_tokens_pct
         verdict = f"{pct:.1f}% fewer" if pct >= 0 else f"{-pct:.1f}% more"
         rows += ["", f"{self.texts:,} texts, {self.words:,} words: b needs {verdict} tokens than a."]
@@ -64,8 +68,13 @@ class StatsReport:
         return Path(path)
 
 
-def tokenizer_stats(files_or_texts: Sequence[str | Path], tok_a: Tokenizer | str | Path, tok_b: Tokenizer | str | Path,
-                    *, names: tuple[str, str] | None = None) -> StatsReport:
+def tokenizer_stats(
+    files_or_texts: Sequence[str | Path],
+    tok_a: Tokenizer | str | Path,
+    tok_b: Tokenizer | str | Path,
+    *,
+    names: tuple[str, str] | None = None,
+) -> StatsReport:
     """Compare two tokenizers on the same text: tokens per word, unknown rate, words split, % fewer tokens.
 
     Args:
@@ -81,12 +90,18 @@ def tokenizer_stats(files_or_texts: Sequence[str | Path], tok_a: Tokenizer | str
         raise EncoderforgeError("no text to measure; pass non-empty UTF-8 files")
     words = [[w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(t)] for t in texts]
     words = [w for w in words if w]  # (texts,) lists of words
-    names = names or (str(tok_a) if not isinstance(tok_a, Tokenizer) else "a",
-                      str(tok_b) if not isinstance(tok_b, Tokenizer) else "b")
-    a, b = (_count(t if isinstance(t, Tokenizer) else load_tokenizer(t), words, nm)
-            for t, nm in zip((tok_a, tok_b), names))
-    return StatsReport(texts=len(texts), words=sum(map(len, words)), a=a, b=b,
-                       fewer_tokens_pct=100.0 * (1.0 - b.tokens / a.tokens) if a.tokens else 0.0)
+    names = names or (
+        str(tok_a) if not isinstance(tok_a, Tokenizer) else "a",
+        str(tok_b) if not isinstance(tok_b, Tokenizer) else "b",
+    )
+    a, b = (_count(t if isinstance(t, Tokenizer) else load_tokenizer(t), words, nm) for t, nm in zip((tok_a, tok_b), names))
+    return StatsReport(
+        texts=len(texts),
+        words=sum(map(len, words)),
+        a=a,
+        b=b,
+        fewer_tokens_pct=100.0 * (1.0 - b.tokens / a.tokens) if a.tokens else 0.0,
+    )
 
 
 def _count(tok: Tokenizer, words: list[list[str]], name: str) -> TokenizerStats:
@@ -101,5 +116,11 @@ def _count(tok: Tokenizer, words: list[list[str]], name: str) -> TokenizerStats:
         split += sum(1 for c in per_word.values() if c > 1)
         n_words += len(ws)
     n = max(n_words, 1)
-    return TokenizerStats(name=name, vocab_size=plain.get_vocab_size(), tokens=tokens, tokens_per_word=tokens / n,
-                          unknown_rate=unknown / n, split_rate=split / n)
+    return TokenizerStats(
+        name=name,
+        vocab_size=plain.get_vocab_size(),
+        tokens=tokens,
+        tokens_per_word=tokens / n,
+        unknown_rate=unknown / n,
+        split_rate=split / n,
+    )

@@ -20,9 +20,15 @@ from encoderforge.tokenization.load import (
 )
 
 
-def train_wordpiece(files: Sequence[str | Path], *, vocab_size: int, lowercase: bool = True,
-                    special_tokens: Sequence[str] = BERT_SPECIALS, min_frequency: int = 2,
-                    limit_alphabet: int = 1000) -> Tokenizer:
+def train_wordpiece(
+    files: Sequence[str | Path],
+    *,
+    vocab_size: int,
+    lowercase: bool = True,
+    special_tokens: Sequence[str] = BERT_SPECIALS,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+) -> Tokenizer:
     """Train a BERT-compatible WordPiece tokenizer (the same pipeline as bert-base-uncased / MiniLM).
 
     Args:
@@ -41,8 +47,10 @@ def train_wordpiece(files: Sequence[str | Path], *, vocab_size: int, lowercase: 
     if missing:
         raise EncoderforgeError(f"special_tokens lacks {missing}; a BERT tokenizer needs [PAD], [UNK], [CLS], [SEP]")
     if vocab_size <= len(special_tokens):
-        raise EncoderforgeError(f"--vocab-size {vocab_size} is too small; it must exceed the {len(special_tokens)} "
-                                "special tokens (typical: 8000-32000)")
+        raise EncoderforgeError(
+            f"--vocab-size {vocab_size} is too small; it must exceed the {len(special_tokens)} "
+            "special tokens (typical: 8000-32000)"
+        )
     if min_frequency < 1:
         raise EncoderforgeError(f"--min-frequency must be >= 1, got {min_frequency}")
     texts = read_corpus(files)
@@ -50,12 +58,19 @@ def train_wordpiece(files: Sequence[str | Path], *, vocab_size: int, lowercase: 
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None)  # accents follow case
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(special_tokens),
-                               limit_alphabet=limit_alphabet, continuing_subword_prefix="##", show_progress=False)
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        limit_alphabet=limit_alphabet,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
     return tok
 
 
@@ -74,19 +89,30 @@ def save_tokenizer(tok: Tokenizer, path: str | Path, *, overwrite: bool = True) 
     vocab = wordpiece_vocab(tok)  # token -> id, contiguous 0..V-1
     lines = sorted(vocab, key=vocab.__getitem__)
     specials = {k: t for k, t in zip(("pad", "unk", "cls", "sep", "mask"), BERT_SPECIALS) if t in vocab}
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": is_lowercase(tok),
-              **{f"{k}_token": t for k, t in specials.items()}}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": is_lowercase(tok),
+        **{f"{k}_token": t for k, t in specials.items()},
+    }
     with atomic_dir(path, overwrite=overwrite) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in lines), encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         (tmp / "special_tokens_map.json").write_text(
-            json.dumps({f"{k}_token": t for k, t in specials.items()}, indent=2), encoding="utf-8")
+            json.dumps({f"{k}_token": t for k, t in specials.items()}, indent=2), encoding="utf-8"
+        )
     return Path(path)
 
 
-def train_wordpiece_dir(files: Sequence[str | Path], out: str | Path, *, vocab_size: int, lowercase: bool = True,
-                        min_frequency: int = 2, overwrite: bool = False) -> Tokenizer:
+def train_wordpiece_dir(
+    files: Sequence[str | Path],
+    out: str | Path,
+    *,
+    vocab_size: int,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    overwrite: bool = False,
+) -> Tokenizer:
     """`train_wordpiece` then `save_tokenizer` (what `encoderforge tokenizer train` runs); nothing is written on error.
     An `out` that is, lies inside or holds a corpus file or directory is refused before training."""
     check_output(out, files, flag="--out", expect="dir")
@@ -95,4 +121,3 @@ def train_wordpiece_dir(files: Sequence[str | Path], out: str | Path, *, vocab_s
     tok = train_wordpiece(files, vocab_size=vocab_size, lowercase=lowercase, min_frequency=min_frequency)
     save_tokenizer(tok, out, overwrite=overwrite)
     return tok
-

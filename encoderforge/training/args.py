@@ -72,8 +72,16 @@ class TrainArgs:
         for name in ("steps", "batch_rows"):
             if getattr(self, name) <= 0:
                 raise EncoderforgeError(f"train.{name} must be positive, got {getattr(self, name)}")
-        for name in ("micro_rows", "warmup_steps", "log_every", "eval_every", "save_every", "grad_clip", "weight_decay",
-                     "trim_heap_every"):
+        for name in (
+            "micro_rows",
+            "warmup_steps",
+            "log_every",
+            "eval_every",
+            "save_every",
+            "grad_clip",
+            "weight_decay",
+            "trim_heap_every",
+        ):
             if getattr(self, name) < 0:
                 raise EncoderforgeError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -86,5 +94,3 @@ class TrainArgs:
             raise EncoderforgeError(f"train.device={self.device!r}; use 'auto', 'cpu' or 'cuda'")
         if self.keep_checkpoints < 1:
             raise EncoderforgeError("train.keep_checkpoints must be >= 1 (resume needs one)")
-
-

@@ -44,9 +44,17 @@ class BestKeeper:
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors under "weights" (the best state), plain values under "meta": what a checkpoint stores."""
-        return {"weights": dict(self.state or {}), "meta": {"best": self.best, "best_step": self.best_step,
-                                                          "last_step": self.last_step, "bad": self.bad,
-                                                          "stopped": self.stopped, "has_state": self.state is not None}}
+        return {
+            "weights": dict(self.state or {}),
+            "meta": {
+                "best": self.best,
+                "best_step": self.best_step,
+                "last_step": self.last_step,
+                "bad": self.bad,
+                "stopped": self.stopped,
+                "has_state": self.state is not None,
+            },
+        }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         meta = sd["meta"]

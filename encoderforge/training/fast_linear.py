@@ -62,8 +62,12 @@ class OneDNNLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu")):
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
+        ):
             return nn.functional.linear(x, self.weight, self.bias)  # autocast/bf16/CUDA: torch's own path
         return _OneDNNLinearFn.apply(x, self.weight, self.bias)
 
@@ -118,7 +122,8 @@ def restore_linears(model: nn.Module) -> int:
 
 def _plain_linear(module: nn.Module) -> nn.Linear:
     m = cast(OneDNNLinear, module)  # the predicate selected OneDNNLinear modules only
-    lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
-                    device="meta")  # no throwaway allocation: the parameters are replaced next
+    lin = nn.Linear(
+        m.in_features, m.out_features, bias=m.bias is not None, device="meta"
+    )  # no throwaway allocation: the parameters are replaced next
     lin.weight, lin.bias = m.weight, m.bias
     return lin

@@ -63,10 +63,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenizer_dir: str | Path | None = None,
-          param_groups: list[dict[str, Any]] | None = None,
-          on_eval: Callable[[int, dict[str, float]], bool] | None = None,
-          extra_state: Stateful | None = None) -> dict[str, Any]:
+def train(
+    model: nn.Module,
+    task: Task,
+    args: TrainArgs,
+    dist: Dist,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    extra_state: Stateful | None = None,
+) -> dict[str, Any]:
     """Train `model` on `task` for `args.steps` optimizer steps, resuming from `args.out_dir` if possible.
 
     Args:
@@ -110,8 +117,15 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
     batches = task.train_batches(state.step)
     while state.step < args.steps:
         step = state.step
-        lr = lr_at(step, peak=args.lr, total=args.steps, warmup=args.warmup_steps, schedule=args.schedule,
-                   min_ratio=args.min_lr_ratio, decay_fraction=args.decay_fraction)
+        lr = lr_at(
+            step,
+            peak=args.lr,
+            total=args.steps,
+            warmup=args.warmup_steps,
+            schedule=args.schedule,
+            min_ratio=args.min_lr_ratio,
+            decay_fraction=args.decay_fraction,
+        )
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         # dropout RNG as a pure function of (seed, step, rank): resume and DDP need no saved RNG state
@@ -147,8 +161,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         bar.update(1, loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
         record: dict[str, Any] = {}
         if args.log_every and (state.step % args.log_every == 0 or state.step == 1):
-            record.update(loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s,
-                          rss_mb=round(rss_mb(), 1))
+            record.update(
+                loss=loss, lr=lr, grad_norm=float(grad_norm), tokens=state.tokens, tokens_per_s=tok_s, rss_mb=round(rss_mb(), 1)
+            )
         done = state.step == args.steps
         stop = False
         if (args.eval_every and state.step % args.eval_every == 0) or done:
@@ -163,8 +178,9 @@ def train(model: nn.Module, task: Task, args: TrainArgs, dist: Dist, *, tokenize
         last.update(record)
         if (args.save_every and state.step % args.save_every == 0) or done or stop:
             if dist.main:
-                save_checkpoint(run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir,
-                                extra=extra_state)
+                save_checkpoint(
+                    run, model, optimizer, state, keep=args.keep_checkpoints, tokenizer_dir=tokenizer_dir, extra=extra_state
+                )
             barrier(dist)
         if stop:
             break
@@ -206,6 +222,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and 0 < step and json.loads(ln)["step"] <= step]
+    keep = [
+        ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and 0 < step and json.loads(ln)["step"] <= step
+    ]
     with atomic_file(path) as f:
         f.write("".join(ln + "\n" for ln in keep))

@@ -46,8 +46,9 @@ class LoRALinear(nn.Module):
         return out.to(self.base.weight.device)
 
 
-def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tuple[str, ...] = TARGETS,
-               dropout: float = 0.0) -> int:
+def apply_lora(
+    encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tuple[str, ...] = TARGETS, dropout: float = 0.0
+) -> int:
     """Freeze the encoder and wrap its target linear layers (per block) with LoRA adapters.
 
     Args:
@@ -65,8 +66,9 @@ def apply_lora(encoder: Encoder, rank: int, alpha: float = 16.0, *, targets: tup
     found = {name for name, m in encoder.named_modules() if name in wanted and isinstance(m, nn.Linear)}
     if found != wanted:  # checked before any change, so a bad target leaves the encoder as it was
         missing = min(wanted - found).split(".", 2)[2]  # "layers.{i}.<target>" -> "<target>"
-        raise EncoderforgeError(f"LoRA target {missing!r} is not a linear layer of the encoder blocks; "
-                                f"use some of {list(TARGETS)}")
+        raise EncoderforgeError(
+            f"LoRA target {missing!r} is not a linear layer of the encoder blocks; use some of {list(TARGETS)}"
+        )
     encoder.requires_grad_(False)
     added = 0
 

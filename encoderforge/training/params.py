@@ -20,7 +20,9 @@ from encoderforge.model.encoder import Encoder, _init_weights
 def freeze_lower(encoder: Encoder, n: int) -> int:
     """Freeze the embeddings and the lowest `n` layers (n=0: nothing). Returns the number of frozen parameters."""
     if not 0 <= n <= encoder.cfg.num_layers:
-        raise EncoderforgeError(f"--freeze-layers={n}: the model has {encoder.cfg.num_layers} layers; use 0..{encoder.cfg.num_layers}")
+        raise EncoderforgeError(
+            f"--freeze-layers={n}: the model has {encoder.cfg.num_layers} layers; use 0..{encoder.cfg.num_layers}"
+        )
     if n == 0:
         return 0
     frozen = 0
@@ -35,10 +37,12 @@ def reinit_top(encoder: Encoder, n: int, seed: int = 0) -> None:
     """Re-initialise the top `n` layers with BERT's initialisation (their pretraining-specific weights transfer
     worst, Zhang et al. 2021)."""
     if not 0 <= n <= encoder.cfg.num_layers:
-        raise EncoderforgeError(f"--reinit-layers={n}: the model has {encoder.cfg.num_layers} layers; use 0..{encoder.cfg.num_layers}")
+        raise EncoderforgeError(
+            f"--reinit-layers={n}: the model has {encoder.cfg.num_layers} layers; use 0..{encoder.cfg.num_layers}"
+        )
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    for block in encoder.layers[encoder.cfg.num_layers - n:]:
+    for block in encoder.layers[encoder.cfg.num_layers - n :]:
         block.apply(_init_weights)
     torch.random.set_rng_state(gen_state)
 
@@ -70,7 +74,13 @@ def param_groups(model: nn.Module, *, weight_decay: float, lr_decay: float = 1.0
             continue
         depth = layer_of(name, top - 1) if encoder is not None else 0
         decay = p.ndim >= 2
-        g = groups.setdefault((depth, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
-                                               "lr_scale": lr_decay ** (top - depth) if encoder is not None else 1.0})
+        g = groups.setdefault(
+            (depth, decay),
+            {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": lr_decay ** (top - depth) if encoder is not None else 1.0,
+            },
+        )
         g["params"].append(p)
     return [groups[k] for k in sorted(groups)]

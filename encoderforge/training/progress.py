@@ -22,8 +22,17 @@ class Progress:
         stream: where to write (stderr: stdout stays for results).
     """
 
-    def __init__(self, total: int, *, initial: int = 0, unit: str = "step", desc: str = "", enabled: bool = True,
-                 every_s: float = 10.0, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        *,
+        initial: int = 0,
+        unit: str = "step",
+        desc: str = "",
+        enabled: bool = True,
+        every_s: float = 10.0,
+        stream: TextIO | None = None,
+    ):
         self.stream = stream or sys.stderr
         self.total, self.done, self.unit, self.desc, self.enabled = total, initial, unit, desc, enabled
         self.every_s, self.t0, self.start = every_s, time.perf_counter(), initial
@@ -49,8 +58,10 @@ class Progress:
         rate = (self.done - self.start) / max(elapsed, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        return (f"{self.desc + ' ' if self.desc else ''}{self.unit} {self.done}/{self.total} "
-                f"({100 * self.done / max(self.total, 1):.0f}%) elapsed {_hms(elapsed)} eta {_hms(eta)} {extra}").rstrip()
+        return (
+            f"{self.desc + ' ' if self.desc else ''}{self.unit} {self.done}/{self.total} "
+            f"({100 * self.done / max(self.total, 1):.0f}%) elapsed {_hms(elapsed)} eta {_hms(eta)} {extra}"
+        ).rstrip()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -14,8 +14,16 @@ Schedule = Literal["linear", "cosine", "wsd", "constant"]
 SCHEDULES = ("linear", "cosine", "wsd", "constant")
 
 
-def lr_at(step: int, *, peak: float, total: int, warmup: int = 0, schedule: Schedule = "linear",
-          min_ratio: float = 0.0, decay_fraction: float = 0.2) -> float:
+def lr_at(
+    step: int,
+    *,
+    peak: float,
+    total: int,
+    warmup: int = 0,
+    schedule: Schedule = "linear",
+    min_ratio: float = 0.0,
+    decay_fraction: float = 0.2,
+) -> float:
     """Learning rate for optimizer step `step` (0-based).
 
     Args:

@@ -47,8 +47,16 @@ class TrainState:
     rows: int = 0  # data position: rows of the stream consumed (== step * batch_rows)
 
 
-def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, *,
-                    keep: int = 2, tokenizer_dir: str | Path | None = None, extra: Stateful | None = None) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    *,
+    keep: int = 2,
+    tokenizer_dir: str | Path | None = None,
+    extra: Stateful | None = None,
+) -> Path:
     """Write `run_dir/checkpoints/step-XXXXXXXX` atomically, then delete all but the newest `keep`.
 
     Args:
@@ -78,16 +86,21 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         encoder = getattr(model, "encoder", None)
         if encoder is not None and hasattr(encoder, "cfg"):
-            (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2))
+            (tmp / "config.json").write_text(
+                json.dumps({"format": FORMAT, "version": 1, "model": encoder.cfg.to_dict()}, indent=2)
+            )
         copy_tokenizer_files(tokenizer_dir, tmp)
         extra_meta = None
         if extra is not None:
             sd = extra.state_dict()
             save_file({k: v.contiguous() for k, v in sd["weights"].items()}, str(tmp / "extra.safetensors"))
             extra_meta = sd["meta"]
-        (tmp / "train_state.json").write_text(json.dumps(
-            {**asdict(state), "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "extra": extra_meta},
-            indent=2))
+        (tmp / "train_state.json").write_text(
+            json.dumps(
+                {**asdict(state), "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "extra": extra_meta},
+                indent=2,
+            )
+        )
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -101,8 +114,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                    extra: Stateful | None = None) -> TrainState:
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, extra: Stateful | None = None
+) -> TrainState:
     """Restore model (and optimizer, and `extra`'s state) in place from a checkpoint directory; returns the counters."""
     path = Path(path)
     try:
@@ -112,8 +126,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         raise EncoderforgeError(f"{path}: unreadable training checkpoint ({e}); delete it to resume from an older one") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise EncoderforgeError(f"{path}: checkpoint does not match the model (missing {missing[:4]}, unexpected "
-                                f"{unexpected[:4]}); the run directory belongs to another config; use a new train.out_dir")
+        raise EncoderforgeError(
+            f"{path}: checkpoint does not match the model (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}); the run directory belongs to another config; use a new train.out_dir"
+        )
     if optimizer is not None:
         tensors = load_file(str(path / "optimizer.safetensors"))
         state: dict[int, dict] = {}

@@ -37,8 +37,12 @@ def test_embed_equals_sentence_transformers(minilm_path, real_texts, tmp_path):
 
 def test_embed_jsonl_from_stdin(tmp_path):
     out = tmp_path / "v.jsonl"
-    r = subprocess.run([sys.executable, "-m", "encoderforge.cli.app", "embed", "-", "--out", str(out), "--pooling", "cls"],
-                       input="first text\nsecond text\n", capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "encoderforge.cli.app", "embed", "-", "--out", str(out), "--pooling", "cls"],
+        input="first text\nsecond text\n",
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["text"] for row in rows] == ["first text", "second text"]

@@ -41,7 +41,9 @@ sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
 for name in [m for m in sys.modules if m.partition(".")[0] in hidden]:
     del sys.modules[name]
 """
-CORE_PYTHON = HIDE + """
+CORE_PYTHON = (
+    HIDE
+    + """
 import importlib
 
 sys.argv = ["encoderforge", *sys.argv[2:]]
@@ -56,6 +58,7 @@ if sys.argv[1:2] == ["--import-all"]:  # import every module of the package, pri
 module, _, attr = sys.argv.pop(1).partition(":")  # the console script, as `pip install` wires it
 getattr(importlib.import_module(module), attr)()
 """
+)
 
 
 def console_script() -> str:
@@ -86,18 +89,31 @@ def assert_one_line_naming(r: subprocess.CompletedProcess, extra: str) -> None:
 
 
 def test_the_hiding_works():
-    r = subprocess.run([sys.executable, "-c", HIDE + (
-        "import importlib.util\nassert importlib.util.find_spec('onnx') is None\n"
-        "try:\n    import onnxruntime.quantization\nexcept ModuleNotFoundError:\n    print('hidden')\n"),
-        ",".join(OPTIONAL)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            HIDE
+            + (
+                "import importlib.util\nassert importlib.util.find_spec('onnx') is None\n"
+                "try:\n    import onnxruntime.quantization\nexcept ModuleNotFoundError:\n    print('hidden')\n"
+            ),
+            ",".join(OPTIONAL),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "hidden", r.stderr
 
 
 def test_every_module_imports_without_the_extras():
     r = core("--import-all")
     assert r.returncode == 0, r.stderr
-    assert not r.stdout.strip(), ("modules that fail to import without the extras (import an optional package "
-                                  "where it is used, through encoderforge.require):\n" + r.stdout)
+    assert not r.stdout.strip(), (
+        "modules that fail to import without the extras (import an optional package "
+        "where it is used, through encoderforge.require):\n" + r.stdout
+    )
 
 
 def test_help_works_without_the_extras():
@@ -112,11 +128,14 @@ def test_export_onnx_names_the_onnx_extra(minilm_path, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary directory
 
 
-@pytest.mark.parametrize("args, extra", [
-    (["bench", "infer"], "hf"),
-    (["bench", "infer", "--no-onnx"], "hf"),
-    (["bench", "train"], "hf"),
-])
+@pytest.mark.parametrize(
+    "args, extra",
+    [
+        (["bench", "infer"], "hf"),
+        (["bench", "infer", "--no-onnx"], "hf"),
+        (["bench", "train"], "hf"),
+    ],
+)
 def test_bench_names_the_hf_extra(minilm_path, tmp_path, args, extra):
     r = core(*args, "--out", str(tmp_path / "bench"), *(["--model", str(minilm_path)] if args[1] == "infer" else []))
     assert_one_line_naming(r, extra)

@@ -23,8 +23,9 @@ def tiny_ckpt(tmp_path_factory, minilm_path):
     """A bert-tiny encoderforge checkpoint with MiniLM's tokenizer and an MLM bias (small, so tests stay fast)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    checkpoint.save(Encoder(preset("bert-tiny", vocab_size=30522)), path, tokenizer_dir=minilm_path,
-                    extra={"mlm.bias": torch.randn(30522)})
+    checkpoint.save(
+        Encoder(preset("bert-tiny", vocab_size=30522)), path, tokenizer_dir=minilm_path, extra={"mlm.bias": torch.randn(30522)}
+    )
     return path
 
 
@@ -51,8 +52,9 @@ def test_train_cased_from_directory(tmp_path, license_texts):
     corpus.mkdir()
     for p in license_texts[::100]:
         (corpus / p.name).write_bytes(p.read_bytes())
-    r = runner.invoke(app, ["train", str(corpus), "--vocab-size", "800", "--cased", "--min-frequency", "3",
-                            "--out", str(tmp_path / "cased")])
+    r = runner.invoke(
+        app, ["train", str(corpus), "--vocab-size", "800", "--cased", "--min-frequency", "3", "--out", str(tmp_path / "cased")]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "cased" / "tokenizer_config.json").read_text())["do_lower_case"] is False
 
@@ -121,8 +123,7 @@ def test_extend_bad_input(tiny_ckpt, tmp_path):
 
 def test_stats_prints_table_and_json(minilm_path, license_texts, tmp_path):
     out = tmp_path / "legal"
-    assert runner.invoke(app, ["train", *map(str, license_texts[1::8]), "--vocab-size", "8000",
-                               "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["train", *map(str, license_texts[1::8]), "--vocab-size", "8000", "--out", str(out)]).exit_code == 0
     held = [str(p) for p in license_texts[0::100]]
     r = runner.invoke(app, ["stats", "--a", str(minilm_path), "--b", str(out), *held, "--json", str(tmp_path / "s.json")])
     assert r.exit_code == 0, r.output
@@ -139,21 +140,18 @@ def test_extend_from_corpus_takes_a_shell_expanded_glob(tiny_ckpt, tmp_path, lic
     files = [str(p) for p in license_texts[::40]]
     assert len(files) >= 2
     out = tmp_path / "ext"
-    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", *files, "--top", "20",
-                            "--out", str(out)])
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", *files, "--top", "20", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "added 20 words (ids 30522..30541)" in r.stdout
     # the same words as the repeated-option form: every file was read
     again = tmp_path / "again"
     repeated = [a for f in files for a in ("--from-corpus", f)]
-    assert runner.invoke(app, ["extend", "--model", str(tiny_ckpt), *repeated, "--top", "20",
-                               "--out", str(again)]).exit_code == 0
+    assert runner.invoke(app, ["extend", "--model", str(tiny_ckpt), *repeated, "--top", "20", "--out", str(again)]).exit_code == 0
     assert (out / "vocab.txt").read_text() == (again / "vocab.txt").read_text()
     # files with no --from-corpus before them are a mistake, not silently ignored
     terms = tmp_path / "terms.txt"
     terms.write_text("licensor\n")
-    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--terms", str(terms), *files[:2],
-                            "--out", str(tmp_path / "x")])
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--terms", str(terms), *files[:2], "--out", str(tmp_path / "x")])
     _one_line_error(r, "corpus files go after --from-corpus")
     assert not (tmp_path / "x").exists()
 
@@ -178,11 +176,11 @@ def test_outputs_that_would_destroy_inputs_are_refused_before_work(tiny_ckpt, tm
     assert notes.read_text() == "keep me\n"
     # extend: --out on the model itself, or inside the corpus directory
     mtime = (tiny_ckpt / "model.safetensors").stat().st_mtime_ns
-    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus), "--out", str(tiny_ckpt),
-                            "--overwrite"])
+    r = runner.invoke(
+        app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus), "--out", str(tiny_ckpt), "--overwrite"]
+    )
     _one_line_error(r, "--out is the input")
-    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus),
-                            "--out", str(corpus / "ext")])
+    r = runner.invoke(app, ["extend", "--model", str(tiny_ckpt), "--from-corpus", str(corpus), "--out", str(corpus / "ext")])
     _one_line_error(r, "--out lies inside the input directory")
     assert (tiny_ckpt / "model.safetensors").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in corpus.iterdir()) == before

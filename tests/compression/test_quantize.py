@@ -120,7 +120,7 @@ def test_int8_fidelity_values():
     rotated = int8_fidelity(a, a[[1, 2, 0]])
     assert rotated["mean_cosine"] == pytest.approx(0.0) and rotated["min_cosine"] == pytest.approx(0.0)
     mixed = int8_fidelity(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
-    assert mixed["min_cosine"] == pytest.approx(2 ** -0.5) and mixed["mean_cosine"] == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert mixed["min_cosine"] == pytest.approx(2**-0.5) and mixed["mean_cosine"] == pytest.approx((1 + 2**-0.5) / 2)
     assert int8_fidelity(a, np.zeros_like(a))["mean_cosine"] == 0.0  # a zero vector is not "similar"
     with pytest.raises(EncoderforgeError, match="one shape"):
         int8_fidelity(a, a[:2])

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import (
-    CorpusSpec,
-    clean,
-    load_documents,
-    parse_corpus_arg,
-    prepare_corpus,
-    read_manifest,
-)
+from encoderforge.data.corpus import CorpusSpec, clean, parse_corpus_arg, prepare_corpus
 from encoderforge.data.packing import epoch_order
+from encoderforge.data.shards import load_documents, read_manifest
 from encoderforge.tokenization import load_tokenizer
 
 
@@ -28,13 +22,20 @@ def test_clean_strips_front_matter_and_controls():
 
 def test_prepare_dedupes_splits_and_round_trips(tmp_path, legal_dir, small_tokenizer):
     jsonl = tmp_path / "notes.jsonl"
-    rows = [{"text": "This agreement is governed by the laws of the state."},
-            {"text": "THIS AGREEMENT is governed   by the laws of the state."},  # duplicate after normalisation
-            {"text": "short"}]
+    rows = [
+        {"text": "This agreement is governed by the laws of the state."},
+        {"text": "THIS AGREEMENT is governed   by the laws of the state."},  # duplicate after normalisation
+        {"text": "short"},
+    ]
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "shards"
-    m = prepare_corpus([CorpusSpec(str(legal_dir), name="legal", weight=2.0), CorpusSpec(str(jsonl))],
-                       small_tokenizer, out, eval_fraction=0.25, shard_tokens=20_000)
+    m = prepare_corpus(
+        [CorpusSpec(str(legal_dir), name="legal", weight=2.0), CorpusSpec(str(jsonl))],
+        small_tokenizer,
+        out,
+        eval_fraction=0.25,
+        shard_tokens=20_000,
+    )
     legal, notes = m["corpora"]
     assert legal["files"] == 61 and legal["duplicates"] >= 1  # zz-duplicate.LICENSE
     assert legal["documents"]["train"] + legal["documents"]["eval"] == 61 - legal["duplicates"] - legal["empty"]
@@ -50,8 +51,9 @@ def test_prepare_dedupes_splits_and_round_trips(tmp_path, legal_dir, small_token
     assert docs[1].tokens(0).tolist() == tok.encode(text, add_special_tokens=False).ids
     all_texts = {clean(p.read_text(encoding="utf-8")) for p in legal_dir.iterdir()}
     decoded = tok.decode(docs[0].tokens(3).tolist())
-    assert any(" ".join(decoded.split()) == " ".join(tok.decode(tok.encode(t, add_special_tokens=False).ids).split())
-               for t in all_texts)
+    assert any(
+        " ".join(decoded.split()) == " ".join(tok.decode(tok.encode(t, add_special_tokens=False).ids).split()) for t in all_texts
+    )
 
 
 def test_same_input_same_split(tmp_path, legal_dir, small_tokenizer):
@@ -65,12 +67,20 @@ def test_same_input_same_split(tmp_path, legal_dir, small_tokenizer):
 def test_mixing_weights_set_documents_per_epoch(tmp_path, legal_dir, small_tokenizer):
     # exact dedupe works across corpora: a second copy of the same corpus has nothing left
     with pytest.raises(EncoderforgeError, match="61 read, 61 duplicates"):
-        prepare_corpus([CorpusSpec(str(legal_dir), name="up"), CorpusSpec(str(legal_dir), name="down")],
-                       small_tokenizer, tmp_path / "s", eval_fraction=0.0)
+        prepare_corpus(
+            [CorpusSpec(str(legal_dir), name="up"), CorpusSpec(str(legal_dir), name="down")],
+            small_tokenizer,
+            tmp_path / "s",
+            eval_fraction=0.0,
+        )
     jsonl = tmp_path / "other.jsonl"
     jsonl.write_text("".join(json.dumps({"text": f"clause {i} of the license agreement applies"}) + "\n" for i in range(40)))
-    prepare_corpus([CorpusSpec(str(legal_dir), name="up", weight=2.0), CorpusSpec(str(jsonl), name="down", weight=0.5)],
-                   small_tokenizer, tmp_path / "t", eval_fraction=0.0)
+    prepare_corpus(
+        [CorpusSpec(str(legal_dir), name="up", weight=2.0), CorpusSpec(str(jsonl), name="down", weight=0.5)],
+        small_tokenizer,
+        tmp_path / "t",
+        eval_fraction=0.0,
+    )
     docs = load_documents(tmp_path / "t")
     cs, ds = epoch_order(docs, epoch=0, seed=0)
     assert (cs == 0).sum() == 2 * len(docs[0]) and (cs == 1).sum() == 20
@@ -133,8 +143,9 @@ def test_parse_corpus_arg():
         parse_corpus_arg("a.txt:0")
 
 
-@pytest.mark.parametrize("arg", ["a.txt=../../x", "a.txt=sub/x:2", "a.txt=/abs", "a.txt=..", "a.txt=a..b",
-                                 "a.txt=spaced name", "a.txt=x\\y"])
+@pytest.mark.parametrize(
+    "arg", ["a.txt=../../x", "a.txt=sub/x:2", "a.txt=/abs", "a.txt=..", "a.txt=a..b", "a.txt=spaced name", "a.txt=x\\y"]
+)
 def test_corpus_names_cannot_leave_the_output_dir(arg):
     """A corpus name becomes part of shard file names: `name=../../x` wrote shards outside --out."""
     bad = arg.split("=", 1)[1].rsplit(":2", 1)[0]
@@ -204,11 +215,11 @@ def test_cli_data_prepare_errors_are_one_line(tmp_path, legal_dir, small_tokeniz
 
     runner = CliRunner()
     out = tmp_path / "out"
-    r = runner.invoke(data_app, ["prepare", f"{legal_dir}=../../escaped", "--tokenizer", str(small_tokenizer),
-                                 "--out", str(out)])
+    r = runner.invoke(data_app, ["prepare", f"{legal_dir}=../../escaped", "--tokenizer", str(small_tokenizer), "--out", str(out)])
     assert r.exit_code == 1 and r.stderr.startswith("error: corpus name '../../escaped'"), r.output
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
-    r = runner.invoke(data_app, ["prepare", str(legal_dir), "--tokenizer", str(small_tokenizer),
-                                 "--out", str(legal_dir / "shards")])
+    r = runner.invoke(
+        data_app, ["prepare", str(legal_dir), "--tokenizer", str(small_tokenizer), "--out", str(legal_dir / "shards")]
+    )
     assert r.exit_code == 1 and "--out lies inside the input directory" in r.stderr, r.output
     assert not out.exists() and not list(tmp_path.parent.glob("escaped*")) and not (legal_dir / "shards").exists()

@@ -9,8 +9,10 @@ from encoderforge import EncoderforgeError
 from encoderforge.data.masking import MaskingConfig, MaskVocab, mask_row
 from encoderforge.tokenization import load_tokenizer
 
-TEXT = ("the licensee shall indemnify the licensor notwithstanding anything hereinbefore contained; "
-        "sublicensable, irrevocable and perpetual rights are granted hereunder. ") * 4
+TEXT = (
+    "the licensee shall indemnify the licensor notwithstanding anything hereinbefore contained; "
+    "sublicensable, irrevocable and perpetual rights are granted hereunder. "
+) * 4
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +71,17 @@ def test_whole_words_and_spans_stay_together(setup):
             chosen = set(m.positions.tolist())
             for wid in set(word[m.positions].tolist()):
                 assert set(np.flatnonzero(word == wid).tolist()) <= chosen  # every piece of a chosen word
+
     # spans are contiguous runs of words: far fewer runs than for token masking at the same ratio
     def runs(pos):
         return 1 + int((np.diff(pos) > 1).sum())
-    span = np.mean([runs(mask_row(ids, vocab, MaskingConfig(0.3, "span"), np.random.default_rng(s)).positions) for s in range(20)])
-    token = np.mean([runs(mask_row(ids, vocab, MaskingConfig(0.3, "token"), np.random.default_rng(s)).positions) for s in range(20)])
+
+    span = np.mean(
+        [runs(mask_row(ids, vocab, MaskingConfig(0.3, "span"), np.random.default_rng(s)).positions) for s in range(20)]
+    )
+    token = np.mean(
+        [runs(mask_row(ids, vocab, MaskingConfig(0.3, "token"), np.random.default_rng(s)).positions) for s in range(20)]
+    )
     assert span < 0.6 * token
 
 

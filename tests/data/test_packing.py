@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from encoderforge.data.corpus import CorpusSpec, load_documents, prepare_corpus
+from encoderforge.data.corpus import CorpusSpec, prepare_corpus
 from encoderforge.data.packing import iter_rows, pack, pack_rows, rank_slice, row_tokens
+from encoderforge.data.shards import load_documents
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.padding import layout_from_lengths
@@ -63,5 +64,5 @@ def test_packed_forward_equals_separate_forwards(tmp_path, legal_dir, small_toke
         start = 0
         for s in segs:
             alone = enc(torch.from_numpy(s)[None])[0]  # (T, C)
-            torch.testing.assert_close(out[start:start + len(s)], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out[start : start + len(s)], alone, atol=1e-5, rtol=1e-5)
             start += len(s)

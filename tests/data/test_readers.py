@@ -56,21 +56,33 @@ def test_conll_and_jsonl_tags(tmp_path):
     assert read_dataset(g, Schema(label_type="tags")).examples[0].label == ["O", "B-x"]
 
 
-@pytest.mark.parametrize("name,content,schema,message", [
-    ("a.csv", "text,topic\nhello,x\n", Schema(), "a.csv:1: missing column 'label'"),
-    ("b.csv", "text,label\nhello,x\n   ,y\n", Schema(), "b.csv:3: field 'text' is empty"),
-    ("c.csv", "text,label\nhello,x\nbye,w\n", Schema(labels=("x", "y")), "c.csv:3: unknown label 'w' in field 'label'"),
-    ("d.jsonl", '{"text": "a", "label": 1.5}\n{"text": "b", "label": "high"}\n', Schema(label_type="float"),
-     "d.jsonl:2: field 'label' must be a number"),
-    ("e.jsonl", '{"text": "a", "label": ["x"]}\n', Schema(), "e.jsonl:1: field 'label' must be one label"),
-    ("f.jsonl", '{"text": "a", "label": "x"}\n{"label": "x"}\n', Schema(), "f.jsonl:2: missing field 'text'"),
-    ("g.jsonl", '{"text": "a", "label": "x"}\n{"text": "a", "label": \n', Schema(), "g.jsonl:2: invalid JSON"),
-    ("h.conll", "John\tB-per\nlives\n", Schema(label_type="tags"), "h.conll:2: expected `token<TAB>tag`"),
-    ("i.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', Schema(label_type="tags"), "i.jsonl:1: 2 tokens but 1 tags"),
-    ("j.conll", "a\tO\n\nb\tB-x\n", Schema(label_type="tags", labels=("O",)), "j.conll:3: unknown tag 'B-x'"),
-    ("k.csv", "text,label\nok,x\nnot,y,extra\n", Schema(), "k.csv:3: 3 fields but the header has 2"),
-    ("l.jsonl", '{"text": "a", "label": {"x": 1}}\n', Schema(label_type="multilabel"), "l.jsonl:1: field 'label' must be a list"),
-])
+@pytest.mark.parametrize(
+    "name,content,schema,message",
+    [
+        ("a.csv", "text,topic\nhello,x\n", Schema(), "a.csv:1: missing column 'label'"),
+        ("b.csv", "text,label\nhello,x\n   ,y\n", Schema(), "b.csv:3: field 'text' is empty"),
+        ("c.csv", "text,label\nhello,x\nbye,w\n", Schema(labels=("x", "y")), "c.csv:3: unknown label 'w' in field 'label'"),
+        (
+            "d.jsonl",
+            '{"text": "a", "label": 1.5}\n{"text": "b", "label": "high"}\n',
+            Schema(label_type="float"),
+            "d.jsonl:2: field 'label' must be a number",
+        ),
+        ("e.jsonl", '{"text": "a", "label": ["x"]}\n', Schema(), "e.jsonl:1: field 'label' must be one label"),
+        ("f.jsonl", '{"text": "a", "label": "x"}\n{"label": "x"}\n', Schema(), "f.jsonl:2: missing field 'text'"),
+        ("g.jsonl", '{"text": "a", "label": "x"}\n{"text": "a", "label": \n', Schema(), "g.jsonl:2: invalid JSON"),
+        ("h.conll", "John\tB-per\nlives\n", Schema(label_type="tags"), "h.conll:2: expected `token<TAB>tag`"),
+        ("i.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', Schema(label_type="tags"), "i.jsonl:1: 2 tokens but 1 tags"),
+        ("j.conll", "a\tO\n\nb\tB-x\n", Schema(label_type="tags", labels=("O",)), "j.conll:3: unknown tag 'B-x'"),
+        ("k.csv", "text,label\nok,x\nnot,y,extra\n", Schema(), "k.csv:3: 3 fields but the header has 2"),
+        (
+            "l.jsonl",
+            '{"text": "a", "label": {"x": 1}}\n',
+            Schema(label_type="multilabel"),
+            "l.jsonl:1: field 'label' must be a list",
+        ),
+    ],
+)
 def test_validation_errors_name_file_line_and_field(tmp_path, name, content, schema, message):
     with pytest.raises(EncoderforgeError) as e:
         read_dataset(write(tmp_path / name, content), schema)
@@ -100,15 +112,18 @@ def test_split_dev_is_stratified_and_disjoint():
     assert [ex.where for ex in again.examples] == [ex.where for ex in dev.examples]
 
 
-@pytest.mark.parametrize("name,content,bad", [
-    ("r.csv", "text,score\ngood,1.5\nbad,nan\n", "'nan'"),
-    ("r.tsv", "text\tscore\ngood\t1.5\nbad\tinf\n", "'inf'"),
-    ("r.csv", "text,score\ngood,1.5\nbad,-Infinity\n", "'-Infinity'"),
-    ("r.csv", "text,score\ngood,1.5\nbad,1e999\n", "'1e999'"),
-    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": NaN}\n', "nan"),
-    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": 1e999}\n', "inf"),
-    ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": "nan"}\n', "'nan'"),
-])
+@pytest.mark.parametrize(
+    "name,content,bad",
+    [
+        ("r.csv", "text,score\ngood,1.5\nbad,nan\n", "'nan'"),
+        ("r.tsv", "text\tscore\ngood\t1.5\nbad\tinf\n", "'inf'"),
+        ("r.csv", "text,score\ngood,1.5\nbad,-Infinity\n", "'-Infinity'"),
+        ("r.csv", "text,score\ngood,1.5\nbad,1e999\n", "'1e999'"),
+        ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": NaN}\n', "nan"),
+        ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": 1e999}\n', "inf"),
+        ("r.jsonl", '{"text": "good", "score": 1.5}\n\n{"text": "bad", "score": "nan"}\n', "'nan'"),
+    ],
+)
 def test_non_finite_regression_labels_are_rejected(tmp_path, name, content, bad):
     """A nan/inf label trains a NaN model: it is an error naming the file, line, field and value."""
     schema = Schema(label_field="score", label_type="float")

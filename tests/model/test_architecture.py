@@ -58,8 +58,7 @@ def test_switches_change_the_function():
         torch.manual_seed(0)
         other = Encoder(preset("bert-tiny", vocab_size=100, **{field: value})).eval()
         own = other.state_dict()
-        other.load_state_dict({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape},
-                              strict=False)
+        other.load_state_dict({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}, strict=False)
         with torch.no_grad():
             outs[field] = (base(ids, mask) - other(ids, mask)).abs().max().item()
     assert all(v > 1e-3 for v in outs.values()), outs
@@ -70,10 +69,12 @@ def test_rope_scores_depend_on_relative_position():
     from encoderforge.model.attention import apply_rope, rope_tables
 
     q, k = torch.randn(1, 1, 16), torch.randn(1, 1, 16)
+
     def score(m, n):
         cq, sq = rope_tables(torch.tensor([m]), 16, 10000.0, torch.float32)
         ck, sk = rope_tables(torch.tensor([n]), 16, 10000.0, torch.float32)
         return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
     assert score(3, 7) == pytest.approx(score(13, 17), abs=1e-4)
     assert score(3, 7) != pytest.approx(score(3, 9), abs=1e-3)
 
@@ -145,8 +146,14 @@ def test_selected_rows_edge_cases():
 
 def test_presets_have_the_documented_shapes():
     shapes = {name: (c.num_layers, c.hidden_size) for name, c in ((n, PRESETS[n]()) for n in PRESETS)}
-    assert shapes == {"bert-tiny": (2, 128), "bert-mini": (4, 256), "bert-small": (4, 512), "bert-medium": (8, 512),
-                      "bert-base": (12, 768), "minilm-l6": (6, 384)}
+    assert shapes == {
+        "bert-tiny": (2, 128),
+        "bert-mini": (4, 256),
+        "bert-small": (4, 512),
+        "bert-medium": (8, 512),
+        "bert-base": (12, 768),
+        "minilm-l6": (6, 384),
+    }
     assert preset("minilm-l6").intermediate_size == 1536 and preset("minilm-l6").num_heads == 12
 
 

@@ -104,11 +104,16 @@ def test_config_that_disagrees_with_the_weights_names_the_tensor(minilm_path, tm
     with pytest.raises(EncoderforgeError) as e:
         load(d)
     msg = _one_line(e)
-    assert (f"{d / 'model.safetensors'}: tensor 'embeddings.word_embeddings.weight' has shape (30522, 384) but "
-            f"{d / 'config.json'} expects (30522, 768)") in msg, msg
+    assert (
+        f"{d / 'model.safetensors'}: tensor 'embeddings.word_embeddings.weight' has shape (30522, 384) but "
+        f"{d / 'config.json'} expects (30522, 768)"
+    ) in msg, msg
     d = _hf_copy(minilm_path, tmp_path / "ffn", intermediate_size=1024)
-    with pytest.raises(EncoderforgeError, match=r"'encoder.layer.0.intermediate.dense.weight' has shape \(1536, 384\) "
-                                                r"but .*config.json expects \(1024, 384\)"):
+    with pytest.raises(
+        EncoderforgeError,
+        match=r"'encoder.layer.0.intermediate.dense.weight' has shape \(1536, 384\) "
+        r"but .*config.json expects \(1024, 384\)",
+    ):
         load(d)
     # our own format: config.json's model.hidden_size edited by hand
     torch.manual_seed(0)

@@ -26,8 +26,9 @@ C, H, I = 32, 4, 64  # noqa: E741 - hidden size, heads, FFN width of the tiny te
 
 def tiny(**kw) -> Encoder:
     torch.manual_seed(0)
-    cfg = EncoderConfig(vocab_size=50, hidden_size=C, num_layers=3, num_heads=H, intermediate_size=I, dropout=0.0,
-                        attention_dropout=0.0, **kw)
+    cfg = EncoderConfig(
+        vocab_size=50, hidden_size=C, num_layers=3, num_heads=H, intermediate_size=I, dropout=0.0, attention_dropout=0.0, **kw
+    )
     return Encoder(cfg).eval()
 
 
@@ -45,6 +46,7 @@ def close_on_real_tokens(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -
 
 
 # ---- replace_modules ------------------------------------------------------------------------------------------
+
 
 def test_replace_modules_passes_qualified_names_and_counts():
     enc = tiny()
@@ -89,6 +91,7 @@ def test_is_cpu_fp32_linear():
 
 # ---- FFN neurons ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("activation", ["gelu", "geglu"])
 @pytest.mark.parametrize("backend", ["eager", "varlen"])
 def test_pruned_ffn_equals_the_original_with_those_neurons_zeroed(activation, backend):
@@ -120,6 +123,7 @@ def test_ffn_keep_indices_are_sorted_and_deduplicated_and_frozen_weights_stay_fr
 
 # ---- attention heads ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "varlen"])
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_pruned_heads_equal_the_original_with_those_heads_zeroed(backend, position):
@@ -129,7 +133,7 @@ def test_pruned_heads_equal_the_original_with_those_heads_zeroed(backend, positi
     ref = copy.deepcopy(enc)
     with torch.no_grad():  # heads 0 and 2 removed: their output columns no longer reach the output
         for h in (0, 2):
-            ref.layers[-1].attn.out.weight[:, h * D:(h + 1) * D] = 0
+            ref.layers[-1].attn.out.weight[:, h * D : (h + 1) * D] = 0
     assert prune_heads(enc, -1, [3, 1]) == 2
     attn = enc.layers[-1].attn
     assert attn.num_heads == 2 and attn.head_dim == D
@@ -165,6 +169,7 @@ def test_pruned_model_still_trains():
 
 # ---- layers -----------------------------------------------------------------------------------------------------
 
+
 def test_remove_layers_keeps_the_chosen_blocks_and_a_matching_config(tmp_path):
     from encoderforge.model import checkpoint
 
@@ -196,14 +201,17 @@ def test_surgery_finds_the_encoder_inside_a_task_model():
     assert model.encoder.layers[0].attn.num_heads == 1
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda e: prune_heads(e, 0, []), "keep at least one"),
-    (lambda e: prune_heads(e, 0, [H]), "0..3"),
-    (lambda e: prune_ffn_neurons(e, 5, [0]), "3 layers"),
-    (lambda e: prune_ffn_neurons(e, 0, [-1]), "0..63"),
-    (lambda e: remove_layers(e, []), "keep at least one"),
-    (lambda e: prune_heads(nn.Linear(2, 2), 0, [0]), "no encoder blocks"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda e: prune_heads(e, 0, []), "keep at least one"),
+        (lambda e: prune_heads(e, 0, [H]), "0..3"),
+        (lambda e: prune_ffn_neurons(e, 5, [0]), "3 layers"),
+        (lambda e: prune_ffn_neurons(e, 0, [-1]), "0..63"),
+        (lambda e: remove_layers(e, []), "keep at least one"),
+        (lambda e: prune_heads(nn.Linear(2, 2), 0, [0]), "no encoder blocks"),
+    ],
+)
 def test_bad_requests_fail_with_a_message_and_change_nothing(call, match):
     enc = tiny()
     before = {k: v.clone() for k, v in enc.state_dict().items()}

@@ -25,8 +25,14 @@ def test_bench_infer_writes_every_runner(minilm_path, tmp_path):
     res = bench_infer(minilm_path, sets=["short"], n=48, threads=1, repeats=1, out=tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     runners = set(data["sets"][0]["tokens_per_s"])
-    assert runners == {"encoderforge fp32", "encoderforge int8", "transformers sdpa (arrival)",
-                       "transformers sdpa (sorted)", "onnxruntime fp32 (sorted)", "onnxruntime int8 (sorted)"}
+    assert runners == {
+        "encoderforge fp32",
+        "encoderforge int8",
+        "transformers sdpa (arrival)",
+        "transformers sdpa (sorted)",
+        "onnxruntime fp32 (sorted)",
+        "onnxruntime int8 (sorted)",
+    }
     assert all(v > 0 for v in data["sets"][0]["tokens_per_s"].values())
     assert res[0].max_abs_diff <= 1e-4  # the engine measured is the engine that matches transformers
     assert data["gemm_ceiling_gflops"] > 1

@@ -31,6 +31,7 @@ def ft_config():
 
     def make(task: str, model: Path, out: Path, values: dict | None = None):
         return finetune_config(task, values={"model": str(model), "train.out_dir": str(out), **(values or {})})
+
     return make
 
 

@@ -33,8 +33,11 @@ LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 
 def split(rows):
     recs = [(text, topic) for topic, text in rows]
-    return (from_records(recs[:60], Schema(), name="bbc-train"), from_records(recs[60:80], Schema(), name="bbc-dev"),
-            from_records(recs[80:], Schema(), name="bbc-test"))
+    return (
+        from_records(recs[:60], Schema(), name="bbc-train"),
+        from_records(recs[60:80], Schema(), name="bbc-dev"),
+        from_records(recs[80:], Schema(), name="bbc-test"),
+    )
 
 
 def test_metrics_match_sklearn():
@@ -76,8 +79,9 @@ def test_cls_pooling_runs_the_last_layer_on_cls_only(minilm_path, bbc_rows):
     from encoderforge.tasks.sequences import make_batch, windows_by_doc
 
     rows = [((text,), topic) for topic, text in bbc_rows[:6]]
-    task = ClassificationTask(load_tokenizer(minilm_path), LABELS, rows, rows, max_length=40, batch_rows=8,
-                              max_chunks=2, stride=8)
+    task = ClassificationTask(
+        load_tokenizer(minilm_path), LABELS, rows, rows, max_length=40, batch_rows=8, max_chunks=2, stride=8
+    )
     enc = task.train_enc
     batch = make_batch(enc, windows_by_doc(enc), list(range(6)), task.train_y)
     torch.manual_seed(0)
@@ -96,9 +100,20 @@ def test_cls_pooling_runs_the_last_layer_on_cls_only(minilm_path, bbc_rows):
 
 def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path, ft_config):
     train, dev, test = split(bbc_rows)
-    cfg = ft_config("classify", tiny_model, tmp_path / "run", {
-        "finetune.max_length": 64, "finetune.epochs": 8, "train.batch_rows": 8, "train.lr": 2e-3,
-        "finetune.warmup_ratio": 0.1, "train.seed": 0, "finetune.evals_per_epoch": 1})
+    cfg = ft_config(
+        "classify",
+        tiny_model,
+        tmp_path / "run",
+        {
+            "finetune.max_length": 64,
+            "finetune.epochs": 8,
+            "train.batch_rows": 8,
+            "train.lr": 2e-3,
+            "finetune.warmup_ratio": 0.1,
+            "train.seed": 0,
+            "finetune.evals_per_epoch": 1,
+        },
+    )
     r = finetune(cfg, train=train, dev=dev, test=test)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m == json.loads(json.dumps(r.metrics))
@@ -123,10 +138,19 @@ def test_finetune_learns_and_run_dir_is_complete(tiny_model, bbc_rows, tmp_path,
 
 def test_freeze_reinit_and_unknown_dev_label(tiny_model, bbc_rows, tmp_path, ft_config):
     train, dev, _ = split(bbc_rows)
-    values = {"finetune.max_length": 32, "finetune.epochs": 1, "train.batch_rows": 16, "finetune.freeze_layers": 1,
-              "finetune.reinit_layers": 1, "train.lr": 1e-3}
+    values = {
+        "finetune.max_length": 32,
+        "finetune.epochs": 1,
+        "train.batch_rows": 16,
+        "finetune.freeze_layers": 1,
+        "finetune.reinit_layers": 1,
+        "train.lr": 1e-3,
+    }
     finetune(ft_config("classify", tiny_model, tmp_path / "run", values), train=train, dev=dev)
-    before, after = checkpoint.load(tiny_model).encoder.state_dict(), checkpoint.load(tmp_path / "run" / "model").encoder.state_dict()
+    before, after = (
+        checkpoint.load(tiny_model).encoder.state_dict(),
+        checkpoint.load(tmp_path / "run" / "model").encoder.state_dict(),
+    )
     assert torch.equal(before["embeddings.tok.weight"], after["embeddings.tok.weight"])  # frozen
     assert torch.equal(before["layers.0.mlp.fc1.weight"], after["layers.0.mlp.fc1.weight"])  # frozen
     assert not torch.equal(before["layers.1.mlp.fc1.weight"], after["layers.1.mlp.fc1.weight"])  # trained

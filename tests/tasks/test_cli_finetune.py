@@ -24,17 +24,56 @@ def write_csv(path, rows):
 def test_finetune_predict_eval(tiny_model, bbc_rows, wnut_rows, tmp_path):
     train, dev = write_csv(tmp_path / "train.csv", bbc_rows[:60]), write_csv(tmp_path / "dev.csv", bbc_rows[60:80])
     common = ["--model", str(tiny_model), "--max-length", "48", "--batch-size", "16", "--lr", "2e-3", "--threads", "1"]
-    r = runner.invoke(app, ["finetune", "classify", "--train", str(train), "--dev", str(dev), "--test", str(dev),
-                            "--text-field", "body", "--label-field", "topic", "--out", str(tmp_path / "cls"),
-                            "--epochs", "2", "--lr-decay", "0.9", "--max-chunks", "2", "--stride", "8", *common])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "classify",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--test",
+            str(dev),
+            "--text-field",
+            "body",
+            "--label-field",
+            "topic",
+            "--out",
+            str(tmp_path / "cls"),
+            "--epochs",
+            "2",
+            "--lr-decay",
+            "0.9",
+            "--max-chunks",
+            "2",
+            "--stride",
+            "8",
+            *common,
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["run"] == str(tmp_path / "cls") and 0 <= out["test"]["accuracy"] <= 1 and out["peak_rss_mb"] > 0
 
     conll = tmp_path / "wnut.conll"
     conll.write_text("\n\n".join("\n".join(f"{t}\t{g}" for t, g in zip(*row)) for row in wnut_rows[:60]) + "\n")
-    r = runner.invoke(app, ["finetune", "ner", "--train", str(conll), "--out", str(tmp_path / "ner"), "--epochs", "1",
-                            "--dev-fraction", "0.25", *common])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "ner",
+            "--train",
+            str(conll),
+            "--out",
+            str(tmp_path / "ner"),
+            "--epochs",
+            "1",
+            "--dev-fraction",
+            "0.25",
+            *common,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["dev"]["n"] == 15 and "test" not in json.loads(r.output)
 
@@ -58,7 +97,9 @@ def test_finetune_predict_eval(tiny_model, bbc_rows, wnut_rows, tmp_path):
 def test_errors_are_one_line_without_traceback(tiny_model, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine,a\n,b\n", encoding="utf-8")
-    r = runner.invoke(app, ["finetune", "classify", "--model", str(tiny_model), "--train", str(bad), "--out", str(tmp_path / "r")])
+    r = runner.invoke(
+        app, ["finetune", "classify", "--model", str(tiny_model), "--train", str(bad), "--out", str(tmp_path / "r")]
+    )
     assert r.exit_code == 1 and "bad.csv:3: field 'text' is empty" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["predict", str(tmp_path), "-", "--out", str(tmp_path / "p.jsonl")], input="x\n")
     assert r.exit_code == 1 and "task.json: missing" in r.output

@@ -23,8 +23,10 @@ from encoderforge.recipes.finetune_config import finetune_config
 
 def curve(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return ({r["step"]: r["loss"] for r in rows if "loss" in r},
-            {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r})
+    return (
+        {r["step"]: r["loss"] for r in rows if "loss" in r},
+        {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r},
+    )
 
 
 def test_two_process_finetune_matches_single_process(minilm_path, bbc_rows, tmp_path):
@@ -33,8 +35,11 @@ def test_two_process_finetune_matches_single_process(minilm_path, bbc_rows, tmp_
     # dropout off: each process draws its own dropout masks, so only a dropout-free run can match exactly
     torch.manual_seed(0)
     model = tmp_path / "tiny-nodrop"
-    checkpoint.save(Encoder(preset("bert-tiny", vocab_size=30522, max_position=128, dropout=0.0,
-                                   attention_dropout=0.0)), model, tokenizer_dir=minilm_path)
+    checkpoint.save(
+        Encoder(preset("bert-tiny", vocab_size=30522, max_position=128, dropout=0.0, attention_dropout=0.0)),
+        model,
+        tokenizer_dir=minilm_path,
+    )
     with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
@@ -44,17 +49,49 @@ def test_two_process_finetune_matches_single_process(minilm_path, bbc_rows, tmp_
         w.writerow(["text", "label"])
         w.writerows((text, topic) for topic, text in bbc_rows[80:])
     opts = dict(max_length=48, epochs=3, batch_size=16, lr=2e-3, seed=0, threads=1, dev_fraction=0.25)
-    keys = {"max_length": "finetune.max_length", "epochs": "finetune.epochs", "batch_size": "train.batch_rows",
-            "lr": "train.lr", "seed": "train.seed", "threads": "finetune.threads", "dev_fraction": "data.dev_fraction"}
-    single = finetune(finetune_config("classify", values={
-        "model": str(model), "data.train": str(tmp_path / "train.csv"), "data.test": str(tmp_path / "test.csv"),
-        "train.out_dir": str(tmp_path / "single"), **{keys[k]: v for k, v in opts.items()}})).metrics
+    keys = {
+        "max_length": "finetune.max_length",
+        "epochs": "finetune.epochs",
+        "batch_size": "train.batch_rows",
+        "lr": "train.lr",
+        "seed": "train.seed",
+        "threads": "finetune.threads",
+        "dev_fraction": "data.dev_fraction",
+    }
+    single = finetune(
+        finetune_config(
+            "classify",
+            values={
+                "model": str(model),
+                "data.train": str(tmp_path / "train.csv"),
+                "data.test": str(tmp_path / "test.csv"),
+                "train.out_dir": str(tmp_path / "single"),
+                **{keys[k]: v for k, v in opts.items()},
+            },
+        )
+    ).metrics
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     flags = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge", "finetune", "classify",
-           "--model", str(model), "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-           "--out", str(tmp_path / "ddp"), *flags]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "encoderforge",
+        "finetune",
+        "classify",
+        "--model",
+        str(model),
+        "--train",
+        str(tmp_path / "train.csv"),
+        "--test",
+        str(tmp_path / "test.csv"),
+        "--out",
+        str(tmp_path / "ddp"),
+        *flags,
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

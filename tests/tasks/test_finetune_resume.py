@@ -25,10 +25,40 @@ def write_csv(path: Path, rows) -> Path:
 
 
 def command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "encoderforge", "finetune", "classify", "--model", str(model),
-            "--train", str(data / "train.csv"), "--dev", str(data / "dev.csv"), "--test", str(data / "test.csv"),
-            "--out", str(out), "--epochs", "4", "--batch-size", "4", "--max-length", "32", "--lr", "2e-3",
-            "--threads", "1", "--save-every", "3", "--evals-per-epoch", "2", "--patience", "3", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "encoderforge",
+        "finetune",
+        "classify",
+        "--model",
+        str(model),
+        "--train",
+        str(data / "train.csv"),
+        "--dev",
+        str(data / "dev.csv"),
+        "--test",
+        str(data / "test.csv"),
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "32",
+        "--lr",
+        "2e-3",
+        "--threads",
+        "1",
+        "--save-every",
+        "3",
+        "--evals-per-epoch",
+        "2",
+        "--patience",
+        "3",
+        *extra,
+    ]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

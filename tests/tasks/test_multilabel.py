@@ -43,8 +43,12 @@ def test_finetune_on_license_rules(tiny_model, license_rule_rows, tmp_path, ft_c
     assert sum(len(labels) > 1 for _, labels in rows) >= 15  # really multi-label
     schema = Schema(label_type="multilabel")
     train, dev = from_records(rows[::2], schema, name="rules-train"), from_records(rows[1::2], schema, name="rules-dev")
-    cfg = ft_config("multilabel", tiny_model, tmp_path / "run", {
-        "finetune.max_length": 64, "finetune.epochs": 6, "train.batch_rows": 8, "train.lr": 2e-3})
+    cfg = ft_config(
+        "multilabel",
+        tiny_model,
+        tmp_path / "run",
+        {"finetune.max_length": 64, "finetune.epochs": 6, "train.batch_rows": 8, "train.lr": 2e-3},
+    )
     r = finetune(cfg, train=train, dev=dev, test=dev)
     m = r.metrics
     assert m["primary"] == "micro_f1" and {"micro_f1", "macro_f1", "exact_match", "per_label_f1"} <= set(m["dev"])

@@ -54,8 +54,12 @@ def test_finetune_on_wnut_and_predict(tiny_model, wnut_rows, tmp_path, ft_config
     schema = Schema(label_type="tags")
     train = from_records(wnut_rows[:90], schema, name="wnut-train")
     dev = from_records(wnut_rows[90:], schema, name="wnut-dev")
-    cfg = ft_config("ner", tiny_model, tmp_path / "run", {
-        "finetune.max_length": 64, "finetune.epochs": 3, "train.batch_rows": 16, "train.lr": 2e-3})
+    cfg = ft_config(
+        "ner",
+        tiny_model,
+        tmp_path / "run",
+        {"finetune.max_length": 64, "finetune.epochs": 3, "train.batch_rows": 16, "train.lr": 2e-3},
+    )
     r = finetune(cfg, train=train, dev=dev)
     m = r.metrics
     assert m["primary"] == "f1" and "test" not in m  # no test split given: no test score

@@ -45,9 +45,12 @@ def test_pair_regression_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
     rows = overlap_pairs(bbc_rows, 80)
     schema = Schema(text_fields=("a", "b"), label_type="float")
     train, dev = from_records(rows[:60], schema, name="pairs-train"), from_records(rows[60:], schema, name="pairs-dev")
-    cfg = ft_config("regress", tiny_model, tmp_path / "run", {
-        "data.text_field": ["a", "b"], "finetune.max_length": 64, "finetune.epochs": 4, "train.batch_rows": 8,
-        "train.lr": 2e-3})
+    cfg = ft_config(
+        "regress",
+        tiny_model,
+        tmp_path / "run",
+        {"data.text_field": ["a", "b"], "finetune.max_length": 64, "finetune.epochs": 4, "train.batch_rows": 8, "train.lr": 2e-3},
+    )
     r = finetune(cfg, train=train, dev=dev, test=dev)
     m = r.metrics
     assert m["primary"] == "pearson" and {"pearson", "spearman", "mse"} <= set(m["test"])
@@ -67,13 +70,24 @@ def test_pair_regression_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
 def test_pair_classification_with_two_text_fields(tiny_model, bbc_rows, tmp_path, ft_config):
     titles = [text.split("\n")[0] for _, text in bbc_rows]
     bodies = [" ".join(text.split("\n")[1:])[:300] for _, text in bbc_rows]
-    rows = [((titles[i], bodies[i] if i % 2 else bodies[(i + 7) % len(bodies)]), "match" if i % 2 else "other")
-            for i in range(len(titles))]
+    rows = [
+        ((titles[i], bodies[i] if i % 2 else bodies[(i + 7) % len(bodies)]), "match" if i % 2 else "other")
+        for i in range(len(titles))
+    ]
     schema = Schema(text_fields=("title", "body"))
     train, dev = from_records(rows[:70], schema, name="tb-train"), from_records(rows[70:], schema, name="tb-dev")
-    cfg = ft_config("classify", tiny_model, tmp_path / "run", {
-        "data.text_field": ["title", "body"], "finetune.max_length": 64, "finetune.epochs": 2, "train.batch_rows": 16,
-        "train.lr": 2e-3})
+    cfg = ft_config(
+        "classify",
+        tiny_model,
+        tmp_path / "run",
+        {
+            "data.text_field": ["title", "body"],
+            "finetune.max_length": 64,
+            "finetune.epochs": 2,
+            "train.batch_rows": 16,
+            "train.lr": 2e-3,
+        },
+    )
     r = finetune(cfg, train=train, dev=dev, test=dev)
     preds = Predictor.load(tmp_path / "run").predict([f"{ex.texts[0]}\t{ex.texts[1]}" for ex in dev.examples])
     acc = np.mean([p["label"] == ex.label for p, ex in zip(preds, dev.examples)])

@@ -26,8 +26,13 @@ def cloze(bbc_rows, n):
         for m in re.finditer(r"[^.]*?\b(\d[\d,.]*\d|\d)\b[^.]*\.", context):
             sentence, num = m.group(0).strip(), m.group(1)
             start = m.start(1)
-            out.append({"question": sentence.replace(num, "what number", 1), "context": context,
-                        "answers": [{"text": num, "start": start}]})
+            out.append(
+                {
+                    "question": sentence.replace(num, "what number", 1),
+                    "context": context,
+                    "answers": [{"text": num, "start": start}],
+                }
+            )
             break
         if len(out) == n:
             break
@@ -64,7 +69,7 @@ def test_windows_locate_the_answer_and_oracle_decoding_is_exact(minilm_path, bbc
         starts = [np.where(np.arange(len(w.ids[j])) == w.start[j], 10.0, 0.0) for j in wins]
         ends = [np.where(np.arange(len(w.ids[j])) == w.end[j], 10.0, 0.0) for j in wins]
         k, s, e = best_span(starts, ends, [w.in_context[j] for j in wins], 30)
-        assert context[w.offsets[wins[k]][s][0]: w.offsets[wins[k]][e][1]] == answers[0][0]
+        assert context[w.offsets[wins[k]][s][0] : w.offsets[wins[k]][e][1]] == answers[0][0]
 
 
 def test_read_qa_checks_offsets(tmp_path):
@@ -78,9 +83,21 @@ def test_read_qa_checks_offsets(tmp_path):
 def test_finetune_qa_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
     data = cloze(bbc_rows, 40)
     train, dev = write_jsonl(tmp_path / "train.jsonl", data[:30]), write_jsonl(tmp_path / "dev.jsonl", data[30:])
-    cfg = ft_config("qa", tiny_model, tmp_path / "run", {
-        "data.train": str(train), "data.dev": str(dev), "data.test": str(dev), "finetune.max_length": 96,
-        "finetune.stride": 32, "finetune.epochs": 2, "train.batch_rows": 8, "train.lr": 2e-3})
+    cfg = ft_config(
+        "qa",
+        tiny_model,
+        tmp_path / "run",
+        {
+            "data.train": str(train),
+            "data.dev": str(dev),
+            "data.test": str(dev),
+            "finetune.max_length": 96,
+            "finetune.stride": 32,
+            "finetune.epochs": 2,
+            "train.batch_rows": 8,
+            "train.lr": 2e-3,
+        },
+    )
     r = finetune(cfg)
     m = r.metrics
     assert m["primary"] == "f1" and m["test"]["n"] == 10 and m["test"]["windows"] > 10
@@ -89,7 +106,7 @@ def test_finetune_qa_end_to_end(tiny_model, bbc_rows, tmp_path, ft_config):
     ds = read_dataset(dev, Schema(label_type="span"))
     preds = Predictor.load(tmp_path / "run").predict([f"{ex.texts[0]}\t{ex.texts[1]}" for ex in ds.examples])
     for p, ex in zip(preds, ds.examples):
-        assert p["answer"] == ex.texts[1][p["start"]:p["end"]] and p["answer"]
+        assert p["answer"] == ex.texts[1][p["start"] : p["end"]] and p["answer"]
     f1 = np.mean([em_f1(p["answer"], [a for a, _ in ex.label])[1] for p, ex in zip(preds, ds.examples)])
     assert f1 == pytest.approx(m["test"]["f1"])  # the Engine path decodes what the training path decodes
     task = QATask(load_tokenizer(tiny_model), [], [], max_length=96, stride=32)

@@ -24,7 +24,7 @@ def test_long_text_becomes_overlapping_windows(minilm_path, bbc_rows):
     assert all(w[0] == cls and w[-1] == sep and len(w) <= 32 for w in windows)
     step = 30 - 10  # body - overlap
     for c, w in enumerate(windows):
-        assert w[1:-1] == pieces[c * step: c * step + 30]
+        assert w[1:-1] == pieces[c * step : c * step + 30]
     assert windows[-1][1:-1][-1] == pieces[-1]  # nothing lost at the end
     assert windows[0][-11:-1] == windows[1][1:11]  # consecutive windows overlap by `stride` tokens
     assert enc.doc[-1] == 1 and enc.num_docs == 2 and enc.truncated == 0
@@ -72,7 +72,7 @@ def test_pool_chunks_mean_and_max():
 def test_epochs_cover_every_example_and_resume_exactly():
     stream = [sum(m, []) for m in itertools.islice(epoch_steps(10, 4, 2, seed=3, start_step=0), 9)]  # 3 steps/epoch
     for e in range(3):
-        epoch = stream[3 * e: 3 * e + 3]
+        epoch = stream[3 * e : 3 * e + 3]
         assert sorted(sum(epoch, [])) == list(range(10))  # each epoch: every example once (last batch short)
     assert stream[0:3] != stream[3:6]  # a new order each epoch
     resumed = [sum(m, []) for m in itertools.islice(epoch_steps(10, 4, 2, seed=3, start_step=4), 5)]

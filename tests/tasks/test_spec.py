@@ -25,8 +25,12 @@ TASK_DIR = Path(tasks_pkg.__file__).parent
 
 def test_every_spec_declares_its_dev_metric_and_direction():
     assert {k: (s.primary, s.greater_is_better) for k, s in TASKS.items()} == {
-        "classify": ("accuracy", True), "multilabel": ("micro_f1", True), "ner": ("f1", True),
-        "regress": ("pearson", True), "qa": ("f1", True)}
+        "classify": ("accuracy", True),
+        "multilabel": ("micro_f1", True),
+        "ner": ("f1", True),
+        "regress": ("pearson", True),
+        "qa": ("f1", True),
+    }
     assert all(isinstance(s, TaskSpec) and s.kind == k for k, s in TASKS.items())
     assert TaskSpec.__dataclass_fields__["greater_is_better"].default is True
 
@@ -65,9 +69,11 @@ def test_one_head_loader_round_trips_every_head():
 
 def test_task_modules_load_without_the_eval_extra():
     """seqeval and scipy are imported where they are used: training and prediction code loads without them."""
-    code = ("import sys\nsys.modules.update(seqeval=None, scipy=None)\n"
-            "import encoderforge.tasks.registry, encoderforge.tasks.objectives, encoderforge.recipes.predict\n"
-            "print('ok')")
+    code = (
+        "import sys\nsys.modules.update(seqeval=None, scipy=None)\n"
+        "import encoderforge.tasks.registry, encoderforge.tasks.objectives, encoderforge.recipes.predict\n"
+        "print('ok')"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 

@@ -56,7 +56,11 @@ def test_trained_vocab_is_bert_compatible(legal_tok):
 def test_save_roundtrip_loads_everywhere(legal_tok, tmp_path):
     out = save_tokenizer(legal_tok, tmp_path / "tok")
     assert sorted(p.name for p in out.iterdir()) == [
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
     vocab = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert len(vocab) == 8000 and vocab[:3] == ["[PAD]", "[UNK]", "[CLS]"]
     assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True

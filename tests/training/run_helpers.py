@@ -31,8 +31,9 @@ def sigkill_after_checkpoint(overrides: list[str], run: Path, step: int) -> int:
     import time
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *overrides], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *overrides], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while not (run / "checkpoints" / f"step-{step:08d}").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

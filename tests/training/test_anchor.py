@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from run_helpers import read_losses
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.data.shards import load_documents
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.recipes.pretrain import load_config, pretrain
@@ -25,14 +25,24 @@ from encoderforge.tokenization import load_tokenizer
 def mlm_task(legal_shards, small_tokenizer) -> MLMTask:
     tok = load_tokenizer(small_tokenizer)
     docs = load_documents(legal_shards, "train", tokenizer=tok)
-    return MLMTask(docs, load_documents(legal_shards, "eval", tokenizer=tok), MaskVocab.from_tokenizer(tok),
-                   MaskingConfig(ratio=0.2, strategy="whole_word"), max_len=64, batch_rows=4, eval_rows=4)
+    return MLMTask(
+        docs,
+        load_documents(legal_shards, "eval", tokenizer=tok),
+        MaskVocab.from_tokenizer(tok),
+        MaskingConfig(ratio=0.2, strategy="whole_word"),
+        max_len=64,
+        batch_rows=4,
+        eval_rows=4,
+    )
 
 
 def test_loss_is_cross_entropy_plus_weighted_cosine_distance(mlm_task, small_tokenizer):
     torch.manual_seed(0)
-    model = MaskedLM(Encoder(preset("bert-tiny", vocab_size=load_tokenizer(small_tokenizer).get_vocab_size(),
-                                    dropout=0.0, attention_dropout=0.0))).eval()
+    model = MaskedLM(
+        Encoder(
+            preset("bert-tiny", vocab_size=load_tokenizer(small_tokenizer).get_vocab_size(), dropout=0.0, attention_dropout=0.0)
+        )
+    ).eval()
     batch = next(mlm_task.train_batches(0))[0]
     task = AnchoredMLMTask(mlm_task, copy.deepcopy(model.encoder), weight=3.0)
     same = task.loss(model, batch)  # the start itself: no distance, the loss is plain MLM
@@ -59,19 +69,27 @@ def test_anchor_holds_the_features_of_a_continued_run(tiny_overrides, tmp_path):
     """Continue a tiny model with and without the anchor: the anchored run ends closer to its start."""
     base = tmp_path / "start"
     pretrain(load_config(None, tiny_overrides(base, **{"train.steps": 2})))
-    cont = {"model.init_from": base / "model", "model.overrides": "{}", "train.steps": 8, "train.eval_every": 8,
-            "train.lr": 5e-3}
+    cont = {"model.init_from": base / "model", "model.overrides": "{}", "train.steps": 8, "train.eval_every": 8, "train.lr": 5e-3}
     pretrain(load_config(None, tiny_overrides(tmp_path / "anchored", **cont, **{"model.anchor_weight": 20.0})))
     pretrain(load_config(None, tiny_overrides(tmp_path / "plain", **cont)))
-    evals = [json.loads(x) for x in (tmp_path / "anchored" / "metrics.jsonl").read_text().splitlines() if "eval_anchor_cos_dist" in x]
+    evals = [
+        json.loads(x) for x in (tmp_path / "anchored" / "metrics.jsonl").read_text().splitlines() if "eval_anchor_cos_dist" in x
+    ]
     assert [e["step"] for e in evals] == [0, 8] and evals[0]["eval_anchor_cos_dist"] == pytest.approx(0.0, abs=1e-4)
     assert "eval_mlm_loss" in evals[-1]
 
     # the plain run's distance, measured by the same metric on the same eval rows
     cfg = load_config(None, tiny_overrides(tmp_path / "x", **cont, **{"model.anchor_weight": 1.0}))
     tok = load_tokenizer(cfg.model.tokenizer)
-    mlm = MLMTask(load_documents(cfg.data.shards, "train", tokenizer=tok), load_documents(cfg.data.shards, "eval", tokenizer=tok),
-                  MaskVocab.from_tokenizer(tok), cfg.masking, max_len=cfg.data.max_len, batch_rows=8, eval_rows=8)
+    mlm = MLMTask(
+        load_documents(cfg.data.shards, "train", tokenizer=tok),
+        load_documents(cfg.data.shards, "eval", tokenizer=tok),
+        MaskVocab.from_tokenizer(tok),
+        cfg.masking,
+        max_len=cfg.data.max_len,
+        batch_rows=8,
+        eval_rows=8,
+    )
     task = AnchoredMLMTask(mlm, MaskedLM.from_checkpoint(base / "model").encoder, weight=1.0)
 
     def distance(run):
@@ -91,8 +109,15 @@ def test_anchored_run_resumes_on_the_same_curve(tiny_overrides, tmp_path):
     """The reference is rebuilt from model.init_from on resume (not from the resumed weights)."""
     base = tmp_path / "start"
     pretrain(load_config(None, tiny_overrides(base, **{"train.steps": 2})))
-    cont = {"model.init_from": base / "model", "model.overrides": "{}", "model.anchor_weight": 5.0,
-            "train.schedule": "constant", "train.warmup_steps": 0, "train.save_every": 3, "train.eval_every": 3}
+    cont = {
+        "model.init_from": base / "model",
+        "model.overrides": "{}",
+        "model.anchor_weight": 5.0,
+        "train.schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.save_every": 3,
+        "train.eval_every": 3,
+    }
     pretrain(load_config(None, tiny_overrides(tmp_path / "straight", **cont, **{"train.steps": 6})))
     pretrain(load_config(None, tiny_overrides(tmp_path / "resumed", **cont, **{"train.steps": 3})))
     pretrain(load_config(None, tiny_overrides(tmp_path / "resumed", **cont, **{"train.steps": 6})))
@@ -108,5 +133,7 @@ def test_anchor_config_errors(tiny_overrides, tmp_path):
     with pytest.raises(EncoderforgeError, match="anchor_weight must be >= 0"):
         load_config(None, tiny_overrides(tmp_path / "r", **{"model.anchor_weight": -1.0}))
     with pytest.raises(EncoderforgeError, match="objective electra"):
-        load_config(None, tiny_overrides(tmp_path / "r", **{"model.anchor_weight": 1.0, "model.init_from": tmp_path,
-                                                           "objective": "electra"}))
+        load_config(
+            None,
+            tiny_overrides(tmp_path / "r", **{"model.anchor_weight": 1.0, "model.init_from": tmp_path, "objective": "electra"}),
+        )

@@ -10,12 +10,18 @@ from encoderforge import EncoderforgeError
 from encoderforge.recipes.pretrain import PretrainConfig, load_config
 from encoderforge.training.args import TrainArgs
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml") if not p.name.startswith("finetune-"))  # finetune: tests/test_config.py
+CONFIGS = sorted(
+    p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml") if not p.name.startswith("finetune-")
+)  # finetune: tests/test_config.py
 
 
 def test_configs_exist():
-    assert {p.name for p in CONFIGS} >= {"pretrain-tiny.yaml", "pretrain-small.yaml", "pretrain-base.yaml",
-                                         "continue-minilm.yaml"}
+    assert {p.name for p in CONFIGS} >= {
+        "pretrain-tiny.yaml",
+        "pretrain-small.yaml",
+        "pretrain-base.yaml",
+        "continue-minilm.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -35,8 +41,10 @@ def test_every_shipped_config_loads_and_builds(path):
 
 
 def test_overrides_are_typed(tmp_path):
-    cfg = load_config(CONFIGS[0], ["train.lr=5e-4", "train.steps=7", "masking.strategy=span", "model.overrides={norm: pre}",
-                                   "train.resume=false"])
+    cfg = load_config(
+        CONFIGS[0],
+        ["train.lr=5e-4", "train.steps=7", "masking.strategy=span", "model.overrides={norm: pre}", "train.resume=false"],
+    )
     assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float) and cfg.train.steps == 7
     assert cfg.masking.strategy == "span" and cfg.model.overrides == {"norm": "pre"} and cfg.train.resume is False
 

@@ -15,8 +15,10 @@ TINY = str(Path(__file__).parents[2] / "configs" / "pretrain-tiny.yaml")
 
 def test_data_prepare(tmp_path, legal_dir, small_tokenizer):
     out = tmp_path / "shards"
-    res = runner.invoke(data_app, ["prepare", f"{legal_dir}=legal:2", "--tokenizer", str(small_tokenizer),
-                                   "--out", str(out), "--eval-fraction", "0.2"])
+    res = runner.invoke(
+        data_app,
+        ["prepare", f"{legal_dir}=legal:2", "--tokenizer", str(small_tokenizer), "--out", str(out), "--eval-fraction", "0.2"],
+    )
     assert res.exit_code == 0, res.output
     assert "legal:" in res.output and "weight 2.0" in res.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -29,7 +31,7 @@ def test_pretrain_runs_and_reports(tmp_path, tiny_overrides):
     args = [x for kv in tiny_overrides(tmp_path / "run", **{"train.steps": 3}) for x in ("--set", kv)]
     res = runner.invoke(app, ["--config", TINY, *args])
     assert res.exit_code == 0, res.output
-    final = json.loads(res.output[res.output.index("{"):])
+    final = json.loads(res.output[res.output.index("{") :])
     assert final["step"] == 3 and final["eval_mlm_loss"] > 0
 
 
@@ -65,8 +67,11 @@ def test_freeze_encoder_trains_the_head_only_then_continues_from_it(tmp_path, ti
     assert any(not torch.allclose(head.extra[k], base.extra[k]) for k in head.extra if k.startswith("mlm."))
 
     second = tmp_path / "full"
-    args = [x for kv in tiny_overrides(second, **{"train.steps": 2, "model.init_from": first / "model",
-                                                  "model.overrides": "{}"}) for x in ("--set", kv)]
+    args = [
+        x
+        for kv in tiny_overrides(second, **{"train.steps": 2, "model.init_from": first / "model", "model.overrides": "{}"})
+        for x in ("--set", kv)
+    ]
     res = runner.invoke(app, ["--config", TINY, *args])
     assert res.exit_code == 0, res.output
     full = checkpoint.load(second / "model")

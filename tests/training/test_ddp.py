@@ -20,8 +20,12 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     # dropout off: each process draws its own dropout masks, so only a dropout-free curve can match exactly
-    over = {"train.steps": 6, "train.eval_every": 3, "train.save_every": 3,
-            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    over = {
+        "train.steps": 6,
+        "train.eval_every": 3,
+        "train.save_every": 3,
+        "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}",
+    }
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -29,8 +33,15 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
     finally:
         torch.set_num_threads(n)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli.pretrain",
-           *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)]]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "encoderforge.cli.pretrain",
+        *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)],
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     single, ddp = read_losses(tmp_path / "single"), read_losses(tmp_path / "ddp")

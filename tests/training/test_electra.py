@@ -13,8 +13,8 @@ import torch
 from run_helpers import read_losses, sigkill_after_checkpoint
 from typer.testing import CliRunner
 
-from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.data.shards import load_documents
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
@@ -30,8 +30,13 @@ from encoderforge.tasks.mlm import MLMTask
 from encoderforge.tokenization import load_tokenizer
 
 CONFIG = Path(__file__).parents[2] / "configs" / "pretrain-electra-tiny.yaml"
-ELECTRA = {"objective": "electra", "masking.strategy": "token", "masking.ratio": 0.15, "masking.mask_prob": 0.85,
-           "masking.random_prob": 0.0}
+ELECTRA = {
+    "objective": "electra",
+    "masking.strategy": "token",
+    "masking.ratio": 0.15,
+    "masking.mask_prob": 0.85,
+    "masking.random_prob": 0.0,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +49,15 @@ def one_thread():
 
 def _task(legal_shards, small_tokenizer, **kw) -> ElectraTask:
     tok = load_tokenizer(small_tokenizer)
-    mlm = MLMTask(load_documents(legal_shards, "train"), load_documents(legal_shards, "eval"),
-                  MaskVocab.from_tokenizer(tok), MaskingConfig(ratio=0.15, mask_prob=0.85, random_prob=0.0),
-                  max_len=64, batch_rows=4, **kw)
+    mlm = MLMTask(
+        load_documents(legal_shards, "train"),
+        load_documents(legal_shards, "eval"),
+        MaskVocab.from_tokenizer(tok),
+        MaskingConfig(ratio=0.15, mask_prob=0.85, random_prob=0.0),
+        max_len=64,
+        batch_rows=4,
+        **kw,
+    )
     return ElectraTask(mlm)
 
 
@@ -121,8 +132,9 @@ def test_generator_config_fractions():
 
 def test_discriminator_learns_in_a_few_dozen_steps(tiny_overrides, tmp_path):
     run = tmp_path / "run"
-    final = pretrain(load_config(None, tiny_overrides(run, **ELECTRA, **{"train.steps": 36, "train.eval_every": 36,
-                                                                          "train.save_every": 36})))
+    final = pretrain(
+        load_config(None, tiny_overrides(run, **ELECTRA, **{"train.steps": 36, "train.eval_every": 36, "train.save_every": 36}))
+    )
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_disc_loss" in x]
     assert [e["step"] for e in evals] == [0, 36]
     start, end = evals
@@ -144,8 +156,13 @@ def test_discriminator_learns_in_a_few_dozen_steps(tiny_overrides, tmp_path):
 
 def test_gradient_accumulation_matches_full_batch(tiny_overrides, tmp_path):
     # per-row sampling seeds: micro-batches of 2 rows draw the same samples as the full batch of 8
-    over = {**ELECTRA, "train.steps": 3, "train.eval_every": 0, "train.save_every": 0,
-            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    over = {
+        **ELECTRA,
+        "train.steps": 3,
+        "train.eval_every": 0,
+        "train.save_every": 0,
+        "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}",
+    }
     pretrain(load_config(None, tiny_overrides(tmp_path / "full", **over)))
     pretrain(load_config(None, tiny_overrides(tmp_path / "acc", **over, **{"train.micro_rows": 2})))
     full, acc = read_losses(tmp_path / "full"), read_losses(tmp_path / "acc")
@@ -200,7 +217,7 @@ def test_cli_pretrain_electra_writes_a_loadable_encoder(tiny_overrides, tmp_path
     over = tiny_overrides(run, **{"train.steps": 3, "masking.strategy": "token", "masking.ratio": 0.15})
     res = CliRunner().invoke(app, ["--config", str(CONFIG), *[x for kv in over for x in ("--set", kv)]])
     assert res.exit_code == 0, res.output
-    final = json.loads(res.output[res.output.index("{"):])
+    final = json.loads(res.output[res.output.index("{") :])
     assert final["step"] == 3 and 0 < final["eval_disc_loss"] < 1 and final["eval_gen_mlm_loss"] > 0
     loaded = checkpoint.load(run / "model")
     ckpt = checkpoint.load(run / "checkpoints" / "step-00000003")  # the training checkpoint: the same discriminator
@@ -214,12 +231,24 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     # dropout off (each process draws its own masks); sampling is per row, so the ranks' halves match the whole
-    over = {**ELECTRA, "train.steps": 4, "train.eval_every": 2, "train.save_every": 4,
-            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    over = {
+        **ELECTRA,
+        "train.steps": 4,
+        "train.eval_every": 2,
+        "train.save_every": 4,
+        "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}",
+    }
     pretrain(load_config(None, tiny_overrides(tmp_path / "single", **over)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "encoderforge.cli.pretrain",
-           *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)]]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "encoderforge.cli.pretrain",
+        *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)],
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     single, ddp = read_losses(tmp_path / "single"), read_losses(tmp_path / "ddp")

@@ -43,8 +43,12 @@ def test_loss_goes_down_and_run_dir_is_complete(tiny_overrides, tmp_path):
 
 def test_gradient_accumulation_matches_full_batch(tiny_overrides, tmp_path):
     # dropout off: it draws different masks for differently shaped micro-batches
-    over = {"train.steps": 4, "train.eval_every": 0, "train.save_every": 0,
-            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    over = {
+        "train.steps": 4,
+        "train.eval_every": 0,
+        "train.save_every": 0,
+        "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}",
+    }
     pretrain(load_config(None, tiny_overrides(tmp_path / "full", **over)))
     pretrain(load_config(None, tiny_overrides(tmp_path / "acc", **over, **{"train.micro_rows": 2})))
     full, acc = read_losses(tmp_path / "full"), read_losses(tmp_path / "acc")

@@ -27,7 +27,8 @@ def test_adapters_start_as_noop_and_merge_exactly():
     n = apply_lora(enc, rank=4, alpha=8)
     assert n == 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 64) + (64 + 32))  # per block: A (r x I) + B (O x r), 4 layers
     assert {name for name, p in enc.named_parameters() if p.requires_grad} == {
-        f"layers.{i}.{t}.lora_{ab}" for i in range(2) for t in ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2") for ab in "ab"}
+        f"layers.{i}.{t}.lora_{ab}" for i in range(2) for t in ("attn.qkv", "attn.out", "mlp.fc1", "mlp.fc2") for ab in "ab"
+    }
     torch.testing.assert_close(enc(ids, mask), before)  # B = 0: unchanged at the start
     with torch.no_grad():
         for m in enc.modules():
@@ -57,13 +58,25 @@ def test_lora_finetune_saves_a_plain_checkpoint(tiny_model, bbc_rows, tmp_path):
 
     recs = [(text, topic) for topic, text in bbc_rows]
     train, dev = from_records(recs[::2], Schema(), name="t"), from_records(recs[1::2], Schema(), name="d")
-    cfg = finetune_config("classify", values={
-        "model": str(tiny_model), "train.out_dir": str(tmp_path / "run"), "finetune.max_length": 32,
-        "finetune.epochs": 1, "train.batch_rows": 8, "train.lr": 5e-3, "finetune.lora_rank": 4})
+    cfg = finetune_config(
+        "classify",
+        values={
+            "model": str(tiny_model),
+            "train.out_dir": str(tmp_path / "run"),
+            "finetune.max_length": 32,
+            "finetune.epochs": 1,
+            "train.batch_rows": 8,
+            "train.lr": 5e-3,
+            "finetune.lora_rank": 4,
+        },
+    )
     r = finetune(cfg, train=train, dev=dev)
     full = sum(p.numel() for p in checkpoint.load(tiny_model).encoder.parameters())
     assert r.metrics["trainable_params"] < 0.05 * full  # adapters + head only
-    base, tuned = checkpoint.load(tiny_model).encoder.state_dict(), checkpoint.load(tmp_path / "run" / "model").encoder.state_dict()
+    base, tuned = (
+        checkpoint.load(tiny_model).encoder.state_dict(),
+        checkpoint.load(tmp_path / "run" / "model").encoder.state_dict(),
+    )
     assert set(base) == set(tuned)
     assert torch.equal(base["embeddings.tok.weight"], tuned["embeddings.tok.weight"])  # frozen, not adapted
     assert not torch.equal(base["layers.0.attn.qkv.weight"], tuned["layers.0.attn.qkv.weight"])  # merged update

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.corpus import load_documents
 from encoderforge.data.masking import MaskingConfig, MaskVocab
+from encoderforge.data.shards import load_documents
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.padding import layout_from_lengths
@@ -19,8 +19,15 @@ from encoderforge.tokenization import load_tokenizer
 
 def _task(legal_shards, small_tokenizer, **kw):
     tok = load_tokenizer(small_tokenizer)
-    return MLMTask(load_documents(legal_shards, "train"), load_documents(legal_shards, "eval"), MaskVocab.from_tokenizer(tok),
-                   MaskingConfig(ratio=0.3, strategy="whole_word"), max_len=64, batch_rows=4, **kw)
+    return MLMTask(
+        load_documents(legal_shards, "train"),
+        load_documents(legal_shards, "eval"),
+        MaskVocab.from_tokenizer(tok),
+        MaskingConfig(ratio=0.3, strategy="whole_word"),
+        max_len=64,
+        batch_rows=4,
+        **kw,
+    )
 
 
 def test_sparse_loss_equals_dense_decoder_at_masked_positions(legal_shards, small_tokenizer):

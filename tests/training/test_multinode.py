@@ -63,14 +63,19 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1",
-            "GLOO_SOCKET_IFNAME": "lo"}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
 def run_single(module_args: list[str], timeout: float = 240) -> None:
     """The 1-process reference: `python -m encoderforge ...` (world size 1, no process group)."""
-    res = subprocess.run([sys.executable, "-m", "encoderforge", *module_args], env=env(), capture_output=True,
-                         text=True, timeout=timeout, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "encoderforge", *module_args],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-2500:]
 
 
@@ -79,9 +84,26 @@ def run_nodes(module_args: list[str], logs: Path, timeout: float = 240) -> None:
     both, and fail with their logs unless both exit 0. A launcher that fails or overruns takes the other down."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
-    cmd = [torchrun, "--nnodes", str(NODES), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-           "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", f"ef-{uuid.uuid4().hex[:12]}",
-           "--local_addr", "127.0.0.1", "--max_restarts", "0", "-m", "encoderforge", *module_args]
+    cmd = [
+        torchrun,
+        "--nnodes",
+        str(NODES),
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv_id",
+        f"ef-{uuid.uuid4().hex[:12]}",
+        "--local_addr",
+        "127.0.0.1",
+        "--max_restarts",
+        "0",
+        "-m",
+        "encoderforge",
+        *module_args,
+    ]
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     try:
@@ -97,8 +119,10 @@ def run_nodes(module_args: list[str], logs: Path, timeout: float = 240) -> None:
         for p in procs:
             if p.poll() is None:
                 kill_tree(p)
-    tails = "\n".join(f"--- node{i} (exit {p.returncode}) ---\n"
-                      + (logs / f"node{i}.log").read_text(errors="replace")[-4000:] for i, p in enumerate(procs))
+    tails = "\n".join(
+        f"--- node{i} (exit {p.returncode}) ---\n" + (logs / f"node{i}.log").read_text(errors="replace")[-4000:]
+        for i, p in enumerate(procs)
+    )
     assert all(p.returncode == 0 for p in procs), tails
 
 
@@ -106,19 +130,28 @@ def run_nodes(module_args: list[str], logs: Path, timeout: float = 240) -> None:
 def test_two_node_pretraining_matches_single_process(tiny_overrides, tmp_path):
     # the same run as tests/training/test_ddp.py: global batch train.batch_rows=8 = 4 rows per node; dropout off
     # (each process draws its own dropout masks, so only a dropout-free curve can match exactly)
-    over = {"train.steps": 6, "train.eval_every": 3, "train.save_every": 3,
-            "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}"}
+    over = {
+        "train.steps": 6,
+        "train.eval_every": 3,
+        "train.save_every": 3,
+        "model.overrides": "{dropout: 0.0, attention_dropout: 0.0}",
+    }
     run_single(["pretrain", *[x for kv in tiny_overrides(tmp_path / "single", **over) for x in ("--set", kv)]])
-    run_nodes(["pretrain", *[x for kv in tiny_overrides(tmp_path / "multi", **over) for x in ("--set", kv)]],
-              tmp_path / "logs")
+    run_nodes(["pretrain", *[x for kv in tiny_overrides(tmp_path / "multi", **over) for x in ("--set", kv)]], tmp_path / "logs")
 
     single, multi = read_losses(tmp_path / "single"), read_losses(tmp_path / "multi")
     assert sorted(single) == sorted(multi) == list(range(1, 7))
     for s in single:
         assert multi[s] == pytest.approx(single[s], rel=1e-4, abs=1e-4), s
     assert single[6] < single[1]
-    ev_1, ev_2 = ([json.loads(x)["eval_mlm_loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()
-                   if "eval_mlm_loss" in x] for r in ("single", "multi"))
+    ev_1, ev_2 = (
+        [
+            json.loads(x)["eval_mlm_loss"]
+            for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()
+            if "eval_mlm_loss" in x
+        ]
+        for r in ("single", "multi")
+    )
     assert len(ev_2) == 3  # steps 0, 3, 6
     assert ev_2 == pytest.approx(ev_1, rel=1e-4)
     # one run directory, written by global rank 0: checkpoints every train.save_every steps and the final model
@@ -147,8 +180,10 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def curve(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return ({r["step"]: r["loss"] for r in rows if "loss" in r},
-            {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r})
+    return (
+        {r["step"]: r["loss"] for r in rows if "loss" in r},
+        {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r},
+    )
 
 
 @pytest.mark.slow
@@ -157,14 +192,41 @@ def test_two_node_finetuning_matches_single_process(minilm_path, tmp_path):
     rows = bbc_rows()
     torch.manual_seed(0)
     model = tmp_path / "tiny-nodrop"
-    checkpoint.save(Encoder(preset("bert-tiny", vocab_size=30522, max_position=128, dropout=0.0,
-                                   attention_dropout=0.0)), model, tokenizer_dir=minilm_path)
+    checkpoint.save(
+        Encoder(preset("bert-tiny", vocab_size=30522, max_position=128, dropout=0.0, attention_dropout=0.0)),
+        model,
+        tokenizer_dir=minilm_path,
+    )
     write_csv(tmp_path / "train.csv", rows[:80])
     write_csv(tmp_path / "test.csv", rows[80:])
-    flags = ["--max-length", "48", "--epochs", "3", "--batch-size", "16", "--lr", "2e-3", "--seed", "0",
-             "--threads", "1", "--dev-fraction", "0.25"]
-    cmd = ["finetune", "classify", "--model", str(model), "--train", str(tmp_path / "train.csv"),
-           "--test", str(tmp_path / "test.csv"), *flags, "--out"]
+    flags = [
+        "--max-length",
+        "48",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--dev-fraction",
+        "0.25",
+    ]
+    cmd = [
+        "finetune",
+        "classify",
+        "--model",
+        str(model),
+        "--train",
+        str(tmp_path / "train.csv"),
+        "--test",
+        str(tmp_path / "test.csv"),
+        *flags,
+        "--out",
+    ]
     run_single([*cmd, str(tmp_path / "single")])
     run_nodes([*cmd, str(tmp_path / "multi")], tmp_path / "logs")
     single, multi = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("single", "multi"))

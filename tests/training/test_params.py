@@ -81,13 +81,27 @@ class Quadratic:
 def test_loop_applies_lr_scale_and_stops_when_on_eval_says_so(tmp_path):
     model = torch.nn.Module()
     model.a, model.b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    groups = [{"params": [model.a], "weight_decay": 0.0, "lr_scale": 1.0},
-              {"params": [model.b], "weight_decay": 0.0, "lr_scale": 0.1}]
+    groups = [
+        {"params": [model.a], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": [model.b], "weight_decay": 0.0, "lr_scale": 0.1},
+    ]
     seen = []
-    args = TrainArgs(steps=10, batch_rows=1, lr=0.01, warmup_steps=0, schedule="constant", eval_every=2, save_every=0,
-                     out_dir=str(tmp_path), progress=False, device="cpu", grad_clip=0)
-    final = train(model, Quadratic(), args, setup("cpu"), param_groups=groups,
-                  on_eval=lambda step, m: seen.append(step) or step >= 4)
+    args = TrainArgs(
+        steps=10,
+        batch_rows=1,
+        lr=0.01,
+        warmup_steps=0,
+        schedule="constant",
+        eval_every=2,
+        save_every=0,
+        out_dir=str(tmp_path),
+        progress=False,
+        device="cpu",
+        grad_clip=0,
+    )
+    final = train(
+        model, Quadratic(), args, setup("cpu"), param_groups=groups, on_eval=lambda step, m: seen.append(step) or step >= 4
+    )
     # Adam's first steps move each parameter by ~lr: group b moves a tenth as far
     assert model.a.item() == pytest.approx(0.04, rel=0.05) and model.b.item() == pytest.approx(0.004, rel=0.05)
     assert seen == [2, 4] and final["step"] == 4
