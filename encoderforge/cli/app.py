@@ -17,8 +17,11 @@ from encoderforge.cli import tokenizer as cli_tokenizer
 from encoderforge.cli.common import fail_on_error, os_error_line
 from encoderforge.fileio import check_output
 
-app = typer.Typer(help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="encoderforge: build small, fast, domain-specialized BERT-style encoders.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(cli_tokenizer.app, name="tokenizer")
 app.add_typer(cli_pretrain.data_app, name="data")
 app.add_typer(cli_pretrain.app, name="pretrain")
@@ -49,8 +52,9 @@ def embed(
     from encoderforge.recipes.embed import embed_file
 
     with fail_on_error():
-        r = embed_file(model, input, out, pooling=pooling.value, normalize=normalize, max_tokens=max_tokens,
-                       max_length=max_length)
+        r = embed_file(
+            model, input, out, pooling=pooling.value, normalize=normalize, max_tokens=max_tokens, max_length=max_length
+        )
     typer.echo(f"wrote {r.count} vectors of dim {r.dim} to {r.out}" + (f" ({r.truncated} truncated)" if r.truncated else ""))
 
 
@@ -87,6 +91,7 @@ app.add_typer(cli_finetune.finetune_app, name="finetune")
 app.command("predict")(cli_finetune.predict)
 app.command("eval")(cli_finetune.eval_runs)
 
+
 def positive(**values: int) -> None:
     """Range-check integer options before any work: `--threads -2` is a one-line error naming the flag."""
     for name, v in values.items():
@@ -94,8 +99,9 @@ def positive(**values: int) -> None:
             raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
-bench_app = typer.Typer(help="Speed benchmarks against transformers and ONNX Runtime, as ratios in one run.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Speed benchmarks against transformers and ONNX Runtime, as ratios in one run.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -116,15 +122,25 @@ def bench_infer(
     with fail_on_error():
         positive(threads=threads, repeats=repeats, max_tokens=max_tokens, n=n)
         check_output(out, [model], expect="dir")
-        run(model, sets=[s.strip() for s in sets.split(",") if s.strip()], n=n, threads=threads, repeats=repeats,
-            max_tokens=max_tokens, onnx=onnx, out=out)
+        run(
+            model,
+            sets=[s.strip() for s in sets.split(",") if s.strip()],
+            n=n,
+            threads=threads,
+            repeats=repeats,
+            max_tokens=max_tokens,
+            onnx=onnx,
+            out=out,
+        )
     typer.echo(f"wrote {out}/results.json, results.md, results.png")
 
 
 @bench_app.command("train")
 def bench_train(
-    shards: Path = typer.Option(None, help="Shards from `encoderforge data prepare` (default: the bundled license "
-                                           "texts, prepared into a temporary directory)."),
+    shards: Path = typer.Option(
+        None,
+        help="Shards from `encoderforge data prepare` (default: the bundled license texts, prepared into a temporary directory).",
+    ),
     tokenizer: str = typer.Option("minilm-l6", help="Tokenizer the shards were made with (file, directory or zoo name)."),
     preset: str = typer.Option("minilm-l6", help="Architecture of both models (random init)."),
     max_len: int = typer.Option(128, help="Tokens per packed row."),
@@ -141,12 +157,13 @@ def bench_train(
     with fail_on_error():
         positive(threads=threads, steps=steps, rows=rows, max_len=max_len)
         check_output(out, [shards], expect="dir")
-        res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup,
-                  threads=threads)
+        res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup, threads=threads)
         write(res, out)
-    typer.echo(f"ours {res['ours']['tokens_per_s']:,.0f} real tokens/s, transformers {res['hf']['tokens_per_s']:,.0f}: "
-               f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding; our GEMMs: "
-               f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json")
+    typer.echo(
+        f"ours {res['ours']['tokens_per_s']:,.0f} real tokens/s, transformers {res['hf']['tokens_per_s']:,.0f}: "
+        f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding; our GEMMs: "
+        f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json"
+    )
 
 
 def main() -> None:
@@ -165,8 +182,10 @@ def main() -> None:
         sys.exit(130)
     except Exception:
         traceback.print_exc()
-        print("this is a bug in encoderforge, not in your input: please report it with the command you ran and the "
-              "traceback above", file=sys.stderr)
+        print(
+            "this is a bug in encoderforge, not in your input: please report it with the command you ran and the traceback above",
+            file=sys.stderr,
+        )
         sys.exit(70)
 
 
