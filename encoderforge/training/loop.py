@@ -115,7 +115,9 @@ def train(
         t0 = time.perf_counter()  # tokens/s measures training only
 
     batches = task.train_batches(state.step)
-    while state.step < args.steps:
+    # a run that stopped early and was killed before its caller finished stays stopped when resumed
+    stopped_before = bool(getattr(on_eval, "stopped", False))
+    while state.step < args.steps and not stopped_before:
         step = state.step
         lr = lr_at(
             step,

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -108,3 +110,49 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_metrics(tiny_model, bbc_rows,
     other = run(command(tiny_model, data, out, "--seed", "1"))
     assert other.returncode == 1 and "train.seed" in other.stderr and "Traceback" not in other.stderr
     assert (out / "metrics.json").read_bytes() == before
+
+
+def test_a_run_killed_after_early_stopping_stays_stopped(tiny_model, bbc_rows, tmp_path, monkeypatch):
+    """The loop stopped early and saved; the process died before writing the run (simulated by failing
+    write_run). The rerun restores the keeper (stopped, best weights) and trains no further step."""
+    from encoderforge.recipes import finetune as recipe
+    from encoderforge.recipes.finetune_config import finetune_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", bbc_rows[:60]), write_csv(data / "dev.csv", bbc_rows[60:80])
+    write_csv(data / "test.csv", bbc_rows[80:])
+
+    def cfg(out: Path):
+        return finetune_config(
+            "classify",
+            values={
+                "model": str(tiny_model),
+                "data.train": str(data / "train.csv"),
+                "data.dev": str(data / "dev.csv"),
+                "data.test": str(data / "test.csv"),
+                "finetune.max_length": 32,
+                "finetune.epochs": 12.0,
+                "finetune.evals_per_epoch": 2,
+                "finetune.patience": 1,
+                "train.batch_rows": 8,
+                "train.lr": 5e-2,
+                "train.progress": False,
+                "train.out_dir": str(out),
+            },
+        )
+
+    whole = recipe.finetune(cfg(tmp_path / "whole")).metrics
+    assert whole["stopped_early"], "the setting must stop early for this test to mean anything"
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # the process ends after the loop, before the run is written
+
+    monkeypatch.setattr(recipe, "write_run", die)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.finetune(cfg(tmp_path / "killed"))
+    monkeypatch.undo()
+    assert (tmp_path / "killed" / "checkpoints").is_dir() and not (tmp_path / "killed" / "task.json").exists()
+    again = recipe.finetune(cfg(tmp_path / "killed")).metrics
+    for key in ("dev", "test", "best_step", "epochs_run", "stopped_early"):
+        assert again[key] == whole[key], key
