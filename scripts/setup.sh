@@ -16,3 +16,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements-data.t
   python -m pip download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d .venv/share/encoderforge
   touch "$stamp"
 fi
+# The report test opens the HTML report in a real headless browser (Debian's chromium-headless-shell); install it
+# once when we may (root with apt-get, as in CI); elsewhere the test skips and says why.
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1 \
+   && ! ls /usr/lib/chromium*/chromium-headless-shell >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium-headless-shell; the browser test of the report will skip" >&2
+fi

@@ -13,6 +13,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import pretrain as cli_pretrain
+from encoderforge.cli import run as cli_run
 from encoderforge.cli import tokenizer as cli_tokenizer
 from encoderforge.cli.common import fail_on_error, os_error_line
 from encoderforge.fileio import check_output
@@ -90,6 +91,9 @@ def neighbors(
 app.add_typer(cli_finetune.finetune_app, name="finetune")
 app.command("predict")(cli_finetune.predict)
 app.command("eval")(cli_finetune.eval_runs)
+app.command("run")(cli_run.run)
+app.command("report")(cli_run.report)
+app.command("quickstart")(cli_run.quickstart)
 
 
 def positive(**values: int) -> None:
@@ -180,7 +184,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where it can", file=sys.stderr)
         sys.exit(130)
-    except Exception:
+    except Exception as e:
+        if type(e).__module__.startswith("torch.distributed"):  # a peer died or is unreachable: not a bug of ours
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"error: distributed training: {first}; check that every node started, reaches the rendezvous "
+                "endpoint and uses the same --rdzv_id (docs/scale-out.md)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         traceback.print_exc()
         print(
             "this is a bug in encoderforge, not in your input: please report it with the command you ran and the traceback above",

@@ -133,6 +133,13 @@ CASES = [  # (id, argv with {ws} for the workspace, substring the one-line error
         "finite",
     ),
     ("eval-no-runs", ["eval", f"{W}/a_dir", "--out", f"{W}/board"], "no finished runs"),
+    ("run-missing", ["run", f"{W}/nope.yaml"], "nope.yaml"),
+    ("run-dir-for-file", ["run", f"{W}/a_dir"], "a_dir"),
+    ("run-binary", ["run", f"{W}/binary.bin"], "binary.bin"),
+    ("run-not-a-pipeline", ["run", f"{W}/texts.txt", "--out", f"{W}/mine"], "texts.txt"),
+    ("run-out-user-dir", ["quickstart", "--smoke", "--out", f"{W}/mine"], "not a pipeline run"),
+    ("report-not-a-run", ["report", f"{W}/a_dir"], "a_dir"),
+    ("quickstart-unknown-key", ["quickstart", "--smoke", "--out", f"{W}/qs", "--set", "finetune.train.lrr=1"], "lrr"),
     ("bench-infer-threads", ["bench", "infer", "--threads", "-2", "--out", f"{W}/b"], "--threads"),
     ("bench-train-steps", ["bench", "train", "--steps", "0", "--out", f"{W}/b"], "--steps"),
 ]

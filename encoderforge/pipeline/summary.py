@@ -1,0 +1,107 @@
+"""The run's model table, read from its metrics files only (what the CLI prints and the report shows)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ANCHOR = "transformers BertModel"
+BASELINE = "TF-IDF + LR"
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class ModelRow:
+    model: str
+    metric: float | None = None
+    mb: float | None = None
+    texts_per_s: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    vs_baseline: float | None = None  # metric minus the TF-IDF baseline's, in points (x100)
+
+
+@dataclass
+class Summary:
+    primary: str
+    rows: list[ModelRow]
+    verdict: str
+
+
+def summarize(run: Path) -> Summary:
+    """One row per model: the fine-tuned fp32 and int8 encoders, the TF-IDF baseline, the transformers anchor."""
+    ft, comp = read(run / "finetune" / "metrics.json"), read(run / "compress" / "metrics.json")
+    ev, bench = read(run / "evaluate" / "metrics.json"), read(run / "bench" / "metrics.json")
+    primary = ev.get("primary") or ft.get("primary") or "metric"
+    tests: dict[str, Any] = dict(ev.get("models") or {})
+    tests.setdefault("fine-tuned fp32", ft.get("test"))
+    if comp:
+        tests.setdefault("fine-tuned int8", comp.get("test"))
+    speed: dict[str, Any] = bench.get("models") or {}
+    mb = {"fine-tuned fp32": comp.get("bytes_fp32_file"), "fine-tuned int8": comp.get("bytes_int8_weights")}
+    if not mb["fine-tuned fp32"] and (run / "finetune" / "model" / "model.safetensors").is_file():
+        mb["fine-tuned fp32"] = (run / "finetune" / "model" / "model.safetensors").stat().st_size
+    mb[ANCHOR] = mb["fine-tuned fp32"]
+    base = (tests.get(BASELINE) or {}).get(primary)
+    rows = []
+    for name in [*tests, *(k for k in speed if k not in tests)]:
+        m = (tests.get(name) or {}).get(primary)
+        s = speed.get(name) or {}
+        if name == BASELINE and "texts_per_s" in (tests.get(name) or {}):
+            s = {"texts_per_s": tests[name]["texts_per_s"]}
+        b = mb.get(name)
+        rows.append(
+            ModelRow(
+                name,
+                m,
+                round(b / 2**20, 1) if b else None,
+                s.get("texts_per_s"),
+                s.get("p50_ms"),
+                s.get("p95_ms"),
+                round(100 * (m - base), 1) if m is not None and base is not None and name != BASELINE else None,
+            )
+        )
+    return Summary(primary, rows, verdict(primary, tests))
+
+
+def verdict(primary: str, tests: dict[str, Any]) -> str:
+    """A plain-language answer: did the fine-tuned encoder beat TF-IDF, and by how much."""
+    enc = (tests.get("fine-tuned fp32") or {}).get(primary)
+    base = (tests.get(BASELINE) or {}).get(primary)
+    if enc is None or base is None:
+        return "No verdict: the run has no test metric for both the encoder and the TF-IDF baseline."
+    diff = 100 * (enc - base)
+    head = f"test {primary}: fine-tuned encoder {enc:.3f} vs TF-IDF + logistic regression {base:.3f} ({diff:+.1f} points)"
+    if abs(diff) < 2:
+        return (
+            f"No clear winner: {head}, within what a single seed and this test set can tell apart; rerun with "
+            "other seeds (finetune.train.seed) before deciding."
+        )
+    if diff > 0:
+        return f"The fine-tuned encoder beat the TF-IDF baseline: {head}, from a single seed."
+    return f"The fine-tuned encoder did NOT beat the TF-IDF baseline: {head}; TF-IDF is also far faster here."
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table_text(s: Summary) -> str:
+    """The one-screen table the CLI prints."""
+    head = f"{'model':<24} {s.primary:>9} {'MB':>7} {'texts/s':>9} {'p95 ms':>8} {'vs TF-IDF':>10}"
+    lines = [head, "-" * len(head)]
+    for r in s.rows:
+        vs = "-" if r.vs_baseline is None else f"{r.vs_baseline:+.1f} pts"
+        lines.append(
+            f"{r.model:<24} {fmt(r.metric, '.3f'):>9} {fmt(r.mb, '.1f'):>7} {fmt(r.texts_per_s, ',.0f'):>9} "
+            f"{fmt(r.p95_ms, '.1f'):>8} {vs:>10}"
+        )
+    return "\n".join([*lines, s.verdict])

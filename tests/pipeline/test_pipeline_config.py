@@ -1,0 +1,65 @@
+"""Bad pipeline files fail with one line naming the file, the key and the fix, before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from encoderforge import EncoderforgeError
+from encoderforge.cli.app import app
+from encoderforge.pipeline.config import load_pipeline
+from encoderforge.pipeline.quickstart import EXAMPLE, SMOKE, quickstart_config
+
+GOOD_FT = "finetune: {task: multilabel, model: minilm-l6}\n"
+
+BAD = {
+    "unknown stage": ("data: {}\n" + GOOD_FT + "distill: {}\n", "unknown stage 'distill'"),
+    "unknown key": ("data: {}\n" + GOOD_FT + "bench: {rounds: 3, repeats: 2}\n", "bench: unknown field(s) ['repeats']"),
+    "wrong type": ("data: {}\n" + GOOD_FT + "bench: {rounds: many}\n", "bench.rounds: expected int"),
+    "unknown finetune key": ("data: {}\nfinetune: {task: multilabel, train: {lrr: 1}}\n", "finetune: train: unknown field"),
+    "missing input file": (
+        "finetune: {task: classify, data: {train: nope.jsonl}}\n",
+        "finetune.data.train='nope.jsonl': no such file",
+    ),
+    "output outside the run": (
+        "data: {}\nfinetune: {task: multilabel, train: {out_dir: /tmp/elsewhere}}\n",
+        "lies outside the run directory",
+    ),
+    "disabled producer": ("compress: {method: int8}\n", "compress needs the finetune stage's model but finetune is off"),
+    "derived key": (
+        "data: {}\nfinetune: {task: multilabel, train: {steps: 5}}\n",
+        "finetune.train.steps is derived in fine-tuning; set finetune.finetune.epochs instead",
+    ),
+    "bad value": ("data: {max_train: 0}\n" + GOOD_FT, "data.max_train must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_pipeline_is_one_line_before_work(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, expected = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(text)
+    res = CliRunner().invoke(app, ["run", "p.yaml", "--out", "runs/x"])
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip()
+    assert err.count("\n") == 0 and err.startswith("error: p.yaml"), err
+    assert expected in err, err
+    assert not (tmp_path / "runs").exists()  # validated before any work
+
+
+def test_set_overrides_and_unknown_set_key(tmp_path: Path) -> None:
+    cfg = quickstart_config(smoke=True, out=tmp_path / "r", overrides=["finetune.train.lr=3e-4", "export=false"])
+    assert cfg.finetune is not None and cfg.finetune.train.lr == 3e-4 and cfg.export is None
+    assert cfg.finetune.train.out_dir == str(tmp_path / "r" / "finetune")
+    assert cfg.finetune.data.train == str(tmp_path / "r" / "data" / "train.jsonl")
+    assert cfg.stages == ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "report"]
+    with pytest.raises(EncoderforgeError, match="bench: unknown field"):
+        quickstart_config(smoke=True, out=tmp_path / "r", overrides=["bench.nope=1"])
+
+
+def test_shipped_example_loads() -> None:
+    cfg = load_pipeline(EXAMPLE, "runs/legal-quickstart", SMOKE)
+    assert cfg.finetune is not None and cfg.finetune.model == "minilm-l6" and cfg.finetune.task == "multilabel"
+    assert cfg.stages == ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export", "report"]
