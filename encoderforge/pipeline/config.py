@@ -77,9 +77,16 @@ class CompressStage:
 
 @dataclass
 class EvaluateStage:
-    """Test metrics of every produced model, beside baselines. Args: tfidf: add TF-IDF + logistic regression."""
+    """Test metrics of every produced model, beside baselines.
+
+    Args:
+        tfidf: add TF-IDF + logistic regression.
+        extra_seeds: fine-tune again with these `train.seed` values (same data, same settings) so the verdict can
+            compare the encoder's seed spread with the baseline instead of trusting one seed.
+    """
 
     tfidf: bool = True
+    extra_seeds: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -21,6 +21,7 @@ SMOKE = [
     "bench.texts=32",
     "bench.latency_texts=8",
     "bench.rounds=2",
+    "evaluate.extra_seeds=[1]",
 ]
 # measured on 2 AMD EPYC (AVX-512, VNNI) cores: smoke 25 s quiet / 1:20 shared with other jobs; full 1:18 quiet /
 # 4:20-6:09 shared

@@ -6,6 +6,7 @@ from memory, so that any stage can rerun alone after a kill.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -167,7 +168,30 @@ def run_evaluate(cfg: EvaluateStage, ft: FinetuneConfig, run: Path) -> dict[str,
     if cfg.tfidf and ft.data.test:
         train_file = read_json(run / "finetune" / "config.json")["train_files"]["train"]
         out["models"]["TF-IDF + LR"] = tfidf_baseline(ft.task, read_split(train_file), read_split(ft.data.test), labels)
+    if cfg.extra_seeds:
+        out["seed_spread"] = seed_spread(cfg.extra_seeds, ft, run, ft_metrics)
     return out
+
+
+def seed_spread(seeds: list[int], ft: FinetuneConfig, run: Path, first: dict[str, Any]) -> dict[str, Any]:
+    """The fp32 encoder's test metric over the run's own seed and `seeds`: each extra seed is the same fine-tuning
+    recipe into RUN/evaluate/seed-<s>/ (resumable, a finished one is not retrained)."""
+    primary = first["primary"]
+    values = {ft.train.seed: (first.get("test") or {}).get(primary)}
+    for s in seeds:
+        if s in values:
+            continue
+        cfg = dataclasses.replace(ft, train=dataclasses.replace(ft.train, seed=s, out_dir=str(run / "evaluate" / f"seed-{s}")))
+        values[s] = (finetune(cfg).metrics.get("test") or {}).get(primary)
+    xs = [v for v in values.values() if v is not None]
+    return {
+        "primary": primary,
+        "values": {str(k): v for k, v in values.items()},
+        "mean": float(np.mean(xs)) if xs else None,
+        "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+        "min": min(xs) if xs else None,
+        "max": max(xs) if xs else None,
+    }
 
 
 def _percentile(xs: list[float], q: float) -> float:

@@ -63,3 +63,27 @@ def test_shipped_example_loads() -> None:
     cfg = load_pipeline(EXAMPLE, "runs/legal-quickstart", SMOKE)
     assert cfg.finetune is not None and cfg.finetune.model == "minilm-l6" and cfg.finetune.task == "multilabel"
     assert cfg.stages == ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export", "report"]
+
+
+def test_verdict_compares_the_baseline_with_the_seed_range() -> None:
+    from encoderforge.pipeline.summary import verdict
+
+    tests = {"fine-tuned fp32": {"micro_f1": 0.95}, "TF-IDF + LR": {"micro_f1": 0.93}}
+
+    def spread(*xs: float) -> dict:
+        import statistics
+
+        return {
+            "values": {str(i): x for i, x in enumerate(xs)},
+            "mean": statistics.mean(xs),
+            "std": statistics.stdev(xs),
+            "min": min(xs),
+            "max": max(xs),
+        }
+
+    assert verdict("micro_f1", tests, spread(0.95, 0.94, 0.96)).startswith("The fine-tuned encoder beat")
+    assert "on every seed" in verdict("micro_f1", tests, spread(0.95, 0.94, 0.96))
+    assert verdict("micro_f1", tests, spread(0.95, 0.92, 0.94)).startswith("No clear winner")
+    assert verdict("micro_f1", tests, spread(0.91, 0.92, 0.90)).startswith("The fine-tuned encoder did NOT")
+    assert verdict("micro_f1", {**tests, "fine-tuned fp32": {"micro_f1": 0.96}}).startswith("The fine-tuned encoder beat")
+    assert verdict("micro_f1", {**tests, "fine-tuned fp32": {"micro_f1": 0.94}}).startswith("No clear winner")
