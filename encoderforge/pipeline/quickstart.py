@@ -23,11 +23,11 @@ SMOKE = [
     "bench.rounds=2",
     "evaluate.extra_seeds=[1]",
 ]
-# measured on 2 AMD EPYC (AVX-512, VNNI) cores: smoke 25 s quiet / 1:20 shared with other jobs; full 1:18 quiet /
-# 4:20-6:09 shared
+# measured on 2 AMD EPYC (AVX-512, VNNI) cores: smoke (2 seeds) ~40 s quiet; full (3 seeds) 2:38 quiet
+# (docs/results.md); shared with other jobs, up to ~3x that
 EXPECTED = {
-    True: "about 30 s on 2 idle CPU cores, up to ~2 minutes on a busy box",
-    False: "about 1.5 minutes on 2 idle CPU cores, up to ~7 minutes on a busy box",
+    True: "under a minute on 2 idle CPU cores, up to ~2 minutes on a busy box",
+    False: "about 3 minutes on 2 idle CPU cores, up to ~9 minutes on a busy box",
 }
 
 

@@ -96,10 +96,10 @@ WEIGHT = {
 }
 
 
-def _eta(done_s: float, done: list[str], todo: list[str]) -> str:
-    """Remaining time: seconds per unit of WEIGHT so far times the weight still to run."""
-    w_done = sum(WEIGHT[s] for s in done)
-    return f"eta ~{_hms(done_s / w_done * sum(WEIGHT[s] for s in todo))}" if w_done else "eta ?"
+def _eta(done_s: float, done: list[str], todo: list[str], weight: dict[str, float]) -> str:
+    """Remaining time: seconds per unit of weight so far times the weight still to run."""
+    w_done = sum(weight[s] for s in done)
+    return f"eta ~{_hms(done_s / w_done * sum(weight[s] for s in todo))}" if w_done else "eta ?"
 
 
 def _hms(s: float) -> str:
@@ -136,6 +136,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str = "", stream: TextIO | Non
     hashes: dict[str, str] = {}
     stages = cfg.stages
     t_start, done_s = time.perf_counter(), 0.0
+    weight = dict(WEIGHT)  # evaluate's extra seeds are whole fine-tunes
+    weight["evaluate"] += WEIGHT["finetune"] * len(cfg.evaluate.extra_seeds if cfg.evaluate else [])
     for k, name in enumerate(stages, 1):
         stage_dir = run / name
         config = stage_config(cfg, name)
@@ -143,7 +145,7 @@ def run_pipeline(cfg: PipelineConfig, *, command: str = "", stream: TextIO | Non
         hashes[name] = h
         old = read_stage(stage_dir)
         elapsed = time.perf_counter() - t_start
-        eta = _eta(done_s, result.ran, stages[k - 1 :])
+        eta = _eta(done_s, result.ran, stages[k - 1 :], weight)
         if old and old.get("hash") == h and old.get("status") == "done":
             print(f"stage {k}/{len(stages)} {name}: unchanged (hash {h}), skipped  elapsed {_hms(elapsed)}", file=out, flush=True)
             result.skipped.append(name)
