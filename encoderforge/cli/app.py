@@ -94,6 +94,7 @@ app.command("eval")(cli_finetune.eval_runs)
 app.command("run")(cli_run.run)
 app.command("report")(cli_run.report)
 app.command("quickstart")(cli_run.quickstart)
+app.command("init")(cli_run.init)
 
 
 def positive(**values: int) -> None:

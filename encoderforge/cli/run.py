@@ -74,3 +74,36 @@ def quickstart(
         ]
         res = run_pipeline(cfg, command=shlex.join(cmd))
         _finish(res.run_dir)
+
+
+def init(
+    train: Path = typer.Argument(..., help="Your labelled training file (.csv, .tsv or .jsonl)."),
+    test: Path = typer.Option(None, help="Labelled test file (evaluate and compress score it)."),
+    dev: Path = typer.Option(None, help="Labelled dev file (default: a held-out tenth of train)."),
+    task: str = typer.Option("auto", help="auto (multilabel when labels are lists or a|b cells), classify, multilabel."),
+    text_field: str = typer.Option("text", help="The text column / JSON key."),
+    label_field: str = typer.Option("label", help="The label column / JSON key."),
+    model: str = typer.Option("minilm-l6", help="Start model: zoo name or checkpoint directory."),
+    adapt_text: Path = typer.Option(None, help="Unlabelled domain text for the adapt stage (continued MLM); off if unset."),
+    out: Path = typer.Option(Path("my-pipeline.yaml"), "--out", "-o", help="The pipeline YAML to write (never replaced)."),
+) -> None:
+    """Write a pipeline YAML for your own labelled files, checked the way `run` will read them."""
+    from encoderforge.pipeline.init import write_init
+
+    with fail_on_error():
+        if task not in ("auto", "classify", "multilabel"):
+            from encoderforge import EncoderforgeError
+
+            raise EncoderforgeError(f"--task {task!r}; use auto, classify or multilabel (the tasks evaluate supports)")
+        path = write_init(
+            out,
+            train,
+            test=test,
+            dev=dev,
+            task=task,  # type: ignore[arg-type]
+            text_field=text_field,
+            label_field=label_field,
+            model=model,
+            adapt_text=adapt_text,
+        )
+    typer.echo(f"wrote {path}; run it: encoderforge run {path} --out runs/{path.stem}")

@@ -1,6 +1,7 @@
 """The pipeline's typed config: one YAML file, one section per stage (absent or `false` = the stage is off).
 
     data:     {source: licensedcode-rules, labels: [mit, apache-2.0], max_train: 400, max_dev: 100, max_test: 200}
+    adapt:    {text: licensedcode-texts, head_steps: 100, steps: 150}   # continued MLM before fine-tuning
     finetune: {task: multilabel, model: minilm-l6, finetune: {epochs: 2}, train: {lr: 1e-4}}   # FinetuneConfig keys
     compress: {method: int8}
     evaluate: {tfidf: true}
@@ -10,7 +11,9 @@
 
 The `finetune` section is the fine-tuning recipe's own config (recipes/finetune_config.py: task, model, data,
 finetune, train), read by the same typed loader; the pipeline sets `train.out_dir` to RUN/finetune and, when the
-`data` stage is on, `data.train/dev/test` to its files. Every stage writes RUN/<stage>/.
+`data` stage is on, `data.train/dev/test` to its files; with `adapt` on, fine-tuning starts from RUN/adapt/model
+(the adapted encoder) and `evaluate` also fine-tunes the unadapted start model for the comparison. Every stage
+writes RUN/<stage>/.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.config import from_dict, read_yaml, set_key
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig, finetune_config
 
-STAGES = ("data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export", "report")
+STAGES = ("data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report")
 LICENSE_KEYS = ["mit", "apache-2.0", "gpl-2.0", "bsd-new", "lgpl-2.1"]
 
 
@@ -66,6 +69,60 @@ class TokenizerStage:
 
     compare: str | None = None
     max_texts: int = 2000
+
+
+@dataclass
+class AdaptStage:
+    """Domain adaptation: continued masked-language-model training of the start model on domain text, before
+    fine-tuning. Two pretraining runs (the pretrain recipe): a fresh MLM head on the frozen encoder (sentence-
+    embedding models such as MiniLM ship none; its held-out loss is the unadapted baseline), then the whole encoder
+    with the features of unmasked tokens anchored to the start's (model.anchor_weight), which keeps a sentence
+    model's features while it learns the domain's words.
+
+    Args:
+        text: licensedcode-texts (the full license texts of licensedcode-data: unlabelled legal text) or a text
+            file, JSONL file ({"text": ...}) or directory of them.
+        max_docs: documents used (after cleaning and deduplication), 0 = all.
+        head_steps: phase 1 steps (MLM head only, encoder frozen).
+        head_lr: phase 1 peak learning rate.
+        steps: phase 2 steps (whole encoder).
+        lr: phase 2 peak learning rate.
+        anchor_weight: phase 2 feature anchor, (1 - cosine) x this; 0 = plain MLM.
+        batch_rows: packed rows per step.
+        max_len: tokens per packed row.
+        mask_ratio: share of tokens masked (BERT: 0.15).
+        seed: masking, order and initialisation seed.
+    """
+
+    text: str = "licensedcode-texts"
+    max_docs: int = 0
+    head_steps: int = 100
+    head_lr: float = 1e-3
+    steps: int = 150
+    lr: float = 5e-5
+    anchor_weight: float = 10.0
+    batch_rows: int = 16
+    max_len: int = 128
+    mask_ratio: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("head_steps", "steps", "batch_rows"):
+            if getattr(self, name) < 1:
+                raise EncoderforgeError(f"adapt.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_docs < 0:
+            raise EncoderforgeError(f"adapt.max_docs must be >= 0 (0 = all), got {self.max_docs}")
+        if self.max_len < 16:
+            raise EncoderforgeError(f"adapt.max_len must be >= 16, got {self.max_len}")
+        if not 0 < self.mask_ratio < 1:
+            raise EncoderforgeError(f"adapt.mask_ratio must be in (0, 1), got {self.mask_ratio} (BERT: 0.15)")
+        if self.anchor_weight < 0:
+            raise EncoderforgeError(f"adapt.anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.text != "licensedcode-texts" and not Path(self.text).exists():
+            raise EncoderforgeError(
+                f"adapt.text={self.text!r}: no such file or directory; name your domain text "
+                "(text, JSONL or a directory) or use licensedcode-texts"
+            )
 
 
 @dataclass
@@ -136,6 +193,7 @@ class PipelineConfig:
     run_dir: Path
     data: DataStage | None = None
     tokenizer: TokenizerStage | None = None
+    adapt: AdaptStage | None = None
     finetune: FinetuneConfig | None = None
     compress: CompressStage | None = None
     evaluate: EvaluateStage | None = None
@@ -143,6 +201,7 @@ class PipelineConfig:
     export: ExportStage | None = None
     report: ReportStage | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the YAML after --set, for stage hashes and the report
+    base_model: str = ""  # the finetune section's start model (adapt trains it; finetune then starts from RUN/adapt)
 
     @property
     def stages(self) -> list[str]:
@@ -152,6 +211,7 @@ class PipelineConfig:
 SECTION = {
     "data": DataStage,
     "tokenizer": TokenizerStage,
+    "adapt": AdaptStage,
     "compress": CompressStage,
     "evaluate": EvaluateStage,
     "bench": BenchStage,
@@ -219,6 +279,9 @@ def _finetune(section: Any, cfg: PipelineConfig, where: str) -> FinetuneConfig:
             f"(the pipeline writes {stage_dir})"
         )
     values: dict[str, Any] = {"train.out_dir": str(stage_dir)}
+    cfg.base_model = str(section.get("model", "minilm-l6"))
+    if cfg.adapt is not None:
+        values["model"] = str(cfg.run_dir / "adapt" / "mlm" / "model")  # written by the adapt stage (pipeline/adapt.py)
     data = section.get("data") or {}
     if cfg.data is not None:
         given = sorted(k for k in ("train", "dev", "test") if data.get(k))
@@ -265,6 +328,11 @@ NEEDS = {
 
 def _check_dependencies(cfg: PipelineConfig, where: str) -> None:
     """A stage whose input another stage produces needs that stage on."""
+    if cfg.adapt is not None and cfg.finetune is None:
+        raise EncoderforgeError(
+            f"{where}: adapt trains the model the finetune stage starts from but finetune is off; add a finetune: "
+            "section or remove adapt"
+        )
     for stage, needs in NEEDS.items():
         for need in needs:
             if getattr(cfg, stage) is not None and getattr(cfg, need) is None:

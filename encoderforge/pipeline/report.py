@@ -29,13 +29,14 @@ TEMPLATE = """<!doctype html>
  table { border-collapse: collapse; margin: 8px 0 16px; } th, td { padding: 5px 12px; border-bottom: 1px solid #e5e7eb; }
  th { background: #f6f8fa; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
  .verdict { font-size: 17px; padding: 12px 16px; background: #eef6ff; border-left: 4px solid #0969da; }
- .figs { display: flex; flex-wrap: wrap; gap: 16px; } figure { margin: 0; } img { max-width: 520px; border: 1px solid #e5e7eb; }
+ .figs { display: flex; flex-wrap: wrap; gap: 16px; } figure { margin: 0; max-width: 522px; } img { max-width: 520px; border: 1px solid #e5e7eb; }
  figcaption { font-size: 13px; color: #57606a; } code, pre { background: #f6f8fa; padding: 2px 6px; }
  pre { padding: 10px; overflow-x: auto; } .muted { color: #57606a; font-size: 13px; }
 </style></head><body>
 <h1>{{ title }}</h1>
 <p class="muted">run directory <code>{{ run }}</code></p>
 <p class="verdict" id="verdict">{{ summary.verdict }}</p>
+{% if summary.domain %}<p class="verdict" id="verdict-domain">{{ summary.domain }}</p>{% endif %}
 <h2>Models</h2>
 <table id="models"><tr><th>model</th><th>test {{ summary.primary }}</th><th>MB on disk</th><th>texts/s</th>
 <th>p50 ms</th><th>p95 ms</th><th>vs TF-IDF</th></tr>
@@ -60,6 +61,14 @@ TEMPLATE = """<!doctype html>
 <td class="num">{{ f(t.tokens_per_word, '.3f') }}</td><td class="num">{{ f(100 * t.unknown_rate, '.2f') }}%</td>
 <td class="num">{{ f(100 * t.split_rate, '.1f') }}%</td></tr>{% endfor %}</table>
 <p class="muted">{{ f(tok.texts, ',') }} training texts, {{ f(tok.words, ',') }} words.</p>{% endif %}
+{% if adapt %}<h2>Domain adaptation (continued MLM)</h2>
+<table id="adapt"><tr><th>encoder</th><th>steps</th><th>held-out MLM loss</th><th>MLM accuracy</th><th>perplexity</th></tr>
+{% for name, key in [('start model, MLM head trained on frozen encoder', 'unadapted'), ('adapted (whole encoder)', 'adapted')] %}
+{% set m = adapt[key] %}<tr><td>{{ name }}</td><td class="num">{{ m.step }}</td><td class="num">{{ f(m.eval_mlm_loss, '.3f') }}</td>
+<td class="num">{{ f(100 * m.eval_mlm_accuracy, '.1f') }}%</td><td class="num">{{ f(m.eval_perplexity, ',.1f') }}</td></tr>{% endfor %}</table>
+<p class="muted">Domain text: {{ adapt.text }}, {{ f(adapt_docs, ',') }} documents, {{ f(adapt_tokens, ',') }} training tokens;
+the same held-out rows and masks for both. Whether adaptation paid off downstream is the second verdict above (the
+start model fine-tuned the same way, with the same seeds).</p>{% endif %}
 {% if data %}<h2>Data</h2><table id="data"><tr><th>split</th><th>examples</th><th>labels</th></tr>
 {% for name, s in data.splits.items() %}<tr><td>{{ name }}</td><td class="num">{{ s.examples }}</td>
 <td>{{ s.labels.items()|map('join', ': ')|join(', ') }}</td></tr>{% endfor %}</table>
@@ -137,6 +146,33 @@ def figures(run: Path, summary: Summary) -> list[dict[str, str]]:
             {"id": "curve", "caption": "Fine-tuning: train loss and dev metric (RUN/finetune/metrics.jsonl)", "png": _png(fig)}
         )
         plt.close(fig)
+    head = [json.loads(line) for line in _lines(run / "adapt" / "head" / "metrics.jsonl")]
+    mlm = [json.loads(line) for line in _lines(run / "adapt" / "mlm" / "metrics.jsonl")]
+    if mlm:
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        off = max((r["step"] for r in head), default=0)
+        for rows, shift, color, label in (
+            (head, 0, "#8c959f", "phase 1: head only"),
+            (mlm, off, "#0969da", "phase 2: whole encoder"),
+        ):
+            tr = [(r["step"] + shift, r["loss"]) for r in rows if "loss" in r]
+            ev = [(r["step"] + shift, r["eval_mlm_loss"]) for r in rows if "eval_mlm_loss" in r]
+            if tr:
+                ax.plot(*zip(*tr), color=color, label=f"{label} (train)")
+            if ev:
+                ax.plot(*zip(*ev), "o", color=color, markeredgecolor="black", label=f"{label} (held-out)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("MLM loss")
+        ax.legend(fontsize=8)
+        ax.set_title("domain adaptation: MLM loss")
+        out.append(
+            {
+                "id": "adapt",
+                "caption": "Continued MLM on the domain text (RUN/adapt/{head,mlm}/metrics.jsonl); phase 2's train loss includes the anchor term",
+                "png": _png(fig),
+            }
+        )
+        plt.close(fig)
     pts = [r for r in summary.rows if r.texts_per_s]
     if pts:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -211,6 +247,8 @@ def write_report(run: str | Path) -> Path:
     summary = summarize(run)
     pipe = read(run / "pipeline.json")
     bench = read(run / "bench" / "metrics.json")
+    adapt = read(run / "adapt" / "metrics.json")
+    corpora = (adapt.get("corpus") or {}).get("corpora") or []
     stages = [
         {"name": p.name, **{k: (read(p / "stage.json").get(k, "-")) for k in ("status", "seconds", "hash")}}
         for p in (run / name for name in STAGES)
@@ -229,6 +267,9 @@ def write_report(run: str | Path) -> Path:
         per_label=per_label(run),
         data=read(run / "data" / "metrics.json") or None,
         tok=read(run / "tokenizer" / "metrics.json") or None,
+        adapt=adapt if adapt.get("adapted") else None,
+        adapt_docs=sum(sum((c.get("documents") or {}).values()) for c in corpora),
+        adapt_tokens=sum((c.get("tokens") or {}).get("train", 0) for c in corpora),
         stages=stages,
         machine=machine_facts(),
         command=pipe.get("command") or f"encoderforge run {pipe.get('source')} --out {run}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from typing import Any, TextIO
 
 from encoderforge import EncoderforgeError
 from encoderforge.config import to_dict
-from encoderforge.fileio import atomic_file, check_output, file_digest
+from encoderforge.data.shards import MANIFEST
+from encoderforge.fileio import atomic_file, check_output, file_digest, read_marker
 from encoderforge.pipeline.config import PipelineConfig
 from encoderforge.pipeline.data import data_version, write_data
 from encoderforge.pipeline.stages import run_stage
@@ -46,24 +48,41 @@ def stage_config(cfg: PipelineConfig, name: str) -> dict[str, Any]:
 READS = {
     "data": [],
     "tokenizer": ["data"],
-    "finetune": ["data"],
+    "adapt": [],
+    "finetune": ["data", "adapt"],
     "compress": ["finetune"],
-    "evaluate": ["data", "finetune", "compress"],
+    "evaluate": ["data", "adapt", "finetune", "compress"],
     "bench": ["finetune"],
     "export": ["finetune"],
-    "report": ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export"],
+    "report": ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export"],
 }
 
 
 def stage_inputs(cfg: PipelineConfig, name: str, hashes: dict[str, str]) -> dict[str, Any]:
     """What a stage reads besides its config: the hashes of the stages it reads, file digests of user-given data."""
     inputs: dict[str, Any] = {k: hashes[k] for k in READS[name] if k in hashes}
-    if name == "data":
+    if name == "data" or (name == "adapt" and cfg.adapt is not None and cfg.adapt.text == "licensedcode-texts"):
         inputs["package"] = data_version()
+    if name == "adapt" and cfg.adapt is not None:
+        inputs["base_model"] = cfg.base_model
+        if cfg.adapt.text != "licensedcode-texts":
+            inputs["files"] = {str(f): file_digest(f) for f in _files(Path(cfg.adapt.text))}
     if name in ("tokenizer", "finetune") and cfg.finetune is not None and cfg.data is None:
         d = cfg.finetune.data
         inputs["files"] = {f: file_digest(f) for f in (d.train, d.dev, d.test) if f}
     return inputs
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def reset_stage_dir(stage_dir: Path) -> None:
+    """Before a stage reruns with another config: delete the runs it made inside its own directory (each carries
+    our run marker, or is a shard directory with its manifest), so that they retrain instead of refusing."""
+    for child in sorted(stage_dir.iterdir()) if stage_dir.is_dir() else []:
+        if child.is_dir() and (read_marker(child) is not None or (child / MANIFEST).is_file()):
+            shutil.rmtree(child)
 
 
 def content_hash(config: dict[str, Any], inputs: dict[str, Any]) -> str:
@@ -87,6 +106,7 @@ def write_stage(stage_dir: Path, record: dict[str, Any]) -> None:
 WEIGHT = {
     "data": 1.0,
     "tokenizer": 1.0,
+    "adapt": 0.0,  # from its steps: run_pipeline
     "finetune": 40.0,
     "compress": 2.0,
     "evaluate": 1.0,
@@ -99,7 +119,9 @@ WEIGHT = {
 def _eta(done_s: float, done: list[str], todo: list[str], weight: dict[str, float]) -> str:
     """Remaining time: seconds per unit of weight so far times the weight still to run."""
     w_done = sum(weight[s] for s in done)
-    return f"eta ~{_hms(done_s / w_done * sum(weight[s] for s in todo))}" if w_done else "eta ?"
+    if w_done < 0.05 * (w_done + sum(weight[s] for s in todo)):
+        return "eta ?"  # a few seconds of small stages do not predict a long one
+    return f"eta ~{_hms(done_s / w_done * sum(weight[s] for s in todo))}"
 
 
 def _hms(s: float) -> str:
@@ -137,7 +159,10 @@ def run_pipeline(cfg: PipelineConfig, *, command: str = "", stream: TextIO | Non
     stages = cfg.stages
     t_start, done_s = time.perf_counter(), 0.0
     weight = dict(WEIGHT)  # evaluate's extra seeds are whole fine-tunes
-    weight["evaluate"] += WEIGHT["finetune"] * len(cfg.evaluate.extra_seeds if cfg.evaluate else [])
+    seeds = len(cfg.evaluate.extra_seeds) if cfg.evaluate else 0
+    weight["evaluate"] += WEIGHT["finetune"] * (seeds + (seeds + 1 if cfg.adapt else 0))  # extra seeds, base model
+    if cfg.adapt:  # measured on the quickstart: a head-only step ~1/3.5 of a whole-encoder anchored step ~1/17 of finetune
+        weight["adapt"] = WEIGHT["finetune"] * (cfg.adapt.head_steps / 3.5 + cfg.adapt.steps) / 17
     for k, name in enumerate(stages, 1):
         stage_dir = run / name
         config = stage_config(cfg, name)
@@ -155,6 +180,8 @@ def run_pipeline(cfg: PipelineConfig, *, command: str = "", stream: TextIO | Non
         changed = old is not None and old.get("hash") != h  # a finished run of another config is replaced
         stage_dir.mkdir(parents=True, exist_ok=True)
         if name != "finetune":  # the finetune recipe owns its directory (run marker, resume)
+            if changed:
+                reset_stage_dir(stage_dir)
             write_stage(stage_dir, {"hash": h, "status": "running"})
         if name == "data":
             metrics = write_data(cfg.data, stage_dir)  # type: ignore[arg-type]

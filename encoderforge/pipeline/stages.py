@@ -28,6 +28,7 @@ from encoderforge.pipeline.config import (
     PipelineConfig,
     TokenizerStage,
 )
+from encoderforge.pipeline.summary import BASE
 from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.finetune_config import FinetuneConfig
 from encoderforge.recipes.predict import Predictor
@@ -157,8 +158,9 @@ def tfidf_baseline(
     }
 
 
-def run_evaluate(cfg: EvaluateStage, ft: FinetuneConfig, run: Path) -> dict[str, Any]:
-    """Every produced model's test metrics (read from the stages' metrics files) beside the TF-IDF baseline."""
+def run_evaluate(cfg: EvaluateStage, ft: FinetuneConfig, run: Path, base_model: str | None = None) -> dict[str, Any]:
+    """Every produced model's test metrics (read from the stages' metrics files) beside the TF-IDF baseline; with
+    `base_model` (the adapt stage ran) also the start model fine-tuned the same way without adaptation."""
     ft_metrics = read_json(run / "finetune" / "metrics.json")
     labels = read_json(run / "finetune" / "task.json")["labels"]
     models: dict[str, Any] = {"fine-tuned fp32": ft_metrics.get("test")}
@@ -168,21 +170,34 @@ def run_evaluate(cfg: EvaluateStage, ft: FinetuneConfig, run: Path) -> dict[str,
     if cfg.tfidf and ft.data.test:
         train_file = read_json(run / "finetune" / "config.json")["train_files"]["train"]
         out["models"]["TF-IDF + LR"] = tfidf_baseline(ft.task, read_split(train_file), read_split(ft.data.test), labels)
+    primary = ft_metrics["primary"]
+    first = {ft.train.seed: (ft_metrics.get("test") or {}).get(primary)}
     if cfg.extra_seeds:
-        out["seed_spread"] = seed_spread(cfg.extra_seeds, ft, run, ft_metrics)
+        extra = [s for s in cfg.extra_seeds if s != ft.train.seed]
+        out["seed_spread"] = spread(primary, first | again(ft, extra, run / "evaluate", "seed", primary))
+    if base_model is not None:
+        base = dataclasses.replace(ft, model=base_model)
+        tests = again(base, [ft.train.seed, *cfg.extra_seeds], run / "evaluate", "base-seed", primary, full=True)
+        out["models"][BASE] = tests.pop("test")
+        out["base_spread"] = spread(primary, tests)
     return out
 
 
-def seed_spread(seeds: list[int], ft: FinetuneConfig, run: Path, first: dict[str, Any]) -> dict[str, Any]:
-    """The fp32 encoder's test metric over the run's own seed and `seeds`: each extra seed is the same fine-tuning
-    recipe into RUN/evaluate/seed-<s>/ (resumable, a finished one is not retrained)."""
-    primary = first["primary"]
-    values = {ft.train.seed: (first.get("test") or {}).get(primary)}
-    for s in seeds:
-        if s in values:
-            continue
-        cfg = dataclasses.replace(ft, train=dataclasses.replace(ft.train, seed=s, out_dir=str(run / "evaluate" / f"seed-{s}")))
-        values[s] = (finetune(cfg).metrics.get("test") or {}).get(primary)
+def again(ft: FinetuneConfig, seeds: list[int], where: Path, prefix: str, primary: str, full: bool = False) -> dict[Any, Any]:
+    """The fine-tuning recipe once per seed into where/<prefix>-<seed>/ (resumable; a finished one is not retrained):
+    {seed: test metric}, and with `full` also {"test": the first seed's whole test metrics}."""
+    values: dict[Any, Any] = {}
+    for s in dict.fromkeys(seeds):
+        cfg = dataclasses.replace(ft, train=dataclasses.replace(ft.train, seed=s, out_dir=str(where / f"{prefix}-{s}")))
+        test = finetune(cfg).metrics.get("test") or {}
+        if full and "test" not in values:
+            values["test"] = test
+        values[s] = test.get(primary)
+    return values
+
+
+def spread(primary: str, values: dict[int, float | None]) -> dict[str, Any]:
+    """A metric's mean, sample std, min and max over seeds."""
     xs = [v for v in values.values() if v is not None]
     return {
         "primary": primary,
@@ -293,15 +308,15 @@ def run_export(cfg: ExportStage, run: Path, stage_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_tokenizer(cfg: TokenizerStage, ft: FinetuneConfig) -> dict[str, Any]:
+def run_tokenizer(cfg: TokenizerStage, ft: FinetuneConfig, base_model: str) -> dict[str, Any]:
     """The start model's tokenizer (and `compare`, if set) on the training texts: tokenization.stats."""
     from encoderforge.model.zoo import resolve_model
     from encoderforge.tokenization.stats import tokenizer_stats
 
     texts = read_split(ft.data.train)[0][: cfg.max_texts]
-    model = resolve_model(ft.model)
+    model = resolve_model(base_model)
     rep = tokenizer_stats(
-        texts, model, resolve_model(cfg.compare) if cfg.compare else model, names=(ft.model, cfg.compare or ft.model)
+        texts, model, resolve_model(cfg.compare) if cfg.compare else model, names=(base_model, cfg.compare or base_model)
     )
     return {
         "texts": rep.texts,
@@ -316,13 +331,17 @@ def run_stage(name: str, cfg: PipelineConfig, stage_dir: Path, *, overwrite: boo
     run, ft = cfg.run_dir, cfg.finetune
     assert ft is not None or name == "report"  # load_pipeline checked the dependencies
     if name == "tokenizer":
-        return run_tokenizer(cfg.tokenizer, ft)  # type: ignore[arg-type]
+        return run_tokenizer(cfg.tokenizer, ft, cfg.base_model)  # type: ignore[arg-type]
+    if name == "adapt":
+        from encoderforge.pipeline.adapt import run_adapt
+
+        return run_adapt(cfg.adapt, cfg.base_model, stage_dir)  # type: ignore[arg-type]
     if name == "finetune":
         return run_finetune(ft, stage_dir, overwrite=overwrite)  # type: ignore[arg-type]
     if name == "compress":
         return run_compress(cfg.compress, ft, run)  # type: ignore[arg-type]
     if name == "evaluate":
-        return run_evaluate(cfg.evaluate, ft, run)  # type: ignore[arg-type]
+        return run_evaluate(cfg.evaluate, ft, run, cfg.base_model if cfg.adapt else None)  # type: ignore[arg-type]
     if name == "bench":
         return run_bench(cfg.bench, ft, run)  # type: ignore[arg-type]
     if name == "export":

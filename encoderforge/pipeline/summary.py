@@ -9,6 +9,7 @@ from typing import Any
 
 ANCHOR = "transformers BertModel"
 BASELINE = "TF-IDF + LR"
+BASE = "base model fine-tuned (no adapt)"  # evaluate's comparison when the adapt stage ran
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -34,6 +35,7 @@ class Summary:
     primary: str
     rows: list[ModelRow]
     verdict: str
+    domain: str = ""  # the adapt stage's verdict (adapted vs the start model fine-tuned the same way), if it ran
 
 
 def summarize(run: Path) -> Summary:
@@ -49,7 +51,7 @@ def summarize(run: Path) -> Summary:
     mb = {"fine-tuned fp32": comp.get("bytes_fp32_file"), "fine-tuned int8": comp.get("bytes_int8_weights")}
     if not mb["fine-tuned fp32"] and (run / "finetune" / "model" / "model.safetensors").is_file():
         mb["fine-tuned fp32"] = (run / "finetune" / "model" / "model.safetensors").stat().st_size
-    mb[ANCHOR] = mb["fine-tuned fp32"]
+    mb[ANCHOR] = mb[BASE] = mb["fine-tuned fp32"]
     base = (tests.get(BASELINE) or {}).get(primary)
     rows = []
     for name in [*tests, *(k for k in speed if k not in tests)]:
@@ -69,7 +71,33 @@ def summarize(run: Path) -> Summary:
                 round(100 * (m - base), 1) if m is not None and base is not None and name != BASELINE else None,
             )
         )
-    return Summary(primary, rows, verdict(primary, tests, ev.get("seed_spread")))
+    domain = adapt_verdict(primary, tests, ev.get("seed_spread"), ev.get("base_spread")) if BASE in tests else ""
+    return Summary(primary, rows, verdict(primary, tests, ev.get("seed_spread")), domain)
+
+
+def adapt_verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
+    """Did the domain stage pay off: the adapted-then-fine-tuned encoder vs the start model fine-tuned the same way,
+    over the same seeds when there are several (ranges compared), else from one seed with a 2-point noise band."""
+    a, b = (tests.get("fine-tuned fp32") or {}).get(primary), (tests.get(BASE) or {}).get(primary)
+    if a is None or b is None:
+        return "No verdict on the domain stage: the run has no test metric for both models."
+    if spread and base and spread.get("std") is not None and base.get("std") is not None:
+        n = len(base["values"])
+        head = (
+            f"test {primary} over {n} seeds: adapted {spread['mean']:.3f} (range {spread['min']:.3f}-{spread['max']:.3f}) vs "
+            f"not adapted {base['mean']:.3f} (range {base['min']:.3f}-{base['max']:.3f}), "
+            f"{100 * (spread['mean'] - base['mean']):+.1f} points on the mean"
+        )
+        if spread["min"] > base["max"]:
+            return f"The domain stage (adapt) paid off on every seed: {head}."
+        if spread["max"] < base["min"]:
+            return f"The domain stage (adapt) HURT on every seed: {head}; fine-tune the start model directly (adapt: false)."
+        return f"The domain stage (adapt) made no clear difference: {head}; the seed ranges overlap, so it cost time for nothing measurable."
+    diff = 100 * (a - b)
+    head = f"test {primary}: adapted {a:.3f} vs not adapted {b:.3f} ({diff:+.1f} points, one seed)"
+    if abs(diff) < 2:
+        return f"The domain stage (adapt) made no clear difference: {head}; rerun with evaluate.extra_seeds to tell."
+    return f"The domain stage (adapt) {'paid off' if diff > 0 else 'HURT'}: {head}."
 
 
 def verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None = None) -> str:
@@ -109,12 +137,13 @@ def fmt(v: float | None, spec: str) -> str:
 
 def table_text(s: Summary) -> str:
     """The one-screen table the CLI prints."""
-    head = f"{'model':<24} {s.primary:>9} {'MB':>7} {'texts/s':>9} {'p95 ms':>8} {'vs TF-IDF':>10}"
+    w = max([24, *(len(r.model) for r in s.rows)])
+    head = f"{'model':<{w}} {s.primary:>9} {'MB':>7} {'texts/s':>9} {'p95 ms':>8} {'vs TF-IDF':>10}"
     lines = [head, "-" * len(head)]
     for r in s.rows:
         vs = "-" if r.vs_baseline is None else f"{r.vs_baseline:+.1f} pts"
         lines.append(
-            f"{r.model:<24} {fmt(r.metric, '.3f'):>9} {fmt(r.mb, '.1f'):>7} {fmt(r.texts_per_s, ',.0f'):>9} "
+            f"{r.model:<{w}} {fmt(r.metric, '.3f'):>9} {fmt(r.mb, '.1f'):>7} {fmt(r.texts_per_s, ',.0f'):>9} "
             f"{fmt(r.p95_ms, '.1f'):>8} {vs:>10}"
         )
-    return "\n".join([*lines, s.verdict])
+    return "\n".join([*lines, s.verdict, *([s.domain] if s.domain else [])])

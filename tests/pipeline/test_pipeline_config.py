@@ -33,6 +33,9 @@ BAD = {
         "finetune.train.steps is derived in fine-tuning; set finetune.finetune.epochs instead",
     ),
     "bad value": ("data: {max_train: 0}\n" + GOOD_FT, "data.max_train must be >= 1"),
+    "adapt without finetune": ("data: {}\nadapt: {}\n", "adapt trains the model the finetune stage starts from"),
+    "adapt text missing": ("data: {}\nadapt: {text: notes/}\n" + GOOD_FT, "adapt.text='notes/': no such file"),
+    "adapt bad ratio": ("data: {}\nadapt: {mask_ratio: 1.5}\n" + GOOD_FT, "adapt.mask_ratio must be in (0, 1)"),
 }
 
 
@@ -54,15 +57,16 @@ def test_set_overrides_and_unknown_set_key(tmp_path: Path) -> None:
     assert cfg.finetune is not None and cfg.finetune.train.lr == 3e-4 and cfg.export is None
     assert cfg.finetune.train.out_dir == str(tmp_path / "r" / "finetune")
     assert cfg.finetune.data.train == str(tmp_path / "r" / "data" / "train.jsonl")
-    assert cfg.stages == ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "report"]
+    assert cfg.stages == ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "report"]
+    assert cfg.finetune.model == str(tmp_path / "r" / "adapt" / "mlm" / "model") and cfg.base_model == "minilm-l6"
     with pytest.raises(EncoderforgeError, match="bench: unknown field"):
         quickstart_config(smoke=True, out=tmp_path / "r", overrides=["bench.nope=1"])
 
 
 def test_shipped_example_loads() -> None:
     cfg = load_pipeline(EXAMPLE, "runs/legal-quickstart", SMOKE)
-    assert cfg.finetune is not None and cfg.finetune.model == "minilm-l6" and cfg.finetune.task == "multilabel"
-    assert cfg.stages == ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export", "report"]
+    assert cfg.base_model == "minilm-l6" and cfg.finetune is not None and cfg.finetune.task == "multilabel"
+    assert cfg.stages == ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report"]
 
 
 def test_verdict_compares_the_baseline_with_the_seed_range() -> None:
@@ -87,3 +91,28 @@ def test_verdict_compares_the_baseline_with_the_seed_range() -> None:
     assert verdict("micro_f1", tests, spread(0.91, 0.92, 0.90)).startswith("The fine-tuned encoder did NOT")
     assert verdict("micro_f1", {**tests, "fine-tuned fp32": {"micro_f1": 0.96}}).startswith("The fine-tuned encoder beat")
     assert verdict("micro_f1", {**tests, "fine-tuned fp32": {"micro_f1": 0.94}}).startswith("No clear winner")
+
+
+def test_adapt_verdict_compares_the_seed_ranges() -> None:
+    from encoderforge.pipeline.summary import BASE, adapt_verdict
+
+    def spread(*xs: float) -> dict:
+        import statistics
+
+        return {
+            "values": dict(enumerate(xs)),
+            "mean": statistics.mean(xs),
+            "std": statistics.stdev(xs),
+            "min": min(xs),
+            "max": max(xs),
+        }
+
+    tests = {"fine-tuned fp32": {"f1": 0.95}, BASE: {"f1": 0.93}}
+    assert adapt_verdict("f1", tests, spread(0.95, 0.96), spread(0.92, 0.93)).startswith(
+        "The domain stage (adapt) paid off on every seed"
+    )
+    assert "HURT on every seed" in adapt_verdict("f1", tests, spread(0.90, 0.91), spread(0.92, 0.93))
+    assert "no clear difference" in adapt_verdict("f1", tests, spread(0.92, 0.95), spread(0.93, 0.94))
+    assert "paid off" in adapt_verdict("f1", {**tests, BASE: {"f1": 0.92}}, None, None)  # one seed, 3 points
+    assert "no clear difference" in adapt_verdict("f1", {**tests, BASE: {"f1": 0.945}}, None, None)
+    assert adapt_verdict("f1", {"fine-tuned fp32": {"f1": 0.9}}, None, None).startswith("No verdict")

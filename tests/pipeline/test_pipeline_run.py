@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from encoderforge.cli.app import app
 
-STAGES = ["data", "tokenizer", "finetune", "compress", "evaluate", "bench", "export", "report"]
+STAGES = ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,36 @@ def test_report_numbers_equal_the_metrics_files(smoke_run: tuple[Path, str]) -> 
     assert spread["values"] == {"0": ft["test"][primary], "1": read(run / "evaluate/seed-1/metrics.json")["test"][primary]}
     diff = 100 * (spread["mean"] - ev["models"]["TF-IDF + LR"][primary])
     assert f"({diff:+.1f} points on the mean)" in (run / "report" / "report.html").read_text()
-    assert len(page.imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
+    assert len(page.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
     assert "encoderforge quickstart --smoke --out" in (run / "report" / "report.html").read_text()
+
+
+def test_adapt_stage_feeds_finetune_and_the_verdict_compares_the_unadapted_model(smoke_run: tuple[Path, str]) -> None:
+    run, output = smoke_run
+    adapt = read(run / "adapt" / "metrics.json")
+    # phase 1 (head on the frozen encoder) and phase 2 (whole encoder) evaluate the same held-out rows
+    assert adapt["unadapted"]["eval_mlm_loss"] > 0 and adapt["adapted"]["eval_mlm_loss"] > 0
+    assert read(run / "adapt" / "mlm" / "metrics.json")["step"] == 4
+    # fine-tuning started from the adapted encoder, not from the zoo model
+    assert read(run / "finetune" / "config.json")["model"] == str(run / "adapt" / "mlm" / "model")
+    ev, ft = read(run / "evaluate" / "metrics.json"), read(run / "finetune" / "metrics.json")
+    primary = ft["primary"]
+    base0 = read(run / "evaluate" / "base-seed-0" / "metrics.json")
+    assert read(run / "evaluate" / "base-seed-0" / "config.json")["model"] == "minilm-l6"
+    assert ev["models"]["base model fine-tuned (no adapt)"] == base0["test"]
+    assert ev["base_spread"]["values"] == {
+        "0": base0["test"][primary],
+        "1": read(run / "evaluate" / "base-seed-1" / "metrics.json")["test"][primary],
+    }
+    page = parse((run / "report" / "report.html").read_text(encoding="utf-8"))
+    rows = {r[0]: r for r in page.tables["models"][1:]}
+    assert rows["base model fine-tuned (no adapt)"][1] == f"{base0['test'][primary]:.3f}"
+    adapt_rows = page.tables["adapt"][1:]
+    assert adapt_rows[0][2] == f"{adapt['unadapted']['eval_mlm_loss']:.3f}"
+    assert adapt_rows[1][2] == f"{adapt['adapted']['eval_mlm_loss']:.3f}"
+    b = ev["base_spread"]
+    assert f"not adapted {b['mean']:.3f} (range {b['min']:.3f}-{b['max']:.3f})" in output
+    assert "The domain stage (adapt)" in (run / "report" / "report.html").read_text()
 
 
 def test_second_run_skips_every_stage_and_a_killed_stage_reruns(smoke_run: tuple[Path, str]) -> None:
@@ -112,15 +140,15 @@ def test_second_run_skips_every_stage_and_a_killed_stage_reruns(smoke_run: tuple
     before = {s: read(run / s / "stage.json") for s in STAGES}
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run)])
     assert res.exit_code == 0, res.output
-    assert "ran 0, skipped 8" in res.stderr
+    assert "ran 0, skipped 9" in res.stderr
     assert {s: read(run / s / "stage.json") for s in STAGES} == before
     # a stage killed midway (status running) reruns; the stages it does not feed stay skipped
     (run / "export" / "stage.json").write_text(json.dumps({**before["export"], "status": "running"}))
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run)])
-    assert res.exit_code == 0 and "ran 1, skipped 7" in res.stderr, res.stderr
+    assert res.exit_code == 0 and "ran 1, skipped 8" in res.stderr, res.stderr
     # a changed stage config reruns that stage only when nothing downstream reads it
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run), "--set", "report.title=Renamed"])
-    assert res.exit_code == 0 and "ran 1, skipped 7" in res.stderr, res.stderr
+    assert res.exit_code == 0 and "ran 1, skipped 8" in res.stderr, res.stderr
     assert "<h1>Renamed</h1>" in (run / "report" / "report.html").read_text()
     res = CliRunner().invoke(app, ["report", str(run)])
     assert res.exit_code == 0 and "report.html" in res.output
@@ -155,7 +183,7 @@ def test_report_renders_in_a_real_browser(smoke_run: tuple[Path, str], tmp_path:
     page = parse(dom)
     for table in ("models", "per-label", "tokenizer", "data", "stages", "machine"):
         assert len(page.tables.get(table, [])) > 1, f"table {table} did not render"
-    assert len(page.imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
+    assert len(page.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
     assert re.search(r'id="fig-curve".*id="fig-tradeoff".*id="fig-per-label"', dom, re.S)
     shot = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=90, env=env)
