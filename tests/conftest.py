@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers.implementations import BertWordPieceTokenizer
+
+from encoderforge.model import checkpoint
+from encoderforge.model.config import preset
+from encoderforge.model.encoder import Encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,3 +78,34 @@ def small_tokenizer(tmp_path_factory, license_texts) -> Path:
     )
     tok.save(str(d / "tokenizer.json"))
     return d / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_path) -> Path:
+    """bert-tiny (2 layers, hidden 128), random weights, MiniLM's uncased 30,522-token vocabulary."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "bert-tiny"
+    checkpoint.save(Encoder(preset("bert-tiny", vocab_size=30522, max_position=128)), path, tokenizer_dir=minilm_path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bbc_rows() -> list[tuple[str, str]]:
+    """(topic, opening of the article) for 100 real BBC articles, 20 per topic, shuffled."""
+    from encoderforge.data.datasets import bbc_documents
+
+    docs = bbc_documents()
+    by_topic: dict[str, list[str]] = {}
+    for topic, text in docs:
+        by_topic.setdefault(topic, []).append(text)
+    rows = [(t, text[:600]) for t in sorted(by_topic) for text in by_topic[t][:20]]
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def wnut_rows() -> list[tuple[list[str], list[str]]]:
+    """The first 120 WNUT-16 tweets as (tokens, BIO tags)."""
+    from encoderforge.data.datasets import wnut_sentences
+
+    return [([t for t, _ in s], [g for _, g in s]) for s in wnut_sentences()[:120]]

@@ -14,6 +14,7 @@ from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import pretrain as cli_pretrain
 from encoderforge.cli import run as cli_run
+from encoderforge.cli import serve as cli_serve
 from encoderforge.cli import tokenizer as cli_tokenizer
 from encoderforge.cli.common import fail_on_error, os_error_line
 from encoderforge.fileio import check_output
@@ -95,6 +96,7 @@ app.command("run")(cli_run.run)
 app.command("report")(cli_run.report)
 app.command("quickstart")(cli_run.quickstart)
 app.command("init")(cli_run.init)
+app.command("serve")(cli_serve.serve)
 
 
 def positive(**values: int) -> None:
@@ -138,6 +140,9 @@ def bench_infer(
             out=out,
         )
     typer.echo(f"wrote {out}/results.json, results.md, results.png")
+
+
+bench_app.command("serve")(cli_serve.bench_serve)
 
 
 @bench_app.command("train")

@@ -17,6 +17,8 @@ def _finish(result_dir: Path) -> None:
     typer.echo(table_text(summarize(result_dir)))
     report = result_dir / "report" / "report.html"
     typer.echo(f"report: {report}" if report.is_file() else f"run directory: {result_dir} (no report stage)")
+    if (result_dir / "finetune" / "task.json").is_file():
+        typer.echo(f"serve it: encoderforge serve {result_dir}   (HTTP on 127.0.0.1:8000; docs at /docs)")
 
 
 def run(

@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 
 import pytest
 import torch
-
-from encoderforge.model import checkpoint
-from encoderforge.model.config import preset
-from encoderforge.model.encoder import Encoder
 
 
 @pytest.fixture(autouse=True)
@@ -33,37 +28,6 @@ def ft_config():
         return finetune_config(task, values={"model": str(model), "train.out_dir": str(out), **(values or {})})
 
     return make
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, minilm_path) -> Path:
-    """bert-tiny (2 layers, hidden 128), random weights, MiniLM's uncased 30,522-token vocabulary."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "bert-tiny"
-    checkpoint.save(Encoder(preset("bert-tiny", vocab_size=30522, max_position=128)), path, tokenizer_dir=minilm_path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def bbc_rows() -> list[tuple[str, str]]:
-    """(topic, opening of the article) for 100 real BBC articles, 20 per topic, shuffled."""
-    from encoderforge.data.datasets import bbc_documents
-
-    docs = bbc_documents()
-    by_topic: dict[str, list[str]] = {}
-    for topic, text in docs:
-        by_topic.setdefault(topic, []).append(text)
-    rows = [(t, text[:600]) for t in sorted(by_topic) for text in by_topic[t][:20]]
-    random.Random(0).shuffle(rows)
-    return rows
-
-
-@pytest.fixture(scope="session")
-def wnut_rows() -> list[tuple[list[str], list[str]]]:
-    """The first 120 WNUT-16 tweets as (tokens, BIO tags)."""
-    from encoderforge.data.datasets import wnut_sentences
-
-    return [([t for t, _ in s], [g for _, g in s]) for s in wnut_sentences()[:120]]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""HTTP serving: `encoderforge serve` (app, dynamic batcher, metrics, server)."""
