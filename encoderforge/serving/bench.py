@@ -90,12 +90,18 @@ def _start(name: str, cmd: list[str], path: str, threads: int, log: Path) -> Pro
 
 def find_infinity(given: str | None) -> tuple[str | None, str]:
     """The infinity_emb executable and, when there is none, why."""
-    exe = given or os.environ.get("ENCODERFORGE_INFINITY") or shutil.which("infinity_emb")
+    local = Path(__file__).resolve().parents[2] / ".venv-infinity" / "bin" / "infinity_emb"  # scripts/setup-infinity.sh
+    exe = (
+        given
+        or os.environ.get("ENCODERFORGE_INFINITY")
+        or shutil.which("infinity_emb")
+        or (str(local) if local.exists() else None)
+    )
     if exe and Path(exe).exists():
         return exe, ""
     return None, (
-        "infinity-emb not found (pass --infinity PATH/TO/infinity_emb or set ENCODERFORGE_INFINITY); it pins its own "
-        "fastapi/transformers versions, so install it in its own venv: pip install 'infinity-emb[server,torch]'"
+        "infinity-emb not found (run scripts/setup-infinity.sh, or pass --infinity PATH/TO/infinity_emb); it pins its "
+        "own fastapi/transformers versions, so it lives in its own venv (.venv-infinity), not in the project's"
     )
 
 
@@ -232,6 +238,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
         b.plot(cs, [by_c[str(c)]["p99_ms"] for c in cs], "o-", label=name)
     for ax, ylabel in ((a, "requests/s (median of rounds)"), (b, "p99 latency, ms")):
         ax.set_xscale("log", base=2)
+        levels = sorted({int(c) for t in r["closed_loop"].values() for c in t})
+        ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
