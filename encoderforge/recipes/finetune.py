@@ -141,12 +141,13 @@ def finetune(
         torch.manual_seed(cfg.train.seed)
         net = spec.build_model(loaded.encoder, labels, cfg)
         encoder = cast(Encoder, net.encoder)  # every task model is encoder + head (TaskSpec.build_model)
+        job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), cfg, rank=dist.rank, world=dist.world)
+        probe_report = linear_probe(cfg, net, job, dev_ds, test_ds)  # on the start encoder, before any change to it
         freeze_lower(encoder, cfg.finetune.freeze_layers)
         reinit_top(encoder, cfg.finetune.reinit_layers, seed=cfg.train.seed)
         if cfg.finetune.lora_rank:
             apply_lora(encoder, cfg.finetune.lora_rank, cfg.finetune.lora_alpha)
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        job = spec.build_task(tok, labels, rows(train_ds), rows(dev_ds), cfg, rank=dist.rank, world=dist.world)
         per_epoch = steps_per_epoch(len(train_ds), cfg.train.batch_rows)
         targs = train_args(cfg, per_epoch)
         if dist.main:
@@ -177,7 +178,9 @@ def finetune(
             targs,
             dist,
             tokenizer_dir=model_dir,
-            param_groups=param_groups(net, weight_decay=cfg.train.weight_decay, lr_decay=cfg.finetune.lr_decay),
+            param_groups=param_groups(
+                net, weight_decay=cfg.train.weight_decay, lr_decay=cfg.finetune.lr_decay, head_scale=cfg.finetune.head_lr_scale
+            ),
             on_eval=keeper,
             extra_state=keeper,
         )
@@ -196,6 +199,8 @@ def finetune(
         }
         if test_ds is not None:
             metrics["test"] = job.evaluate(net, rows(test_ds))
+        if probe_report is not None:
+            metrics["probe"] = probe_report
         epochs_run = keeper.last_step / per_epoch
         metrics.update(
             best_step=keeper.best_step,
@@ -225,6 +230,26 @@ def finetune(
         return FinetuneResult(run, metrics)
     finally:
         teardown(dist)
+
+
+PROBED = ("classify", "multilabel")  # the tasks whose head is pool -> linear over labels
+
+
+def linear_probe(cfg: FinetuneConfig, net: torch.nn.Module, job: Any, dev: Dataset, test: Dataset | None) -> dict | None:
+    """Fit the frozen-features logistic regression (tasks/probe.py) and score it; with head_init=probe the model keeps
+    the probe's head (LP-FT), else its random head is put back. Deterministic, so a resumed run refits the same."""
+    f = cfg.finetune
+    if cfg.task not in PROBED or not (f.probe or f.head_init == "probe"):
+        if f.head_init == "probe":
+            raise EncoderforgeError(f"finetune.head_init=probe applies to {' and '.join(PROBED)}, not {cfg.task!r}; use random")
+        return None
+    from encoderforge.tasks.probe import probe_run
+
+    random_head = {k: v.clone() for k, v in net.head.state_dict().items()}  # type: ignore[union-attr, operator]
+    _, report = probe_run(cfg.task, net, job, rows(dev), rows(test) if test is not None else None, cfg.train.seed)
+    if f.head_init == "random":
+        net.head.load_state_dict(random_head)  # type: ignore[union-attr, operator]
+    return report
 
 
 def train_args(cfg: FinetuneConfig, per_epoch: int) -> TrainArgs:

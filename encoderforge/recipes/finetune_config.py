@@ -97,6 +97,10 @@ class FinetuneArgs:
         chunk_pooling: pool the windows' logits by mean or max.
         class_weight: none or balanced (inverse class frequency) loss weights, single-label classification.
         threads: torch intra-op threads (0 = torch's default).
+        probe: classify / multilabel: also fit logistic regression on the frozen start encoder's pooled features and
+            report its dev/test scores in metrics.json ("probe"): the honest floor the fine-tuned score must beat.
+        head_init: random, or probe = LP-FT: start fine-tuning from the probe's head (Kumar et al. 2022).
+        head_lr_scale: the head's learning rate as a multiple of train.lr (the encoder keeps train.lr).
     """
 
     max_length: int = 128
@@ -115,8 +119,13 @@ class FinetuneArgs:
     chunk_pooling: Literal["mean", "max"] = "mean"
     class_weight: Literal["none", "balanced"] = "none"
     threads: int = 0
+    probe: bool = True
+    head_init: Literal["random", "probe"] = "random"
+    head_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.head_lr_scale > 0:
+            raise EncoderforgeError(f"--head-lr-scale must be positive, got {self.head_lr_scale}")
         for name in ("max_length", "max_chunks", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import os
 import time
@@ -96,6 +97,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+POSITIVE = ("1", "true", "yes", "relevant", "positive", "entailment", "match", "duplicate")
+
+
+def positive_label(labels: list[str]) -> str:
+    """The class whose probability ranks documents for a classifier cross-encoder: a conventional positive name, else
+    the last label (binary "0"/"1" sorts "1" last)."""
+    for lab in labels:
+        if str(lab).lower() in POSITIVE:
+            return lab
+    return labels[-1]
+
+
 OPEN_PATHS = ("/health", "/ready", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect")
 
 
@@ -114,8 +127,15 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         max_queue=lim.max_queue, pool=pool,
     )  # fmt: skip
     endpoints = ["/v1/embeddings"]
-    if served.kind in ("classify", "multilabel", "regress"):
-        endpoints.append("/v1/rerank" if served.pairs else "/v1/classify")
+    if served.pairs and served.kind in ("classify", "regress"):
+        endpoints.append("/v1/rerank")  # a cross-encoder: its regression value or positive-class probability
+    elif served.kind in ("classify", "multilabel", "regress"):
+        endpoints.append("/v1/classify")
+    positive = positive_label(served.predictor.meta["labels"]) if served.kind == "classify" and served.predictor else None
+
+    def relevance(p: dict[str, Any]) -> float:
+        return float(p["value"]) if "value" in p else float(p["scores"][positive])
+
     if served.kind == "ner":
         endpoints.append("/v1/ner")
 
@@ -153,7 +173,11 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         detail = str(e.detail)
         if e.status_code == 400 and "parsing the body" in detail:  # FastAPI's words for undecodable bytes
             detail = "the body could not be decoded: send JSON encoded as UTF-8 (Content-Type: application/json)"
-        return error(e.status_code, detail, "not_found" if e.status_code == 404 else "invalid_request_error")
+        return error(e.status_code, detail, "not_found" if e.status_code == 404 else "invalid_request_error", headers=e.headers)
+
+    @app.exception_handler(EncoderforgeError)
+    async def _input(request: Request, e: EncoderforgeError) -> JSONResponse:  # the model refused this input
+        return error(400, str(e), param="input")
 
     class Guard:
         """API key, body size and request metrics as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs
@@ -167,26 +191,57 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
                 return await self.inner(scope, receive, send)
             path, headers = scope["path"], dict(scope["headers"])
             if api_key is not None and path not in OPEN_PATHS:
-                given = headers.get(b"authorization", b"")
-                if not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+                scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+                # digests of equal length: the comparison leaks neither content nor the key's length
+                ok = hmac.compare_digest(hashlib.sha256(given.strip()).digest(), key_digest)
+                if scheme.lower() != b"bearer" or not ok:
+                    metrics.observe("other", 401, 0.0)
                     response = error(401, "missing or wrong API key: send Authorization: Bearer <key>",
                                      "authentication_error", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
                     return await response(scope, receive, send)
             size = headers.get(b"content-length")
             if size is not None and (not size.isdigit() or int(size) > lim.max_body_bytes):
+                metrics.observe("other", 413, 0.0)
                 response = error(413, f"request body over {lim.max_body_bytes} bytes; send fewer or shorter inputs")
                 return await response(scope, receive, send)
             t0, status = time.perf_counter(), [500]
+            if size is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # a chunked body has no Content-Length: read it here, bounded, and hand it on as one message
+                chunks, seen, more = [], 0, True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    chunks.append(message.get("body", b""))
+                    seen += len(chunks[-1])
+                    more = message.get("more_body", False)
+                    if seen > lim.max_body_bytes:
+                        metrics.observe("other", 413, 0.0)
+                        response = error(413, f"request body over {lim.max_body_bytes} bytes; send fewer or shorter inputs")
+                        return await response(scope, receive, send)
+                body = b"".join(chunks)
+                replayed = [False]
+
+                async def replay() -> Any:
+                    if not replayed[0]:
+                        replayed[0] = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                receive = replay
 
             async def send_status(message: Any) -> None:
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
                 await send(message)
 
-            await self.inner(scope, receive, send_status)
-            if path.startswith("/v1/"):
-                metrics.observe(path, status[0], time.perf_counter() - t0)
+            try:
+                await self.inner(scope, receive, send_status)
+            finally:
+                route = scope.get("route")
+                metrics.observe(getattr(route, "path", "other"), status[0], time.perf_counter() - t0)
 
+    key_digest = hashlib.sha256(api_key.encode()).digest() if api_key is not None else b""
     app.add_middleware(Guard)
 
     async def run(request: Request, batcher: Batcher, items: list[Any], tokens: int) -> list[Any]:
@@ -203,12 +258,15 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
                     return task.result()
                 if await request.is_disconnected():
                     task.cancel()
-                    metrics.dropped()
+                    metrics.disconnected()
                     raise ApiError(499, "the client closed the request; its work was dropped")
                 if loop.time() >= deadline:
                     task.cancel()
                     raise ApiError(503, f"no answer within {lim.timeout_s:g} s; retry later", type="timeout",
                                    headers={"Retry-After": "2"})  # fmt: skip
+        except asyncio.CancelledError:  # uvicorn gave up on the request (shutdown): drop its queued work too
+            task.cancel()
+            raise
         except QueueFull:
             raise ApiError(429, f"queue full ({lim.max_queue} requests waiting); retry shortly", type="rate_limit_error",
                            headers={"Retry-After": "1"}) from None  # fmt: skip
@@ -231,6 +289,19 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
                 t = t[: lim.max_chars]
             out.append(t)
         return out
+
+    def check_tokens(texts: list[str], truncate: bool) -> None:
+        """With truncate=false, a text longer than the model's max length is a 400 (else the head cuts it)."""
+        if truncate:
+            return
+        enc = served.engine.tokenize(texts)
+        if enc.truncated:
+            i = enc.truncated[0]
+            raise ApiError(
+                400,
+                f"input[{i}] is longer than the model's {served.engine.max_length} tokens; shorten it or send truncate=true",
+                param="input",
+            )  # noqa: E501
 
     def token_ids(req: EmbeddingRequest) -> list[list[int]]:
         inp: Any = req.input  # pydantic has checked the union; tell the cases apart
@@ -302,7 +373,11 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)
         async def classify(req: TextsRequest, request: Request) -> ClassifyResponse:
             """The fine-tuned head's predictions, one per input."""
-            return ClassifyResponse(model=served.name, data=await predict(request, texts_of(req.input, req.truncate)))
+            texts = texts_of(req.input, req.truncate)
+            if any(not t.strip() for t in texts):
+                raise ApiError(400, "an input is blank; send text with at least one word", param="input")
+            check_tokens(texts, req.truncate)
+            return ClassifyResponse(model=served.name, data=await predict(request, texts))
 
     if "/v1/ner" in endpoints:
 
@@ -312,6 +387,7 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
             texts = texts_of(req.input, req.truncate)
             if any(not t.split() for t in texts):
                 raise ApiError(400, "an input has no words; NER needs at least one token per text", param="input")
+            check_tokens(texts, req.truncate)
             preds = await predict(request, texts)
             return NerResponse(model=served.name, data=[NerItem(index=i, **p) for i, p in enumerate(preds)])
 
@@ -320,12 +396,15 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         @app.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS)
         async def rerank(req: RerankRequest, request: Request) -> RerankResponse:
             """Score (query, document) pairs with the cross-encoder head; results best first."""
-            docs = texts_of(req.documents, True) if req.documents else []
+            docs = texts_of(req.documents, req.truncate) if req.documents else []
             if not docs:
                 raise ApiError(400, "documents is empty; send at least one", param="documents")
-            query = texts_of(req.query, True)[0].replace("\t", " ")
-            preds = await predict(request, [f"{query}\t{d.replace(chr(9), ' ')}" for d in docs])
-            scores = [float(p["value"]) if "value" in p else float(p.get("score", 0.0)) for p in preds]
+            query = texts_of(req.query, req.truncate)[0].replace("\t", " ")
+            if not query.strip() or any(not d.strip() for d in docs):
+                raise ApiError(400, "the query or a document is blank; send text with at least one word", param="documents")
+            pairs = [f"{query}\t{d.replace(chr(9), ' ')}" for d in docs]
+            check_tokens([p.replace("\t", " ") for p in pairs], req.truncate)
+            scores = [relevance(p) for p in await predict(request, pairs)]
             order = sorted(range(len(docs)), key=lambda i: -scores[i])[: req.top_n or len(docs)]
             return RerankResponse(
                 model=served.name,
@@ -353,6 +432,7 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 
+    embed_batcher.on_drop = head_batcher.on_drop = metrics.dropped
     app.state.batchers = (embed_batcher, head_batcher)
     app.state.pid = os.getpid()
     return app

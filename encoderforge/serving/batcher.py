@@ -66,6 +66,7 @@ class Batcher(Generic[Row]):
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[Pending[Row]] = asyncio.Queue(maxsize=max_queue)
         self.stats = BatcherStats()
+        self.on_drop: Callable[[], None] = lambda: None  # told each time a gone client's work is skipped
         self.own_pool = pool is None  # batchers of one model share its thread: one forward pass at a time
         self.pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoderforge-model")
         self.task: asyncio.Task[None] | None = None
@@ -109,6 +110,7 @@ class Batcher(Generic[Row]):
             first = await self._next()
             if first.future.done():  # cancelled while queued
                 self.stats.dropped += 1
+                self.on_drop()
                 continue
             batch, budget = [first], first.tokens
             deadline = time.perf_counter() + self.max_wait
@@ -127,6 +129,7 @@ class Batcher(Generic[Row]):
                         break
                 if nxt.future.done():
                     self.stats.dropped += 1
+                    self.on_drop()
                     continue
                 if budget + nxt.tokens > self.max_tokens:
                     self.held = nxt
@@ -136,10 +139,8 @@ class Batcher(Generic[Row]):
             items = [x for p in batch for x in p.items]
             try:
                 rows = await loop.run_in_executor(self.pool, self.run, items)
-            except Exception as e:  # the model failed: every request of the batch gets the error
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+            except Exception:  # noqa: BLE001 - a failing request must not fail the others batched with it
+                await self._one_by_one(batch)
                 continue
             self.stats.batches += 1
             self.stats.items += len(items)
@@ -149,3 +150,18 @@ class Batcher(Generic[Row]):
                 if not p.future.done():
                     p.future.set_result(list(rows[start : start + len(p.items)]))
                 start += len(p.items)
+
+    async def _one_by_one(self, batch: list[Pending[Row]]) -> None:
+        """After a batch failed: run its requests alone, so only the one that breaks the model gets the error."""
+        loop = asyncio.get_running_loop()
+        for p in batch:
+            if p.future.done():
+                continue
+            try:
+                rows = await loop.run_in_executor(self.pool, self.run, p.items)
+            except Exception as e:  # noqa: BLE001 - handed to the request, which answers for it
+                if not p.future.done():
+                    p.future.set_exception(e)
+                continue
+            if not p.future.done():
+                p.future.set_result(list(rows))

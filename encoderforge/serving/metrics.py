@@ -16,7 +16,8 @@ LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
 TOKENS = Counter("encoderforge_tokens_total", "Tokens embedded")
-DROPPED = Counter("encoderforge_dropped_total", "Requests whose client went away before their batch ran")
+DISCONNECTS = Counter("encoderforge_disconnects_total", "Requests whose client went away before the answer")
+DROPPED = Counter("encoderforge_dropped_total", "Queued requests skipped because their client had gone (no model work done)")
 QUEUE = Gauge("encoderforge_queue_depth", "Requests waiting for a batch", multiprocess_mode="livesum")
 
 
@@ -27,6 +28,10 @@ def observe(endpoint: str, status: int, seconds: float) -> None:
 
 def tokens(n: int) -> None:
     TOKENS.inc(n)
+
+
+def disconnected() -> None:
+    DISCONNECTS.inc()
 
 
 def dropped() -> None:

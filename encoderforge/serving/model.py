@@ -1,15 +1,17 @@
 """What a server serves: a checkpoint or zoo model (embeddings), a fine-tuned run (embeddings + its task head), or a
-pipeline run directory (its RUN/finetune). Loads only safetensors (our checkpoint format) and never takes a path from
-a request."""
+pipeline run directory (its RUN/finetune). Weights come from the checkpoint's safetensors file (checkpoint.load
+reads a PyTorch .bin only with weights_only=True when there is none); no path ever comes from a request."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
 from encoderforge.inference.engine import EncodedTexts, Engine
@@ -69,7 +71,11 @@ def load_served(path: str | Path, *, max_tokens: int = 16384) -> Served:
         if meta.get("kind") not in TASKS:
             raise EncoderforgeError(f"{p / 'task.json'}: unknown task kind {meta.get('kind')!r}")
         pred = Predictor.load(p, max_tokens=max_tokens)
-        return Served(name=p.resolve().parent.name if p.name == "finetune" else p.name, engine=pred.engine, predictor=pred)
+        # embeddings get their own Engine over the same weights: its own tokenizer object, because the head's
+        # prediction code changes its tokenizer's truncation on the model thread while requests tokenize elsewhere
+        embed = copy.copy(pred.engine)  # the same encoder module (forwards all run on the one model thread)
+        embed.tokenizer = Tokenizer.from_str(pred.engine.tokenizer.to_str())  # with the engine's truncation settings
+        return Served(name=p.resolve().parent.name if p.name == "finetune" else p.name, engine=embed, predictor=pred)
     resolved = resolve_model(str(path))
     if not Path(resolved).is_dir():
         raise EncoderforgeError(f"{path}: not a model directory, run directory or zoo name; pass one of those")

@@ -98,6 +98,7 @@ class RerankRequest(BaseModel):
     documents: list[str]
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
+    truncate: bool = Field(True, description="Cut pairs longer than the model's max length; false = reject them (400).")
 
 
 class RerankResult(BaseModel):

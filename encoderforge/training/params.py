@@ -56,10 +56,14 @@ def layer_of(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def param_groups(model: nn.Module, *, weight_decay: float, lr_decay: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, *, weight_decay: float, lr_decay: float = 1.0, head_scale: float = 1.0
+) -> list[dict[str, Any]]:
     """AdamW groups with an `lr_scale` per depth: the head gets 1, layer i gets lr_decay ** (depth above it), the
     embeddings the smallest (layer-wise LR decay, Clark et al. 2020 ELECTRA; 0.8-0.95 typical; 1.0 = off).
     Decay applies to matrices only (BERT's exclusion of biases and LayerNorm weights, stated by shape).
+
+    `head_scale` multiplies the head's scale (everything above the encoder's last layer).
 
     Returns:
         groups for torch.optim.AdamW; the training loop multiplies its scheduled LR by each group's `lr_scale`.
@@ -79,7 +83,7 @@ def param_groups(model: nn.Module, *, weight_decay: float, lr_decay: float = 1.0
             {
                 "params": [],
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": lr_decay ** (top - depth) if encoder is not None else 1.0,
+                "lr_scale": (lr_decay ** (top - depth) if encoder is not None else 1.0) * (head_scale if depth == top else 1.0),
             },
         )
         g["params"].append(p)

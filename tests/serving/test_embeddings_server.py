@@ -87,6 +87,18 @@ def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(minilm_server, ca
     assert post(minilm_server, "/v1/embeddings", json={"input": "still here"}).status_code == 200
 
 
+def test_a_chunked_body_over_the_limit_is_413(minilm_server) -> None:
+    def body():  # no Content-Length: httpx sends it chunked
+        yield b'{"input": "'
+        for _ in range(80):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = httpx.post(f"{minilm_server.url}/v1/embeddings", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "request body over" in r.json()["error"]["message"]
+    assert post(minilm_server, "/v1/embeddings", json={"input": "still here"}).status_code == 200
+
+
 def test_a_1mb_string_is_truncated_when_the_request_allows_it(minilm_server, engine: Engine) -> None:
     r = post(minilm_server, "/v1/embeddings", json={"input": "legal " * 200_000})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == engine.max_length

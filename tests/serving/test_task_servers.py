@@ -75,6 +75,9 @@ def test_rerank_server_orders_by_the_pair_head(start_server, tmp_path: Path, tin
     res = r.json()["results"]
     assert [x["index"] for x in res] == sorted(range(6), key=lambda i: -want[i])[:3]
     assert all(abs(x["relevance_score"] - want[x["index"]]) < 1e-5 and x["document"] == docs[x["index"]] for x in res)
+    blank = httpx.post(f"{server.url}/v1/rerank", json={"query": " ", "documents": docs})
+    assert blank.status_code == 400 and "blank" in blank.json()["error"]["message"]  # refused before the model
+    assert httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 200
 
 
 def _children(pid: int) -> list[int]:
