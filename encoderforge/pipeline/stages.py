@@ -28,7 +28,7 @@ from encoderforge.pipeline.config import (
     PipelineConfig,
     TokenizerStage,
 )
-from encoderforge.pipeline.summary import BASE
+from encoderforge.pipeline.summary import BASE, PROBE
 from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.finetune_config import FinetuneConfig
 from encoderforge.recipes.predict import Predictor
@@ -166,6 +166,8 @@ def run_evaluate(cfg: EvaluateStage, ft: FinetuneConfig, run: Path, base_model: 
     models: dict[str, Any] = {"fine-tuned fp32": ft_metrics.get("test")}
     if (run / "compress" / "metrics.json").is_file():
         models["fine-tuned int8"] = read_json(run / "compress" / "metrics.json").get("test")
+    if (ft_metrics.get("probe") or {}).get("test"):  # fine-tuning's own honest floor, fitted in the same run
+        models[PROBE] = ft_metrics["probe"]["test"]
     out: dict[str, Any] = {"task": ft.task, "primary": ft_metrics["primary"], "labels": labels, "models": models}
     if cfg.tfidf and ft.data.test:
         train_file = read_json(run / "finetune" / "config.json")["train_files"]["train"]

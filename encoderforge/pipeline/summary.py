@@ -10,6 +10,7 @@ from typing import Any
 ANCHOR = "transformers BertModel"
 BASELINE = "TF-IDF + LR"
 BASE = "base model fine-tuned (no adapt)"  # evaluate's comparison when the adapt stage ran
+PROBE = "frozen encoder + LR (probe)"  # logistic regression on the start encoder's pooled features (finetune's own)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def summarize(run: Path) -> Summary:
     mb = {"fine-tuned fp32": comp.get("bytes_fp32_file"), "fine-tuned int8": comp.get("bytes_int8_weights")}
     if not mb["fine-tuned fp32"] and (run / "finetune" / "model" / "model.safetensors").is_file():
         mb["fine-tuned fp32"] = (run / "finetune" / "model" / "model.safetensors").stat().st_size
-    mb[ANCHOR] = mb[BASE] = mb["fine-tuned fp32"]
+    mb[ANCHOR] = mb[BASE] = mb[PROBE] = mb["fine-tuned fp32"]
     base = (tests.get(BASELINE) or {}).get(primary)
     rows = []
     for name in [*tests, *(k for k in speed if k not in tests)]:
@@ -72,7 +73,15 @@ def summarize(run: Path) -> Summary:
             )
         )
     domain = adapt_verdict(primary, tests, ev.get("seed_spread"), ev.get("base_spread")) if BASE in tests else ""
-    return Summary(primary, rows, verdict(primary, tests, ev.get("seed_spread")), domain)
+    text = verdict(primary, tests, ev.get("seed_spread"))
+    probe, enc = (tests.get(PROBE) or {}).get(primary), (tests.get("fine-tuned fp32") or {}).get(primary)
+    if probe is not None and enc is not None:
+        gain = 100 * (enc - probe)
+        text += (
+            f" Fine-tuning {'added' if gain >= 0 else 'LOST'} {abs(gain):.1f} points over a logistic regression on the "
+            f"frozen encoder's features ({enc:.3f} vs {probe:.3f}, the run's own seed)."
+        )
+    return Summary(primary, rows, text, domain)
 
 
 def adapt_verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
