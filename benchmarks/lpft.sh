@@ -5,6 +5,7 @@
 # Usage: benchmarks/lpft.sh prepare
 #        benchmarks/lpft.sh category HEAD_INIT SEED...     # license category (classification), runs/data/license-category
 #        benchmarks/lpft.sh rules HEAD_INIT SEED...        # license keys of rule snippets (multi-label), runs/data/license-multilabel
+#        benchmarks/lpft.sh vader HEAD_INIT FOLD...        # VADER tweets, 3 classes, runs/data/vader-cv/foldK
 #        benchmarks/lpft.sh summary                        # the table of every finished run under runs/lpft
 source "$(dirname "$0")/env.sh"
 OUT="${OUT:-runs/lpft}"
@@ -17,6 +18,10 @@ case "$part" in
   prepare) [ -f "$DATA/license-category/train.jsonl" ] || .venv/bin/python benchmarks/prepare_finetune_data.py --out "$DATA" ;;
   category) init="$1"; shift; for s in "$@"; do run classify license-category "$init" "$s"; done ;;
   rules) init="$1"; shift; for s in "$@"; do run multilabel license-multilabel "$init" "$s"; done ;;
+  vader) init="$1"; shift; for k in "$@"; do  # fold k of the 5-fold split; the recipe holds out a tenth of train as dev
+      "$EF" finetune classify --train "$DATA/vader-cv/fold$k/train.jsonl" --test "$DATA/vader-cv/fold$k/test.jsonl" \
+        --labels negative,neutral,positive --out "$OUT/vader-fold$k-$init" --threads 1 \
+        --set finetune.head_init="$init" --set train.progress=false; done ;;
   summary)
     .venv/bin/python - "$OUT" <<'PY'
 import json, sys

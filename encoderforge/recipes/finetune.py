@@ -239,15 +239,16 @@ def linear_probe(cfg: FinetuneConfig, net: torch.nn.Module, job: Any, dev: Datas
     """Fit the frozen-features logistic regression (tasks/probe.py) and score it; with head_init=probe the model keeps
     the probe's head (LP-FT), else its random head is put back. Deterministic, so a resumed run refits the same."""
     f = cfg.finetune
-    if cfg.task not in PROBED or not (f.probe or f.head_init == "probe"):
-        if f.head_init == "probe":
+    init = ("probe" if cfg.task in PROBED else "random") if f.head_init == "auto" else f.head_init
+    if cfg.task not in PROBED or not (f.probe or init == "probe"):
+        if init == "probe":
             raise EncoderforgeError(f"finetune.head_init=probe applies to {' and '.join(PROBED)}, not {cfg.task!r}; use random")
         return None
     from encoderforge.tasks.probe import probe_run
 
     random_head = {k: v.clone() for k, v in net.head.state_dict().items()}  # type: ignore[union-attr, operator]
     _, report = probe_run(cfg.task, net, job, rows(dev), rows(test) if test is not None else None, cfg.train.seed)
-    if f.head_init == "random":
+    if init == "random":
         net.head.load_state_dict(random_head)  # type: ignore[union-attr, operator]
     return report
 

@@ -99,7 +99,8 @@ class FinetuneArgs:
         threads: torch intra-op threads (0 = torch's default).
         probe: classify / multilabel: also fit logistic regression on the frozen start encoder's pooled features and
             report its dev/test scores in metrics.json ("probe"): the honest floor the fine-tuned score must beat.
-        head_init: random, or probe = LP-FT: start fine-tuning from the probe's head (Kumar et al. 2022).
+        head_init: auto (= probe for classify and multilabel, random for the other tasks), random, or probe = LP-FT:
+            start fine-tuning from the probe's head (Kumar et al. 2022); measured in docs/results.md ("Defaults").
         head_lr_scale: the head's learning rate as a multiple of train.lr (the encoder keeps train.lr).
     """
 
@@ -120,7 +121,7 @@ class FinetuneArgs:
     class_weight: Literal["none", "balanced"] = "none"
     threads: int = 0
     probe: bool = True
-    head_init: Literal["random", "probe"] = "random"
+    head_init: Literal["auto", "random", "probe"] = "auto"
     head_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:

@@ -80,7 +80,8 @@ def test_multilabel_probe_is_one_regression_per_label(tiny_model, license_rule_r
 def test_a_random_head_run_reports_the_probe_and_keeps_its_random_start(tiny_model, bbc_rows, ft_config, tmp_path) -> None:
     recs = [(text, topic) for topic, text in bbc_rows]
     train, dev, test = (from_records(recs[a:b], Schema(), name=n) for a, b, n in ((0, 60, "tr"), (60, 80, "dv"), (80, 100, "te")))
-    values = {"finetune.epochs": 1, "train.batch_rows": 16, "finetune.max_length": 64, "train.progress": False}
+    values = {"finetune.epochs": 1, "train.batch_rows": 16, "finetune.max_length": 64, "train.progress": False,
+              "finetune.head_init": "random"}  # fmt: skip
     on = finetune(ft_config("classify", tiny_model, tmp_path / "a", values), train=train, dev=dev, test=test)
     off = finetune(
         ft_config("classify", tiny_model, tmp_path / "b", {**values, "finetune.probe": False}), train=train, dev=dev, test=test
