@@ -25,7 +25,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: /v1/embeddings (OpenAI shape), /v1/classify, /v1/ner, /v1/rerank, /health, /ready,
     /metrics; docs at /docs."""
-    from encoderforge.serving.app import Limits
+    from encoderforge.serving.guard import Limits
     from encoderforge.serving.server import serve as run_server
 
     with fail_on_error():

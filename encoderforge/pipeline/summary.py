@@ -95,7 +95,7 @@ def adapt_verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | 
         head = (
             f"test {primary} over {n} seeds: adapted {spread['mean']:.3f} (range {spread['min']:.3f}-{spread['max']:.3f}) vs "
             f"not adapted {base['mean']:.3f} (range {base['min']:.3f}-{base['max']:.3f}), "
-            f"{100 * (spread['mean'] - base['mean']):+.1f} points on the mean"
+            f"{_pts(spread['mean'] - base['mean'])} points on the mean"
         )
         if spread["min"] > base["max"]:
             return f"The domain stage (adapt) paid off on every seed: {head}."
@@ -121,7 +121,7 @@ def verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None =
         n, lo, hi, mean, std = len(spread["values"]), spread["min"], spread["max"], spread["mean"], spread["std"]
         head = (
             f"test {primary} over {n} seeds: fine-tuned encoder {mean:.3f} +- {std:.3f} (range {lo:.3f}-{hi:.3f}) vs "
-            f"TF-IDF + logistic regression {base:.3f} ({100 * (mean - base):+.1f} points on the mean)"
+            f"TF-IDF + logistic regression {base:.3f} ({_pts(mean - base)} points on the mean)"
         )
         if lo > base:
             return f"The fine-tuned encoder beat the TF-IDF baseline on every seed: {head}."
@@ -138,6 +138,11 @@ def verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None =
     if diff > 0:
         return f"The fine-tuned encoder beat the TF-IDF baseline: {head}, from a single seed."
     return f"The fine-tuned encoder did NOT beat the TF-IDF baseline: {head}; TF-IDF is also far faster here."
+
+
+def _pts(x: float) -> str:
+    """A difference of two metrics in points, signed; never "-0.0"."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
 def fmt(v: float | None, spec: str) -> str:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from encoderforge import EncoderforgeError, require
-from encoderforge.serving.app import Limits
+from encoderforge.serving.guard import Limits
 
 ENV = "ENCODERFORGE_SERVE"  # JSON settings handed to worker processes (never the key itself: its file or env name)
 KEY_ENV = "ENCODERFORGE_API_KEY"
