@@ -110,7 +110,6 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
     async def run(request: Request, batcher: Batcher, items: list[Any], tokens: int) -> list[Any]:
         """Queue the work and wait for it; a client that disconnects meanwhile has its work dropped (if its batch
         has not started), a request past timeout_s gets 503."""
-        metrics.queue_depth(embed_batcher.waiting + head_batcher.waiting)
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(batcher.submit(items, tokens=tokens))
         deadline = loop.time() + lim.timeout_s
@@ -296,6 +295,7 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         return Response(body, media_type=ctype)
 
     embed_batcher.on_drop = head_batcher.on_drop = metrics.dropped
+    embed_batcher.on_depth = head_batcher.on_depth = lambda: metrics.queue_depth(embed_batcher.waiting + head_batcher.waiting)
     app.state.batchers = (embed_batcher, head_batcher)
     app.state.pid = os.getpid()
     return app

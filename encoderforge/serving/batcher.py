@@ -67,6 +67,7 @@ class Batcher(Generic[Row]):
         self.queue: asyncio.Queue[Pending[Row]] = asyncio.Queue(maxsize=max_queue)
         self.stats = BatcherStats()
         self.on_drop: Callable[[], None] = lambda: None  # told each time a gone client's work is skipped
+        self.on_depth: Callable[[], None] = lambda: None  # told whenever the number of waiting requests changes
         self.own_pool = pool is None  # batchers of one model share its thread: one forward pass at a time
         self.pool = pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoderforge-model")
         self.task: asyncio.Task[None] | None = None
@@ -96,6 +97,7 @@ class Batcher(Generic[Row]):
             self.queue.put_nowait(Pending(items, tokens, fut))
         except asyncio.QueueFull:
             raise QueueFull from None
+        self.on_depth()
         return await fut
 
     async def _next(self) -> Pending[Row]:
@@ -137,6 +139,7 @@ class Batcher(Generic[Row]):
                 batch.append(nxt)
                 budget += nxt.tokens
             items = [x for p in batch for x in p.items]
+            self.on_depth()  # the batch left the queue
             try:
                 rows = await loop.run_in_executor(self.pool, self.run, items)
             except Exception:  # noqa: BLE001 - a failing request must not fail the others batched with it

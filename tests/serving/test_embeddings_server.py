@@ -134,6 +134,7 @@ def test_a_flood_beyond_the_queue_gets_429_with_retry_after(start_server, minilm
     limited = [r for r in codes if r.status_code == 429]
     assert limited and limited[0].headers["retry-after"] == "1" and "queue full" in limited[0].json()["error"]["message"]
     assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "after the flood"}).status_code == 200
+    assert _metric(server, "encoderforge_queue_depth") == 0  # the gauge follows the queue down, not only up
 
 
 def test_api_key_from_a_file(start_server, minilm_path: Path, tmp_path: Path) -> None:
