@@ -152,18 +152,19 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
             out.append(t)
         return out
 
-    def check_tokens(texts: list[str], truncate: bool) -> None:
-        """With truncate=false, a text longer than the model's max length is a 400 (else the head cuts it)."""
-        if truncate:
-            return
-        enc = served.engine.tokenize(texts)
-        if enc.truncated:
+    def refuse_truncated(enc: Any, truncate: bool) -> None:
+        """With truncate=false, a text longer than the model's max length is a 400 (else it is cut)."""
+        if enc.truncated and not truncate:
             i = enc.truncated[0]
             raise ApiError(
                 400,
                 f"input[{i}] is longer than the model's {served.engine.max_length} tokens; shorten it or send truncate=true",
                 param="input",
-            )  # noqa: E501
+            )
+
+    def check_tokens(texts: list[str], truncate: bool) -> None:
+        if not truncate:
+            refuse_truncated(served.engine.tokenize(texts), truncate)
 
     def token_ids(req: EmbeddingRequest) -> list[list[int]]:
         inp: Any = req.input  # pydantic has checked the union; tell the cases apart
@@ -174,13 +175,7 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
         else:
             texts = texts_of(inp, req.truncate)  # type: ignore[arg-type]
             enc = served.engine.tokenize(texts)
-            if enc.truncated and not req.truncate:
-                i = enc.truncated[0]
-                raise ApiError(
-                    400,
-                    f"input[{i}] is longer than the model's {served.engine.max_length} tokens; shorten it or send truncate=true",
-                    param="input",
-                )  # noqa: E501
+            refuse_truncated(enc, req.truncate)
             return enc.ids
         if len(arrays) > lim.max_items:
             raise ApiError(413, f"{len(arrays)} inputs > max {lim.max_items} per request; split the request", param="input")
