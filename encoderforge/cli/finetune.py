@@ -11,11 +11,13 @@ The main app registers them with:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from encoderforge import EncoderforgeError
 from encoderforge.cli.common import fail_on_error
 from encoderforge.cli.options import CONFIG, SET, config_flags, param, with_config_flags
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig
@@ -28,7 +30,7 @@ app.add_typer(finetune_app, name="finetune")
 # Flags users already type, kept as aliases of the config keys they set.
 ALIASES = {"train.out_dir": ("--out", "-o"), "train.batch_rows": ("--batch-size",), "train.micro_rows": ("--micro-batch",)}
 # `task` is the subcommand; the loop's fields that fine-tuning derives (finetune_config.DERIVED) get no flag.
-SKIP = {"task", "train.resume", *(f"train.{k}" for k in DERIVED)}
+SKIP = {"task", "train.resume", "train.lr", *(f"train.{k}" for k in DERIVED)}
 TASK_HELP = {
     "classify": "Single-label classification (accuracy, macro-F1); a text or a sentence pair; long documents by chunk-and-pool.",
     "multilabel": "Multi-label classification (BCE; per-label thresholds tuned on dev; micro/macro F1, exact match).",
@@ -41,13 +43,41 @@ OVERWRITE = param(
     "overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory (only one encoderforge wrote).")
 )
 PRINT = param("print_config", bool, typer.Option(False, "--print-config", help="Print the resolved config and exit."))
+LR = param(
+    "lr",
+    Optional[str],
+    typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate, or `auto`: chosen per task by a learning-rate range test on the training data, "
+        "recorded with its curve in the run's config.json (train.lr; default: 5e-05).",
+        show_default=False,
+    ),
+)
+
+
+def lr_value(text: Optional[str]) -> str | float | None:
+    """--lr: a positive number or `auto`."""
+    if text is None or text.strip().lower() == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise EncoderforgeError(f"--lr {text!r}: give a positive number such as 5e-5, or auto")
+    return value
 
 
 def _register(task: str) -> None:
     flags = config_flags(FinetuneConfig, skip=SKIP, aliases=ALIASES)
 
-    @with_config_flags(flags, [CONFIG, SET, OVERWRITE, PRINT])
-    def command(values: dict, config: Optional[Path], set_: List[str], overwrite: bool, print_config: bool) -> None:
+    @with_config_flags(flags, [CONFIG, SET, OVERWRITE, PRINT, LR])
+    def command(
+        values: dict, config: Optional[Path], set_: List[str], overwrite: bool, print_config: bool, lr: Optional[str]
+    ) -> None:
+        with fail_on_error():
+            values = {**values, "train.lr": lr_value(lr)}
         _run(task, config, set_, values, overwrite, print_config)
 
     command.__doc__ = TASK_HELP[task] + " Every flag is also a config key: --config FILE, --set key=value."

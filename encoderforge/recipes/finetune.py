@@ -5,7 +5,8 @@
       model/           encoderforge checkpoint (config.json, model.safetensors with the head under "head.*", tokenizer)
       metrics.json     dev and test metrics of the best checkpoint, epochs, seconds per epoch, peak RSS
       metrics.jsonl    the training curve (loss, lr, dev metrics per evaluation)
-      config.json      the resolved FinetuneConfig, the input files' digests, steps
+      config.json      the resolved FinetuneConfig, the input files' digests, steps, the peak LR used
+      lr_find.json     with `--lr auto`: the range test's curve and the LR it chose (training/lr_find.py)
       .encoderforge-run.json  the run marker (kind, running/finished, config): what resume and --overwrite check
 
 The best dev checkpoint (primary metric of the task, in its declared direction) is kept in memory and in every
@@ -43,6 +44,7 @@ from encoderforge.training.best import BestKeeper
 from encoderforge.training.distributed import barrier, setup, teardown
 from encoderforge.training.loop import train as run_loop
 from encoderforge.training.lora import apply_lora, merge_lora
+from encoderforge.training.lr_find import find_lr, range_steps
 from encoderforge.training.params import freeze_lower, param_groups, reinit_top
 
 
@@ -153,6 +155,17 @@ def finetune(
         if dist.main:
             run.mkdir(parents=True, exist_ok=True)
             write_marker(run, "finetune", "running", record)
+        barrier(dist)
+
+        def groups() -> list[dict[str, Any]]:
+            f = cfg.finetune
+            return param_groups(net, weight_decay=cfg.train.weight_decay, lr_decay=f.lr_decay, head_scale=f.head_lr_scale)
+
+        lr_auto = None
+        if cfg.finetune.lr_auto:  # the range test from the model as training will start it (after probe, freezing, LoRA)
+            lr_auto = find_lr(net, job, targs, dist, run_dir=run, steps=range_steps(per_epoch), groups=groups, tokenizer_dir=model_dir)
+            targs = dataclasses.replace(targs, lr=lr_auto.lr)
+        if dist.main:
             with atomic_file(run / "config.json") as f:
                 json.dump(
                     {
@@ -165,6 +178,8 @@ def finetune(
                         "schema": asdict(schema),
                         "steps": targs.steps,
                         "steps_per_epoch": per_epoch,
+                        "lr": targs.lr,
+                        **({"lr_auto": lr_auto.as_dict()} if lr_auto is not None else {}),
                     },
                     f,
                     indent=2,
@@ -178,9 +193,7 @@ def finetune(
             targs,
             dist,
             tokenizer_dir=model_dir,
-            param_groups=param_groups(
-                net, weight_decay=cfg.train.weight_decay, lr_decay=cfg.finetune.lr_decay, head_scale=cfg.finetune.head_lr_scale
-            ),
+            param_groups=groups(),
             on_eval=keeper,
             extra_state=keeper,
         )
@@ -212,6 +225,8 @@ def finetune(
             train_examples=len(train_ds),
             dev_examples=len(dev_ds),
             test_examples=0 if test_ds is None else len(test_ds),
+            lr=targs.lr,
+            **({"lr_auto_s": lr_auto.seconds} if lr_auto is not None else {}),
             peak_rss_mb=round(peak_rss_mb(), 1),
             threads=torch.get_num_threads(),
             trainable_params=trainable,

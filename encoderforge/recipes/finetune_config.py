@@ -97,11 +97,15 @@ class FinetuneArgs:
         chunk_pooling: pool the windows' logits by mean or max.
         class_weight: none or balanced (inverse class frequency) loss weights, single-label classification.
         threads: torch intra-op threads (0 = torch's default).
-        probe: classify / multilabel: also fit logistic regression on the frozen start encoder's pooled features and
-            report its dev/test scores in metrics.json ("probe"): the honest floor the fine-tuned score must beat.
-        head_init: auto (= probe for classify and multilabel, random for the other tasks), random, or probe = LP-FT:
-            start fine-tuning from the probe's head (Kumar et al. 2022); measured in docs/results.md ("Defaults").
+        probe: classify / multilabel / ner: also fit logistic regression on the frozen start encoder's features (pooled;
+            NER: each word's first piece) and report its dev/test scores in metrics.json ("probe"): the honest floor
+            the fine-tuned score must beat.
+        head_init: auto (= probe for classify, multilabel and ner, random for the other tasks), random, or probe = LP-FT:
+            start fine-tuning from the probe's head (Kumar et al. 2022); measured on classification tasks in
+            docs/results.md ("Defaults").
         head_lr_scale: the head's learning rate as a multiple of train.lr (the encoder keeps train.lr).
+        lr_auto: pick the peak LR by a learning-rate range test on the training data instead of train.lr
+            (`--lr auto`, or `lr: auto` in the train section); the curve and the choice go to config.json.
     """
 
     max_length: int = 128
@@ -123,6 +127,7 @@ class FinetuneArgs:
     probe: bool = True
     head_init: Literal["auto", "random", "probe"] = "auto"
     head_lr_scale: float = 1.0
+    lr_auto: bool = False
 
     def __post_init__(self) -> None:
         if not self.head_lr_scale > 0:
@@ -197,6 +202,7 @@ def finetune_config(
         if bad:
             raise EncoderforgeError(f"{path}: train.{bad[0]} is derived in fine-tuning; set {DERIVED[bad[0]]} instead")
         raw = merge(raw, own)
+    raw, overrides, values = lr_auto(raw, overrides, values)
     for key, value in (values or {}).items():
         if value is not None:
             section, _, leaf = key.rpartition(".")
@@ -207,3 +213,30 @@ def finetune_config(
         if key.startswith("train.") and key[6:] in DERIVED:
             raise EncoderforgeError(f"--set {item!r}: {key} is derived in fine-tuning; set {DERIVED[key[6:]]} instead")
     return load_config(None, overrides, FinetuneConfig, base=raw, where=str(path) if path is not None else None)
+
+
+def lr_auto(
+    raw: dict[str, Any], overrides: list[str] | None, values: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """`train.lr: auto` (YAML, `--lr auto`, `--set train.lr=auto`) means `finetune.lr_auto: true` with train.lr at its
+    default; a number given later (a flag over the YAML, a --set over both) turns it off again."""
+
+    def is_auto(v: Any) -> bool:
+        return str(v).strip().lower() == "auto"
+
+    values = dict(values or {})
+    if is_auto((raw.get("train") or {}).get("lr", "")):
+        raw = merge(raw, {"train": {"lr": TRAIN_DEFAULTS["lr"]}, "finetune": {"lr_auto": True}})
+    if values.get("train.lr") is not None:
+        raw = merge(raw, {"finetune": {"lr_auto": is_auto(values["train.lr"])}})
+        if is_auto(values["train.lr"]):
+            del values["train.lr"]
+    sets = []
+    for item in overrides or []:
+        key, _, value = (x.strip() for x in item.partition("="))
+        if key == "train.lr":
+            sets.append("finetune.lr_auto=" + ("true" if is_auto(value) else "false"))
+            if is_auto(value):
+                continue
+        sets.append(item)
+    return raw, sets, values

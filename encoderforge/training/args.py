@@ -25,7 +25,7 @@ class TrainArgs:
         micro_rows: rows per forward pass per process; 0 = batch_rows / world (no gradient accumulation).
         lr: peak learning rate.
         warmup_steps: linear warmup steps.
-        schedule: "linear" | "cosine" | "wsd" | "constant".
+        schedule: "linear" | "cosine" | "wsd" | "constant" | "range" (the LR range test's ramp).
         min_lr_ratio: final learning rate as a fraction of lr.
         decay_fraction: for "wsd", the share of steps spent decaying.
         weight_decay: AdamW decay on matrices (never on biases, LayerNorm weights or other vectors).
@@ -88,6 +88,10 @@ class TrainArgs:
             raise EncoderforgeError(f"train.lr must be positive, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise EncoderforgeError(f"train.schedule={self.schedule!r}; use one of {list(SCHEDULES)}")
+        if self.schedule == "range" and not 0 < self.min_lr_ratio < 1:
+            raise EncoderforgeError(
+                f"train.schedule=range ramps up from min_lr_ratio * lr: set 0 < min_lr_ratio < 1, got {self.min_lr_ratio}"
+            )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise EncoderforgeError(f"train.precision={self.precision!r}; use 'auto', 'fp32' or 'bf16'")
         if self.device not in ("auto", "cpu", "cuda"):

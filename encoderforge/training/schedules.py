@@ -3,6 +3,8 @@
 linear / cosine: warmup, then decay to min_ratio * peak at the last step (BERT, RoBERTa).
 wsd: warmup-stable-decay (the Power Scheduler / MiniCPM schedule): constant, then a linear decay over the
 final `decay_fraction` of training, so a run can be extended by restarting from a pre-decay checkpoint.
+range: the learning-rate range test's exponential ramp (Smith 2017) from min_ratio * peak at step 0 up to peak at
+the last step, no warmup; `--lr auto` (training/lr_find.py) runs it and reads the loss at each step.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-Schedule = Literal["linear", "cosine", "wsd", "constant"]
-SCHEDULES = ("linear", "cosine", "wsd", "constant")
+Schedule = Literal["linear", "cosine", "wsd", "constant", "range"]
+SCHEDULES = ("linear", "cosine", "wsd", "constant", "range")
 
 
 def lr_at(
@@ -31,14 +33,16 @@ def lr_at(
         peak: the learning rate after warmup.
         total: total optimizer steps of the run.
         warmup: linear warmup steps (step 0 gets peak / warmup, never 0).
-        schedule: "linear" | "cosine" | "wsd" | "constant".
-        min_ratio: the final learning rate as a fraction of peak.
+        schedule: "linear" | "cosine" | "wsd" | "constant" | "range".
+        min_ratio: the final learning rate as a fraction of peak (range: the first).
         decay_fraction: for "wsd", the share of steps spent decaying.
     Returns:
         the learning rate.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "range":
+        return peak * min_ratio ** (1 - step / max(1, total - 1))
     if step < warmup:
         return peak * (step + 1) / warmup
     floor = peak * min_ratio

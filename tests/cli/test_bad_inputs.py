@@ -130,7 +130,12 @@ CASES = [  # (id, argv with {ws} for the workspace, substring the one-line error
     (
         "finetune-lr-nan",
         ["finetune", "classify", "--model", f"{W}/model", "--train", f"{W}/train.csv", "--out", f"{W}/run", "--lr", "nan"],
-        "finite",
+        "--lr 'nan'",
+    ),
+    (
+        "finetune-lr-word",
+        ["finetune", "classify", "--model", f"{W}/model", "--train", f"{W}/train.csv", "--out", f"{W}/run", "--lr", "fast"],
+        "or auto",
     ),
     ("eval-no-runs", ["eval", f"{W}/a_dir", "--out", f"{W}/board"], "no finished runs"),
     ("run-missing", ["run", f"{W}/nope.yaml"], "nope.yaml"),
