@@ -14,6 +14,7 @@ from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import pretrain as cli_pretrain
 from encoderforge.cli import run as cli_run
+from encoderforge.cli import search as cli_search
 from encoderforge.cli import serve as cli_serve
 from encoderforge.cli import tokenizer as cli_tokenizer
 from encoderforge.cli.common import fail_on_error, os_error_line
@@ -97,6 +98,7 @@ app.command("report")(cli_run.report)
 app.command("quickstart")(cli_run.quickstart)
 app.command("init")(cli_run.init)
 app.command("serve")(cli_serve.serve)
+app.command("search")(cli_search.search)
 
 
 def positive(**values: int) -> None:

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import torch
 
@@ -75,6 +75,7 @@ def finetune(
     dev: Dataset | None = None,
     test: Dataset | None = None,
     overwrite: bool = False,
+    report: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune `cfg.model` on `cfg.task` and write the run directory `cfg.train.out_dir` (module docstring).
 
@@ -83,6 +84,8 @@ def finetune(
         train / dev / test: in-memory Datasets (e.g. from a real-data loader) used instead of cfg.data's files;
             without dev, a stratified `data.dev_fraction` of train is held out; without test, no test score.
         overwrite: replace a finished run (only a directory that carries encoderforge's run marker).
+        report: called as report(step, dev primary metric) after every dev evaluation (a search's pruner; it may
+            raise to end the run there, which leaves the run unfinished).
     Returns:
         the run directory and its metrics. Rerunning a finished run with the same config and files does
         nothing and returns its metrics; rerunning an interrupted one resumes from its last checkpoint.
@@ -185,7 +188,7 @@ def finetune(
                     indent=2,
                 )
         barrier(dist)
-        keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better)
+        keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better, report=report)
         t0 = time.perf_counter()
         run_loop(
             net,

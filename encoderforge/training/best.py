@@ -6,7 +6,7 @@ restored on resume, so a run killed after its best evaluation still ends with th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -17,8 +17,19 @@ class BestKeeper:
     """Remembers the weights of the best dev evaluation and asks for an early stop after `patience` evaluations
     without improvement (0 = never). `greater_is_better=False` for metrics to minimise (a loss, an error rate)."""
 
-    def __init__(self, model: torch.nn.Module, metric: str, patience: int = 0, *, greater_is_better: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        metric: str,
+        patience: int = 0,
+        *,
+        greater_is_better: bool = True,
+        report: Callable[[int, float], None] | None = None,
+    ):
+        """`report(step, value)` sees every evaluation's metric after the keeper's own update (e.g. a search's
+        pruner: it may raise to end the run there)."""
         self.model, self.metric, self.patience, self.greater = model, metric, patience, greater_is_better
+        self.report = report
         self.best: float | None = None
         self.best_step = self.last_step = 0
         self.state: dict[str, torch.Tensor] | None = None
@@ -36,6 +47,8 @@ class BestKeeper:
         else:
             self.bad += 1
         self.stopped = bool(self.patience and self.bad >= self.patience)
+        if self.report is not None:
+            self.report(step, float(value))
         return self.stopped
 
     def restore(self) -> None:

@@ -1,0 +1,64 @@
+"""Is the budget enough for one trial? Measured, not guessed: time two training steps of the start model on the
+first rows of the real training file (one thread, as a trial runs), then cost the cheapest trial in the space
+(its fewest epochs over every training row, plus a dev pass per epoch)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from encoderforge import EncoderforgeError
+from encoderforge.search.space import SearchSpace
+
+ROWS = 16  # rows per timed step
+
+
+def seconds_per_row(cfg: Any) -> tuple[float, int, int]:
+    """(training seconds per row, train rows, dev rows) of `cfg` on this machine, one thread."""
+    from encoderforge.data.readers import Schema, read_dataset
+    from encoderforge.model import checkpoint
+    from encoderforge.model.zoo import resolve_model
+    from encoderforge.tasks.registry import TASKS
+    from encoderforge.tokenization import load_tokenizer
+
+    d = cfg.data
+    schema = Schema(text_fields=tuple(d.text_field), label_field=d.label_field, label_type=TASKS[cfg.task].label_type,
+                    labels=tuple(d.labels) if d.labels else None, label_sep=d.label_sep)  # fmt: skip
+    train = read_dataset(d.train, schema)
+    n_dev = len(read_dataset(d.dev, schema)) if d.dev else round(len(train) * d.dev_fraction)
+    texts = [" ".join(" ".join(t) if isinstance(t, (list, tuple)) else str(t) for t in ex.texts) for ex in train.examples[:ROWS]]
+    model_dir = resolve_model(cfg.model)
+    tok, encoder = load_tokenizer(model_dir), checkpoint.load(model_dir).encoder
+    tok.enable_truncation(cfg.finetune.max_length)
+    ids = [e.ids for e in tok.encode_batch(texts)]
+    flat = torch.tensor([t for row in ids for t in row])
+    lengths = torch.tensor([len(r) for r in ids])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            encoder.forward_packed(flat, lengths).hidden.mean().backward()
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times) / len(ids), len(train), n_dev
+
+
+def check_budget(space: SearchSpace, budget_s: float) -> float:
+    """The cheapest trial's estimated seconds; an error naming both numbers when the budget cannot pay for it."""
+    first = {p.key: min(p.extremes(), key=lambda v: v if isinstance(v, (int, float)) else 0) for p in space.params}
+    cfg = space.config(first, "estimate")
+    per_row, n_train, n_dev = seconds_per_row(cfg)
+    epochs = cfg.finetune.epochs
+    cost = epochs * (n_train + n_dev / 3) * per_row
+    if budget_s < cost:
+        raise EncoderforgeError(
+            f"--budget {budget_s:.0f}s is less than one trial: the cheapest in {space.where} (~{epochs:g} epochs over "
+            f"{n_train:,} rows at {per_row * 1000:.0f} ms/row measured here) needs ~{cost:.0f} s; raise --budget or "
+            "lower the epochs/data of the space"
+        )
+    return cost

@@ -1,0 +1,166 @@
+"""`encoderforge search SPACE.yaml --budget 30m --out DIR`: a budgeted hyperparameter search of fine-tuning on
+Optuna (TPE sampler, Hyperband / successive-halving pruner on the dev metric at each evaluation).
+
+    DIR/
+      space.yaml        the space as given (a resumed search must be given the same one)
+      study.journal     Optuna's journal storage: every trial, its parameters, values and state (append-only)
+      budget.json       seconds spent so far over every invocation (the budget is the total, resumes included)
+      trials/NNNN/      each trial's fine-tuning run (metrics.json, config.json, metrics.jsonl; model/ removed)
+      results.csv/.md   every trial: state, parameters, dev and test metric, seconds   (results.py)
+      pareto.png        dev metric vs training seconds, the Pareto front marked
+      best.yaml         the best trial as a fine-tuning recipe: `finetune TASK --config best.yaml` reproduces it
+
+Trials run `workers` at a time, each in its own process with one thread (processes, not threads: torch's thread
+count is per process, and a worker killed with the search dies with it). A search killed at any point resumes
+where it stopped: finished and pruned trials stay in the journal and are never rerun; a trial that was running
+is marked failed and its parameters are queued again. Workers start no trial once the budget is spent, so the
+search ends within one trial of its budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from encoderforge import EncoderforgeError, require
+from encoderforge.fileio import atomic_file
+from encoderforge.search.space import SearchSpace, load_space
+
+STUDY = "finetune-search"
+
+
+def storage(run: Path) -> Any:
+    optuna = require("optuna", "search")
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    path = str(run / "study.journal")
+    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def open_study(run: Path, space: SearchSpace, seed_offset: int = 0) -> Any:
+    optuna = require("optuna", "search")
+    from encoderforge.tasks.registry import TASKS
+
+    pruner = {
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[space.pruner]()
+    direction = "maximize" if TASKS[space.task].greater_is_better else "minimize"
+    sampler = optuna.samplers.TPESampler(seed=space.seed + seed_offset, n_startup_trials=4)
+    return optuna.create_study(
+        study_name=STUDY, storage=storage(run), direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+
+
+def search(space_path: str | Path, out: str | Path, budget_s: float, *, workers: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the search in `out` until `budget_s` seconds have been spent in total; returns the summary
+    that results.write_results wrote (best trial, counts)."""
+    require("optuna", "search")
+    from encoderforge.search.estimate import check_budget
+    from encoderforge.search.results import write_results
+
+    space = load_space(space_path)
+    run = Path(out)
+    given = Path(space_path).read_text(encoding="utf-8")
+    if (run / "space.yaml").is_file():
+        if (run / "space.yaml").read_text(encoding="utf-8") != given:
+            raise EncoderforgeError(
+                f"{run}: holds a search over another space; resume with the same SPACE file or use another --out"
+            )
+    elif run.exists() and any(run.iterdir()):
+        raise EncoderforgeError(f"{run}: exists and is not a search directory; choose a new --out")
+    spent = float(json.loads((run / "budget.json").read_text())["spent_s"]) if (run / "budget.json").is_file() else 0.0
+    left = budget_s - spent
+    if left <= 0:
+        print(f"{run}: the budget is spent ({spent:.0f} s of {budget_s:.0f} s); writing the results", file=sys.stderr)
+    else:
+        fresh = not (run / "space.yaml").is_file()
+        if fresh:
+            check_budget(space, left)  # a budget below one trial's cost fails before anything is written
+            run.mkdir(parents=True, exist_ok=True)
+            with atomic_file(run / "space.yaml") as f:
+                f.write(given)
+        study = open_study(run, space)
+        requeue_interrupted(study)
+        if not study.trials and (d := space.defaults()) is not None:
+            study.enqueue_trial(d, user_attrs={"defaults": True})  # the defaults, measured in the same study
+        spent = run_workers(run, workers or space.workers, spent, left)
+    return write_results(run, space, open_study(run, space), budget_s, spent)
+
+
+def requeue_interrupted(study: Any) -> int:
+    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={**t.user_attrs, "requeued_from": t.number})
+    return len(stale)
+
+
+def run_workers(run: Path, n: int, spent: float, left: float) -> float:
+    """Start `n` worker processes that take trials until the deadline; keep budget.json current; return the total
+    seconds spent. A worker dies with this process (PR_SET_PDEATHSIG), so kill -9 here stops every trial."""
+    deadline = time.time() + left
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "encoderforge.search.worker", str(run), "--until", repr(deadline)]
+    logs = run / "logs"
+    logs.mkdir(exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--worker", str(i)],
+            env=env,
+            stdout=open(logs / f"worker{i}.log", "a"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        for i in range(n)
+    ]
+    t0 = time.time()
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2)
+            save_spent(run, spent + time.time() - t0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        total = spent + time.time() - t0
+        save_spent(run, total)
+    bad = [i for i, p in enumerate(procs) if p.returncode not in (0, None)]
+    if bad:
+        tail = (logs / f"worker{bad[0]}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise EncoderforgeError(
+            f"{run}: search worker {bad[0]} failed: {tail[0] if tail else '?'} (see {logs}/worker{bad[0]}.log)"
+        )
+    return total
+
+
+def save_spent(run: Path, seconds: float) -> None:
+    with atomic_file(run / "budget.json") as f:
+        json.dump({"spent_s": round(seconds, 1)}, f)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the parent dies (Linux prctl; elsewhere a no-op)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def remove_weights(trial_dir: Path) -> None:
+    """A finished trial keeps its metrics and config (best.yaml retrains the winner); its weights would fill the disk."""
+    for sub in ("model", "checkpoints"):
+        shutil.rmtree(trial_dir / sub, ignore_errors=True)

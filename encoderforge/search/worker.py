@@ -1,0 +1,86 @@
+"""One search worker process: take trials from the shared Optuna journal until the deadline, each an ordinary
+fine-tuning run (the ONE loop) on one thread, its dev metric reported to the pruner at every evaluation.
+
+    python -m encoderforge.search.worker DIR --until UNIX_TIME --worker K      (started by search/study.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encoderforge import EncoderforgeError
+from encoderforge.search.space import load_space
+from encoderforge.search.study import open_study, remove_weights
+
+
+def objective(run: Path, space: Any) -> Any:
+    import optuna
+
+    from encoderforge.recipes.finetune import finetune
+
+    def trial_fn(trial: Any) -> float:
+        values = {p.key: p.suggest(trial) for p in space.params}
+        out = run / "trials" / f"{trial.number:04d}"
+        cfg = space.config(values, out)
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_step", step)
+                raise optuna.TrialPruned(f"step {step}: dev {value:.4f}")
+
+        t0 = time.perf_counter()
+        try:
+            result = finetune(cfg, overwrite=True, report=report)
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+            remove_weights(out)
+        m = result.metrics
+        primary = m["primary"]
+        trial.set_user_attr("dev", {k: v for k, v in m["dev"].items() if isinstance(v, (int, float))})
+        if "test" in m:
+            trial.set_user_attr("test", {k: v for k, v in m["test"].items() if isinstance(v, (int, float))})
+        if "probe" in m:
+            trial.set_user_attr(
+                "probe_test", {k: v for k, v in m["probe"].get("test", {}).items() if isinstance(v, (int, float))}
+            )
+        trial.set_user_attr("train_s", m["train_s"])
+        trial.set_user_attr("epochs_run", m["epochs_run"])
+        return float(m["dev"][primary])
+
+    return trial_fn
+
+
+def main() -> None:
+    import optuna
+
+    p = argparse.ArgumentParser()
+    p.add_argument("run")
+    p.add_argument("--until", type=float, required=True)
+    p.add_argument("--worker", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = Path(a.run)
+    space = load_space(run / "space.yaml")
+    study = open_study(run, space, seed_offset=a.worker)
+    fn = objective(run, space)
+
+    def past_deadline(study: Any, _trial: Any) -> None:
+        if time.time() >= a.until:
+            study.stop()
+
+    left = a.until - time.time()
+    if left > 0:
+        # timeout: no trial starts after the deadline; the callback also stops between trials
+        # a trial whose config the data refuses or whose training diverges is marked failed; the search goes on
+        study.optimize(fn, timeout=left, callbacks=[past_deadline], catch=(EncoderforgeError,), gc_after_trial=True)
+
+
+if __name__ == "__main__":
+    main()
