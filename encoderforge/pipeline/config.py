@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from encoderforge import EncoderforgeError
-from encoderforge.config import from_dict, read_yaml, set_key
+from encoderforge.config import from_dict, merge, read_yaml, set_key
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig, finetune_config
 
 STAGES = ("data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report")
@@ -265,6 +265,8 @@ def _finetune(section: Any, cfg: PipelineConfig, where: str) -> FinetuneConfig:
     """The finetune section through the fine-tuning recipe's own loader, with the run's paths filled in."""
     if not isinstance(section, dict):
         raise EncoderforgeError(f"{where}: finetune: expected a mapping of FinetuneConfig keys (task, model, data, ...)")
+    if "recipe" in section:
+        section = _with_recipe(section, cfg, where)
     train = section.get("train") or {}
     derived = sorted(set(train) & set(DERIVED)) if isinstance(train, dict) else []
     if derived:
@@ -304,6 +306,26 @@ def _finetune(section: Any, cfg: PipelineConfig, where: str) -> FinetuneConfig:
             if f and not Path(f).is_file():
                 raise EncoderforgeError(f"{where}: finetune.data.{k}={f!r}: no such file; fix the path")
     return ft
+
+
+def _with_recipe(section: dict[str, Any], cfg: PipelineConfig, where: str) -> dict[str, Any]:
+    """`finetune: {recipe: best.yaml, ...}`: a fine-tuning recipe (e.g. the best trial `encoderforge search` wrote) under
+    the section's own keys; its run directory and thread count are the pipeline's, and with the data stage on, its
+    whole data section is too (the files the stage writes and their fields)."""
+    path = str(section["recipe"])
+    if not Path(path).is_file():
+        raise EncoderforgeError(
+            f"{where}: finetune.recipe={path!r}: no such file; give a recipe YAML (e.g. a search's best.yaml)"
+        )
+    base = read_yaml(path)
+    task = section.get("task", base.get("task"))
+    if base.get("task", task) != task:
+        raise EncoderforgeError(f"{where}: finetune.task={task!r} but {path} is a {base['task']!r} recipe; drop one of them")
+    (base.get("train") or {}).pop("out_dir", None)
+    (base.get("finetune") or {}).pop("threads", None)
+    if cfg.data is not None:
+        base.pop("data", None)  # the data stage's files and fields
+    return merge(base, {k: v for k, v in section.items() if k != "recipe"})
 
 
 def _dotted(section: dict[str, Any]) -> dict[str, Any]:

@@ -84,8 +84,8 @@ def finetune(
         train / dev / test: in-memory Datasets (e.g. from a real-data loader) used instead of cfg.data's files;
             without dev, a stratified `data.dev_fraction` of train is held out; without test, no test score.
         overwrite: replace a finished run (only a directory that carries encoderforge's run marker).
-        report: called as report(step, dev primary metric) after every dev evaluation (a search's pruner; it may
-            raise to end the run there, which leaves the run unfinished).
+        report: called as report(epochs done, dev primary metric) after every dev evaluation (a search's pruner;
+            it may raise to end the run there, which leaves the run unfinished).
     Returns:
         the run directory and its metrics. Rerunning a finished run with the same config and files does
         nothing and returns its metrics; rerunning an interrupted one resumes from its last checkpoint.
@@ -166,7 +166,9 @@ def finetune(
 
         lr_auto = None
         if cfg.finetune.lr_auto:  # the range test from the model as training will start it (after probe, freezing, LoRA)
-            lr_auto = find_lr(net, job, targs, dist, run_dir=run, steps=range_steps(per_epoch), groups=groups, tokenizer_dir=model_dir)
+            lr_auto = find_lr(
+                net, job, targs, dist, run_dir=run, steps=range_steps(per_epoch), groups=groups, tokenizer_dir=model_dir
+            )
             targs = dataclasses.replace(targs, lr=lr_auto.lr)
         if dist.main:
             with atomic_file(run / "config.json") as f:
@@ -188,7 +190,8 @@ def finetune(
                     indent=2,
                 )
         barrier(dist)
-        keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better, report=report)
+        on_epoch = None if report is None else (lambda step, value: report(step / per_epoch, value))
+        keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better, report=on_epoch)
         t0 = time.perf_counter()
         run_loop(
             net,

@@ -36,7 +36,7 @@ def rows(study: Any, space: SearchSpace, primary: str) -> list[dict[str, Any]]:
                 "epochs_run": u.get("epochs_run"),
                 "note": "defaults"
                 if u.get("defaults")
-                else (f"pruned at step {u['pruned_at_step']}" if "pruned_at_step" in u else ""),
+                else (f"pruned at epoch {u['pruned_at_epoch']}" if "pruned_at_epoch" in u else ""),
             }
         )
     return out

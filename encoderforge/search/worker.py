@@ -28,11 +28,14 @@ def objective(run: Path, space: Any) -> Any:
         out = run / "trials" / f"{trial.number:04d}"
         cfg = space.config(values, out)
 
-        def report(step: int, value: float) -> None:
+        def report(epochs: float, value: float) -> None:
+            step = max(
+                1, round(epochs * cfg.finetune.evals_per_epoch)
+            )  # the pruner's resource: dev evaluations, whatever the batch
             trial.report(value, step)
             if trial.should_prune():
-                trial.set_user_attr("pruned_at_step", step)
-                raise optuna.TrialPruned(f"step {step}: dev {value:.4f}")
+                trial.set_user_attr("pruned_at_epoch", round(epochs, 2))
+                raise optuna.TrialPruned(f"epoch {epochs:.2f}: dev {value:.4f}")
 
         t0 = time.perf_counter()
         try:

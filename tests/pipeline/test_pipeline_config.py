@@ -36,6 +36,7 @@ BAD = {
     "adapt without finetune": ("data: {}\nadapt: {}\n", "adapt trains the model the finetune stage starts from"),
     "adapt text missing": ("data: {}\nadapt: {text: notes/}\n" + GOOD_FT, "adapt.text='notes/': no such file"),
     "adapt bad ratio": ("data: {}\nadapt: {mask_ratio: 1.5}\n" + GOOD_FT, "adapt.mask_ratio must be in (0, 1)"),
+    "missing recipe": ("data: {}\nfinetune: {recipe: best.yaml}\n", "finetune.recipe='best.yaml': no such file"),
 }
 
 
@@ -116,3 +117,31 @@ def test_adapt_verdict_compares_the_seed_ranges() -> None:
     assert "paid off" in adapt_verdict("f1", {**tests, BASE: {"f1": 0.92}}, None, None)  # one seed, 3 points
     assert "no clear difference" in adapt_verdict("f1", {**tests, BASE: {"f1": 0.945}}, None, None)
     assert adapt_verdict("f1", {"fine-tuned fp32": {"f1": 0.9}}, None, None).startswith("No verdict")
+
+
+def test_a_search_recipe_feeds_the_finetune_stage(tmp_path: Path) -> None:
+    """`finetune: {recipe: best.yaml}` (what `encoderforge search` writes): its hyperparameters, the pipeline's paths."""
+    import yaml
+
+    recipe = {
+        "task": "multilabel",
+        "model": "minilm-l6",
+        "data": {"train": "/elsewhere/train.jsonl", "dev": "/elsewhere/dev.jsonl", "label_field": "label"},
+        "finetune": {"epochs": 5, "pooling": "cls", "threads": 1},
+        "train": {"lr": 1.7e-4, "batch_rows": 16},
+    }
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "p.yaml").write_text(f"data: {{}}\nfinetune: {{recipe: {tmp_path / 'best.yaml'}, train: {{seed: 3}}}}\n")
+    cfg = load_pipeline(tmp_path / "p.yaml", tmp_path / "r")
+    ft = cfg.finetune
+    assert ft is not None and (ft.train.lr, ft.train.batch_rows, ft.finetune.epochs, ft.finetune.pooling) == (
+        1.7e-4,
+        16,
+        5,
+        "cls",
+    )
+    assert ft.train.seed == 3 and ft.finetune.threads == 0  # the section's own keys win; threads are the pipeline's
+    assert ft.data.train == str(tmp_path / "r" / "data" / "train.jsonl")  # the data stage's files, not the recipe's
+    (tmp_path / "p.yaml").write_text(f"data: {{}}\nfinetune: {{recipe: {tmp_path / 'best.yaml'}, task: classify}}\n")
+    with pytest.raises(EncoderforgeError, match="'multilabel' recipe"):
+        load_pipeline(tmp_path / "p.yaml", tmp_path / "r")
