@@ -89,11 +89,12 @@ def test_bad_config_from_the_cli_exits_1_without_traceback(tmp_path):
 def test_generated_flags_are_unique_and_documented():
     flags = config_flags(FinetuneConfig, skip=SKIP, aliases=ALIASES)
     keys = {f.key for f in flags}
-    assert {"train.lr", "train.batch_rows", "finetune.epochs", "data.train", "model"} <= keys
-    assert not keys & {"train.steps", "train.warmup_steps", "task"}
+    assert {"train.batch_rows", "finetune.epochs", "data.train", "model"} <= keys
+    assert not keys & {"train.steps", "train.warmup_steps", "task", "train.lr"}  # --lr is its own flag: a number or auto
     assert all(f.help for f in flags), [f.key for f in flags if not f.help]
     r = runner.invoke(app, ["finetune", "ner", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "--batch-size" in r.output and "train.batch_rows" in r.output
+    assert "--lr" in r.output and "auto" in r.output and "train.lr" in r.output
 
 
 def test_list_flags_take_commas_and_repeats():

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "recipes": 6,
     "serving": 6,
     "pipeline": 7,
+    "search": 7,  # runs the finetune recipe, like the pipeline
     "cli": 8,
     "__main__": 8,
 }

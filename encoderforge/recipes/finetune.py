@@ -253,7 +253,7 @@ def finetune(
         teardown(dist)
 
 
-PROBED = ("classify", "multilabel")  # the tasks whose head is pool -> linear over labels
+PROBED = ("classify", "multilabel", "ner")  # the tasks whose head is one linear layer over labels (pooled or per word)
 
 
 def linear_probe(cfg: FinetuneConfig, net: torch.nn.Module, job: Any, dev: Dataset, test: Dataset | None) -> dict | None:
@@ -263,7 +263,8 @@ def linear_probe(cfg: FinetuneConfig, net: torch.nn.Module, job: Any, dev: Datas
     init = ("probe" if cfg.task in PROBED else "random") if f.head_init == "auto" else f.head_init
     if cfg.task not in PROBED or not (f.probe or init == "probe"):
         if init == "probe":
-            raise EncoderforgeError(f"finetune.head_init=probe applies to {' and '.join(PROBED)}, not {cfg.task!r}; use random")
+            tasks = f"{', '.join(PROBED[:-1])} and {PROBED[-1]}"
+            raise EncoderforgeError(f"finetune.head_init=probe applies to {tasks}, not {cfg.task!r}; use random")
         return None
     from encoderforge.tasks.probe import probe_run
 

@@ -30,6 +30,9 @@ def rows(study: Any, space: SearchSpace, primary: str) -> list[dict[str, Any]]:
                 "state": t.state.name.lower(),
                 **{p.key: t.params.get(p.key) for p in space.params},
                 f"dev_{primary}": t.value,
+                "last_eval": list(t.intermediate_values.values())[-1]
+                if t.intermediate_values
+                else None,  # where a pruned one stood
                 f"test_{primary}": (u.get("test") or {}).get(primary),
                 f"probe_test_{primary}": (u.get("probe_test") or {}).get(primary),
                 "seconds": u.get("seconds"),
@@ -134,7 +137,7 @@ def plot(path: Path, table: list[dict[str, Any]], primary: str, maximize: bool) 
     done = [r for r in table if r["state"] == "complete" and r["seconds"] is not None]
     pts = [(float(r["seconds"]), float(r[f"dev_{primary}"])) for r in done]
     front = sorted(pareto(pts, maximize), key=lambda i: pts[i][0])
-    pruned = [r for r in table if r["state"] == "pruned" and r["seconds"] is not None]
+    pruned = [r for r in table if r["state"] == "pruned" and r["seconds"] is not None and r["last_eval"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], label="complete trials", color="tab:blue")
     for r, (c, v) in zip(done, pts):
@@ -142,7 +145,11 @@ def plot(path: Path, table: list[dict[str, Any]], primary: str, maximize: bool) 
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:red", marker="o", label="Pareto front")
     if pruned:
         ax.scatter(
-            [float(r["seconds"]) for r in pruned], [0.0] * len(pruned), marker="x", color="grey", label="pruned (cost only)"
+            [float(r["seconds"]) for r in pruned],
+            [float(r["last_eval"]) for r in pruned],
+            marker="x",
+            color="grey",
+            label="pruned (at its last evaluation)",
         )
     ax.set_xlabel("trial training seconds (one thread)")
     ax.set_ylabel(f"dev {primary}")
