@@ -71,42 +71,23 @@ class EncoderConfig:
         return cls(**d)
 
 
-def bert_tiny(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, **kw)
-
-
-def bert_mini(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, **kw)
-
-
-def bert_small(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048, **kw)
-
-
-def bert_medium(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, **kw)
-
-
-def bert_base(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, **kw)
-
-
-def minilm_l6(**kw: Any) -> EncoderConfig:
-    return EncoderConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536, **kw)
-
-
+# name -> the architecture fields it fixes; any of them can be overridden (preset("bert-tiny", num_layers=4))
+SIZES: dict[str, dict[str, int]] = {
+    "bert-tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    "bert-mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "bert-small": dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048),
+    "bert-medium": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
+    "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "minilm-l6": dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+}
 PRESETS: dict[str, Callable[..., EncoderConfig]] = {
-    "bert-tiny": bert_tiny,
-    "bert-mini": bert_mini,
-    "bert-small": bert_small,
-    "bert-medium": bert_medium,
-    "bert-base": bert_base,
-    "minilm-l6": minilm_l6,
+    name: (lambda size: lambda **kw: EncoderConfig(**{**size, **kw}))(size) for name, size in SIZES.items()
 }
 
 
 def preset(name: str, **overrides: Any) -> EncoderConfig:
-    """Build a preset config by name, e.g. ``preset("bert-tiny", vocab_size=8000)``."""
+    """Build a preset config by name, e.g. ``preset("bert-tiny", vocab_size=8000)``; an override replaces the preset's
+    own value (``preset("bert-tiny", num_layers=4)``), as an architecture search does."""
     if name not in PRESETS:
         raise EncoderforgeError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name](**overrides)

@@ -1,6 +1,7 @@
 """Is the budget enough for one trial? Measured, not guessed: time two training steps of the start model on the
 first rows of the real training file (one thread, as a trial runs), then cost the cheapest trial in the space
-(its fewest epochs over every training row, plus a dev pass per epoch)."""
+(its fewest epochs over every training row, plus a dev pass per epoch); for pretraining, a step of the smallest
+architecture in the space times its steps."""
 
 from __future__ import annotations
 
@@ -35,30 +36,52 @@ def seconds_per_row(cfg: Any) -> tuple[float, int, int]:
     ids = [e.ids for e in tok.encode_batch(texts)]
     flat = torch.tensor([t for row in ids for t in row])
     lengths = torch.tensor([len(r) for r in ids])
+    step = _timed(lambda: encoder.forward_packed(flat, lengths).hidden.mean().backward())
+    return step / len(ids), len(train), n_dev
+
+
+def pretrain_step_s(cfg: Any) -> float:
+    """Seconds of one pretraining step of `cfg`'s model on this machine (one thread; a forward and backward of the
+    encoder over one batch of random tokens: the MLM head and optimizer are left out, so this is a lower bound)."""
+    from encoderforge.model.zoo import resolve_model
+    from encoderforge.recipes.pretrain import build_model
+    from encoderforge.tokenization import load_tokenizer
+
+    tok = load_tokenizer(resolve_model(cfg.model.tokenizer or cfg.model.init_from))
+    encoder = build_model(cfg, tok.get_vocab_size()).encoder
+    n, length = cfg.train.batch_rows, cfg.data.max_len
+    ids = torch.randint(5, tok.get_vocab_size(), (n * length,))
+    return _timed(lambda: encoder.forward_packed(ids, torch.full((n,), length)).hidden.mean().backward())
+
+
+def _timed(fn: Any) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         times = []
         for _ in range(2):
             t0 = time.perf_counter()
-            encoder.forward_packed(flat, lengths).hidden.mean().backward()
+            fn()
             times.append(time.perf_counter() - t0)
+        return min(times)
     finally:
         torch.set_num_threads(threads)
-    return min(times) / len(ids), len(train), n_dev
 
 
 def check_budget(space: SearchSpace, budget_s: float) -> float:
     """The cheapest trial's estimated seconds; an error naming both numbers when the budget cannot pay for it."""
     first = {p.key: min(p.extremes(), key=lambda v: v if isinstance(v, (int, float)) else 0) for p in space.params}
     cfg = space.config(first, "estimate")
-    per_row, n_train, n_dev = seconds_per_row(cfg)
-    epochs = cfg.finetune.epochs
-    cost = epochs * (n_train + n_dev / 3) * per_row
+    if space.kind == "pretrain":
+        step_s = pretrain_step_s(cfg)
+        cost, what = cfg.train.steps * step_s, f"{cfg.train.steps:,} steps at {step_s * 1000:.0f} ms/step"
+    else:
+        per_row, n_train, n_dev = seconds_per_row(cfg)
+        cost = cfg.finetune.epochs * (n_train + n_dev / 3) * per_row
+        what = f"{cfg.finetune.epochs:g} epochs over {n_train:,} rows at {per_row * 1000:.0f} ms/row"
     if budget_s < cost:
         raise EncoderforgeError(
-            f"--budget {budget_s:.0f}s is less than one trial: the cheapest in {space.where} (~{epochs:g} epochs over "
-            f"{n_train:,} rows at {per_row * 1000:.0f} ms/row measured here) needs ~{cost:.0f} s; raise --budget or "
-            "lower the epochs/data of the space"
+            f"--budget {budget_s:.0f}s is less than one trial: the cheapest in {space.where} (~{what} measured "
+            f"here) needs ~{cost:.0f} s; raise --budget or make the space's trials smaller"
         )
     return cost

@@ -56,10 +56,7 @@ def pareto(points: list[tuple[float, float]], maximize: bool) -> list[int]:
 
 
 def write_results(run: Path, space: SearchSpace, study: Any, budget_s: float, spent_s: float) -> dict[str, Any]:
-    from encoderforge.tasks.registry import TASKS
-
-    spec = TASKS[space.task]
-    primary = spec.primary
+    primary, maximize = space.metric, space.maximize
     table = rows(study, space, primary)
     with atomic_file(run / "results.csv") as f:
         buf = io.StringIO()
@@ -69,7 +66,7 @@ def write_results(run: Path, space: SearchSpace, study: Any, budget_s: float, sp
             w.writerows(table)
         f.write(buf.getvalue())
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = max(done, key=lambda t: t.value if spec.greater_is_better else -t.value) if done else None
+    best = max(done, key=lambda t: t.value if maximize else -t.value) if done else None
     summary: dict[str, Any] = {
         "budget_s": budget_s,
         "spent_s": round(spent_s, 1),
@@ -88,7 +85,7 @@ def write_results(run: Path, space: SearchSpace, study: Any, budget_s: float, sp
     with atomic_file(run / "summary.json") as f:
         json.dump(summary, f, indent=2)
     if done:
-        plot(run / "pareto.png", table, primary, spec.greater_is_better)
+        plot(run / "pareto.png", table, primary, maximize)
     return summary
 
 
@@ -96,23 +93,22 @@ def write_best_yaml(path: Path, space: SearchSpace, best: Any) -> None:
     cfg = to_dict(space.config(best.params, "unused"))
     for section, keys in NOT_IN_RECIPE.items():
         for k in keys:
-            cfg[section].pop(k, None)
-    test = (best.user_attrs.get("test") or {}).get(cfg_primary(space))
-    head = (
-        f"# The best trial ({best.number}) of the search in {path.parent}: dev {best.value:.4f}"
-        + (f", test {test:.4f}" if test is not None else "")
-        + f".\n# Reproduce it: encoderforge finetune {space.task} --config {path} --out runs/best\n"
-        "# (finetune.threads: 1 is how the trial ran and gives the same numbers; more threads are faster, the last\n"
-        "# digits may differ.) In `encoderforge run`, use it as  finetune: {recipe: " + str(path) + "}\n"
+            if space.kind == "finetune" or k == "out_dir":  # a pretraining recipe sets its own steps
+                cfg[section].pop(k, None)
+    test = (best.user_attrs.get("test") or {}).get(space.metric)
+    head = f"# The best trial ({best.number}) of the search in {path.parent}: {space.metric} {best.value:.4f}" + (
+        f", test {test:.4f}" if test is not None else ""
     )
+    if space.kind == "pretrain":
+        head += f".\n# Reproduce it: encoderforge pretrain --config {path} --set train.out_dir=runs/best\n"
+    else:
+        head += (
+            f".\n# Reproduce it: encoderforge finetune {space.task} --config {path} --out runs/best\n"
+            "# (finetune.threads: 1 is how the trial ran and gives the same numbers; more threads are faster, the last\n"
+            "# digits may differ.) In `encoderforge run`, use it as  finetune: {recipe: " + str(path) + "}\n"
+        )
     with atomic_file(path) as f:
         f.write(head + yaml.safe_dump(cfg, sort_keys=False))
-
-
-def cfg_primary(space: SearchSpace) -> str:
-    from encoderforge.tasks.registry import TASKS
-
-    return TASKS[space.task].primary
 
 
 def markdown(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:

@@ -18,7 +18,22 @@
     pruner: hyperband                  # hyperband | halving | none (stop weak trials at their dev evaluations)
     workers: 2                         # trials at once, one thread each (default: the CPU count)
 
-Every key is checked against the fine-tuning config by resolving it at its lowest and highest values, so an unknown
+A pretraining search (`kind: pretrain`) takes a pretraining recipe and searches its keys, e.g. small architectures
+at a fixed step budget, choosing by the held-out MLM loss (the trial's cost is its training time):
+
+    kind: pretrain
+    recipe: configs/pretrain-tiny.yaml
+    fixed: {data.shards: runs/shards, model.tokenizer: runs/tok/tokenizer.json, train.steps: 300}
+    search:
+      model.overrides.num_layers: {low: 2, high: 6}
+      model.overrides.hidden_size: [128, 256]
+      model.overrides.intermediate_size: [512, 1024]
+      train.lr: {low: 3.0e-4, high: 3.0e-3, log: true}
+
+(The masking ratio can be searched too, but the held-out loss of a harder masking task is higher by design: compare
+such trials on a downstream task, not on this loss.)
+
+Every key is checked against the fine-tuning (or pretraining) config by resolving it at its lowest and highest values, so an unknown
 key, a value the config refuses or a range the config cannot hold fails before any training, naming the key.
 """
 
@@ -30,12 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from encoderforge import EncoderforgeError
 from encoderforge.config import read_yaml
-from encoderforge.recipes.finetune_config import LABEL_TYPES, FinetuneConfig, finetune_config
+from encoderforge.recipes.finetune_config import LABEL_TYPES, finetune_config
 
 PRUNERS = ("hyperband", "halving", "none")
-TOP = {"task", "recipe", "fixed", "search", "seed", "pruner", "workers"}
+TOP = {"kind", "task", "recipe", "fixed", "search", "seed", "pruner", "workers"}
+KINDS = ("finetune", "pretrain")
 FIXED_BY_SEARCH = {"train.out_dir", "finetune.threads", "train.progress"}  # each trial's own
 
 
@@ -75,11 +93,37 @@ class SearchSpace:
     pruner: str = "hyperband"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     where: str = "space"
+    kind: str = "finetune"
 
-    def config(self, values: dict[str, Any], out_dir: str | Path) -> FinetuneConfig:
-        """The fine-tuning config of one trial: recipe < fixed < the trial's values; one thread, no progress bar."""
+    def config(self, values: dict[str, Any], out_dir: str | Path) -> Any:
+        """The config of one trial: recipe < fixed < the trial's values; one thread, no progress bar (a FinetuneConfig,
+        or a PretrainConfig for kind: pretrain, whose trial process sets its one thread itself)."""
+        if self.kind == "pretrain":
+            from encoderforge.recipes.pretrain import load_config
+
+            own = {"train.out_dir": str(out_dir), "train.progress": False}
+            sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                    for k, v in {**self.fixed, **values, **own}.items()]  # fmt: skip
+            return load_config(self.recipe, sets)
         own = {"train.out_dir": str(out_dir), "finetune.threads": 1, "train.progress": False}
         return finetune_config(self.task, self.recipe, values={**self.fixed, **values, **own})
+
+    @property
+    def metric(self) -> str:
+        """What the search chooses by: the task's primary dev metric, or pretraining's held-out MLM loss."""
+        if self.kind == "pretrain":
+            return "eval_mlm_loss"
+        from encoderforge.tasks.registry import TASKS
+
+        return TASKS[self.task].primary
+
+    @property
+    def maximize(self) -> bool:
+        if self.kind == "pretrain":
+            return False
+        from encoderforge.tasks.registry import TASKS
+
+        return TASKS[self.task].greater_is_better
 
     def defaults(self) -> dict[str, Any] | None:
         """The searched keys at the values the trials would get without the search, if all lie inside the space
@@ -91,7 +135,7 @@ class SearchSpace:
 
 def _get(cfg: Any, key: str) -> Any:
     for part in key.split("."):
-        cfg = getattr(cfg, part)
+        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part, None)
     return cfg
 
 
@@ -102,9 +146,16 @@ def load_space(path: str | Path) -> SearchSpace:
     unknown = sorted(set(raw) - TOP)
     if unknown:
         raise EncoderforgeError(f"{where}: unknown top-level key {unknown[0]!r}; use {sorted(TOP)}")
-    task = str(raw.get("task", ""))
-    if task not in LABEL_TYPES:
+    kind = str(raw.get("kind", "finetune"))
+    if kind not in KINDS:
+        raise EncoderforgeError(f"{where}: kind: {kind!r}; use one of {list(KINDS)}")
+    task = str(raw.get("task", "" if kind == "finetune" else "pretrain"))
+    if kind == "finetune" and task not in LABEL_TYPES:
         raise EncoderforgeError(f"{where}: task: {task!r}; set one of {sorted(LABEL_TYPES)}")
+    if kind == "pretrain" and not raw.get("recipe"):
+        raise EncoderforgeError(
+            f"{where}: recipe: a pretraining search needs a pretraining recipe, e.g. configs/pretrain-tiny.yaml"
+        )
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
         raise EncoderforgeError(
@@ -129,7 +180,8 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise EncoderforgeError(f"{where}: seed: {seed!r}; give an integer")
     recipe = None if raw.get("recipe") is None else str(raw["recipe"])  # paths are relative to where you run, as in fixed:
-    space = SearchSpace(task, recipe, dict(fixed), [_param(k, v, where) for k, v in search.items()], seed, pruner, workers, where)
+    params = [_param(k, v, where) for k, v in search.items()]
+    space = SearchSpace(task, recipe, dict(fixed), params, seed, pruner, workers, where, kind)
     _check_keys(space)
     return space
 
@@ -158,7 +210,7 @@ def _check_keys(space: SearchSpace) -> None:
     their first value): an unknown key or a refused value fails here, naming the key."""
     for key, value in space.fixed.items():
         try:
-            finetune_config(space.task, space.recipe, values={key: value})
+            space.config({key: value}, "check")
         except EncoderforgeError as e:
             raise EncoderforgeError(f"{space.where}: fixed.{key}={value!r}: {e}") from None
     first = {p.key: p.extremes()[0] for p in space.params}

@@ -45,14 +45,12 @@ def storage(run: Path) -> Any:
 
 def open_study(run: Path, space: SearchSpace, seed_offset: int = 0) -> Any:
     optuna = require("optuna", "search")
-    from encoderforge.tasks.registry import TASKS
-
     pruner = {
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
         "none": lambda: optuna.pruners.NopPruner(),
     }[space.pruner]()
-    direction = "maximize" if TASKS[space.task].greater_is_better else "minimize"
+    direction = "maximize" if space.maximize else "minimize"
     sampler = optuna.samplers.TPESampler(seed=space.seed + seed_offset, n_startup_trials=4)
     return optuna.create_study(
         study_name=STUDY, storage=storage(run), direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True

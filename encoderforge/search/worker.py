@@ -18,10 +18,34 @@ from encoderforge.search.space import load_space
 from encoderforge.search.study import open_study, remove_weights
 
 
+def pretrain_objective(run: Path, space: Any) -> Any:
+    """A pretraining trial: the recipe at the trial's values for its fixed steps; the held-out MLM loss at the end."""
+    from encoderforge.recipes.pretrain import pretrain
+
+    def trial_fn(trial: Any) -> float:
+        values = {p.key: p.suggest(trial) for p in space.params}
+        out = run / "trials" / f"{trial.number:04d}"
+        t0 = time.perf_counter()
+        try:
+            final = pretrain(space.config(values, out))
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+            remove_weights(out)
+        if space.metric not in final:
+            raise EncoderforgeError(f"{out}: the run reported no {space.metric}; prepare the shards with a held-out split")
+        trial.set_user_attr("dev", {k: v for k, v in final.items() if isinstance(v, (int, float))})
+        return float(final[space.metric])
+
+    return trial_fn
+
+
 def objective(run: Path, space: Any) -> Any:
     import optuna
 
     from encoderforge.recipes.finetune import finetune
+
+    if space.kind == "pretrain":
+        return pretrain_objective(run, space)
 
     def trial_fn(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space.params}

@@ -196,3 +196,10 @@ def test_cuda_varlen_kernel_matches_eager():
         ref = enc.set_attention("eager")(ids, mask)
         out = enc.set_attention("varlen")(ids, mask)
     torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-3, rtol=0)
+
+
+def test_a_preset_s_own_sizes_can_be_overridden():
+    """model.overrides (and an architecture search) may change a preset's own fields, not only the others."""
+    c = preset("bert-tiny", num_layers=4, hidden_size=64, vocab_size=100)
+    assert (c.num_layers, c.hidden_size, c.num_heads, c.intermediate_size, c.vocab_size) == (4, 64, 2, 512, 100)
+    assert preset("bert-tiny").num_layers == 2  # the preset itself is unchanged

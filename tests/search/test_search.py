@@ -152,3 +152,56 @@ def test_a_search_killed_mid_way_resumes_without_repeating_finished_trials(tmp_p
     finished = {json.dumps(after[n].params, sort_keys=True) for n in before}
     fresh = [t for t in after if t.number not in before and "requeued_from" not in t.user_attrs]
     assert not any(json.dumps(t.params, sort_keys=True) in finished for t in fresh)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, legal_dir, small_tokenizer) -> Path:
+    from encoderforge.data.corpus import CorpusSpec, prepare_corpus
+
+    out = tmp_path_factory.mktemp("shards") / "legal"
+    prepare_corpus([CorpusSpec(str(legal_dir), name="legal")], small_tokenizer, out, eval_fraction=0.2)
+    return out
+
+
+@pytest.mark.slow
+def test_a_pretraining_search_over_small_architectures(tmp_path, shards, small_tokenizer) -> None:
+    from encoderforge.config import to_dict
+    from encoderforge.recipes.pretrain import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    space = {
+        "kind": "pretrain",
+        "recipe": str(root / "configs" / "pretrain-tiny.yaml"),
+        "fixed": {
+            "data.shards": str(shards),
+            "model.tokenizer": str(small_tokenizer),
+            "data.max_len": 64,
+            "data.eval_rows": 8,
+            "train.batch_rows": 8,
+            "train.steps": 8,
+            "train.warmup_steps": 2,
+            "train.eval_every": 4,
+            "train.save_every": 0,
+            "train.device": "cpu",
+        },  # fmt: skip
+        "search": {
+            "model.overrides.num_layers": {"low": 1, "high": 2},
+            "model.overrides.hidden_size": [64, 128],
+            "train.lr": {"low": 3e-4, "high": 3e-3, "log": True},
+        },  # fmt: skip
+        "pruner": "none",
+        "workers": 1,
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    out = tmp_path / "s"
+    r = cli("search", str(tmp_path / "space.yaml"), "--budget", "20s", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    done = [t for t in trials(out) if t.state.name == "COMPLETE"]
+    assert len(done) >= 2 and all(0 < t.value < 20 for t in done)  # held-out MLM loss, chosen by its minimum
+    summary = json.loads(r.stdout)
+    assert summary["primary"] == "eval_mlm_loss" and summary["best"]["dev"] == min(t.value for t in done)
+    # best.yaml is a pretraining recipe that resolves to the best trial's own config
+    best = next(t for t in done if t.value == summary["best"]["dev"])
+    trial_cfg = to_dict(load_space(out / "space.yaml").config(best.params, "x"))
+    again = to_dict(load_config(out / "best.yaml", ["train.out_dir=x", "train.progress=false"]))
+    assert again == trial_cfg and again["model"]["overrides"]["num_layers"] == best.params["model.overrides.num_layers"]
