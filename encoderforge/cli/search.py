@@ -35,6 +35,6 @@ def search(
         check_output(out, [space], expect="dir")
         summary = run_search(space, out, seconds, workers=workers)
     typer.echo(json.dumps(summary, indent=2))
-    typer.echo(
-        f"results: {out}/results.md, {out}/pareto.png" + (f", best recipe: {out}/best.yaml" if summary["best"] else ""), err=True
-    )
+    plot = f", {out}/pareto.png" if (out / "pareto.png").is_file() else ""
+    best = f", best recipe: {out}/best.yaml" if summary["best"] else ""
+    typer.echo(f"results: {out}/results.md{plot}{best}", err=True)

@@ -147,7 +147,7 @@ def plot(path: Path, table: list[dict[str, Any]], primary: str, maximize: bool) 
             color="grey",
             label="pruned (at its last evaluation)",
         )
-    ax.set_xlabel("trial training seconds (one thread)")
+    ax.set_xlabel("trial seconds (wall clock, one thread: probe, training, evaluations)")
     ax.set_ylabel(f"dev {primary}")
     ax.set_title("Search: dev metric vs cost")
     ax.legend(loc="lower right")

@@ -39,6 +39,7 @@ key, a value the config refuses or a range the config cannot hold fails before a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -125,6 +126,19 @@ class SearchSpace:
 
         return TASKS[self.task].greater_is_better
 
+    def max_evals(self) -> int:
+        """The most dev evaluations a trial can make: the pruner's maximum resource (kind: finetune)."""
+        if self.kind != "finetune":
+            return 1
+        epochs = max(
+            [self.config({}, "x").finetune.epochs] + [float(p.high) for p in self.params if p.key == "finetune.epochs" and p.high]
+        )
+        evals = max(
+            [self.config({}, "x").finetune.evals_per_epoch]
+            + [int(max(p.extremes())) for p in self.params if p.key == "finetune.evals_per_epoch"]
+        )
+        return max(1, math.ceil(epochs * evals))
+
     def defaults(self) -> dict[str, Any] | None:
         """The searched keys at the values the trials would get without the search, if all lie inside the space
         (the search then enqueues them as its first trial: the defaults are measured in the same study)."""
@@ -159,7 +173,7 @@ def load_space(path: str | Path) -> SearchSpace:
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
         raise EncoderforgeError(
-            f"{where}: search: is empty; give at least one key, e.g. search: {{train.lr: {{low: 1e-5, high: 3e-4, log: true}}}}"
+            f"{where}: search: is empty; give at least one key, e.g. search: {{train.lr: {{low: 1.0e-5, high: 3.0e-4, log: true}}}}"
         )
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
@@ -182,6 +196,13 @@ def load_space(path: str | Path) -> SearchSpace:
     recipe = None if raw.get("recipe") is None else str(raw["recipe"])  # paths are relative to where you run, as in fixed:
     params = [_param(k, v, where) for k, v in search.items()]
     space = SearchSpace(task, recipe, dict(fixed), params, seed, pruner, workers, where, kind)
+    try:
+        base = space.config({}, "check")
+    except EncoderforgeError:
+        base = None  # _check_keys names the key at fault
+    for p in params:  # a range's type is the config field's, not the YAML literal's ({low: 0, high: 1} of a float)
+        if p.integer and isinstance(_get(base, p.key), float):
+            p.integer = False
     _check_keys(space)
     return space
 

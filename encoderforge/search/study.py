@@ -46,7 +46,8 @@ def storage(run: Path) -> Any:
 def open_study(run: Path, space: SearchSpace, seed_offset: int = 0) -> Any:
     optuna = require("optuna", "search")
     pruner = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+        # the maximum resource is fixed from the space, so every worker (and every resume) builds the same brackets
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.max_evals(), reduction_factor=3),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
         "none": lambda: optuna.pruners.NopPruner(),
     }[space.pruner]()
@@ -85,28 +86,50 @@ def search(space_path: str | Path, out: str | Path, budget_s: float, *, workers:
             run.mkdir(parents=True, exist_ok=True)
             with atomic_file(run / "space.yaml") as f:
                 f.write(given)
+        lock = hold_lock(run)  # one search per directory; the workers inherit the lock and hold it while they live
         study = open_study(run, space)
-        requeue_interrupted(study)
+        for t in requeue_interrupted(study):
+            remove_weights(run / "trials" / f"{t:04d}")
         if not study.trials and (d := space.defaults()) is not None:
             study.enqueue_trial(d, user_attrs={"defaults": True})  # the defaults, measured in the same study
-        spent = run_workers(run, workers or space.workers, spent, left)
+        try:
+            spent = run_workers(run, workers or space.workers, spent, left, lock)
+        finally:  # even when a worker failed: the table and best.yaml describe every trial that ran
+            summary = write_results(run, space, open_study(run, space), budget_s, spent)
+        return summary
     return write_results(run, space, open_study(run, space), budget_s, spent)
 
 
-def requeue_interrupted(study: Any) -> int:
-    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again."""
+def hold_lock(run: Path) -> Any:
+    """An exclusive lock on DIR/.search.lock, or an error when another search (or its workers) holds it."""
+    import fcntl
+
+    f = open(run / ".search.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise EncoderforgeError(f"{run}: another search is running on this directory; wait for it or use another --out") from None
+    return f
+
+
+def requeue_interrupted(study: Any) -> list[int]:
+    """Trials left RUNNING by a killed search (the lock proves none is alive): mark them failed and queue their
+    parameters again; returns their numbers."""
     from optuna.trial import TrialState
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={**t.user_attrs, "requeued_from": t.number})
-    return len(stale)
+        params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        study.enqueue_trial(params, user_attrs={**t.user_attrs, "requeued_from": t.number})
+    return [t.number for t in stale]
 
 
-def run_workers(run: Path, n: int, spent: float, left: float) -> float:
+def run_workers(run: Path, n: int, spent: float, left: float, lock: Any) -> float:
     """Start `n` worker processes that take trials until the deadline; keep budget.json current; return the total
-    seconds spent. A worker dies with this process (PR_SET_PDEATHSIG), so kill -9 here stops every trial."""
+    seconds spent. A worker dies with this process (PR_SET_PDEATHSIG), so kill -9 here stops every trial; where that
+    does not exist, the inherited lock keeps a second search out while an orphaned worker lives."""
     deadline = time.time() + left
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "encoderforge.search.worker", str(run), "--until", repr(deadline)]
@@ -119,6 +142,8 @@ def run_workers(run: Path, n: int, spent: float, left: float) -> float:
             stdout=open(logs / f"worker{i}.log", "a"),
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
+            start_new_session=True,  # Ctrl-C stops this process, which kills them: their trials stay RUNNING, requeued
+            pass_fds=(lock.fileno(),),
         )
         for i in range(n)
     ]

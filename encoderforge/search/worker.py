@@ -17,6 +17,8 @@ from encoderforge import EncoderforgeError
 from encoderforge.search.space import load_space
 from encoderforge.search.study import open_study, remove_weights
 
+MAX_FAILURES = 3
+
 
 def pretrain_objective(run: Path, space: Any) -> Any:
     """A pretraining trial: the recipe at the trial's values for its fixed steps; the held-out MLM loss at the end."""
@@ -53,11 +55,11 @@ def objective(run: Path, space: Any) -> Any:
         cfg = space.config(values, out)
 
         def report(epochs: float, value: float) -> None:
-            step = max(
-                1, round(epochs * cfg.finetune.evals_per_epoch)
-            )  # the pruner's resource: dev evaluations, whatever the batch
+            # the pruner's resource: dev evaluations, the same unit whatever the batch size
+            step = max(1, round(epochs * cfg.finetune.evals_per_epoch))
             trial.report(value, step)
-            if trial.should_prune():
+            last = epochs >= cfg.finetune.epochs - 1e-9  # a finished run is scored, never pruned at its end
+            if not last and trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", round(epochs, 2))
                 raise optuna.TrialPruned(f"epoch {epochs:.2f}: dev {value:.4f}")
 
@@ -98,15 +100,19 @@ def main() -> None:
     study = open_study(run, space, seed_offset=a.worker)
     fn = objective(run, space)
 
-    def past_deadline(study: Any, _trial: Any) -> None:
-        if time.time() >= a.until:
-            study.stop()
+    failures = [0]
+
+    def past_deadline(study: Any, trial: Any) -> None:
+        failures[0] = failures[0] + 1 if trial.state.name == "FAIL" else 0
+        if time.time() >= a.until or failures[0] >= MAX_FAILURES:
+            study.stop()  # the deadline, or the same failure over and over (see this worker's log)
 
     left = a.until - time.time()
     if left > 0:
         # timeout: no trial starts after the deadline; the callback also stops between trials
-        # a trial whose config the data refuses or whose training diverges is marked failed; the search goes on
-        study.optimize(fn, timeout=left, callbacks=[past_deadline], catch=(EncoderforgeError,), gc_after_trial=True)
+        # a trial that fails (a config the data refuses, a diverged run, out of memory) is marked failed, its error
+        # logged here, and the search goes on; MAX_FAILURES in a row stop this worker
+        study.optimize(fn, timeout=left, callbacks=[past_deadline], catch=(Exception,), gc_after_trial=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ The loop trains for `steps` optimizer steps while the LR ramps exponentially fro
 schedule), logging the training loss at every step; the weights are then put back as they were. The loss curve is
 smoothed (an exponential moving average with bias correction) and cut where it diverges (smoothed loss above
 DIVERGE x its minimum so far); the chosen peak LR is the LR at the smoothed minimum divided by 10, Smith's "one order
-of magnitude below the minimum". The data order and dropout come from the seed, so the choice is deterministic for a
+of magnitude below the minimum". A curve without a clear minimum (lowest at its start, or never MIN_DROP below its
+first point: typical when LP-FT's probe head already fits) keeps the configured train.lr, and says so in "rule". The data order and dropout come from the seed, so the choice is deterministic for a
 seed; the curve, the rule and the choice are written to RUN/lr_find.json (read back on resume, never re-measured).
 """
 
@@ -31,7 +32,9 @@ from encoderforge.training.loop import train as run_loop
 LO, HI = 1e-6, 1e-2  # the ramp: wide enough for a frozen-encoder head (high) and a full fine-tune (low)
 BETA = 0.8  # smoothing of the per-step loss (few, noisy steps: fastai's 0.98 is for hundreds of steps)
 DIVERGE = 4.0  # the curve is cut where the smoothed loss exceeds this multiple of its minimum so far
+MIN_DROP = 0.05  # the smoothed minimum must lie this far below the first point to count as a minimum
 RULE = "lr at the minimum of the smoothed range-test loss / 10 (Smith 2017)"
+KEPT = "no clear minimum in the range test (lowest at its start, or under 5% below it): kept train.lr"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LrChoice:
     steps: int
     seconds: float
     curve: list[list[float]]  # [lr, loss, smoothed loss] per step up to the cut
+    diverged: bool = False  # the curve was cut where the loss blew up (else the ramp ended first)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,8 +64,9 @@ def smooth(losses: list[float], beta: float = BETA) -> list[float]:
     return out
 
 
-def choose(lrs: list[float], losses: list[float]) -> tuple[float, list[list[float]]]:
-    """The LR the rule picks from a range-test curve, and the curve up to where it diverged (or went non-finite)."""
+def choose(lrs: list[float], losses: list[float]) -> tuple[float | None, list[list[float]]]:
+    """The LR the rule picks from a range-test curve (None: the curve has no clear minimum, keep the configured LR),
+    and the curve up to where it diverged (or went non-finite)."""
     sm = smooth([x if math.isfinite(x) else float("inf") for x in losses])
     best, cut = 0, len(sm)
     for i, s in enumerate(sm):
@@ -72,7 +77,12 @@ def choose(lrs: list[float], losses: list[float]) -> tuple[float, list[list[floa
             best = i
     if cut == 0:
         raise EncoderforgeError(f"--lr auto: the loss was not finite even at lr={lrs[0]:.1e}; check the labels and data")
-    return lrs[best] / 10, [[lr, loss, s] for lr, loss, s in zip(lrs[:cut], losses[:cut], sm[:cut])]
+    curve = [[lr, loss, s] for lr, loss, s in zip(lrs[:cut], losses[:cut], sm[:cut])]
+    # no clear minimum: the loss is lowest at the start of the ramp (e.g. a head already fitted by the probe), or
+    # never falls by MIN_DROP: a tenth of such a point would be a guess below the ramp, so the configured LR stays
+    if best < max(1, cut // 10) or sm[best] > (1 - MIN_DROP) * sm[0]:
+        return None, curve
+    return lrs[best] / 10, curve
 
 
 def find_lr(
@@ -97,6 +107,8 @@ def find_lr(
     record = run_dir / "lr_find.json"
     if record.is_file():
         return LrChoice(**json.loads(record.read_text(encoding="utf-8")))
+    if dist.world > 1:  # each rank would run its own test; one rank's choice would need broadcasting: not built
+        raise EncoderforgeError("--lr auto runs in one process; find the LR with a single-process run and pass --lr NUMBER")
     scratch = run_dir / "lr-find"
     shutil.rmtree(scratch, ignore_errors=True)  # a test killed mid-way starts over (it is short)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -124,7 +136,9 @@ def find_lr(
         shutil.rmtree(scratch, ignore_errors=True)
     points = [(r["lr"], r["loss"]) for r in logged if "loss" in r]
     lr, curve = choose([p[0] for p in points], [p[1] for p in points])
-    choice = LrChoice(lr=lr, rule=RULE, steps=steps, seconds=round(time.perf_counter() - t0, 1), curve=curve)
+    rule, diverged = (RULE if lr is not None else KEPT), len(curve) < len(points)
+    choice = LrChoice(lr=lr or base.lr, rule=rule, steps=steps, seconds=round(time.perf_counter() - t0, 1), curve=curve,
+                      diverged=diverged)  # fmt: skip
     if dist.main:
         with atomic_file(record) as f:
             json.dump(choice.as_dict(), f, indent=2)
