@@ -39,10 +39,16 @@ def rows(study: Any, space: SearchSpace, primary: str) -> list[dict[str, Any]]:
                 "epochs_run": u.get("epochs_run"),
                 "note": "defaults"
                 if u.get("defaults")
-                else (f"pruned at epoch {u['pruned_at_epoch']}" if "pruned_at_epoch" in u else ""),
+                else (f"pruned at epoch {u['pruned_at_epoch']}" if "pruned_at_epoch" in u else note(u)),
             }
         )
     return out
+
+
+def note(u: dict[str, Any]) -> str:
+    if "stopped_by_budget_at_epoch" in u:
+        return f"stopped by the budget at epoch {u['stopped_by_budget_at_epoch']}"
+    return f"rerun of interrupted trial {u['requeued_from']}" if "requeued_from" in u else ""
 
 
 def pareto(points: list[tuple[float, float]], maximize: bool) -> list[int]:

@@ -13,8 +13,9 @@ Optuna (TPE sampler, Hyperband / successive-halving pruner on the dev metric at 
 Trials run `workers` at a time, each in its own process with one thread (processes, not threads: torch's thread
 count is per process, and a worker killed with the search dies with it). A search killed at any point resumes
 where it stopped: finished and pruned trials stay in the journal and are never rerun; a trial that was running
-is marked failed and its parameters are queued again. Workers start no trial once the budget is spent, so the
-search ends within one trial of its budget.
+is marked failed and its parameters are queued again. Workers start no trial once the budget is spent, and a
+fine-tuning trial still running then stops at its next dev evaluation (recorded as pruned, "stopped by the
+budget"), so the search ends within one evaluation of its budget (a pretraining trial: within one trial).
 """
 
 from __future__ import annotations

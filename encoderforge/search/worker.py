@@ -41,7 +41,7 @@ def pretrain_objective(run: Path, space: Any) -> Any:
     return trial_fn
 
 
-def objective(run: Path, space: Any) -> Any:
+def objective(run: Path, space: Any, until: float) -> Any:
     import optuna
 
     from encoderforge.recipes.finetune import finetune
@@ -59,6 +59,9 @@ def objective(run: Path, space: Any) -> Any:
             step = max(1, round(epochs * cfg.finetune.evals_per_epoch))
             trial.report(value, step)
             last = epochs >= cfg.finetune.epochs - 1e-9  # a finished run is scored, never pruned at its end
+            if not last and time.time() >= until:  # the budget is spent: stop here (within one evaluation of it)
+                trial.set_user_attr("stopped_by_budget_at_epoch", round(epochs, 2))
+                raise optuna.TrialPruned(f"epoch {epochs:.2f}: the search's budget is spent")
             if not last and trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", round(epochs, 2))
                 raise optuna.TrialPruned(f"epoch {epochs:.2f}: dev {value:.4f}")
@@ -98,7 +101,7 @@ def main() -> None:
     run = Path(a.run)
     space = load_space(run / "space.yaml")
     study = open_study(run, space, seed_offset=a.worker)
-    fn = objective(run, space)
+    fn = objective(run, space, a.until)
 
     failures = [0]
 
