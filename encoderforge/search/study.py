@@ -94,7 +94,7 @@ def search(space_path: str | Path, out: str | Path, budget_s: float, *, workers:
         if not study.trials and (d := space.defaults()) is not None:
             study.enqueue_trial(d, user_attrs={"defaults": True})  # the defaults, measured in the same study
         try:
-            spent = run_workers(run, workers or space.workers, spent, left, lock)
+            spent = run_workers(run, workers or space.workers, spent, left, lock, Ticker(study, space, budget_s, spent))
         finally:  # even when a worker failed: the table and best.yaml describe every trial that ran
             summary = write_results(run, space, open_study(run, space), budget_s, spent)
         return summary
@@ -127,7 +127,26 @@ def requeue_interrupted(study: Any) -> list[int]:
     return [t.number for t in stale]
 
 
-def run_workers(run: Path, n: int, spent: float, left: float, lock: Any) -> float:
+class Ticker:
+    """One stderr line per trial that ends (its state, metric, the best so far, the budget spent): what a user
+    watching a 30-minute search sees."""
+
+    def __init__(self, study: Any, space: SearchSpace, budget_s: float, spent: float):
+        self.study, self.space, self.budget_s, self.spent0 = study, space, budget_s, spent
+        self.seen = {t.number for t in study.trials if t.state.is_finished()}
+
+    def __call__(self, elapsed: float) -> None:
+        ended = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in self.seen]
+        for t in sorted(ended, key=lambda t: t.number):
+            self.seen.add(t.number)
+            done = [x.value for x in self.study.get_trials(deepcopy=False) if x.state.name == "COMPLETE"]
+            best = (max if self.space.maximize else min)(done) if done else None
+            value = f"{self.space.metric} {t.value:.4f}" if t.value is not None else t.state.name.lower()
+            print(f"trial {t.number}: {value}" + (f" (best {best:.4f})" if best is not None else "")
+                  + f"; {self.spent0 + elapsed:.0f} s of {self.budget_s:.0f} s spent", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def run_workers(run: Path, n: int, spent: float, left: float, lock: Any, tick: Any = None) -> float:
     """Start `n` worker processes that take trials until the deadline; keep budget.json current; return the total
     seconds spent. A worker dies with this process (PR_SET_PDEATHSIG), so kill -9 here stops every trial; where that
     does not exist, the inherited lock keeps a second search out while an orphaned worker lives."""
@@ -153,6 +172,8 @@ def run_workers(run: Path, n: int, spent: float, left: float, lock: Any) -> floa
         while any(p.poll() is None for p in procs):
             time.sleep(2)
             save_spent(run, spent + time.time() - t0)
+            if tick is not None:
+                tick(time.time() - t0)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -107,6 +107,7 @@ def test_search_runs_within_budget_and_best_yaml_reproduces_its_trial(tmp_path, 
     summary = json.loads(r.stdout)
     done = [t for t in trials(out) if t.state.name == "COMPLETE"]
     assert len(done) >= 2 and summary["trials"]["complete"] == len(done)
+    assert f"trial 0: accuracy {done[0].value:.4f}" in r.stderr  # a line per finished trial while it runs
     first = trials(out)[0]
     assert first.user_attrs.get("defaults") and first.params["train.lr"] == 5e-5 and first.state.name == "COMPLETE"
     # the budget holds within one trial: no trial started after it was spent
