@@ -58,6 +58,18 @@ class FinetuneResult:
 SAFE = ("finetune.threads", "train.progress", "train.save_every", "train.keep_checkpoints", "train.trim_heap_every")
 
 
+def schema_of(cfg: FinetuneConfig) -> Schema:
+    """How the config's labelled files are read: its text and label fields, the task's label type, allowed labels."""
+    d = cfg.data
+    return Schema(
+        text_fields=tuple(d.text_field),
+        label_field=d.label_field,
+        label_type=TASKS[cfg.task].label_type,  # type: ignore[arg-type]
+        labels=tuple(d.labels) if d.labels else None,
+        label_sep=d.label_sep,
+    )
+
+
 def load_split(data: str | None, schema: Schema, what: str) -> Dataset | None:
     """A labelled file read and validated with `schema` (None: no such split)."""
     if not data:
@@ -97,13 +109,7 @@ def finetune(
     if not cfg.train.out_dir:
         raise EncoderforgeError("no run directory; pass --out DIR (train.out_dir)")
     d = cfg.data
-    schema = Schema(
-        text_fields=tuple(d.text_field),
-        label_field=d.label_field,
-        label_type=spec.label_type,  # type: ignore[arg-type]
-        labels=tuple(d.labels) if d.labels else None,
-        label_sep=d.label_sep,
-    )
+    schema = schema_of(cfg)
     model_dir = resolve_model(cfg.model)
     files = [d.train, d.dev, d.test]
     record = {

@@ -18,15 +18,13 @@ ROWS = 16  # rows per timed step
 
 def seconds_per_row(cfg: Any) -> tuple[float, int, int]:
     """(training seconds per row, train rows, dev rows) of `cfg` on this machine, one thread."""
-    from encoderforge.data.readers import Schema, read_dataset
+    from encoderforge.data.readers import read_dataset
     from encoderforge.model import checkpoint
     from encoderforge.model.zoo import resolve_model
-    from encoderforge.tasks.registry import TASKS
+    from encoderforge.recipes.finetune import schema_of
     from encoderforge.tokenization import load_tokenizer
 
-    d = cfg.data
-    schema = Schema(text_fields=tuple(d.text_field), label_field=d.label_field, label_type=TASKS[cfg.task].label_type,
-                    labels=tuple(d.labels) if d.labels else None, label_sep=d.label_sep)  # fmt: skip
+    d, schema = cfg.data, schema_of(cfg)
     train = read_dataset(d.train, schema)
     n_dev = len(read_dataset(d.dev, schema)) if d.dev else round(len(train) * d.dev_fraction)
     texts = [" ".join(" ".join(t) if isinstance(t, (list, tuple)) else str(t) for t in ex.texts) for ex in train.examples[:ROWS]]

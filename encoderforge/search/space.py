@@ -130,13 +130,14 @@ class SearchSpace:
         """The most dev evaluations a trial can make: the pruner's maximum resource (kind: finetune)."""
         if self.kind != "finetune":
             return 1
-        epochs = max(
-            [self.config({}, "x").finetune.epochs] + [float(p.high) for p in self.params if p.key == "finetune.epochs" and p.high]
-        )
-        evals = max(
-            [self.config({}, "x").finetune.evals_per_epoch]
-            + [int(max(p.extremes())) for p in self.params if p.key == "finetune.evals_per_epoch"]
-        )
+        base = self.config({}, "x").finetune
+        top = {
+            p.key: max(p.extremes())
+            for p in self.params
+            if p.choices is None or all(isinstance(c, (int, float)) for c in p.choices)
+        }
+        epochs = max(base.epochs, float(top.get("finetune.epochs", 0)))
+        evals = max(base.evals_per_epoch, int(top.get("finetune.evals_per_epoch", 0)))
         return max(1, math.ceil(epochs * evals))
 
     def defaults(self) -> dict[str, Any] | None:
