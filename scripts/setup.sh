@@ -25,3 +25,9 @@ if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium
     || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-headless-shell >/dev/null 2>&1; } \
     || echo "setup: could not install chromium-headless-shell; the browser test of the report will skip" >&2
 fi
+# WordNet's glosses (definition -> headword retrieval pairs, DATA.md): Debian's wordnet-base, when we may.
+if [ ! -f /usr/share/wordnet/data.noun ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1; } \
+    || echo "setup: could not install wordnet-base; the WordNet retrieval set cannot be built" >&2
+fi
