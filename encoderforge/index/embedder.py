@@ -1,0 +1,127 @@
+"""Texts -> index vectors with a model, and the EmbedSpec that records how (so queries can be checked against it).
+
+A model is either a fine-tuned embedding run (RUN/model + RUN/task.json with kind "embed": pooling, max_length,
+normalize and Matryoshka `dims` come from task.json) or a plain encoder (zoo name or checkpoint directory: those
+settings come from the caller's flags).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Sequence, cast
+
+import numpy as np
+
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import file_digest
+from encoderforge.index.manifest import EmbedSpec
+from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
+from encoderforge.model import checkpoint
+from encoderforge.model.zoo import resolve_model
+from encoderforge.tokenization import load_tokenizer
+
+DEFAULT_MAX_LENGTH = 256
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class Embedder:
+    """A loaded model and the spec of the vectors it makes.
+
+    Example:
+        >>> e = load_embedder("minilm-l6")
+        >>> e.embed(["a query"]).shape   # (1, 384), unit length
+    """
+
+    engine: Engine
+    spec: EmbedSpec
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), spec.dim) float32 vectors in input order."""
+        s = self.spec
+        vecs = self.engine.embed(texts, pooling=cast(Literal["mean", "cls"], s.pooling), normalize=s.normalize)
+        if s.dims:  # Matryoshka: the first `dims` values carry the most; re-normalise the cut vector
+            vecs = np.ascontiguousarray(vecs[:, : s.dims])
+            if s.normalize:
+                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
+
+
+def load_embedder(
+    model: str | Path,
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+    max_length: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> Embedder:
+    """Load an embedding run or a plain encoder.
+
+    Args:
+        model: an `embed` run directory, a checkpoint directory or a zoo name ('minilm-l6').
+        pooling, normalize, max_length: for a plain encoder (an embed run's task.json overrides them); max_length
+            defaults to 256, or the model's max_position if smaller.
+        max_tokens: token budget per forward pass.
+    Returns:
+        the Embedder.
+    """
+    if pooling not in ("mean", "cls"):
+        raise EncoderforgeError(f"--pooling must be mean or cls, got {pooling!r}")
+    path = resolve_model(model)
+    dims = None
+    task = path / "task.json"
+    if task.is_file():
+        meta = json.loads(task.read_text(encoding="utf-8"))
+        if meta.get("kind") != "embed":
+            raise EncoderforgeError(
+                f"{task}: a {meta.get('kind')!r} run, not an embedding model; pass an `embed` run or a plain encoder"
+            )
+        pooling, normalize = meta.get("pooling", "mean"), bool(meta.get("normalize", True))
+        max_length, dims = meta.get("max_length"), meta.get("dims")
+        path = path / "model"
+    if not path.is_dir():
+        raise EncoderforgeError(f"{path}: no such model directory; pass a zoo name ('minilm-l6'), a checkpoint or an embed run")
+    weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
+    if weights is None:
+        raise EncoderforgeError(f"{path}: no {WEIGHTS[0]}; pass a checkpoint directory")
+    loaded = checkpoint.load(path)
+    length = int(max_length or min(DEFAULT_MAX_LENGTH, loaded.encoder.cfg.max_position))
+    engine = Engine(loaded.encoder, load_tokenizer(path), max_tokens=max(max_tokens, length), max_length=length)
+    hidden = engine.encoder.cfg.hidden_size
+    if dims is not None and not 0 < int(dims) <= hidden:
+        raise EncoderforgeError(f"{task}: dims={dims} must be in 1..{hidden} (the model's hidden size)")
+    spec = EmbedSpec(
+        model=str(model),
+        model_hash=_digest(str(weights)),
+        dim=int(dims or hidden),
+        pooling=pooling,
+        normalize=normalize,
+        max_length=length,
+        dims=int(dims) if dims else None,
+    )
+    return Embedder(engine=engine, spec=spec)
+
+
+def check_compatible(index_spec: EmbedSpec, query_spec: EmbedSpec, where: str) -> None:
+    """One line naming both models and what differs, when a query's vectors cannot be compared with the index's."""
+    diff = index_spec.mismatch(query_spec)
+    if diff:
+        raise EncoderforgeError(
+            f"{where}: built with {index_spec.model} ({index_spec.pooling}, dim {index_spec.dim}) but the query uses "
+            f"{query_spec.model} ({query_spec.pooling}, dim {query_spec.dim}); differs in {', '.join(diff)} — search "
+            "with the index's model and settings (omit --model/--pooling), or rebuild with `encoderforge index build`"
+        )
+
+
+@lru_cache(maxsize=16)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path) or ""
+
+
+def _digest(path: str) -> str:
+    """sha256 of the weights, cached per (path, size, mtime): loading the same model twice hashes it once."""
+    st = Path(path).stat()
+    return _digest_cached(path, st.st_size, st.st_mtime_ns)
