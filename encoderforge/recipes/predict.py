@@ -45,7 +45,8 @@ class Predictor:
             raise EncoderforgeError(f"{meta_file}: unknown task kind {meta.get('kind')!r}; expected one of {sorted(TASKS)}")
         loaded = checkpoint.load(run / "model")
         state = {k[len("head.") :]: v for k, v in loaded.extra.items() if k.startswith("head.")}
-        if not state:
+        head = spec.build_head(loaded.encoder.cfg, meta)
+        if not state and any(True for _ in head.state_dict()):  # (an embedding run's pooling head has no tensors)
             raise EncoderforgeError(
                 f"{run / 'model'}: the checkpoint holds no task head (head.* tensors); it is not a fine-tuned model"
             )

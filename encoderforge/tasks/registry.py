@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from encoderforge.tasks import classification, multilabel, ner, pairs, qa
+from encoderforge.tasks import classification, embed, multilabel, ner, pairs, qa
 from encoderforge.tasks.spec import TaskSpec
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed"]
 
 TASKS: dict[str, TaskSpec] = {
     "classify": classification.SPEC,
@@ -15,4 +15,5 @@ TASKS: dict[str, TaskSpec] = {
     "ner": ner.SPEC,
     "regress": pairs.SPEC,
     "qa": qa.SPEC,
+    "embed": embed.SPEC,
 }

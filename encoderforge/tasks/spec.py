@@ -158,8 +158,8 @@ class TaskSpec:
         """The label set: sorted names seen in the training file. For tags, every entity type seen in any given
         file as a B-/I- pair after "O" (a cross-validation fold may lack a rare type, and the output space is not
         training data)."""
-        if self.label_type in ("float", "span"):
-            return []  # regression and QA: no label set
+        if self.label_type in ("float", "span", "pairs"):
+            return []  # regression, QA and embedding pairs: no label set
         labels = ds.label_set()
         if self.label_type == "tags":
             seen = set(labels).union(*(o.label_set() for o in others if o is not None))
@@ -173,7 +173,7 @@ class TaskSpec:
     def check_labels(self, ds: Dataset, labels: list[str]) -> None:
         """Every label of a dev/test file must be one the model was trained on; name the first offending record."""
         known = set(labels)
-        if self.label_type in ("float", "span"):
+        if self.label_type in ("float", "span", "pairs"):
             return
         for ex in ds.examples:
             for lab in ex.label if isinstance(ex.label, list) else [ex.label]:
