@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.qa_reader import QAExample, read_qa
+from encoderforge.data.textfile import decode_utf8, jsonl_rows
+
+__all__ = ["Dataset", "Example", "QAExample", "Schema", "from_records", "read_dataset", "read_qa", "split_dev"]
 
 LabelType = Literal["class", "multilabel", "float", "tags", "span", "pairs"]
 Format = Literal["csv", "tsv", "jsonl", "tab", "conll"]
@@ -118,30 +121,19 @@ def read_dataset(path: str | Path, schema: Schema, *, fmt: Format | None = None)
     fmt = fmt or _SUFFIX.get(path.suffix.lower()) or ("conll" if schema.label_type == "tags" else None)
     if fmt is None:
         raise EncoderforgeError(f"{path}: unknown format {path.suffix!r}; use .csv, .tsv, .jsonl, .tab or .conll")
-    text = _decode(path)
+    text = decode_utf8(path)
     if fmt == "conll":
         if schema.label_type != "tags":
             raise EncoderforgeError(f"{path}: CoNLL files hold token tags; use the ner task (label type 'tags')")
         rows: Iterator[tuple[int, Any]] = _conll_rows(text, path, schema)
     elif fmt == "jsonl":
-        rows = _jsonl_rows(text, path)
+        rows = jsonl_rows(text, path)
     else:
         rows = _table_rows(text, path, fmt, schema)
     examples = [_example(obj, path, line, schema) for line, obj in rows]
     if not examples:
         raise EncoderforgeError(f"{path}: holds no examples")
     return Dataset(path=path, schema=schema, examples=examples)
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise EncoderforgeError(
-            f"{path}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
 
 
 def _lift_csv_field_limit() -> None:
@@ -181,19 +173,6 @@ def _table_rows(text: str, path: Path, fmt: Format, schema: Schema) -> Iterator[
                 f"{path}:{line}: {len(row)} fields but the header has {len(header)}; quote cells that contain the delimiter"
             )
         yield line, dict(zip(header, row))
-
-
-def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[int, dict]]:
-    for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise EncoderforgeError(f"{path}:{line}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(obj, dict):
-            raise EncoderforgeError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
-        yield line, obj
 
 
 def _conll_rows(text: str, path: Path, schema: Schema) -> Iterator[tuple[int, dict]]:
@@ -387,45 +366,3 @@ def from_records(records: Sequence[tuple[Any, Any]], schema: Schema, *, name: st
             obj = {**dict(zip(schema.text_fields, texts)), schema.label_field: label}
         examples.append(_example(obj, Path(name), i, schema))
     return Dataset(Path(name), schema, examples)
-
-
-@dataclass
-class QAExample:
-    """One extractive QA example: the answer(s) are character spans of `context` (SQuAD style)."""
-
-    question: str
-    context: str
-    answers: list[tuple[str, int]]  # (text, start character); empty = no answer in the context
-    where: str
-
-
-def read_qa(path: str | Path) -> list[QAExample]:
-    """Read SQuAD-style JSONL: {"question", "context", "answers": [{"text", "start"}, ...]} per line.
-
-    Every answer must be the context's text at its start offset; a mismatch names the file, line and answer.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderforgeError(f"{path}: no such file; pass a JSONL file of {{question, context, answers}}")
-    out = []
-    for line, obj in _jsonl_rows(_decode(path), path):
-        where = f"{path}:{line}"
-        for name in ("question", "context"):
-            if not isinstance(obj.get(name), str) or not obj[name].strip():
-                raise EncoderforgeError(f"{where}: field {name!r} is missing or empty")
-        answers = obj.get("answers", [])
-        if not isinstance(answers, list):
-            raise EncoderforgeError(f"{where}: field 'answers' must be a list of {{text, start}}")
-        spans = []
-        for j, a in enumerate(answers):
-            if not (isinstance(a, dict) and isinstance(a.get("text"), str) and isinstance(a.get("start"), int)):
-                raise EncoderforgeError(f'{where}: answers[{j}] must be {{"text": str, "start": int}}, got {a!r:.60}')
-            if obj["context"][a["start"] : a["start"] + len(a["text"])] != a["text"]:
-                raise EncoderforgeError(
-                    f"{where}: answers[{j}] {a['text']!r:.40} is not the context's text at character {a['start']}; fix the offset"
-                )
-            spans.append((a["text"], a["start"]))
-        out.append(QAExample(obj["question"], obj["context"], spans, where))
-    if not out:
-        raise EncoderforgeError(f"{path}: holds no examples")
-    return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -322,8 +322,7 @@ def _graded(rows: Rows) -> bool:
 
 
 def _width(model: nn.Module) -> int:
-    encoder = getattr(model, "encoder", model)
-    return int(encoder.cfg.hidden_size)
+    return int(cast(Encoder, getattr(model, "encoder", model)).cfg.hidden_size)
 
 
 def _build_model(encoder: Encoder, labels: list[str], args: TaskArgs) -> EmbedModel:
