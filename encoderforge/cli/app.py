@@ -12,6 +12,7 @@ import typer
 from encoderforge import EncoderforgeError
 from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
+from encoderforge.cli import index as cli_index
 from encoderforge.cli import pretrain as cli_pretrain
 from encoderforge.cli import run as cli_run
 from encoderforge.cli import search as cli_search
@@ -99,6 +100,8 @@ app.command("quickstart")(cli_run.quickstart)
 app.command("init")(cli_run.init)
 app.command("serve")(cli_serve.serve)
 app.command("search")(cli_search.search)
+app.add_typer(cli_index.app, name="index")
+app.command("eval-retrieval")(cli_index.eval_retrieval)
 
 
 def positive(**values: int) -> None:

@@ -20,7 +20,7 @@ from encoderforge.fileio import file_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.model import checkpoint
-from encoderforge.model.zoo import resolve_model
+from encoderforge.model.zoo import ZOO, resolve_model
 from encoderforge.tokenization import load_tokenizer
 
 DEFAULT_MAX_LENGTH = 256
@@ -94,7 +94,7 @@ def load_embedder(
     if dims is not None and not 0 < int(dims) <= hidden:
         raise EncoderforgeError(f"{task}: dims={dims} must be in 1..{hidden} (the model's hidden size)")
     spec = EmbedSpec(
-        model=str(model),
+        model=str(model) if str(model) in ZOO else str(Path(model).resolve()),  # found again from any directory
         model_hash=_digest(str(weights)),
         dim=int(dims or hidden),
         pooling=pooling,

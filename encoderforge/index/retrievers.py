@@ -17,7 +17,9 @@ from encoderforge.model.zoo import ZOO
 
 
 class Retriever(Protocol):
-    """Anything that ranks documents for query texts."""
+    """Anything that ranks documents for query texts; `meta` maps doc id -> its stored metadata."""
+
+    meta: dict[str, dict]
 
     def search(self, texts: Sequence[str], k: int = 10) -> Hits: ...
 
@@ -31,6 +33,7 @@ class DenseRetriever:
         if index.spec is not None:
             check_compatible(index.spec, embedder.spec, name)
         self.index, self.embedder, self.name = index, embedder, name
+        self.meta = index.meta
 
     def search(self, texts: Sequence[str], k: int = 10) -> Hits:
         return self.index.search(self.embedder.embed(texts), k)
@@ -45,6 +48,7 @@ class BM25Retriever:
 
     def __init__(self, index: BM25Index, name: str):
         self.index, self.name = index, name
+        self.meta = dict(zip(index.ids, index.meta))
 
     def search(self, texts: Sequence[str], k: int = 10) -> Hits:
         return self.index.search(texts, k)

@@ -1,0 +1,171 @@
+"""`encoderforge index build|add|delete|search` and `encoderforge eval-retrieval`: thin commands over
+encoderforge.recipes.index_build and encoderforge.recipes.eval_retrieval (recipes import lazily: `--help` stays fast)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from encoderforge.cli.common import fail_on_error
+
+app = typer.Typer(help="Dense (faiss) and BM25 indexes of a corpus JSONL: build, add, delete, search.", no_args_is_help=True)
+
+
+class Kind(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+    bm25 = "bm25"
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+MODEL_HELP = "An `embed` run directory, a checkpoint directory or a zoo name."
+
+
+@app.command()
+def build(
+    corpus: Path = typer.Argument(..., help='Corpus JSONL: one {"id", "text", ...metadata} per line.'),
+    out: Path = typer.Argument(..., help="Index directory; rerun the same command to resume a killed build."),
+    model: str = typer.Option("minilm-l6", help=MODEL_HELP),
+    kind: Kind = typer.Option(
+        Kind.auto, help="auto = flat up to 100k documents, hnsw above; ivfpq = compressed; bm25 = lexical."
+    ),
+    pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder (an embed run sets its own)."),
+    normalize: bool = typer.Option(True, help="L2-normalize vectors (for a plain encoder)."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text (default 256, or the model's limit)."),
+    shard_size: int = typer.Option(10_000, help="Documents per resumable embedding shard."),
+    store_text: bool = typer.Option(True, help="Keep texts in the index (shown by `index search`, used by re-ranking)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing index."),
+    threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+) -> None:
+    """Embed a corpus in resumable shards and build a faiss index (or a BM25 index with --kind bm25)."""
+    from encoderforge.recipes.index_build import index_build
+
+    with fail_on_error():
+        r = index_build(
+            corpus,
+            out,
+            model=model,
+            kind=kind.value,
+            pooling=pooling.value,
+            normalize=normalize,
+            max_length=max_length,
+            shard_size=shard_size,
+            store_text=store_text,
+            overwrite=overwrite,
+            threads=threads,
+        )
+    resumed = f", {r.shards - r.shards_embedded} of {r.shards} shards resumed" if r.shards_embedded < r.shards else ""
+    typer.echo(f"indexed {r.count} documents ({r.kind}) in {r.out} in {r.seconds:.1f}s{resumed}")
+
+
+@app.command()
+def add(
+    index: Path = typer.Argument(..., help="An index directory from `index build`."),
+    corpus: Path = typer.Argument(..., help="Corpus JSONL of new documents (ids not yet in the index)."),
+    model: Optional[str] = typer.Option(None, help="Override where the index's model is found (must be the same model)."),
+) -> None:
+    """Add documents to a dense index (saved atomically)."""
+    from encoderforge.recipes.index_build import index_add
+
+    with fail_on_error():
+        n = index_add(index, corpus, model=model)
+    typer.echo(f"added {n} documents to {index}")
+
+
+@app.command()
+def delete(
+    index: Path = typer.Argument(..., help="An index directory from `index build`."),
+    ids: List[str] = typer.Argument(..., help="Document ids to remove."),
+) -> None:
+    """Remove documents from a dense index by id (saved atomically)."""
+    from encoderforge.recipes.index_build import index_delete
+
+    with fail_on_error():
+        n = index_delete(index, ids)
+    typer.echo(f"deleted {n} documents from {index}")
+
+
+@app.command()
+def search(
+    index: Path = typer.Argument(..., help="An index directory from `index build`."),
+    query: Optional[str] = typer.Argument(None, help="A query text (or pass --queries FILE)."),
+    k: int = typer.Option(10, "-k", help="Results per query."),
+    queries: Optional[Path] = typer.Option(None, help='Queries JSONL ({"id", "text"}) for a batch search; needs --out.'),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Batch output: .tsv (qid docid rank score) or JSONL."),
+    model: Optional[str] = typer.Option(None, help="Query model (default: the index's; another one is refused)."),
+    pooling: Optional[Pooling] = typer.Option(None, help="Query pooling (default: the index's)."),
+) -> None:
+    """Print the best documents for a query (id, score, text and metadata), or search a queries file in batch."""
+    from encoderforge import EncoderforgeError
+    from encoderforge.recipes.index_build import index_search, index_search_file
+
+    pool = pooling.value if pooling else None
+    with fail_on_error():
+        if (query is None) == (queries is None):
+            raise EncoderforgeError('pass one query text, or --queries FILE --out FILE (e.g. `index search DIR "text" -k 5`)')
+        if queries is not None:
+            if out is None:
+                raise EncoderforgeError("--queries needs --out FILE (.tsv run or .jsonl)")
+            n = index_search_file(index, queries, out, k=k, model=model, pooling=pool)
+            typer.echo(f"searched {n} queries; wrote {out}")
+            return
+        rows = index_search(index, [query or ""], k=k, model=model, pooling=pool)
+    for r in rows:
+        meta = dict(r.meta)
+        text = " ".join(str(meta.pop("text", "")).split())
+        extra = f"  {json.dumps(meta, ensure_ascii=False)}" if meta else ""
+        typer.echo(f"{r.rank:>3}  {r.score:.4f}  {r.id}  {text[:100]!r}{extra}")
+
+
+def eval_retrieval(
+    queries: Path = typer.Option(..., help='Queries JSONL ({"id", "text"}).'),
+    qrels: Path = typer.Option(..., help="Qrels TSV: query_id, doc_id, relevance (trec-style, no header)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (metrics.json, run.tsv) that `encoderforge eval` lists."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus JSONL (for --model, --bm25, or re-ranking an index without texts)."),
+    index: Optional[Path] = typer.Option(None, help="A saved index (dense or bm25) to evaluate."),
+    model: Optional[str] = typer.Option(None, help=f"{MODEL_HELP} Without --index: embeds the corpus, exact search."),
+    bm25: bool = typer.Option(False, "--bm25", help="Without --index: BM25 over the corpus."),
+    pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder given as --model."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text for a plain encoder (default 256)."),
+    k: int = typer.Option(100, "-k", help="Documents retrieved per query (recall@100 needs 100)."),
+    rerank: Optional[Path] = typer.Option(None, help="A fine-tuned pair run (classify 0/1 or regress) that re-scores the top."),
+    rerank_depth: int = typer.Option(100, help="How many top documents --rerank re-scores."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+) -> None:
+    """Retrieval metrics (nDCG@10, MRR@10, Recall@1/10/100, latency p50/p99) of one retriever on judged queries."""
+    from encoderforge.recipes.eval_retrieval import eval_retrieval as run
+
+    with fail_on_error():
+        r = run(
+            queries,
+            qrels,
+            out,
+            corpus=corpus,
+            index=index,
+            model=model,
+            bm25=bm25,
+            pooling=pooling.value,
+            max_length=max_length,
+            k=k,
+            rerank=rerank,
+            rerank_depth=rerank_depth,
+            overwrite=overwrite,
+            threads=threads,
+        )
+    t = r.metrics["test"]
+    typer.echo(
+        f"ndcg@10 {t['ndcg@10']:.4f}  mrr@10 {t['mrr@10']:.4f}  recall@10 {t['recall@10']:.4f}  recall@100 "
+        f"{t['recall@100']:.4f} over {t['n']} queries ({r.metrics['skipped_queries']} skipped: no qrels); "
+        f"p50 {r.metrics['latency_ms']['p50']:.1f} ms; wrote {r.out}"
+    )

@@ -1,0 +1,189 @@
+"""`encoderforge eval-retrieval`: queries + qrels + one retriever (a saved index, a model over the corpus, or BM25),
+optionally re-ranked by a fine-tuned cross-encoder -> a run directory that `encoderforge eval` lists.
+
+    OUT/metrics.json  {"task": "retrieval", "primary": "ndcg@10", "test": {recall@1/10/100, mrr@10, ndcg@10, n},
+                       "latency_ms": {"p50", "p99"}, "retriever", "rerank", ...}  (the finetune runs' layout)
+    OUT/task.json     {"kind": "retrieval", ...}
+    OUT/run.tsv       qid<TAB>docid<TAB>rank<TAB>score, best first per query
+    OUT/config.json   inputs and their sha256, settings
+
+Metrics are computed on our ranking (rank order, not raw scores: a re-ranked top-K followed by the retriever's
+tail would not sort by one score), with trec_eval's definitions (index/metrics.py). Latency is wall time per
+query, one query at a time: embedding + search (+ re-ranking), what a user waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import atomic_dir, check_output, file_digest
+from encoderforge.index.bm25 import BM25Index
+from encoderforge.index.embedder import load_embedder
+from encoderforge.index.metrics import evaluate_run
+from encoderforge.index.readers import read_docs, read_qrels
+from encoderforge.index.retrievers import BM25Retriever, Retriever, exact_retriever, open_index
+from encoderforge.recipes.index_build import model_dir_of
+from encoderforge.recipes.predict import Predictor
+
+PRIMARY = "ndcg@10"
+
+
+@dataclass
+class RetrievalEval:
+    out: Path
+    metrics: dict[str, Any]
+
+
+def eval_retrieval(
+    queries: str | Path,
+    qrels: str | Path,
+    out: str | Path,
+    *,
+    corpus: str | Path | None = None,
+    index: str | Path | None = None,
+    model: str | None = None,
+    bm25: bool = False,
+    pooling: str = "mean",
+    max_length: int | None = None,
+    k: int = 100,
+    rerank: str | Path | None = None,
+    rerank_depth: int = 100,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> RetrievalEval:
+    """Evaluate one retriever on judged queries and write a run directory.
+
+    Args:
+        queries: JSONL {"id", "text"}; queries without qrels are skipped (counted).
+        qrels: TSV query_id, doc_id, relevance.
+        out: the run directory to write.
+        corpus: JSONL corpus (needed by `model`, `bm25` and by `rerank` when the index stores no texts).
+        index: a saved index directory (dense or BM25); `model` then only overrides the query model (checked).
+        model: with no index, embed the corpus with this model and search exactly (flat).
+        bm25: with no index, BM25 over the corpus.
+        pooling, max_length: for a plain encoder given as `model`.
+        k: documents retrieved (and written to run.tsv) per query.
+        rerank: a fine-tuned cross-encoder run (`classify` on text pairs with labels "0"/"1", or `regress` on pairs).
+        rerank_depth: how many of the top documents it re-scores.
+        overwrite: replace an existing OUT.
+        threads: torch intra-op threads.
+    Returns:
+        RetrievalEval with the metrics written to OUT/metrics.json.
+    """
+    sources = sum([index is not None, model is not None and index is None, bm25])
+    if sources != 1:
+        raise EncoderforgeError("pass exactly one retriever: --index DIR, --model M (with --corpus) or --bm25 (with --corpus)")
+    if (model is not None and index is None or bm25) and corpus is None:
+        raise EncoderforgeError("--model and --bm25 search a corpus: pass --corpus FILE")
+    if k < 1 or rerank_depth < 1:
+        raise EncoderforgeError(f"-k and --rerank-depth must be >= 1 (got {k}, {rerank_depth})")
+    inputs = [queries, qrels, corpus, index, rerank, model_dir_of(model) if model else None]
+    check_output(out, inputs, expect="dir")
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+        raise EncoderforgeError(f"{out}: already exists; pass --overwrite or choose another --out")
+    if threads:
+        torch.set_num_threads(threads)
+    judged = read_qrels(qrels)
+    all_q = read_docs(queries, what="queries")
+    qs = [q for q in all_q if q.id in judged]
+    if not qs:
+        raise EncoderforgeError(f"none of the {len(all_q)} queries of {queries} has judgements in {qrels}; check the query ids")
+    docs = read_docs(corpus) if corpus is not None else []
+    retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length)
+    texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
+    reranker = _reranker(rerank, texts) if rerank is not None else None
+    run: dict[str, list[tuple[str, float]]] = {}
+    latency = []
+    for q in qs:
+        t0 = time.perf_counter()
+        hits = retriever.search([q.text], max(k, rerank_depth if reranker else 0))
+        ranked = list(zip(hits.ids[0], hits.scores[0]))
+        if reranker is not None:
+            top = ranked[:rerank_depth]
+            scores = reranker(q.text, [d for d, _ in top])
+            ranked = sorted(zip([d for d, _ in top], scores), key=lambda x: -x[1]) + ranked[rerank_depth:]
+        run[q.id] = ranked[:k]
+        latency.append(time.perf_counter() - t0)
+    by_rank = {q: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for q, r in run.items()}
+    m = evaluate_run(by_rank, {q.id: judged[q.id] for q in qs})
+    lat = np.array(latency) * 1000
+    desc = retriever.describe()
+    metrics = {
+        "task": "retrieval",
+        "model": desc,
+        "primary": PRIMARY,
+        "test": {**{n: round(v, 6) for n, v in m.mean.items()}, "n": m.n},
+        "queries": m.n,
+        "skipped_queries": len(all_q) - len(qs),
+        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
+        "retriever": desc,
+        "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth},
+        "k": k,
+        "threads": torch.get_num_threads(),
+    }
+    files = {"queries": queries, "qrels": qrels, "corpus": corpus}
+    config = {
+        "inputs": {n: {"path": str(p), "sha256": file_digest(p)} for n, p in files.items() if p is not None},
+        "index": None if index is None else str(index),
+        "model": model,
+        "bm25": bm25,
+        "k": k,
+        "rerank": None if rerank is None else str(rerank),
+        "rerank_depth": rerank_depth,
+    }
+    with atomic_dir(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (tmp / "task.json").write_text(json.dumps({"kind": "retrieval", "retriever": desc, "primary": PRIMARY}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        with open(tmp / "run.tsv", "w", encoding="utf-8") as f:
+            for qid, ranked in run.items():
+                f.writelines(f"{qid}\t{d}\t{r}\t{s:.6f}\n" for r, (d, s) in enumerate(ranked, 1))
+    return RetrievalEval(Path(out), metrics)
+
+
+def _retriever(index, model, bm25, docs, *, pooling: str, max_length: int | None) -> Retriever:  # noqa: ANN001
+    """The one retriever the flags name."""
+    if index is not None:
+        return open_index(index, model=model, pooling=pooling if model else None)
+    if bm25:
+        return BM25Retriever(BM25Index.build([d.id for d in docs], [d.text for d in docs]), "in memory")
+    return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length))
+
+
+def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence[str]], list[float]]:
+    """score(query, doc ids) with a fine-tuned pair model: P(label "1") of a 0/1 classifier, or a regressor's value."""
+    p = Predictor.load(run)
+    kind, labels = p.meta.get("kind"), [str(x) for x in p.meta.get("labels", [])]
+    where = Path(run) / "task.json"
+    if p.meta.get("text_fields", 1) != 2:
+        raise EncoderforgeError(
+            f"{where}: the re-ranker must read text pairs (text_fields 2); fine-tune it on query/document pairs"
+        )
+    if kind == "classify" and sorted(labels) != ["0", "1"]:
+        raise EncoderforgeError(
+            f'{where}: a classify re-ranker needs labels "0"/"1" (got {labels}); fine-tune on relevant=1, not=0'
+        )
+    if kind not in ("classify", "regress"):
+        raise EncoderforgeError(f"{where}: a {kind!r} run cannot re-rank; pass a pair `classify` (0/1) or `regress` run")
+    if not texts:
+        raise EncoderforgeError("re-ranking needs document texts: pass --corpus (the index stores none)")
+
+    def clean(t: str) -> str:
+        return " ".join(t.split())  # a TAB or newline inside a text would break the `a<TAB>b` pair format
+
+    def score(query: str, ids: Sequence[str]) -> list[float]:
+        missing = [i for i in ids if i not in texts]
+        if missing:
+            raise EncoderforgeError(f"document {missing[0]!r} has no text in --corpus; pass the corpus the index was built from")
+        preds = p.predict([f"{clean(query)}\t{clean(texts[i])}" for i in ids])
+        return [float(x["scores"]["1"]) if kind == "classify" else float(x["value"]) for x in preds]
+
+    return score
