@@ -73,16 +73,46 @@ def corrupt(ix: Path) -> None:
 
 
 CASES = [  # (id, setup(ix, built, tmp), argv, substrings the one-line error must hold)
-    ("other-model", None, ["index", "search", "{ix}", "hello", "--model", "{other}"], ["but the query uses", "model_hash", "rebuild"]),
+    (
+        "other-model",
+        None,
+        ["index", "search", "{ix}", "hello", "--model", "{other}"],
+        ["but the query uses", "model_hash", "rebuild"],
+    ),
     ("other-dim", None, ["index", "search", "{ix}", "hello", "--model", "{narrow}"], ["dim 128 vs 64", "omit --model"]),
-    ("other-pooling", None, ["index", "search", "{ix}", "hello", "--pooling", "cls"], ["pooling mean vs cls", "omit --model/--pooling"]),
-    ("missing-file", lambda ix: (ix / "ids.jsonl").unlink(), ["index", "search", "{ix}", "hello"], ["ids.jsonl: missing", "rebuild with `encoderforge index build`"]),
+    (
+        "other-pooling",
+        None,
+        ["index", "search", "{ix}", "hello", "--pooling", "cls"],
+        ["pooling mean vs cls", "omit --model/--pooling"],
+    ),
+    (
+        "missing-file",
+        lambda ix: (ix / "ids.jsonl").unlink(),
+        ["index", "search", "{ix}", "hello"],
+        ["ids.jsonl: missing", "rebuild with `encoderforge index build`"],
+    ),
     ("corrupt-file", corrupt, ["index", "search", "{ix}", "hello"], ["index.faiss: checksum differs", "rebuild with"]),
-    ("no-manifest", lambda ix: (ix / "manifest.json").unlink(), ["index", "search", "{ix}", "hello"], ["manifest.json: missing", "rebuild with"]),
+    (
+        "no-manifest",
+        lambda ix: (ix / "manifest.json").unlink(),
+        ["index", "search", "{ix}", "hello"],
+        ["manifest.json: missing", "rebuild with"],
+    ),
     ("add-duplicate", None, ["index", "add", "{ix}", "{corpus}"], ["corpus.jsonl:1: id 'bbc-000' is already in", "index delete"]),
     ("delete-unknown", None, ["index", "delete", "{ix}", "bbc-001", "nope-9"], ["'nope-9' is not in the index", "check the id"]),
-    ("empty-text", None, ["index", "build", "{dir}/empty.jsonl", "{dir}/ix2", "--model", "{other}"], ["empty.jsonl:2:", "\"text\" of 'b' is empty", "drop the line"]),
-    ("build-over-index", None, ["index", "build", "{corpus}", "{ix}", "--model", "{other}"], ["already holds an index", "--overwrite"]),
+    (
+        "empty-text",
+        None,
+        ["index", "build", "{dir}/empty.jsonl", "{dir}/ix2", "--model", "{other}"],
+        ["empty.jsonl:2:", "\"text\" of 'b' is empty", "drop the line"],
+    ),
+    (
+        "build-over-index",
+        None,
+        ["index", "build", "{corpus}", "{ix}", "--model", "{other}"],
+        ["already holds an index", "--overwrite"],
+    ),
     ("no-query", None, ["index", "search", "{ix}"], ["pass one query text", "--queries"]),
 ]
 

@@ -1,0 +1,155 @@
+"""`encoderforge eval-retrieval` on a small judged set built from real BBC articles (query = an article's first
+sentence; relevant = that article (2) and others of its topic (1)): metrics equal trec_eval on the written run,
+queries without qrels are skipped, the run directory is what `encoderforge eval` lists, and a fine-tuned
+cross-encoder re-ranks the top-K by its P("1")."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from encoderforge import EncoderforgeError
+from encoderforge.cli.app import app
+from encoderforge.eval.leaderboard import leaderboard
+from encoderforge.recipes.eval_retrieval import eval_retrieval
+from encoderforge.recipes.predict import Predictor
+
+pytrec_eval = pytest.importorskip("pytrec_eval")
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory, bbc_docs):
+    d = tmp_path_factory.mktemp("judged")
+    docs = bbc_docs[:40]
+    (d / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in docs), encoding="utf-8")
+    qs = [{"id": f"q{i}", "text": docs[i]["text"].split(".")[0]} for i in range(0, 40, 4)]
+    qs.append({"id": "unjudged", "text": "a query nobody judged"})
+    (d / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs), encoding="utf-8")
+    lines = []
+    for i in range(0, 40, 4):
+        for j, doc in enumerate(docs):
+            if j == i or doc["topic"] == docs[i]["topic"]:
+                lines.append(f"q{i}\t{doc['id']}\t{2 if j == i else 1}\n")
+    (d / "qrels.tsv").write_text("".join(lines), encoding="utf-8")
+    return d
+
+
+def read_run(path):
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        q, doc, rank, _ = line.split("\t")
+        run.setdefault(q, {})[doc] = -float(rank)  # scores that order exactly as our ranks
+    return run
+
+
+def check_against_trec_eval(out, judged):
+    m = json.loads((out / "metrics.json").read_text())
+    qrels = {}
+    for line in (judged / "qrels.tsv").read_text().splitlines():
+        q, doc, rel = line.split("\t")
+        qrels.setdefault(q, {})[doc] = int(rel)
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10", "recall.100"}).evaluate(read_run(out / "run.tsv"))
+    assert m["test"]["ndcg@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in ref.values()]), abs=1e-6)
+    assert m["test"]["recall@10"] == pytest.approx(np.mean([v["recall_10"] for v in ref.values()]), abs=1e-6)
+    assert m["test"]["recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]), abs=1e-6)
+    return m
+
+
+def test_bm25_and_model_runs(judged, tiny_model, tmp_path):
+    bm = eval_retrieval(
+        judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "bm25", corpus=judged / "corpus.jsonl", bm25=True
+    )
+    m = check_against_trec_eval(tmp_path / "bm25", judged)
+    assert (m["queries"], m["skipped_queries"], m["primary"]) == (10, 1, "ndcg@10")
+    firsts = {
+        q: doc
+        for q, doc, rank, _ in (line.split("\t") for line in (tmp_path / "bm25" / "run.tsv").read_text().splitlines())
+        if rank == "1"
+    }
+    assert sum(firsts[f"q{i}"] == f"bbc-{i:03d}" for i in range(0, 40, 4)) >= 8  # a first sentence finds its article
+    assert m["latency_ms"]["p50"] > 0 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"]
+    assert bm.metrics["retriever"].startswith("bm25")
+    dense = eval_retrieval(
+        judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "dense", corpus=judged / "corpus.jsonl", model=str(tiny_model)
+    )
+    check_against_trec_eval(tmp_path / "dense", judged)
+    assert "dense flat" in dense.metrics["retriever"]
+    board = leaderboard([tmp_path])  # `encoderforge eval` reads these run directories
+    assert {r["kind"] for r in board.rows} == {"retrieval"} and {r["primary"] for r in board.rows} == {"ndcg@10"}
+
+
+def test_no_judged_query_is_an_error(judged, tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"id": "zz", "text": "x"}\n')
+    with pytest.raises(EncoderforgeError, match="none of the 1 queries .* has judgements"):
+        eval_retrieval(tmp_path / "q.jsonl", judged / "qrels.tsv", tmp_path / "o", corpus=judged / "corpus.jsonl", bm25=True)
+    with pytest.raises(EncoderforgeError, match="exactly one retriever"):
+        eval_retrieval(judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "o")
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory, tiny_model, bbc_docs):
+    """A real fine-tuned pair classifier (labels "0"/"1": does this text continue this opening sentence?)."""
+    from encoderforge.data.readers import Schema, from_records
+    from encoderforge.recipes.finetune import finetune
+    from encoderforge.recipes.finetune_config import finetune_config
+
+    docs = bbc_docs[:40]
+    rows = [
+        ((d["text"].split(".")[0], docs[(i + 1) % 40]["text"] if i % 2 else d["text"]), str(1 - i % 2))
+        for i, d in enumerate(docs)
+    ]
+    schema = Schema(text_fields=("a", "b"))
+    train, dev = from_records(rows[:32], schema, name="ce-train"), from_records(rows[32:], schema, name="ce-dev")
+    out = tmp_path_factory.mktemp("ce") / "run"
+    values = {
+        "model": str(tiny_model),
+        "train.out_dir": str(out),
+        "data.text_field": ["a", "b"],
+        "finetune.max_length": 64,
+        "finetune.epochs": 1,
+        "train.batch_rows": 16,
+    }
+    finetune(finetune_config("classify", values=values), train=train, dev=dev)
+    return out
+
+
+def test_rerank_with_a_cross_encoder_via_cli(judged, tiny_model, cross_encoder, tmp_path):
+    ix = tmp_path / "ix"
+    r = CliRunner().invoke(app, ["index", "build", str(judged / "corpus.jsonl"), str(ix), "--kind", "bm25"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "rr"
+    argv = [
+        "eval-retrieval",
+        "--queries",
+        str(judged / "queries.jsonl"),
+        "--qrels",
+        str(judged / "qrels.tsv"),
+        "--index",
+        str(ix),
+        "--rerank",
+        str(cross_encoder),
+        "--rerank-depth",
+        "5",
+        "-k",
+        "20",
+        "--out",
+        str(out),
+    ]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    assert "ndcg@10" in r.stdout and "1 skipped" in r.stdout
+    m = check_against_trec_eval(out, judged)
+    assert m["rerank"] == {"run": str(cross_encoder), "depth": 5}
+    # the top 5 of each query are ordered by the cross-encoder's P("1"), the texts coming from the index (no --corpus)
+    texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in (judged / "corpus.jsonl").read_text().splitlines()}
+    query = {json.loads(line)["id"]: json.loads(line)["text"] for line in (judged / "queries.jsonl").read_text().splitlines()}
+    rows = [line.split("\t") for line in (out / "run.tsv").read_text().splitlines() if line.startswith("q0\t")]
+    top = [doc for doc, rank in ((r[1], int(r[2])) for r in rows) if rank <= 5]
+    p = Predictor.load(cross_encoder).predict([f"{' '.join(query['q0'].split())}\t{' '.join(texts[d].split())}" for d in top])
+    probs = [x["scores"]["1"] for x in p]
+    assert probs == sorted(probs, reverse=True)
+    r = CliRunner().invoke(app, [*argv[:-2], "--out", str(out)])  # exists: refused without --overwrite
+    assert r.exit_code != 0 and "already exists; pass --overwrite" in r.stderr
