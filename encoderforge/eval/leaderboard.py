@@ -17,6 +17,8 @@ COLUMNS = {
     "ner": ("f1", "precision", "recall"),
     "regress": ("pearson", "spearman"),
     "qa": ("f1", "exact_match"),
+    "embed": ("ndcg@10", "mrr@10", "recall@10"),
+    "retrieval": ("ndcg@10", "mrr@10", "recall@10", "recall@100"),
 }
 
 

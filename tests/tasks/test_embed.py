@@ -127,3 +127,26 @@ def test_embed_bad_settings_are_one_line_errors(minilm_path, license_pairs, tmp_
     )
     with pytest.raises(EncoderforgeError, match="mix graded scores and negatives"):
         finetune(ft_config("embed", minilm_path, tmp_path / "c", {"data.train": str(mixed)}))
+
+
+def test_length_groups_forward_equals_one_packed_forward(minilm_path):
+    """Short queries and long documents run as two packed forwards: same vectors as one forward (eval mode)."""
+    from encoderforge.model import checkpoint
+    from encoderforge.model.heads import pool
+    from encoderforge.model.padding import pad_packed
+    from encoderforge.tasks.embed import EmbedModel, length_groups
+
+    lengths = torch.tensor([12, 200, 9, 180, 15, 220])
+    groups = length_groups(lengths)
+    assert [sorted(g.tolist()) for g in groups] == [[0, 2, 4], [1, 3, 5]]
+    assert len(length_groups(torch.tensor([100, 120, 110]))) == 1  # similar lengths: one group
+    model = EmbedModel(checkpoint.load(minilm_path).encoder).eval()
+    ids = torch.cat(
+        [torch.cat([torch.tensor([101]), torch.randint(1000, 20000, (n - 2,)), torch.tensor([102])]) for n in lengths.tolist()]
+    )
+    with torch.no_grad():
+        got = model(ids, lengths)
+        out = model.encoder.forward_packed(ids, lengths)
+        grid = pad_packed(out.hidden, out.layout)
+        want = pool(grid.hidden, grid.mask, "mean")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
