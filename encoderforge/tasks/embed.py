@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.model.attention import Attention
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import Pooling, pool
 from encoderforge.model.padding import pad_packed
@@ -62,8 +63,9 @@ class EmbedModel(nn.Module):
         self.encoder = encoder.for_task_heads()
         self.head = EmbedHead(pooling)
         if attention_dropout is not None:
-            for layer in self.encoder.layers:
-                layer.attn.dropout_p = attention_dropout
+            for m in self.encoder.modules():
+                if isinstance(m, Attention):
+                    m.dropout_p = attention_dropout
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         out = torch.empty(lengths.shape[0], self.encoder.cfg.hidden_size, device=input_ids.device)
