@@ -64,6 +64,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         (item,) = typing.get_args(hint) or (Any,)
         if not isinstance(value, list):
             raise EncoderforgeError(f"{where}: expected a list, got {value!r}")
+        if item is int:  # CLI list flags and `--set k=a,b` arrive as strings: "96" is the int 96
+            value = [int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v for v in value]
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
