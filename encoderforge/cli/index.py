@@ -142,6 +142,7 @@ def eval_retrieval(
     rerank_depth: int = typer.Option(100, help="How many top documents --rerank re-scores."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+    dims: Optional[int] = typer.Option(None, help="With --model: score on the first DIMS coordinates (Matryoshka)."),
 ) -> None:
     """Retrieval metrics (nDCG@10, MRR@10, Recall@1/10/100, latency p50/p99) of one retriever on judged queries."""
     from encoderforge.recipes.eval_retrieval import eval_retrieval as run
@@ -162,6 +163,7 @@ def eval_retrieval(
             rerank_depth=rerank_depth,
             overwrite=overwrite,
             threads=threads,
+            dims=dims,
         )
     t = r.metrics["test"]
     typer.echo(

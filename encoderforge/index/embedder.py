@@ -57,6 +57,7 @@ def load_embedder(
     normalize: bool = True,
     max_length: int | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    dims: int | None = None,
 ) -> Embedder:
     """Load an embedding run or a plain encoder.
 
@@ -65,13 +66,14 @@ def load_embedder(
         pooling, normalize, max_length: for a plain encoder (an embed run's task.json overrides them); max_length
             defaults to 256, or the model's max_position if smaller.
         max_tokens: token budget per forward pass.
+        dims: keep only the first `dims` coordinates (Matryoshka), then re-normalise; overrides an embed run's own.
     Returns:
         the Embedder.
     """
     if pooling not in ("mean", "cls"):
         raise EncoderforgeError(f"--pooling must be mean or cls, got {pooling!r}")
     path = resolve_model(model)
-    dims = None
+    asked = dims
     task = path / "task.json"
     if task.is_file():
         meta = json.loads(task.read_text(encoding="utf-8"))
@@ -82,6 +84,7 @@ def load_embedder(
         pooling, normalize = meta.get("pooling", "mean"), bool(meta.get("normalize", True))
         max_length, dims = meta.get("max_length"), meta.get("dims")
         path = path / "model"
+    dims = asked or dims
     if not path.is_dir():
         raise EncoderforgeError(f"{path}: no such model directory; pass a zoo name ('minilm-l6'), a checkpoint or an embed run")
     weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
@@ -92,7 +95,9 @@ def load_embedder(
     engine = Engine(loaded.encoder, load_tokenizer(path), max_tokens=max(max_tokens, length), max_length=length)
     hidden = engine.encoder.cfg.hidden_size
     if dims is not None and not 0 < int(dims) <= hidden:
-        raise EncoderforgeError(f"{task}: dims={dims} must be in 1..{hidden} (the model's hidden size)")
+        raise EncoderforgeError(
+            f"{task if not asked else '--dims'}: dims={dims} must be in 1..{hidden} (the model's hidden size)"
+        )
     spec = EmbedSpec(
         model=str(model) if str(model) in ZOO else str(Path(model).resolve()),  # found again from any directory
         model_hash=_digest(str(weights)),

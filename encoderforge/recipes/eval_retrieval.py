@@ -58,6 +58,7 @@ def eval_retrieval(
     rerank_depth: int = 100,
     overwrite: bool = False,
     threads: int | None = None,
+    dims: int | None = None,
 ) -> RetrievalEval:
     """Evaluate one retriever on judged queries and write a run directory.
 
@@ -73,6 +74,7 @@ def eval_retrieval(
         k: documents retrieved (and written to run.tsv) per query.
         rerank: a fine-tuned cross-encoder run (`classify` on text pairs with labels "0"/"1", or `regress` on pairs).
         rerank_depth: how many of the top documents it re-scores.
+        dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
         overwrite: replace an existing OUT.
         threads: torch intra-op threads.
     Returns:
@@ -97,7 +99,11 @@ def eval_retrieval(
     if not qs:
         raise EncoderforgeError(f"none of the {len(all_q)} queries of {queries} has judgements in {qrels}; check the query ids")
     docs = read_docs(corpus) if corpus is not None else []
-    retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length)
+    if dims is not None and (index is not None or model is None):
+        raise EncoderforgeError(
+            "--dims truncates the vectors of --model (exact search); an index keeps the dims it was built with"
+        )
+    retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length, dims=dims)
     texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
     reranker = _reranker(rerank, texts) if rerank is not None else None
     run: dict[str, list[tuple[str, float]]] = {}
@@ -127,6 +133,7 @@ def eval_retrieval(
         "retriever": desc,
         "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth},
         "k": k,
+        "dims": dims,
         "threads": torch.get_num_threads(),
     }
     files = {"queries": queries, "qrels": qrels, "corpus": corpus}
@@ -149,13 +156,13 @@ def eval_retrieval(
     return RetrievalEval(Path(out), metrics)
 
 
-def _retriever(index, model, bm25, docs, *, pooling: str, max_length: int | None) -> Retriever:  # noqa: ANN001
+def _retriever(index, model, bm25, docs, *, pooling: str, max_length: int | None, dims: int | None = None) -> Retriever:  # noqa: ANN001
     """The one retriever the flags name."""
     if index is not None:
         return open_index(index, model=model, pooling=pooling if model else None)
     if bm25:
         return BM25Retriever(BM25Index.build([d.id for d in docs], [d.text for d in docs]), "in memory")
-    return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length))
+    return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length, dims=dims))
 
 
 def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence[str]], list[float]]:

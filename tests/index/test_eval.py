@@ -153,3 +153,27 @@ def test_rerank_with_a_cross_encoder_via_cli(judged, tiny_model, cross_encoder, 
     assert probs == sorted(probs, reverse=True)
     r = CliRunner().invoke(app, [*argv[:-2], "--out", str(out)])  # exists: refused without --overwrite
     assert r.exit_code != 0 and "already exists; pass --overwrite" in r.stderr
+
+
+def test_dims_scores_on_the_first_coordinates(judged, tiny_model, tmp_path):
+    """--dims 32 (Matryoshka) = the full vectors cut to 32 coordinates and re-normalised, searched exactly."""
+    from encoderforge.index.embedder import load_embedder
+
+    r = eval_retrieval(
+        judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "d32", corpus=judged / "corpus.jsonl",
+        model=str(tiny_model), dims=32,
+    )  # fmt: skip
+    assert r.metrics["dims"] == 32
+    full = load_embedder(str(tiny_model))
+    docs = [json.loads(x) for x in (judged / "corpus.jsonl").read_text().splitlines()]
+    q = [json.loads(x) for x in (judged / "queries.jsonl").read_text().splitlines()][0]
+    cut = lambda v: v[:, :32] / np.linalg.norm(v[:, :32], axis=1, keepdims=True)  # noqa: E731
+    scores = cut(full.embed([q["text"]])) @ cut(full.embed([d["text"] for d in docs])).T
+    want = [docs[i]["id"] for i in np.argsort(-scores[0], kind="stable")[:5]]
+    got = [
+        line.split("\t")[1] for line in (tmp_path / "d32" / "run.tsv").read_text().splitlines() if line.startswith(f"{q['id']}\t")
+    ][:5]
+    assert got == want
+    assert load_embedder(str(tiny_model), dims=32).spec.dim == 32
+    with pytest.raises(EncoderforgeError, match="--dims: dims=999 must be in 1..128"):
+        load_embedder(str(tiny_model), dims=999)
