@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 17's retrieval targets on the three real sets (benchmarks/prepare_retrieval_data.py), test split, one run:
+# BM25, off-the-shelf MiniLM-L6, MiniLM-L6 fine-tuned on the train split (`finetune embed`, Matryoshka 192/96/48),
+# the fine-tuned model at 1/4 of its dimensions (96), and a cross-encoder re-ranking the fine-tuned model's top 20.
+#
+#   benchmarks/retrieval_targets.sh runs/data/retrieval runs/embed runs/rerank runs/retrieval
+#   python benchmarks/retrieval_table.py runs/retrieval
+#
+# The fine-tuned runs come from (one per set; wordnet: --batch-size 64 --max-length 64 --epochs 1, dev = 3,000 pairs):
+#   encoderforge finetune embed --model minilm-l6 --threads 2 --dims 192,96,48 --train D/SET/train.pairs.jsonl \
+#       --dev D/SET/dev.pairs.jsonl --test D/SET/test.pairs.jsonl --out runs/embed/SET --epochs 2   (license: 1)
+# and the re-rankers from benchmarks/prepare_rerank_data.py + `finetune classify --text-field query --text-field doc`.
+# WordNet's re-ranking pair (first stage alone vs + re-ranker) runs on a seeded 1,000-query sample of its test split
+# (10,785 queries x 20 pairs would take hours on 2 cores); every other row uses the whole test split.
+set -euo pipefail
+D=${1:-runs/data/retrieval}; E=${2:-runs/embed}; R=${3:-runs/rerank}; OUT=${4:-runs/retrieval}
+export HF_HUB_OFFLINE=1
+ev() { .venv/bin/encoderforge eval-retrieval --threads 2 --overwrite "$@"; }
+for s in bbc license wordnet; do
+  q=$D/$s/test.queries.jsonl; r=$D/$s/test.qrels.tsv; c=$D/$s/corpus.jsonl; o=$OUT/$s
+  ev --queries "$q" --qrels "$r" --corpus "$c" --bm25 --out "$o/bm25"
+  ev --queries "$q" --qrels "$r" --corpus "$c" --model minilm-l6 --out "$o/minilm-l6"
+  ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --out "$o/finetuned"
+  ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --dims 96 --out "$o/finetuned-d96"
+  ev --queries "$q" --qrels "$r" --corpus "$c" --model minilm-l6 --dims 96 --out "$o/minilm-l6-d96"
+  if [ "$s" = wordnet ]; then  # the re-ranking pair on a 1,000-query sample
+    python3 -c "import random,sys; L=open('$q').read().splitlines(); random.Random(0).shuffle(L); print('\n'.join(L[:1000]))" > "$D/$s/test1k.queries.jsonl"
+    q=$D/$s/test1k.queries.jsonl
+    ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --out "$o/finetuned-1k"
+  fi
+  if [ -f "$R/$s/metrics.json" ]; then
+    ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --rerank "$R/$s" --rerank-depth 20 --out "$o/finetuned+rerank"
+  fi
+done
