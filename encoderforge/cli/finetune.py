@@ -41,6 +41,7 @@ TASK_HELP = {
     "reads `question<TAB>context` lines.",
     "embed": 'Embeddings (bi-encoder) from JSONL {"query", "positive", "negatives": [...]} (in-batch + hard negatives, '
     'MNRL) or {"query", "positive", "negatives": score} (CoSENT); dev nDCG@10 / MRR@10 retrieval; Matryoshka dims.',
+    "colbert": "ColBERT late interaction (per-token vectors, MaxSim; in-batch + hard negatives) from the embed pairs JSONL.",
 }
 OVERWRITE = param(
     "overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory (only one encoderforge wrote).")

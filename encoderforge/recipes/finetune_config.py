@@ -21,7 +21,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.config import load_config, merge, read_yaml
 from encoderforge.training.args import TrainArgs
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert"]
 DERIVED = {
     "steps": "finetune.epochs",
     "warmup_steps": "finetune.warmup_ratio",
@@ -51,6 +51,7 @@ LABEL_TYPES = {
     "regress": "float",
     "qa": "span",
     "embed": "pairs",
+    "colbert": "pairs",
 }
 
 

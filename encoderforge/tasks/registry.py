@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from encoderforge.tasks import classification, embed, multilabel, ner, pairs, qa
+from encoderforge.tasks import classification, colbert, embed, multilabel, ner, pairs, qa
 from encoderforge.tasks.spec import TaskSpec
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert"]
 
 TASKS: dict[str, TaskSpec] = {
     "classify": classification.SPEC,
@@ -16,4 +16,5 @@ TASKS: dict[str, TaskSpec] = {
     "regress": pairs.SPEC,
     "qa": qa.SPEC,
     "embed": embed.SPEC,
+    "colbert": colbert.SPEC,
 }
