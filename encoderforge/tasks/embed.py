@@ -30,10 +30,12 @@ from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import Pooling, pool
 from encoderforge.model.padding import pad_packed
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.embed_losses import cos_matrix, cosent, matryoshka, mnrl
+from encoderforge.tasks.embed_losses import cos_matrix, cosent, gather_rows, matryoshka, mnrl
+from encoderforge.tasks.embed_metrics import correlations, ranking_metrics
 from encoderforge.tasks.sequences import encode_texts, steps_per_epoch
 from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec
 
+__all__ = ["EmbedModel", "EmbedTask", "PairBatch", "DevSet", "no_duplicate_batches", "ranking_metrics", "correlations", "SPEC"]
 EVAL_ROWS = 64  # texts per forward when embedding a whole dev/test set
 
 
@@ -180,6 +182,11 @@ class EmbedTask:
         self.texts: list[str] = []
         self.text_id: dict[str, int] = {}
         self.train = [self._ids(r) for r in train]
+        self.max_negatives = max((len(r[2]) for r in self.train), default=0)
+        if world > 1 and micro_rows:
+            raise EncoderforgeError(
+                "embed under torchrun gathers every process's texts as negatives once per step; set --micro-batch 0"
+            )
         self.ids = encode_texts(tokenizer, [(t,) for t in self.texts], max_length).ids  # one window per text
         self.dev = dev
         self._epoch: tuple[int, list[list[int]]] | None = None
@@ -205,7 +212,10 @@ class EmbedTask:
             if self._epoch is None or self._epoch[0] != epoch:
                 texts = [(q, p, *n) for q, p, n, _ in self.train]
                 self._epoch = (epoch, no_duplicate_batches(texts, self.batch_rows, self.seed, epoch))
-            mine = self._epoch[1][k][self.rank :: self.world]
+            rows = self._epoch[1][k]
+            if len(rows) < self.world:  # every process needs a row to join the step's gather: borrow from batch 0
+                rows = rows + self._epoch[1][0][: self.world - len(rows)]
+            mine = rows[self.rank :: self.world]
             micro = self.micro_rows or len(mine) or 1
             yield [self._batch([self.train[i] for i in mine[j : j + micro]]) for j in range(0, len(mine), micro)]
             step += 1
@@ -232,16 +242,29 @@ class EmbedTask:
     # ---- loss and metrics -----------------------------------------------------------------------------------------
 
     def batch_loss(
-        self, emb: torch.Tensor, q: torch.Tensor, p: torch.Tensor, negs: torch.Tensor, scores: torch.Tensor
+        self,
+        emb: torch.Tensor,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        negs: torch.Tensor,
+        scores: torch.Tensor,
+        *,
+        gather: bool = False,
     ) -> torch.Tensor:
         """The mean loss of one batch from (S, C) pooled vectors and the rows of each pair's query, positive and
-        negatives (or its score); with Matryoshka dims, summed over them and the full width."""
+        negatives (or its score); with Matryoshka dims, summed over them and the full width. `gather`: every
+        process's positives, negatives (and queries) join the candidates (training under torchrun)."""
 
         def at(d: int) -> torch.Tensor:
             e = emb[:, :d]
             if self.loss_kind == "cosent":
                 return cosent(e[q], e[p], scores, scale=self.scale)
-            return mnrl(e[q], e[p], e[negs] if negs.numel() else None, scale=self.scale, symmetric=self.symmetric)
+            if not gather:
+                return mnrl(e[q], e[p], e[negs] if negs.numel() else None, scale=self.scale, symmetric=self.symmetric)
+            pos, offset = gather_rows(e[p])
+            neg = gather_rows(e[negs])[0] if self.max_negatives else None
+            every_q = gather_rows(e[q])[0] if self.symmetric else None
+            return mnrl(e[q], pos, neg, scale=self.scale, symmetric=self.symmetric, offset=offset, all_queries=every_q)
 
         width = emb.shape[1]
         return matryoshka(at, sorted({width, *self.dims}, reverse=True)) if self.dims else at(width)
@@ -254,7 +277,8 @@ class EmbedTask:
             return LossSum(total=torch.tensor(stats.pop("loss", 0.0)), count=n, stats=stats)
         emb = model(batch.input_ids, batch.lengths).float()  # (S, C)
         b = batch.query.shape[0]
-        loss = self.batch_loss(emb, batch.query, batch.positive, batch.negatives, batch.scores)
+        gather = self.world > 1 and self.loss_kind == "mnrl"  # CoSENT compares pairs within a process's batch
+        loss = self.batch_loss(emb, batch.query, batch.positive, batch.negatives, batch.scores, gather=gather)
         return LossSum(total=loss * b, count=b, tokens=int(batch.input_ids.numel()))
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -268,7 +292,7 @@ class EmbedTask:
         model.eval()
         ids = encode_texts(self.tok, [(t,) for t in texts], self.max_length).ids
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = torch.zeros(len(ids), _width(model))
+        out = torch.zeros(len(ids), cast(Encoder, getattr(model, "encoder", model)).cfg.hidden_size)
         device = next(model.parameters()).device
         for j in range(0, len(order), EVAL_ROWS):
             part = order[j : j + EVAL_ROWS]
@@ -316,46 +340,11 @@ class EmbedTask:
         return total / max(n, 1)
 
 
-def ranking_metrics(scores: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """nDCG@10 (binary gain, log2 discount), MRR@10, Recall@1/10 of (Q, D) scores; `pairs` = (query, relevant doc).
-    A query with several relevant documents counts them all (nDCG's ideal ranking puts all of them first)."""
-    relevant: dict[int, set[int]] = {}
-    for q, d in pairs:
-        relevant.setdefault(q, set()).add(d)
-    top = torch.topk(scores, min(10, scores.shape[1]), dim=1).indices.tolist()  # (Q, 10)
-    disc = [1 / math.log2(r + 2) for r in range(10)]
-    ndcg = mrr = r1 = r10 = 0.0
-    for q, rel in relevant.items():
-        hits = [d in rel for d in top[q]]
-        ndcg += sum(disc[r] for r, h in enumerate(hits) if h) / sum(disc[: min(len(rel), 10)])
-        mrr += next((1 / (r + 1) for r, h in enumerate(hits) if h), 0.0)
-        r1 += float(hits[0]) / len(rel)
-        r10 += sum(hits) / len(rel)
-    n = len(relevant)
-    return {"ndcg@10": ndcg / n, "mrr@10": mrr / n, "recall@1": r1 / n, "recall@10": r10 / n}
-
-
-def correlations(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman (ranks by argsort; ties broken by position) without scipy."""
-
-    def rank(x: np.ndarray) -> np.ndarray:
-        return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
-
-    def r(x: np.ndarray, y: np.ndarray) -> float:
-        return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
-
-    return {"spearman": r(rank(pred), rank(gold)), "pearson": r(pred, gold)}
-
-
 def _graded(rows: Rows) -> bool:
     kinds = {isinstance(r[1], list) for r in rows}
     if len(kinds) > 1:
         raise EncoderforgeError("embed pairs mix graded scores and negatives lists; use one kind per file")
     return kinds == {False}
-
-
-def _width(model: nn.Module) -> int:
-    return int(cast(Encoder, getattr(model, "encoder", model)).cfg.hidden_size)
 
 
 def _build_model(encoder: Encoder, labels: list[str], args: TaskArgs) -> EmbedModel:

@@ -27,6 +27,8 @@ def mnrl(
     *,
     scale: float = 20.0,
     symmetric: bool = False,
+    offset: int = 0,
+    all_queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multiple-negatives ranking loss (InfoNCE with in-batch negatives; Henderson et al. 2017, SBERT's MNRL).
 
@@ -35,19 +37,22 @@ def mnrl(
     averages the two (sentence-transformers' MultipleNegativesSymmetricRankingLoss / "per_direction").
 
     Args:
-        queries, positives: (B, C); negatives: (K * B, C) hard negatives, column-major as sentence-transformers
-            stacks them (negative k of pair i at row k * B + i), or None.
+        queries: (B, C) this process's queries; positives: (P, C) the positives of every process (P = B on one
+            process), this process's at rows offset..offset+B; negatives: (M, C) hard negatives (any order: they
+            are only candidates), or None; all_queries: (P, C) every process's queries (symmetric only; default
+            `queries`). Gathering positives and negatives over processes makes them candidates for every query
+            (sentence-transformers' gather_across_devices).
     Returns:
-        () the mean loss over queries.
+        () the mean loss over this process's queries.
     """
     b = queries.shape[0]
-    docs = positives if negatives is None else torch.cat([positives, negatives])  # (B + K*B, C)
-    q2d = cos_matrix(queries, docs) * scale  # (B, B + K*B)
-    target = torch.arange(b, device=queries.device)
-    pos = q2d[target, target]  # (B,)
+    docs = positives if negatives is None else torch.cat([positives, negatives])  # (P + M, C)
+    q2d = cos_matrix(queries, docs) * scale  # (B, P + M)
+    rows = torch.arange(b, device=queries.device)
+    pos = q2d[rows, rows + offset]  # (B,)
     log_z = torch.logsumexp(q2d, dim=1)
     if symmetric:  # doc_i must pick query i among the batch's queries
-        d2q = cos_matrix(positives, queries) * scale  # (B, B)
+        d2q = cos_matrix(positives[offset : offset + b], queries if all_queries is None else all_queries) * scale
         log_z = (log_z + torch.logsumexp(d2q, dim=1)) / 2
     return -(pos - log_z).mean()
 
@@ -78,3 +83,19 @@ def matryoshka(loss: Callable[[int], torch.Tensor], dims: Sequence[int], weights
     """
     weights = [1.0] * len(dims) if weights is None else weights
     return torch.stack([w * loss(d) for d, w in zip(dims, weights)]).sum()
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(R, C) rows of this process -> every process's rows concatenated in rank order, and where this process's start.
+    Gradients flow back to each process's own rows (torch.distributed.nn.all_gather); processes may hold different
+    row counts (padded for the collective, cut after)."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(c) for c in sizes]
+    padded = torch.cat([x, x.new_zeros(max(counts) - x.shape[0], x.shape[1])])  # (max R, C)
+    parts = all_gather(padded)
+    return torch.cat([part[:c] for part, c in zip(parts, counts)]), sum(counts[: dist.get_rank()])

@@ -49,3 +49,24 @@ def license_rule_rows() -> list[tuple[str, list[str]]]:
         if found and found <= keys:
             (multi if len(found) > 1 else single).append((body[:400], sorted(found)))
     return single[::37][:40] + multi[:20]
+
+
+LICENSE_KEYS = ["mit", "apache-2.0", "gpl-2.0", "bsd-new", "lgpl-2.1", "mpl-2.0", "isc", "bsd-simplified", "epl-1.0", "zlib"]
+
+
+@pytest.fixture(scope="session")
+def license_pairs() -> list[dict]:
+    """Real pairs: up to 6 licensedcode rule texts per license key -> that license's text (first 1,500 chars)."""
+    from encoderforge.data.datasets import license_parts, pkg_file
+
+    lic_dir = pkg_file("licensedcode-data", "mit.LICENSE").parent
+    docs = {k: (license_parts(lic_dir / f"{k}.LICENSE") or ("", ""))[1][:1500] for k in LICENSE_KEYS}
+    out, count = [], {k: 0 for k in LICENSE_KEYS}
+    for p in sorted((lic_dir.parent / "rules").glob("*.RULE")):
+        raw = p.read_text(encoding="utf-8", errors="replace")
+        m = re.search(r"^license_expression:\s*(\S+)\s*$", raw, re.M)
+        body = " ".join(raw.split("---", 2)[-1].split())
+        if m and m.group(1) in docs and count[m.group(1)] < 6 and len(body.split()) >= 5:
+            count[m.group(1)] += 1
+            out.append({"query": body[:300], "positive": docs[m.group(1)], "key": m.group(1)})
+    return out

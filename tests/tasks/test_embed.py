@@ -4,7 +4,6 @@ snippet -> its license text) with the real MiniLM, prediction = the Engine on th
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -14,26 +13,6 @@ from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, read_dataset
 from encoderforge.recipes.finetune import finetune
 from encoderforge.tasks.embed import no_duplicate_batches, ranking_metrics
-
-KEYS = ["mit", "apache-2.0", "gpl-2.0", "bsd-new", "lgpl-2.1", "mpl-2.0", "isc", "bsd-simplified", "epl-1.0", "zlib"]
-
-
-@pytest.fixture(scope="module")
-def license_pairs() -> list[dict]:
-    """Real pairs: up to 6 licensedcode rule texts per license key -> that license's text (first 1,500 chars)."""
-    from encoderforge.data.datasets import license_parts, pkg_file
-
-    lic_dir = pkg_file("licensedcode-data", "mit.LICENSE").parent
-    docs = {k: (license_parts(lic_dir / f"{k}.LICENSE") or ("", ""))[1][:1500] for k in KEYS}
-    out, count = [], {k: 0 for k in KEYS}
-    for p in sorted((lic_dir.parent / "rules").glob("*.RULE")):
-        raw = p.read_text(encoding="utf-8", errors="replace")
-        m = re.search(r"^license_expression:\s*(\S+)\s*$", raw, re.M)
-        body = " ".join(raw.split("---", 2)[-1].split())
-        if m and m.group(1) in docs and count[m.group(1)] < 6 and len(body.split()) >= 5:
-            count[m.group(1)] += 1
-            out.append({"query": body[:300], "positive": docs[m.group(1)], "key": m.group(1)})
-    return out
 
 
 def write_jsonl(path, rows):
