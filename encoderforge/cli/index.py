@@ -143,6 +143,7 @@ def eval_retrieval(
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
     dims: Optional[int] = typer.Option(None, help="With --model: score on the first DIMS coordinates (Matryoshka)."),
+    layers: Optional[int] = typer.Option(None, help="With --model: embed with its first LAYERS layers (2D Matryoshka)."),
 ) -> None:
     """Retrieval metrics (nDCG@10, MRR@10, Recall@1/10/100, latency p50/p99) of one retriever on judged queries."""
     from encoderforge.recipes.eval_retrieval import eval_retrieval as run
@@ -164,6 +165,7 @@ def eval_retrieval(
             overwrite=overwrite,
             threads=threads,
             dims=dims,
+            layers=layers,
         )
     t = r.metrics["test"]
     typer.echo(

@@ -20,6 +20,7 @@ from encoderforge.fileio import file_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.model import checkpoint
+from encoderforge.model.surgery import remove_layers
 from encoderforge.model.zoo import ZOO, resolve_model
 from encoderforge.tokenization import load_tokenizer
 
@@ -58,6 +59,7 @@ def load_embedder(
     max_length: int | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     dims: int | None = None,
+    layers: int | None = None,
 ) -> Embedder:
     """Load an embedding run or a plain encoder.
 
@@ -67,6 +69,7 @@ def load_embedder(
             defaults to 256, or the model's max_position if smaller.
         max_tokens: token budget per forward pass.
         dims: keep only the first `dims` coordinates (Matryoshka), then re-normalise; overrides an embed run's own.
+        layers: run only the first `layers` encoder layers (2D Matryoshka: a faster, shallower embedder).
     Returns:
         the Embedder.
     """
@@ -91,6 +94,10 @@ def load_embedder(
     if weights is None:
         raise EncoderforgeError(f"{path}: no {WEIGHTS[0]}; pass a checkpoint directory")
     loaded = checkpoint.load(path)
+    if layers is not None:
+        if not 0 < layers <= loaded.encoder.cfg.num_layers:
+            raise EncoderforgeError(f"--layers={layers} must be in 1..{loaded.encoder.cfg.num_layers} (the model's layers)")
+        remove_layers(loaded.encoder, range(layers))
     length = int(max_length or min(DEFAULT_MAX_LENGTH, loaded.encoder.cfg.max_position))
     engine = Engine(loaded.encoder, load_tokenizer(path), max_tokens=max(max_tokens, length), max_length=length)
     hidden = engine.encoder.cfg.hidden_size
@@ -100,7 +107,7 @@ def load_embedder(
         )
     spec = EmbedSpec(
         model=str(model) if str(model) in ZOO else str(Path(model).resolve()),  # found again from any directory
-        model_hash=_digest(str(weights)),
+        model_hash=_digest(str(weights)) + (f":layers={layers}" if layers else ""),  # a cut model is another model
         dim=int(dims or hidden),
         pooling=pooling,
         normalize=normalize,

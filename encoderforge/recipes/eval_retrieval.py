@@ -59,6 +59,7 @@ def eval_retrieval(
     overwrite: bool = False,
     threads: int | None = None,
     dims: int | None = None,
+    layers: int | None = None,
 ) -> RetrievalEval:
     """Evaluate one retriever on judged queries and write a run directory.
 
@@ -75,6 +76,7 @@ def eval_retrieval(
         rerank: a fine-tuned cross-encoder run (`classify` on text pairs with labels "0"/"1", or `regress` on pairs).
         rerank_depth: how many of the top documents it re-scores.
         dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
+        layers: with `model` and no index, embed with its first `layers` layers only (2D Matryoshka).
         overwrite: replace an existing OUT.
         threads: torch intra-op threads.
     Returns:
@@ -134,6 +136,7 @@ def eval_retrieval(
         "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth},
         "k": k,
         "dims": dims,
+        "layers": layers,
         "threads": torch.get_num_threads(),
     }
     files = {"queries": queries, "qrels": qrels, "corpus": corpus}
@@ -156,13 +159,15 @@ def eval_retrieval(
     return RetrievalEval(Path(out), metrics)
 
 
-def _retriever(index, model, bm25, docs, *, pooling: str, max_length: int | None, dims: int | None = None) -> Retriever:  # noqa: ANN001
+def _retriever(  # noqa: ANN001
+    index, model, bm25, docs, *, pooling: str, max_length: int | None, dims: int | None = None, layers: int | None = None
+) -> Retriever:
     """The one retriever the flags name."""
     if index is not None:
         return open_index(index, model=model, pooling=pooling if model else None)
     if bm25:
         return BM25Retriever(BM25Index.build([d.id for d in docs], [d.text for d in docs]), "in memory")
-    return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length, dims=dims))
+    return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length, dims=dims, layers=layers))
 
 
 def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence[str]], list[float]]:

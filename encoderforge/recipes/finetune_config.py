@@ -167,6 +167,8 @@ class EmbedArgs:
         scale: similarity scale = 1 / temperature (sentence-transformers' default 20).
         symmetric: MNRL in both directions (query -> document and document -> query).
         dims: Matryoshka widths trained besides the full one, e.g. [192, 96, 48] (empty = off).
+        layers: 2D Matryoshka: also train the pooled outputs of these layers (1-based, e.g. [2, 4]) at every width,
+            so a model cut to its first layers still embeds well (eval-retrieval --layers measures it).
         attention_dropout: the encoder's attention dropout while fine-tuning (hidden dropout stays): 0 by default,
             since on CPU attention dropout forces the unfused attention path (3-4x slower steps at 256 tokens).
     """
@@ -175,6 +177,7 @@ class EmbedArgs:
     scale: float = 20.0
     symmetric: bool = False
     dims: list[int] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
     attention_dropout: float = 0.0
 
     def __post_init__(self) -> None:

@@ -25,75 +25,18 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.model.attention import Attention
 from encoderforge.model.encoder import Encoder
-from encoderforge.model.heads import Pooling, pool
-from encoderforge.model.padding import pad_packed
 from encoderforge.tasks import LossSum
 from encoderforge.tasks.embed_losses import cos_matrix, cosent, gather_rows, matryoshka, mnrl
 from encoderforge.tasks.embed_metrics import correlations, ranking_metrics
+from encoderforge.tasks.embed_model import EmbedHead, EmbedModel, length_groups
 from encoderforge.tasks.sequences import encode_texts, steps_per_epoch
 from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec
 
-__all__ = ["EmbedModel", "EmbedTask", "PairBatch", "DevSet", "no_duplicate_batches", "ranking_metrics", "correlations", "SPEC"]
+# the model lives in embed_model.py, the metrics in embed_metrics.py; other tasks import them from here
+__all__ = ["EmbedHead", "EmbedModel", "EmbedTask", "PairBatch", "DevSet", "SPEC", "length_groups"]
+__all__ += ["no_duplicate_batches", "correlations", "ranking_metrics"]
 EVAL_ROWS = 64  # texts per forward when embedding a whole dev/test set
-
-
-class EmbedHead(nn.Module):
-    """Pooling only (no parameters): (S, T, C) states + mask -> (S, C) vectors. Normalisation belongs to scoring."""
-
-    def __init__(self, pooling: Pooling = "mean"):
-        super().__init__()
-        self.pooling = pooling
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return pool(hidden, mask, self.pooling)
-
-
-class EmbedModel(nn.Module):
-    """Encoder + EmbedHead over packed texts: forward(input_ids (N,), lengths (S,)) -> (S, C) pooled vectors.
-
-    Args:
-        encoder: the start encoder; pooling: mean or cls.
-        attention_dropout: replaces the encoder's attention-probability dropout while fine-tuning (hidden dropout
-            stays). On CPU any attention dropout forces the unfused attention path: at 256-token documents a MiniLM
-            step took 3-4x longer with it (measured on the BBC pairs, this file's commit).
-    """
-
-    def __init__(self, encoder: Encoder, pooling: Pooling = "mean", *, attention_dropout: float | None = None):
-        super().__init__()
-        self.encoder = encoder.for_task_heads()
-        self.head = EmbedHead(pooling)
-        if attention_dropout is not None:
-            for m in self.encoder.modules():
-                if isinstance(m, Attention):
-                    m.dropout_p = attention_dropout
-
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(lengths.shape[0], self.encoder.cfg.hidden_size, device=input_ids.device)
-        starts = torch.cumsum(lengths, 0) - lengths  # (S,)
-        for rows in length_groups(lengths):  # short queries and long documents apart: attention pads to the longest
-            ids = torch.cat([input_ids[int(starts[i]) : int(starts[i] + lengths[i])] for i in rows.tolist()])
-            packed = self.encoder.forward_packed(ids, lengths[rows])  # (n, C)
-            grid = pad_packed(packed.hidden, packed.layout)  # (s, T, C), (s, T)
-            out = out.to(packed.hidden.dtype).index_copy(0, rows, self.head(grid.hidden, grid.mask))
-        return out  # (S, C)
-
-
-def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Split sequences into at most two groups by length where that cuts the padded attention cost (count x longest^2)
-    by a third or more: a batch of 12-token queries and 256-token documents attends in a (S, 256) grid otherwise."""
-    order = torch.argsort(lengths, stable=True)
-    sl = lengths[order].tolist()
-    whole = len(sl) * sl[-1] ** 2 if sl else 0
-    best, cut = whole, len(sl)
-    for j in range(1, len(sl)):
-        cost = j * sl[j - 1] ** 2 + (len(sl) - j) * sl[-1] ** 2
-        if cost < best:
-            best, cut = cost, j
-    if best > whole * 2 / 3:
-        return [order]
-    return [order[:cut], order[cut:]]
 
 
 @dataclass
@@ -255,8 +198,7 @@ class EmbedTask:
         negatives (or its score); with Matryoshka dims, summed over them and the full width. `gather`: every
         process's positives, negatives (and queries) join the candidates (training under torchrun)."""
 
-        def at(d: int) -> torch.Tensor:
-            e = emb[:, :d]
+        def at(e: torch.Tensor) -> torch.Tensor:  # (S, d) vectors cut to one width
             if self.loss_kind == "cosent":
                 return cosent(e[q], e[p], scores, scale=self.scale)
             if not gather:
@@ -266,8 +208,14 @@ class EmbedTask:
             every_q = gather_rows(e[q])[0] if self.symmetric else None
             return mnrl(e[q], pos, neg, scale=self.scale, symmetric=self.symmetric, offset=offset, all_queries=every_q)
 
-        width = emb.shape[1]
-        return matryoshka(at, sorted({width, *self.dims}, reverse=True)) if self.dims else at(width)
+        def layer_loss(e: torch.Tensor) -> torch.Tensor:  # (S, C) one layer's vectors, at every Matryoshka width
+            widths = sorted({e.shape[1], *self.dims}, reverse=True)
+            return matryoshka(lambda d: at(e[:, :d]), widths) if self.dims else at(e)
+
+        if emb.dim() == 2:
+            return layer_loss(emb)
+        # 2D Matryoshka (Li et al. 2024): the same loss on every trained layer's vectors, summed (no layer sampling)
+        return torch.stack([layer_loss(e) for e in emb.unbind(0)]).sum()
 
     def loss(self, model: nn.Module, batch: PairBatch | DevSet) -> LossSum:
         if isinstance(batch, DevSet):
@@ -275,7 +223,7 @@ class EmbedTask:
             n = int(scores["n"])  # type: ignore[call-overload]
             stats = {k: float(v) * n for k, v in scores.items() if k != "n" and isinstance(v, float)}
             return LossSum(total=torch.tensor(stats.pop("loss", 0.0)), count=n, stats=stats)
-        emb = model(batch.input_ids, batch.lengths).float()  # (S, C)
+        emb = model(batch.input_ids, batch.lengths).float()  # (S, C), or (layers, S, C) for 2D Matryoshka
         b = batch.query.shape[0]
         gather = self.world > 1 and self.loss_kind == "mnrl"  # CoSENT compares pairs within a process's batch
         loss = self.batch_loss(emb, batch.query, batch.positive, batch.negatives, batch.scores, gather=gather)
@@ -298,7 +246,8 @@ class EmbedTask:
             part = order[j : j + EVAL_ROWS]
             flat = torch.tensor([x for i in part for x in ids[i]], dtype=torch.long, device=device)
             lengths = torch.tensor([len(ids[i]) for i in part], dtype=torch.long, device=device)
-            out[part] = model(flat, lengths).float().cpu()
+            vecs = model(flat, lengths).float()
+            out[part] = (vecs[-1] if vecs.dim() == 3 else vecs).cpu()  # the last layer's
         model.train(was_training)
         return out
 
@@ -352,7 +301,13 @@ def _build_model(encoder: Encoder, labels: list[str], args: TaskArgs) -> EmbedMo
     bad = [d for d in args.embed.dims if not 0 < d <= width]  # type: ignore[attr-defined]
     if bad:
         raise EncoderforgeError(f"embed.dims: {bad[0]} is not in 1..{width} (the model's hidden size); fix --set embed.dims")
-    return EmbedModel(encoder, pooling=args.finetune.pooling, attention_dropout=args.embed.attention_dropout)  # type: ignore[attr-defined]
+    e = args.embed  # type: ignore[attr-defined]
+    bad_layers = [n for n in e.layers if not 0 < n <= encoder.cfg.num_layers]
+    if bad_layers:
+        raise EncoderforgeError(
+            f"embed.layers: {bad_layers[0]} is not in 1..{encoder.cfg.num_layers} (the model's layers); fix --set embed.layers"
+        )
+    return EmbedModel(encoder, pooling=args.finetune.pooling, attention_dropout=e.attention_dropout, layers=e.layers)
 
 
 # ---- fine-tuning and prediction glue ----------------------------------------------------------------------------
@@ -372,7 +327,7 @@ def _build_task(
 def _task_json(args: TaskArgs) -> Meta:
     e = args.embed  # type: ignore[attr-defined]
     return {"max_length": args.finetune.max_length, "pooling": args.finetune.pooling, "normalize": True, "dims": None,
-            "matryoshka_dims": list(e.dims), "loss": e.loss}  # fmt: skip
+            "matryoshka_dims": list(e.dims), "matryoshka_layers": list(e.layers), "loss": e.loss}  # fmt: skip
 
 
 @torch.inference_mode()

@@ -177,3 +177,19 @@ def test_dims_scores_on_the_first_coordinates(judged, tiny_model, tmp_path):
     assert load_embedder(str(tiny_model), dims=32).spec.dim == 32
     with pytest.raises(EncoderforgeError, match="--dims: dims=999 must be in 1..128"):
         load_embedder(str(tiny_model), dims=999)
+
+
+def test_layers_embeds_with_the_first_layers_only(judged, tiny_model, tmp_path):
+    """--layers 1 = an encoder cut to its first layer (a different model: its hash says so)."""
+    from encoderforge.index.embedder import load_embedder
+
+    one, full = load_embedder(str(tiny_model), layers=1), load_embedder(str(tiny_model))
+    assert len(one.engine.encoder.layers) == 1 and one.spec.model_hash != full.spec.model_hash
+    assert not np.allclose(one.embed(["a text"]), full.embed(["a text"]))
+    r = eval_retrieval(
+        judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "l1", corpus=judged / "corpus.jsonl",
+        model=str(tiny_model), layers=1, dims=64,
+    )  # fmt: skip
+    assert r.metrics["layers"] == 1 and r.metrics["dims"] == 64
+    with pytest.raises(EncoderforgeError, match=r"--layers=5 must be in 1..2"):
+        load_embedder(str(tiny_model), layers=5)

@@ -129,3 +129,35 @@ def test_length_groups_forward_equals_one_packed_forward(minilm_path):
         grid = pad_packed(out.hidden, out.layout)
         want = pool(grid.hidden, grid.mask, "mean")
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_2d_matryoshka_layers_equal_a_cut_encoder_and_train(minilm_path, license_pairs, tmp_path, ft_config):
+    """The pooled output of layer 2 read by the model's hook = the same encoder cut to 2 layers; `embed.layers`
+    trains every listed layer (losses summed) and the run still saves a whole model."""
+    import copy
+
+    from encoderforge.model import checkpoint
+    from encoderforge.model.surgery import remove_layers
+    from encoderforge.tasks.embed import EmbedModel
+
+    enc = checkpoint.load(minilm_path).encoder
+    cut = copy.deepcopy(enc)
+    remove_layers(cut, [0, 1])
+    model, short = EmbedModel(enc, layers=[2]).eval(), EmbedModel(cut).eval()
+    ids = torch.tensor([101, 2054, 2003, 1037, 6105, 102, 101, 7592, 102])
+    lengths = torch.tensor([6, 3])
+    with torch.no_grad():
+        both, two = model(ids, lengths), short(ids, lengths)
+    assert both.shape == (2, 2, 384)
+    torch.testing.assert_close(both[0], two, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        both[1], EmbedModel(checkpoint.load(minilm_path).encoder).eval()(ids, lengths), atol=1e-5, rtol=1e-5
+    )
+    train = write_jsonl(tmp_path / "t.jsonl", license_pairs[:24])
+    values = {"data.train": str(train), "data.dev": str(train), "finetune.max_length": 48, "finetune.epochs": 1,
+              "train.batch_rows": 8, "embed.layers": [2], "embed.dims": [96]}  # fmt: skip
+    r = finetune(ft_config("embed", minilm_path, tmp_path / "run", values))
+    assert json.loads((tmp_path / "run" / "task.json").read_text())["matryoshka_layers"] == [2]
+    assert r.metrics["dev"]["ndcg@10"] > 0
+    with pytest.raises(EncoderforgeError, match=r"embed.layers: 7 is not in 1..6"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "bad", {**values, "embed.layers": [7]}))
