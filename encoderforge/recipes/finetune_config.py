@@ -170,7 +170,7 @@ class EmbedArgs:
         layers: 2D Matryoshka: also train the pooled outputs of these layers (1-based, e.g. [2, 4]) at every width,
             so a model cut to its first layers still embeds well (eval-retrieval --layers measures it).
         attention_dropout: the encoder's attention dropout while fine-tuning (hidden dropout stays): 0 by default,
-            since on CPU attention dropout forces the unfused attention path (3-4x slower steps at 256 tokens).
+            since on CPU attention dropout forces the unfused attention path (slower steps: benchmarks/embed_step.py).
     """
 
     loss: Literal["auto", "mnrl", "cosent"] = "auto"

@@ -32,8 +32,8 @@ class EmbedModel(nn.Module):
     Args:
         encoder: the start encoder; pooling: mean or cls.
         attention_dropout: replaces the encoder's attention-probability dropout while fine-tuning (hidden dropout
-            stays). On CPU any attention dropout forces the unfused attention path: at 256-token documents a MiniLM
-            step took 3-4x longer with it (measured on the BBC pairs, this file's commit).
+            stays). On CPU any attention dropout forces the unfused attention path (benchmarks/embed_step.py measures
+            the step with and without it, docs/results.md "Domain search").
     """
 
     def __init__(
