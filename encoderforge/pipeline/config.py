@@ -5,6 +5,7 @@
     finetune: {task: multilabel, model: minilm-l6, finetune: {epochs: 2}, train: {lr: 1e-4}}   # FinetuneConfig keys
     compress: {method: int8}
     evaluate: {tfidf: true}
+    index:    {corpus: licensedcode-texts, max_docs: 400}   # search the domain's documents (index_config.py)
     bench:    {texts: 64, latency_texts: 16, rounds: 3, threads: 2}
     export:   {hf: true, onnx: false}
     report:   {title: legal quickstart}
@@ -26,9 +27,12 @@ import yaml
 
 from encoderforge import EncoderforgeError
 from encoderforge.config import from_dict, merge, read_yaml, set_key
+from encoderforge.pipeline.index_config import IndexStage, check_index
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig, finetune_config
 
-STAGES = ("data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report")
+# index sits beside evaluate (both judge the model's quality; it reads only data and finetune) and before bench, so
+# that a retrieval failure shows before the long timing stage
+STAGES = ("data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "index", "bench", "export", "report")
 LICENSE_KEYS = ["mit", "apache-2.0", "gpl-2.0", "bsd-new", "lgpl-2.1"]
 
 
@@ -197,6 +201,7 @@ class PipelineConfig:
     finetune: FinetuneConfig | None = None
     compress: CompressStage | None = None
     evaluate: EvaluateStage | None = None
+    index: IndexStage | None = None
     bench: BenchStage | None = None
     export: ExportStage | None = None
     report: ReportStage | None = None
@@ -214,6 +219,7 @@ SECTION = {
     "adapt": AdaptStage,
     "compress": CompressStage,
     "evaluate": EvaluateStage,
+    "index": IndexStage,
     "bench": BenchStage,
     "export": ExportStage,
     "report": ReportStage,
@@ -361,6 +367,8 @@ def _check_dependencies(cfg: PipelineConfig, where: str) -> None:
                 raise EncoderforgeError(
                     f"{where}: {stage} needs the {need} stage's model but {need} is off; add a {need}: section or remove {stage}"
                 )
+    if cfg.index is not None:
+        check_index(cfg.index, data_on=cfg.data is not None, finetune_on=cfg.finetune is not None, where=where)
     if cfg.report is not None and not any(getattr(cfg, s) is not None for s in ("finetune", "evaluate", "bench")):
         raise EncoderforgeError(f"{where}: report needs a finetune, evaluate or bench stage to report on; add one")
     if cfg.evaluate is not None and cfg.finetune is not None and not cfg.finetune.data.test and cfg.data is None:

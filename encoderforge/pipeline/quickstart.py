@@ -27,6 +27,8 @@ SMOKE = [
     "adapt.steps=4",
     "adapt.batch_rows=8",
     "adapt.max_len=64",
+    "index.max_docs=120",
+    "index.max_length=64",
 ]
 # measured on 2 AMD EPYC (AVX-512, VNNI) cores (docs/results.md): smoke (2 seeds, tiny adapt) ~1:05; full (adapt 60 + 100
 # MLM steps, 3 seeds adapted + 3 not adapted, LP-FT) 10:18; a shared box is slower

@@ -47,6 +47,17 @@ TEMPLATE = """<!doctype html>
 </table>
 <p class="muted">MB: fp32 = the safetensors file; int8 = 1 byte per Linear weight + fp32 scales, embeddings and norms
 (torch's packed int8 weights are rebuilt at load). TF-IDF texts/s = vectorizing only. Speed: {{ bench_note }}</p>
+{% if summary.search %}{% set search = summary.search %}<h2>Search</h2>
+<p class="verdict" id="verdict-search">{{ search.verdict }}</p>
+<table id="search"><tr><th>retriever</th><th>nDCG@10</th><th>MRR@10</th><th>Recall@10</th><th>p50 ms</th>
+<th>p99 ms</th></tr>
+{% for r in search.rows %}<tr><td>{{ r.name }}</td><td class="num">{{ f(r.ndcg, '.3f') }}</td>
+<td class="num">{{ f(r.mrr, '.3f') }}</td><td class="num">{{ f(r.recall, '.3f') }}</td>
+<td class="num">{{ f(r.p50_ms, '.1f') }}</td><td class="num">{{ f(r.p99_ms, '.1f') }}</td></tr>{% endfor %}</table>
+<p class="muted">Corpus: {{ search.corpus }}, {{ f(search.documents, ',') }} documents; {{ f(search.queries, ',') }} judged queries;
+the fine-tuned model's faiss index ({{ search.kind }}, {{ f(search.mb, '.1f') }} MB on disk, RUN/index/dense), the base model
+by exact search, BM25 over whole texts. Latency = one query at a time (embedding + search). Every number is the
+stage's eval-retrieval runs (RUN/index/eval/).</p>{% endif %}
 {% if figures %}<h2>Figures</h2><div class="figs">
 {% for fig in figures %}<figure id="fig-{{ fig.id }}"><img alt="{{ fig.caption }}" src="data:image/png;base64,{{ fig.png }}">
 <figcaption>{{ fig.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}

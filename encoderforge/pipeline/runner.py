@@ -27,6 +27,7 @@ from encoderforge.data.shards import MANIFEST
 from encoderforge.fileio import atomic_file, check_output, file_digest, read_marker
 from encoderforge.pipeline.config import PipelineConfig
 from encoderforge.pipeline.data import data_version, write_data
+from encoderforge.pipeline.index_config import LICENSE_CORPUS
 from encoderforge.pipeline.stages import run_stage
 
 
@@ -52,9 +53,10 @@ READS = {
     "finetune": ["data", "adapt"],
     "compress": ["finetune"],
     "evaluate": ["data", "adapt", "finetune", "compress"],
+    "index": ["data", "finetune"],  # queries (the test split) and the model; adapt reaches it through finetune's hash
     "bench": ["finetune"],
     "export": ["finetune"],
-    "report": ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export"],
+    "report": ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "index", "bench", "export"],
 }
 
 
@@ -67,6 +69,12 @@ def stage_inputs(cfg: PipelineConfig, name: str, hashes: dict[str, str]) -> dict
         inputs["base_model"] = cfg.base_model
         if cfg.adapt.text != "licensedcode-texts":
             inputs["files"] = {str(f): file_digest(f) for f in _files(Path(cfg.adapt.text))}
+    if name == "index" and cfg.index is not None:
+        ix = cfg.index
+        inputs["base_model"] = cfg.base_model  # the comparison row; with adapt on, finetune's config no longer names it
+        if ix.corpus == LICENSE_CORPUS:
+            inputs["package"] = data_version()
+        inputs["files"] = {f: file_digest(f) for f in (ix.corpus, ix.queries, ix.qrels) if f and f != LICENSE_CORPUS}
     if name in ("tokenizer", "finetune") and cfg.finetune is not None and cfg.data is None:
         d = cfg.finetune.data
         inputs["files"] = {f: file_digest(f) for f in (d.train, d.dev, d.test) if f}
@@ -110,6 +118,7 @@ WEIGHT = {
     "finetune": 40.0,
     "compress": 2.0,
     "evaluate": 1.0,
+    "index": 6.0,
     "bench": 15.0,
     "export": 1.0,
     "report": 1.0,
@@ -187,6 +196,10 @@ def run_pipeline(cfg: PipelineConfig, *, command: str = "", stream: TextIO | Non
             metrics = write_data(cfg.data, stage_dir)  # type: ignore[arg-type]
         elif name == "report":
             metrics = {"report": str(write_report(run))}
+        elif name == "index":
+            from encoderforge.pipeline.index_stage import run_index
+
+            metrics = run_index(cfg, stage_dir)
         else:
             metrics = run_stage(name, cfg, stage_dir, overwrite=changed)
         seconds = round(time.perf_counter() - t0, 1)

@@ -32,11 +32,38 @@ class ModelRow:
 
 
 @dataclass
+class SearchRow:
+    """One retriever of the index stage (role: finetuned | base | bm25) and its metrics on the judged queries."""
+
+    name: str
+    role: str
+    ndcg: float | None
+    mrr: float | None
+    recall: float | None  # recall@10
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass
+class SearchSummary:
+    """The index stage: its retrievers best first (nDCG@10), the corpus and index it searched, and the verdict."""
+
+    rows: list[SearchRow]
+    verdict: str
+    corpus: str
+    documents: int
+    queries: int
+    kind: str
+    mb: float | None
+
+
+@dataclass
 class Summary:
     primary: str
     rows: list[ModelRow]
     verdict: str
     domain: str = ""  # the adapt stage's verdict (adapted vs the start model fine-tuned the same way), if it ran
+    search: SearchSummary | None = None  # the index stage, if it ran
 
 
 def summarize(run: Path) -> Summary:
@@ -81,7 +108,56 @@ def summarize(run: Path) -> Summary:
             f" Fine-tuning {'added' if gain >= 0 else 'LOST'} {abs(gain):.1f} points over a logistic regression on the "
             f"frozen encoder's features ({enc:.3f} vs {probe:.3f}, the run's own seed)."
         )
-    return Summary(primary, rows, text, domain)
+    return Summary(primary, rows, text, domain, search_summary(run))
+
+
+def search_summary(run: Path) -> SearchSummary | None:
+    """The index stage's retrievers from RUN/index/metrics.json, best nDCG@10 first, with the verdict."""
+    ix = read(run / "index" / "metrics.json")
+    if not ix.get("retrievers"):
+        return None
+    rows = [
+        SearchRow(n, m.get("role", ""), m.get("ndcg@10"), m.get("mrr@10"), m.get("recall@10"), m.get("p50_ms"), m.get("p99_ms"))
+        for n, m in ix["retrievers"].items()
+    ]
+    rows.sort(key=lambda r: -1.0 if r.ndcg is None else -r.ndcg)  # sort is stable: ties keep the stage's order
+    corpus, queries, index = ix.get("corpus") or {}, ix.get("queries") or {}, ix.get("index") or {}
+    n_docs, n_q = int(corpus.get("documents") or 0), int(queries.get("count") or 0)
+    return SearchSummary(
+        rows,
+        search_verdict(rows, n_docs, n_q),
+        str(corpus.get("source", "")),
+        n_docs,
+        n_q,
+        str(index.get("kind", "")),
+        index.get("mb"),
+    )
+
+
+def search_verdict(rows: list[SearchRow], documents: int, queries: int) -> str:
+    """Did the fine-tuned model's index beat each other retriever on nDCG@10: 'beat', 'did NOT beat', or within a
+    point either way (one test set, no seeds: smaller gaps are noise), and which retriever is best."""
+    ft = next((r for r in rows if r.role == "finetuned"), None)
+    others = [r for r in rows if r.role != "finetuned" and r.ndcg is not None]
+    if ft is None or ft.ndcg is None or not others:
+        return "No search verdict: the index stage has no fine-tuned row or nothing to compare it with."
+    parts = []
+    for o in others:
+        assert o.ndcg is not None
+        diff = 100 * (ft.ndcg - o.ndcg)
+        gap = f"{ft.ndcg:.3f} vs {o.ndcg:.3f}, {_pts(ft.ndcg - o.ndcg)} points"
+        if ft.ndcg == o.ndcg:
+            parts.append(f"did NOT beat {o.name} (tied at {ft.ndcg:.3f})")
+        elif abs(diff) < 1:
+            word = "only tied" if diff > 0 else "did NOT beat"
+            parts.append(f"{word} {o.name} ({gap}, within noise)")
+        else:
+            parts.append(f"{'beat' if diff > 0 else 'did NOT beat'} {o.name} ({gap})")
+    head = f"Search (nDCG@10 over {queries} queries, {documents} documents): the fine-tuned model's index " + " and ".join(parts)
+    best = rows[0]
+    if best.role != "finetuned":
+        return f"{head}. {best.name} is the best retriever here; search with it, not with the fine-tuned model."
+    return f"{head}."
 
 
 def adapt_verdict(primary: str, tests: dict[str, Any], spread: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
@@ -160,4 +236,20 @@ def table_text(s: Summary) -> str:
             f"{r.model:<{w}} {fmt(r.metric, '.3f'):>9} {fmt(r.mb, '.1f'):>7} {fmt(r.texts_per_s, ',.0f'):>9} "
             f"{fmt(r.p95_ms, '.1f'):>8} {vs:>10}"
         )
-    return "\n".join([*lines, s.verdict, *([s.domain] if s.domain else [])])
+    return "\n".join([*lines, s.verdict, *([s.domain] if s.domain else []), *search_text(s.search)])
+
+
+def search_text(s: SearchSummary | None) -> list[str]:
+    """The index stage's table and verdict under the model table (nothing when the stage did not run)."""
+    if s is None:
+        return []
+    w = max([24, *(len(r.name) for r in s.rows)])
+    head = f"{'retriever':<{w}} {'nDCG@10':>8} {'MRR@10':>8} {'R@10':>7} {'p50 ms':>8} {'p99 ms':>8}"
+    lines = ["", f"search: {s.corpus}, {s.documents} documents, {s.queries} queries; index {s.kind}, {fmt(s.mb, '.1f')} MB"]
+    lines += [head, "-" * len(head)]
+    for r in s.rows:
+        lines.append(
+            f"{r.name:<{w}} {fmt(r.ndcg, '.3f'):>8} {fmt(r.mrr, '.3f'):>8} {fmt(r.recall, '.3f'):>7} "
+            f"{fmt(r.p50_ms, '.1f'):>8} {fmt(r.p99_ms, '.1f'):>8}"
+        )
+    return [*lines, s.verdict]

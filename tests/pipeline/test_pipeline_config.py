@@ -37,6 +37,24 @@ BAD = {
     "adapt text missing": ("data: {}\nadapt: {text: notes/}\n" + GOOD_FT, "adapt.text='notes/': no such file"),
     "adapt bad ratio": ("data: {}\nadapt: {mask_ratio: 1.5}\n" + GOOD_FT, "adapt.mask_ratio must be in (0, 1)"),
     "missing recipe": ("data: {}\nfinetune: {recipe: best.yaml}\n", "finetune.recipe='best.yaml': no such file"),
+    "index unknown key": ("data: {}\n" + GOOD_FT + "index: {max_doc: 40}\n", "index: unknown field(s) ['max_doc']"),
+    "index corpus missing": (
+        "data: {}\n" + GOOD_FT + "index: {corpus: docs.jsonl}\n",
+        "index.corpus='docs.jsonl': no such file; name a JSONL",
+    ),
+    "index queries missing": (
+        "data: {}\n" + GOOD_FT + "index: {queries: q.jsonl, qrels: p.yaml}\n",
+        "index.queries='q.jsonl': no such file; fix the path",
+    ),
+    "index qrels without queries": (
+        "data: {}\n" + GOOD_FT + "index: {qrels: p.yaml}\n",
+        "index.qrels='p.yaml' is set without index.queries",
+    ),
+    "index without finetune": ("data: {}\nindex: {}\n", "index needs the finetune stage's model but finetune is off"),
+    "index without queries": (
+        "finetune: {task: classify, data: {train: p.yaml}}\nindex: {}\n",
+        "index needs queries: set index.queries and index.qrels, or turn on the data stage",
+    ),
 }
 
 
@@ -58,7 +76,7 @@ def test_set_overrides_and_unknown_set_key(tmp_path: Path) -> None:
     assert cfg.finetune is not None and cfg.finetune.train.lr == 3e-4 and cfg.export is None
     assert cfg.finetune.train.out_dir == str(tmp_path / "r" / "finetune")
     assert cfg.finetune.data.train == str(tmp_path / "r" / "data" / "train.jsonl")
-    assert cfg.stages == ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "report"]
+    assert cfg.stages == ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "index", "bench", "report"]
     assert cfg.finetune.model == str(tmp_path / "r" / "adapt" / "mlm" / "model") and cfg.base_model == "minilm-l6"
     with pytest.raises(EncoderforgeError, match="bench: unknown field"):
         quickstart_config(smoke=True, out=tmp_path / "r", overrides=["bench.nope=1"])
@@ -67,7 +85,19 @@ def test_set_overrides_and_unknown_set_key(tmp_path: Path) -> None:
 def test_shipped_example_loads() -> None:
     cfg = load_pipeline(EXAMPLE, "runs/legal-quickstart", SMOKE)
     assert cfg.base_model == "minilm-l6" and cfg.finetune is not None and cfg.finetune.task == "multilabel"
-    assert cfg.stages == ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report"]
+    assert cfg.stages == [
+        "data",
+        "tokenizer",
+        "adapt",
+        "finetune",
+        "compress",
+        "evaluate",
+        "index",
+        "bench",
+        "export",
+        "report",
+    ]
+    assert cfg.index is not None and (cfg.index.max_docs, cfg.index.max_length) == (120, 64)  # the smoke slice
 
 
 def test_verdict_compares_the_baseline_with_the_seed_range() -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from encoderforge.cli.app import app
 
-STAGES = ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "bench", "export", "report"]
+STAGES = ["data", "tokenizer", "adapt", "finetune", "compress", "evaluate", "index", "bench", "export", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,7 @@ def test_smoke_quickstart_runs_every_stage_and_prints_the_summary(smoke_run: tup
         assert read(run / stage / "stage.json")["status"] == "done", stage
     assert "fine-tuned fp32" in output and "TF-IDF + LR" in output and f"report: {run}/report/report.html" in output
     assert (run / "export" / "hf" / "model.safetensors").is_file()
+    assert "search: licensedcode-texts, 120 documents" in output and "Search (nDCG@10 over" in output
     transformers = pytest.importorskip("transformers")
     transformers.AutoModel.from_pretrained(run / "export" / "hf")  # the export loads in transformers
 
@@ -140,15 +141,15 @@ def test_second_run_skips_every_stage_and_a_killed_stage_reruns(smoke_run: tuple
     before = {s: read(run / s / "stage.json") for s in STAGES}
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run)])
     assert res.exit_code == 0, res.output
-    assert "ran 0, skipped 9" in res.stderr
+    assert "ran 0, skipped 10" in res.stderr
     assert {s: read(run / s / "stage.json") for s in STAGES} == before
     # a stage killed midway (status running) reruns; the stages it does not feed stay skipped
     (run / "export" / "stage.json").write_text(json.dumps({**before["export"], "status": "running"}))
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run)])
-    assert res.exit_code == 0 and "ran 1, skipped 8" in res.stderr, res.stderr
+    assert res.exit_code == 0 and "ran 1, skipped 9" in res.stderr, res.stderr
     # a changed stage config reruns that stage only when nothing downstream reads it
     res = CliRunner().invoke(app, ["quickstart", "--smoke", "--out", str(run), "--set", "report.title=Renamed"])
-    assert res.exit_code == 0 and "ran 1, skipped 8" in res.stderr, res.stderr
+    assert res.exit_code == 0 and "ran 1, skipped 9" in res.stderr, res.stderr
     assert "<h1>Renamed</h1>" in (run / "report" / "report.html").read_text()
     res = CliRunner().invoke(app, ["report", str(run)])
     assert res.exit_code == 0 and "report.html" in res.output
@@ -181,7 +182,7 @@ def test_report_renders_in_a_real_browser(smoke_run: tuple[Path, str], tmp_path:
     env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, env=env).stdout
     page = parse(dom)
-    for table in ("models", "per-label", "tokenizer", "data", "stages", "machine"):
+    for table in ("models", "search", "per-label", "tokenizer", "data", "stages", "machine"):
         assert len(page.tables.get(table, [])) > 1, f"table {table} did not render"
     assert len(page.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
     assert re.search(r'id="fig-curve".*id="fig-tradeoff".*id="fig-per-label"', dom, re.S)
