@@ -22,9 +22,12 @@ def serve(
     max_items: int = typer.Option(2048, help="Inputs per request at most (413 beyond)."),
     max_chars: int = typer.Option(20000, help="Characters per text (cut, or 413 with truncate=false)."),
     timeout_s: float = typer.Option(30.0, help="A request unanswered after this gets 503."),
+    index: Path = typer.Option(
+        None, help="Index directory (`encoderforge index build`, dense with this model, or bm25) served at /v1/search."
+    ),
 ) -> None:
-    """Serve a model over HTTP: /v1/embeddings (OpenAI shape), /v1/classify, /v1/ner, /v1/rerank, /health, /ready,
-    /metrics; docs at /docs."""
+    """Serve a model over HTTP: /v1/embeddings (OpenAI shape), /v1/classify, /v1/ner, /v1/rerank, /v1/search (with
+    --index), /health, /ready, /metrics; docs at /docs."""
     from encoderforge.serving.guard import Limits
     from encoderforge.serving.server import serve as run_server
 
@@ -35,7 +38,7 @@ def serve(
         )  # fmt: skip
         typer.echo(f"serving {model} on http://{host}:{port} (docs: /docs, workers: {workers})", err=True)
         run_server(model, host=host, port=port, workers=workers, key_file=str(api_key_file) if api_key_file else None,
-                   limits=limits, threads=threads)  # fmt: skip
+                   limits=limits, threads=threads, index=str(index) if index else None)  # fmt: skip
 
 
 def bench_serve(

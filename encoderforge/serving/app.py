@@ -36,11 +36,14 @@ from encoderforge.serving.schemas import (
     RerankResult,
     TextsRequest,
 )
+from encoderforge.serving.search import SearchIndex, register_search
 
 
-def create_app(served: Served, limits: Limits | None = None, *, api_key: str | None = None) -> FastAPI:
+def create_app(
+    served: Served, limits: Limits | None = None, *, api_key: str | None = None, index: SearchIndex | None = None
+) -> FastAPI:
     """The app serving `served`; `api_key` (read by the caller from a file or the environment) guards every
-    route except /health, /ready and the docs."""
+    route except /health, /ready and the docs; `index` (loaded and checked against the model) adds /v1/search."""
     lim = limits or Limits()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoderforge-model")  # one model call at a time
     state: dict[str, Any] = {"draining": False}
@@ -64,6 +67,8 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
 
     if served.kind == "ner":
         endpoints.append("/v1/ner")
+    if index is not None:
+        endpoints.append("/v1/search")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -133,20 +138,21 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
             raise ApiError(429, f"queue full ({lim.max_queue} requests waiting); retry shortly", type="rate_limit_error",
                            headers={"Retry-After": "1"}) from None  # fmt: skip
 
-    def texts_of(value: str | list[str], truncate: bool) -> list[str]:
+    def texts_of(value: str | list[str], truncate: bool, param: str = "input") -> list[str]:
+        """The request's texts, checked against the limits (`param`: the field named in error messages)."""
         texts = [value] if isinstance(value, str) else list(value)
         if not texts:
-            raise ApiError(400, "input is empty; send at least one text", param="input")
+            raise ApiError(400, f"{param} is empty; send at least one text", param=param)
         if len(texts) > lim.max_items:
-            raise ApiError(413, f"{len(texts)} inputs > max {lim.max_items} per request; split the request", param="input")
+            raise ApiError(413, f"{len(texts)} inputs > max {lim.max_items} per request; split the request", param=param)
         out = []
         for i, t in enumerate(texts):
             if len(t) > lim.max_chars:
                 if not truncate:
                     raise ApiError(
                         413,
-                        f"input[{i}] has {len(t)} characters > max {lim.max_chars}; shorten it or send truncate=true",
-                        param="input",
+                        f"{param}[{i}] has {len(t)} characters > max {lim.max_chars}; shorten it or send truncate=true",
+                        param=param,
                     )  # noqa: E501
                 t = t[: lim.max_chars]
             out.append(t)
@@ -192,7 +198,7 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
 
     @app.post("/v1/embeddings", response_model=None, responses={200: {"model": EmbeddingResponse}, **ERRORS})
     async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
-        """Embeddings in OpenAI's shape (mean pooling, L2-normalized)."""
+        """Embeddings in OpenAI's shape (mean pooling, L2-normalized; an `embed` run's own pooling and dims)."""
         if req.input == [] or req.input == "":
             raise ApiError(400, "input is empty; send at least one text", param="input")
         if req.dimensions is not None and req.dimensions > served.dim:
@@ -270,6 +276,11 @@ def create_app(served: Served, limits: Limits | None = None, *, api_key: str | N
                     for i in order
                 ],
             )
+
+    if index is not None:
+        register_search(
+            app, served, index, texts_of=texts_of, embed=lambda request, ids, tokens: run(request, embed_batcher, ids, tokens)
+        )
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:

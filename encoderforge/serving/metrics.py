@@ -18,6 +18,11 @@ LATENCY = Histogram(
 TOKENS = Counter("encoderforge_tokens_total", "Tokens embedded")
 DISCONNECTS = Counter("encoderforge_disconnects_total", "Requests whose client went away before the answer")
 DROPPED = Counter("encoderforge_dropped_total", "Queued requests skipped because their client had gone (no model work done)")
+SEARCH = Histogram(
+    "encoderforge_index_search_seconds",
+    "Time in the index itself per /v1/search request (after the query is embedded)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+)
 QUEUE = Gauge("encoderforge_queue_depth", "Requests waiting for a batch", multiprocess_mode="livesum")
 
 
@@ -28,6 +33,10 @@ def observe(endpoint: str, status: int, seconds: float) -> None:
 
 def tokens(n: int) -> None:
     TOKENS.inc(n)
+
+
+def searched(seconds: float) -> None:
+    SEARCH.observe(seconds)
 
 
 def disconnected() -> None:

@@ -8,25 +8,37 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
+from encoderforge.index.embedder import WEIGHTS, _digest
+from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
-from encoderforge.model.zoo import resolve_model
+from encoderforge.model.zoo import ZOO, resolve_model
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.registry import TASKS
 
 
 @dataclass
 class Served:
-    """The loaded model: its engine (embeddings) and, for a fine-tuned run, the predictor (head) and task kind."""
+    """The loaded model: its engine (embeddings) and, for a fine-tuned run, the predictor (head) and task kind.
+
+    `pooling`, `normalize` and `dims` say how vectors are made: mean / L2 / full width for a plain encoder, an
+    `embed` run's own task.json settings for an embedding run (so that /v1/embeddings equals `load_embedder(RUN)`
+    and queries land in the same space as an index built with the run). `ref` and `weights` name the model the way
+    index manifests do, for `embed_spec`."""
 
     name: str
     engine: Engine
     predictor: Predictor | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    dims: int | None = None
+    ref: str = ""
+    weights: Path | None = None
 
     @property
     def kind(self) -> str | None:
@@ -39,15 +51,38 @@ class Served:
 
     @property
     def dim(self) -> int:
-        return int(self.engine.encoder.cfg.hidden_size)
+        """The width of the vectors served (an embed run's Matryoshka `dims`, else the hidden size)."""
+        return int(self.dims or self.engine.encoder.cfg.hidden_size)
 
     @property
     def vocab(self) -> int:
         return int(self.engine.tokenizer.get_vocab_size())
 
     def embed_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Token id lists (already truncated, with [CLS]/[SEP]) -> normalized mean-pooled float32 rows."""
-        return self.engine.embed_encoded(EncodedTexts(ids=[list(x) for x in ids], truncated=[]), pooling="mean", normalize=True)
+        """Token id lists (already truncated, with [CLS]/[SEP]) -> pooled float32 rows, made exactly as
+        index/embedder.py's `Embedder.embed` makes them (pooling, normalisation, Matryoshka cut + re-normalisation)."""
+        enc = EncodedTexts(ids=[list(x) for x in ids], truncated=[])
+        vecs = self.engine.embed_encoded(enc, pooling=self.pooling, normalize=self.normalize)
+        if self.dims:
+            vecs = np.ascontiguousarray(vecs[:, : self.dims])
+            if self.normalize:
+                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
+
+    def embed_spec(self) -> EmbedSpec:
+        """How this server's vectors are made, in an index manifest's terms (hashes the weights: call it once, at
+        startup, and only when an index has to be checked)."""
+        if self.weights is None:
+            raise EncoderforgeError(f"{self.ref or self.name}: no weights file ({WEIGHTS[0]}) to check an index against")
+        return EmbedSpec(
+            model=self.ref,
+            model_hash=_digest(str(self.weights)),  # the same cached sha256 the index build recorded
+            dim=self.dim,
+            pooling=self.pooling,
+            normalize=self.normalize,
+            max_length=int(self.engine.max_length),
+            dims=self.dims,
+        )
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         assert self.predictor is not None
@@ -75,8 +110,24 @@ def load_served(path: str | Path, *, max_tokens: int = 16384) -> Served:
         # prediction code changes its tokenizer's truncation on the model thread while requests tokenize elsewhere
         embed = copy.copy(pred.engine)  # the same encoder module (forwards all run on the one model thread)
         embed.tokenizer = Tokenizer.from_str(pred.engine.tokenizer.to_str())  # with the engine's truncation settings
-        return Served(name=p.resolve().parent.name if p.name == "finetune" else p.name, engine=embed, predictor=pred)
+        name = p.resolve().parent.name if p.name == "finetune" else p.name
+        served = Served(name=name, engine=embed, predictor=pred, ref=str(p.resolve()), weights=_weights(p / "model"))
+        if meta["kind"] == "embed":  # an embedding run embeds its own way (task.json), not with mean pooling
+            served.pooling = "cls" if meta.get("pooling") == "cls" else "mean"
+            served.normalize = bool(meta.get("normalize", True))
+            served.dims = int(meta["dims"]) if meta.get("dims") else None
+        return served
     resolved = resolve_model(str(path))
     if not Path(resolved).is_dir():
         raise EncoderforgeError(f"{path}: not a model directory, run directory or zoo name; pass one of those")
-    return Served(name=Path(resolved).name, engine=Engine.from_pretrained(resolved, max_tokens=max_tokens))
+    return Served(
+        name=Path(resolved).name,
+        engine=Engine.from_pretrained(resolved, max_tokens=max_tokens),
+        ref=str(path) if str(path) in ZOO else str(Path(path).resolve()),  # as `index build` records it
+        weights=_weights(Path(resolved)),
+    )
+
+
+def _weights(model_dir: Path) -> Path | None:
+    """The weights file whose hash identifies the model (the first of WEIGHTS present, as in index/embedder.py)."""
+    return next((model_dir / w for w in WEIGHTS if (model_dir / w).is_file()), None)

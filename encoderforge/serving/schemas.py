@@ -113,6 +113,36 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
 
 
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: Union[str, list[str]] = Field(description="A query text or a list of them (one result list per query).")
+    k: int = Field(10, ge=1, le=100, description="Results per query.")
+    return_documents: bool = Field(True, description="Include each hit's stored text and metadata.")
+    truncate: bool = Field(True, description="Cut queries longer than the index's max length; false = reject them (400).")
+
+
+class SearchHit(BaseModel):
+    """One result: `rank` counts from 1; `text` and `metadata` only with return_documents (and what the index stored)."""
+
+    id: str
+    score: float
+    rank: int
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+
+
+class IndexInfo(BaseModel):
+    kind: str  # flat | hnsw | ivfpq | bm25
+    count: int
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    index: IndexInfo
+    results: list[list[SearchHit]]
+
+
 class Health(BaseModel):
     status: Literal["ok", "draining"]
     model: str

@@ -34,21 +34,23 @@ def read_api_key(key_file: str | Path | None) -> str | None:
     return key or None
 
 
-def build(model: str, limits: Limits, key_file: str | None, threads: int):  # -> FastAPI
-    """Load and wire one process's app (each worker calls this)."""
+def build(model: str, limits: Limits, key_file: str | None, threads: int, index: str | None = None):  # -> FastAPI
+    """Load and wire one process's app (each worker calls this, and loads its own read-only copy of the index)."""
     import torch
 
     from encoderforge.serving.app import create_app
     from encoderforge.serving.model import load_served
+    from encoderforge.serving.search import load_search_index
 
     torch.set_num_threads(max(1, threads))
     served = load_served(model, max_tokens=max(limits.max_batch_tokens, 512))
-    return create_app(served, limits, api_key=read_api_key(key_file))
+    loaded = load_search_index(index, served) if index else None
+    return create_app(served, limits, api_key=read_api_key(key_file), index=loaded)
 
 
 def app_from_env():  # -> FastAPI; uvicorn's factory for worker processes
     cfg = json.loads(os.environ[ENV])
-    return build(cfg["model"], Limits(**cfg["limits"]), cfg["key_file"], cfg["threads"])
+    return build(cfg["model"], Limits(**cfg["limits"]), cfg["key_file"], cfg["threads"], cfg.get("index"))
 
 
 def serve(
@@ -61,6 +63,7 @@ def serve(
     limits: Limits | None = None,
     threads: int = 0,
     drain_s: float = 10.0,
+    index: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain in-flight requests (up to `drain_s`).
 
@@ -69,6 +72,8 @@ def serve(
         host: 127.0.0.1 unless told otherwise; another host without an API key gets a warning.
         workers: processes; each loads the model (memory x N) and takes threads = cores / workers by default.
         key_file: file holding the bearer key (else ENCODERFORGE_API_KEY; else no auth).
+        index: an index directory (`encoderforge index build`) served at /v1/search; a dense one must have been built
+            with `model` (checked: the server refuses to start otherwise).
     """
     require("fastapi", "serve")
     require("uvicorn", "serve")
@@ -84,16 +89,20 @@ def serve(
               f"pass --api-key-file or set {KEY_ENV}", file=sys.stderr)  # fmt: skip
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
-        app = build(model, lim, key_file, threads)
+        app = build(model, lim, key_file, threads, index)
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(drain_s))
         return
     from encoderforge.serving.model import load_served
+    from encoderforge.serving.search import check_index
 
-    load_served(model)  # a bad model path fails here, once, not in N respawning workers
+    served = load_served(model)  # a bad model path fails here, once, not in N respawning workers
+    if index:
+        check_index(index, served)  # so does a mismatched or corrupt index (files hashed, not loaded)
+    del served
     metrics_dir = tempfile.mkdtemp(prefix="encoderforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[ENV] = json.dumps(
-        {"model": str(model), "limits": dataclasses.asdict(lim), "key_file": key_file, "threads": threads}
+        {"model": str(model), "limits": dataclasses.asdict(lim), "key_file": key_file, "threads": threads, "index": index}
     )
     try:
         uvicorn.run(
