@@ -9,20 +9,28 @@
 # The fine-tuned runs come from (one per set; wordnet: --batch-size 64 --max-length 64 --epochs 1, dev = 3,000 pairs):
 #   encoderforge finetune embed --model minilm-l6 --threads 2 --dims 192,96,48 --train D/SET/train.pairs.jsonl \
 #       --dev D/SET/dev.pairs.jsonl --test D/SET/test.pairs.jsonl --out runs/embed/SET --epochs 2   (license: 1)
-# and the re-rankers from benchmarks/prepare_rerank_data.py + `finetune classify --text-field query --text-field doc`.
+# and the re-rankers from benchmarks/prepare_rerank_data.py (--queries 320, wordnet 1500; 3 BM25 negatives each) +
+#   encoderforge finetune classify --model minilm-l6 --text-field query --text-field doc --epochs 1 \
+#       --train D/SET/rerank-train.jsonl --dev D/SET/rerank-dev.jsonl --max-length 192 (wordnet 48) --out runs/rerank/SET
 # WordNet's re-ranking pair (first stage alone vs + re-ranker) runs on a seeded 1,000-query sample of its test split
 # (10,785 queries x 20 pairs would take hours on 2 cores); every other row uses the whole test split.
 set -euo pipefail
 D=${1:-runs/data/retrieval}; E=${2:-runs/embed}; R=${3:-runs/rerank}; OUT=${4:-runs/retrieval}
 export HF_HUB_OFFLINE=1
-ev() { .venv/bin/encoderforge eval-retrieval --threads 2 --overwrite "$@"; }
+# a row whose run directory already holds metrics.json is kept (FORCE=1 redoes it): the script resumes after a kill
+ev() {
+  local out; out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
+  if [ -z "${FORCE:-}" ] && [ -f "$out/metrics.json" ]; then echo "kept $out"; return; fi
+  .venv/bin/encoderforge eval-retrieval --threads "${THREADS:-2}" --overwrite "$@"
+}
+ONLY=${ONLY:-all}  # ONLY=base: BM25 and off-the-shelf MiniLM rows only (they need no training)
 for s in bbc license wordnet; do
   q=$D/$s/test.queries.jsonl; r=$D/$s/test.qrels.tsv; c=$D/$s/corpus.jsonl; o=$OUT/$s
   ev --queries "$q" --qrels "$r" --corpus "$c" --bm25 --out "$o/bm25"
   ev --queries "$q" --qrels "$r" --corpus "$c" --model minilm-l6 --out "$o/minilm-l6"
+  [ "$ONLY" = base ] && continue
   ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --out "$o/finetuned"
   ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --dims 96 --out "$o/finetuned-d96"
-  ev --queries "$q" --qrels "$r" --corpus "$c" --model minilm-l6 --dims 96 --out "$o/minilm-l6-d96"
   if [ "$s" = wordnet ]; then  # the re-ranking pair on a 1,000-query sample
     python3 -c "import random,sys; L=open('$q').read().splitlines(); random.Random(0).shuffle(L); print('\n'.join(L[:1000]))" > "$D/$s/test1k.queries.jsonl"
     q=$D/$s/test1k.queries.jsonl
