@@ -6,12 +6,15 @@
 #   benchmarks/retrieval_targets.sh runs/data/retrieval runs/embed runs/rerank runs/retrieval
 #   python benchmarks/retrieval_table.py runs/retrieval
 #
-# The fine-tuned runs come from (one per set; wordnet: --batch-size 64 --max-length 64 --epochs 1, dev = 3,000 pairs):
+# The fine-tuned runs come from (runs/lane-main.sh of the ninth session; 2 threads, one job at a time):
 #   encoderforge finetune embed --model minilm-l6 --threads 2 --dims 192,96,48 --train D/SET/train.pairs.jsonl \
-#       --dev D/SET/dev.pairs.jsonl --test D/SET/test.pairs.jsonl --out runs/embed/SET --epochs 2   (license: 1)
+#       --dev D/SET/dev.pairs.jsonl --test D/SET/test.pairs.jsonl --out runs/embed/SET ...
+#   bbc: --epochs 2 (max length 256); license: a seeded 2,000 of its 4,192 train pairs, --epochs 1 --max-length 192;
+#   wordnet: a seeded 24,000 of its 60,000 train pairs, dev = its first 3,000 pairs, --epochs 1 --batch-size 64
+#   --max-length 48 (the samples: python's random.Random(0).shuffle of the lines, first N)
 # and the re-rankers from benchmarks/prepare_rerank_data.py (--queries 320, wordnet 1500; 3 BM25 negatives each) +
 #   encoderforge finetune classify --model minilm-l6 --text-field query --text-field doc --epochs 1 \
-#       --train D/SET/rerank-train.jsonl --dev D/SET/rerank-dev.jsonl --max-length 192 (wordnet 48) --out runs/rerank/SET
+#       --train D/SET/rerank-train.jsonl --dev D/SET/rerank-dev.jsonl --max-length 192 (wordnet 48) --threads 2 --out runs/rerank/SET
 # WordNet's re-ranking pair (first stage alone vs + re-ranker) runs on a seeded 1,000-query sample of its test split
 # (10,785 queries x 20 pairs would take hours on 2 cores); every other row uses the whole test split.
 set -euo pipefail
