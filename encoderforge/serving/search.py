@@ -41,7 +41,8 @@ class SearchIndex:
     lexical: BM25Index | None = None
     max_length: int = 0  # dense: the index's documents were cut at this many tokens; queries are cut the same way
     meta: dict[str, dict] = field(default_factory=dict)
-    # bm25s documents no thread safety for concurrent retrieve calls; its searches are short, so serialise them
+    # bm25s documents no thread safety for concurrent retrieve calls, and DenseIndex.search sets an HNSW index's
+    # efSearch (from k) on the shared index just before searching: serialise those searches (they are short)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -50,7 +51,10 @@ class SearchIndex:
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> Hits:
         assert self.dense is not None
-        return self.dense.search(vectors, k)
+        if self.kind != "hnsw":
+            return self.dense.search(vectors, k)  # flat and IVF-PQ searches only read the index: run them side by side
+        with self.lock:
+            return self.dense.search(vectors, k)
 
     def search_texts(self, texts: list[str], k: int) -> Hits:
         assert self.lexical is not None
