@@ -31,6 +31,7 @@ TEMPLATE = """\
   train: {{batch_rows: 16, lr: 1.0e-4, seed: 0, save_every: 50}}
 compress: {{method: int8}}
 evaluate: {{tfidf: true, extra_seeds: [1, 2]}}   # the verdict compares TF-IDF with the encoder's seed range
+# index: {{corpus: docs.jsonl, queries: queries.jsonl, qrels: qrels.tsv}}   # search your documents with the model
 bench: {{texts: 128, latency_texts: 16, rounds: 3, threads: 2}}
 export: {{hf: true, onnx: false}}
 report: {{title: "{title}"}}

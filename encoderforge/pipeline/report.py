@@ -55,9 +55,10 @@ TEMPLATE = """<!doctype html>
 <td class="num">{{ f(r.mrr, '.3f') }}</td><td class="num">{{ f(r.recall, '.3f') }}</td>
 <td class="num">{{ f(r.p50_ms, '.1f') }}</td><td class="num">{{ f(r.p99_ms, '.1f') }}</td></tr>{% endfor %}</table>
 <p class="muted">Corpus: {{ search.corpus }}, {{ f(search.documents, ',') }} documents; {{ f(search.queries, ',') }} judged queries;
-the fine-tuned model's faiss index ({{ search.kind }}, {{ f(search.mb, '.1f') }} MB on disk, RUN/index/dense), the base model
-by exact search, BM25 over whole texts. Latency = one query at a time (embedding + search). Every number is the
-stage's eval-retrieval runs (RUN/index/eval/).</p>{% endif %}
+the fine-tuned model searches its faiss index ({{ search.kind }}, {{ f(search.mb, '.1f') }} MB on disk, RUN/index/dense)
+{%- for r in search.rows if r.role == 'base' %}, the base model the same corpus exactly{% endfor %}
+{%- for r in search.rows if r.role == 'bm25' %}, BM25 whole texts{% endfor %}. Latency = one query at a time
+(embedding + search). Every number is the stage's eval-retrieval runs (RUN/index/eval/).</p>{% endif %}
 {% if figures %}<h2>Figures</h2><div class="figs">
 {% for fig in figures %}<figure id="fig-{{ fig.id }}"><img alt="{{ fig.caption }}" src="data:image/png;base64,{{ fig.png }}">
 <figcaption>{{ fig.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}

@@ -156,7 +156,8 @@ def search_verdict(rows: list[SearchRow], documents: int, queries: int) -> str:
     head = f"Search (nDCG@10 over {queries} queries, {documents} documents): the fine-tuned model's index " + " and ".join(parts)
     best = rows[0]
     if best.role != "finetuned":
-        return f"{head}. {best.name} is the best retriever here; search with it, not with the fine-tuned model."
+        name = best.name[:1].upper() + best.name[1:]  # it starts a sentence
+        return f"{head}. {name} is the best retriever here; search with it, not with the fine-tuned model."
     return f"{head}."
 
 
