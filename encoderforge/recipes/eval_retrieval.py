@@ -93,8 +93,29 @@ def eval_retrieval(
     check_output(out, inputs, expect="dir")
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
         raise EncoderforgeError(f"{out}: already exists; pass --overwrite or choose another --out")
-    if threads:
+    if threads:  # for this call only: the caller (a pipeline stage, a server) keeps its own setting
+        before = torch.get_num_threads()
         torch.set_num_threads(threads)
+        try:
+            return eval_retrieval(
+                queries,
+                qrels,
+                out,
+                corpus=corpus,
+                index=index,
+                model=model,
+                bm25=bm25,
+                pooling=pooling,
+                max_length=max_length,
+                k=k,
+                rerank=rerank,
+                rerank_depth=rerank_depth,
+                overwrite=overwrite,
+                dims=dims,
+                layers=layers,
+            )
+        finally:
+            torch.set_num_threads(before)
     judged = read_qrels(qrels)
     all_q = read_docs(queries, what="queries")
     qs = [q for q in all_q if q.id in judged]
