@@ -22,15 +22,19 @@ def decode_utf8(path: Path) -> str:
         ) from None
 
 
+def json_object(raw: str, where: str, fix: str = "write one JSON object per line") -> dict:
+    """One JSONL line -> its object; not JSON or not an object -> one-line error naming `where` (file:line) and `fix`."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise EncoderforgeError(f"{where}: not valid JSON ({e.msg}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise EncoderforgeError(f"{where}: a JSON {type(obj).__name__}, not an object; {fix}")
+    return obj
+
+
 def jsonl_rows(text: str, path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a line that is not one JSON object -> one-line error."""
     for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise EncoderforgeError(f"{path}:{line}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(obj, dict):
-            raise EncoderforgeError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
-        yield line, obj
+        if raw.strip():
+            yield line, json_object(raw, f"{path}:{line}", "each line must be one JSON object")

@@ -8,12 +8,12 @@ Blank lines are skipped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.textfile import json_object
 
 
 @dataclass
@@ -49,12 +49,7 @@ def iter_docs(path: str | Path, *, what: str = "corpus") -> Iterator[Doc]:
 
 def _doc(path: Path, n: int, line: str, what: str) -> Doc:
     where = f"{path}:{n}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise EncoderforgeError(f"{where}: not valid JSON ({e.msg}); write one JSON object per line") from None
-    if not isinstance(obj, dict):
-        raise EncoderforgeError(f'{where}: a JSON {type(obj).__name__}, not an object; write {{"id": ..., "text": ...}}')
+    obj = json_object(line, where, 'write one JSON object {"id": ..., "text": ...} per line')
     doc_id, text = obj.pop("id", None), obj.pop("text", None)
     if not isinstance(doc_id, str) or not doc_id.strip():
         got = "missing" if doc_id is None else f"{doc_id!r} ({type(doc_id).__name__})"

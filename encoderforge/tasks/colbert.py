@@ -32,7 +32,7 @@ from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import head_linear
 from encoderforge.model.padding import Padded, layout_from_lengths, pad_packed
 from encoderforge.tasks import LossSum
-from encoderforge.tasks.embed import DevSet, EmbedTask, PairBatch, length_groups, ranking_metrics
+from encoderforge.tasks.embed import DevSet, EmbedTask, PairBatch, dev_sums, length_groups, ranking_metrics
 from encoderforge.tasks.sequences import encode_texts
 from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec
 
@@ -150,10 +150,7 @@ class ColBERTTask:
 
     def loss(self, model: nn.Module, batch: PairBatch | DevSet) -> LossSum:
         if isinstance(batch, DevSet):
-            scores = self.evaluate(model, batch.rows)
-            n = int(scores["n"])  # type: ignore[call-overload]
-            stats = {k: float(v) * n for k, v in scores.items() if k != "n" and isinstance(v, float)}
-            return LossSum(total=torch.tensor(stats.pop("loss", 0.0)), count=n, stats=stats)
+            return dev_sums(self.evaluate(model, batch.rows))
         out = model(batch.input_ids, batch.lengths)  # (S, T, D)
         vec, mask = out.hidden.float(), out.mask
         docs = torch.cat([batch.positive, batch.negatives])  # (B + K*B,)

@@ -35,7 +35,7 @@ from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec
 
 # the model lives in embed_model.py, the metrics in embed_metrics.py; other tasks import them from here
 __all__ = ["EmbedHead", "EmbedModel", "EmbedTask", "PairBatch", "DevSet", "SPEC", "length_groups"]
-__all__ += ["no_duplicate_batches", "correlations", "ranking_metrics"]
+__all__ += ["no_duplicate_batches", "correlations", "ranking_metrics", "dev_sums"]
 EVAL_ROWS = 64  # texts per forward when embedding a whole dev/test set
 
 
@@ -219,10 +219,7 @@ class EmbedTask:
 
     def loss(self, model: nn.Module, batch: PairBatch | DevSet) -> LossSum:
         if isinstance(batch, DevSet):
-            scores = self.evaluate(model, batch.rows)
-            n = int(scores["n"])  # type: ignore[call-overload]
-            stats = {k: float(v) * n for k, v in scores.items() if k != "n" and isinstance(v, float)}
-            return LossSum(total=torch.tensor(stats.pop("loss", 0.0)), count=n, stats=stats)
+            return dev_sums(self.evaluate(model, batch.rows))
         emb = model(batch.input_ids, batch.lengths).float()  # (S, C), or (layers, S, C) for 2D Matryoshka
         b = batch.query.shape[0]
         gather = self.world > 1 and self.loss_kind == "mnrl"  # CoSENT compares pairs within a process's batch
@@ -287,6 +284,13 @@ class EmbedTask:
             total += float(self.batch_loss(emb, torch.arange(m), torch.arange(m, 2 * m), none, scores)) * m
             n += len(part)
         return total / max(n, 1)
+
+
+def dev_sums(scores: dict[str, object]) -> LossSum:
+    """A whole-dev-set evaluation as the loop's summed stats (mean x n, so the loop's division gives them back)."""
+    n = int(scores["n"])  # type: ignore[call-overload]
+    stats = {k: float(v) * n for k, v in scores.items() if k != "n" and isinstance(v, float)}
+    return LossSum(total=torch.tensor(stats.pop("loss", 0.0)), count=n, stats=stats)
 
 
 def _graded(rows: Rows) -> bool:

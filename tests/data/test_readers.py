@@ -70,7 +70,7 @@ def test_conll_and_jsonl_tags(tmp_path):
         ),
         ("e.jsonl", '{"text": "a", "label": ["x"]}\n', Schema(), "e.jsonl:1: field 'label' must be one label"),
         ("f.jsonl", '{"text": "a", "label": "x"}\n{"label": "x"}\n', Schema(), "f.jsonl:2: missing field 'text'"),
-        ("g.jsonl", '{"text": "a", "label": "x"}\n{"text": "a", "label": \n', Schema(), "g.jsonl:2: invalid JSON"),
+        ("g.jsonl", '{"text": "a", "label": "x"}\n{"text": "a", "label": \n', Schema(), "g.jsonl:2: not valid JSON"),
         ("h.conll", "John\tB-per\nlives\n", Schema(label_type="tags"), "h.conll:2: expected `token<TAB>tag`"),
         ("i.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', Schema(label_type="tags"), "i.jsonl:1: 2 tokens but 1 tags"),
         ("j.conll", "a\tO\n\nb\tB-x\n", Schema(label_type="tags", labels=("O",)), "j.conll:3: unknown tag 'B-x'"),

@@ -76,7 +76,7 @@ def test_build_search_and_add(tmp_path, corpus_file, bbc_docs, tiny_embedder, wr
 
 
 BAD = [
-    ('{"id": "a", "text": "ok"}\nnot json\n', r"corpus.jsonl:2: not valid JSON .*one JSON object per line"),
+    ('{"id": "a", "text": "ok"}\nnot json\n', r"corpus.jsonl:2: not valid JSON .*one JSON object .* per line"),
     ('{"id": "a", "text": "ok"}\n{"text": "no id"}\n', r"corpus.jsonl:2: \"id\" is missing; give every corpus line"),
     ('{"id": "a", "text": "ok"}\n\n{"id": "b", "text": "  "}\n', r"corpus.jsonl:3: \"text\" of 'b' is empty; give it"),
     (
