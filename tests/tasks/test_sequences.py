@@ -79,3 +79,25 @@ def test_epochs_cover_every_example_and_resume_exactly():
     assert resumed == stream[4:9]
     ranks = [next(epoch_steps(10, 4, 0, seed=3, start_step=0, rank=r, world=2)) for r in (0, 1)]
     assert sorted(sum(ranks[0] + ranks[1], [])) == sorted(stream[0])
+
+
+def test_pair_truncation_equals_the_tokenizers_longest_first(minilm_path, bbc_rows):
+    """Pairs are cut by our closed-form longest-first (each side tokenized alone) exactly as the tokenizers library's
+    own pair truncation cuts them, for short, long and tied sides."""
+    from tokenizers import Tokenizer
+
+    from encoderforge.tasks.sequences import encode_texts, longest_first
+
+    tok = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
+    tok.no_padding()
+    texts = [t for _, t in bbc_rows[:12]]
+    pairs = [(texts[i][: 40 + 90 * i], texts[-1 - i][: 700 - 50 * i]) for i in range(12)] + [("a b c", "d e f")]
+    for max_length in (16, 17, 64, 129):
+        got = encode_texts(tok, pairs, max_length)
+        tok.enable_truncation(max_length, strategy="longest_first")
+        want = [e.ids for e in tok.encode_batch(pairs)]
+        tok.no_truncation()
+        assert got.ids == want, max_length
+        assert got.truncated == sum(len(w) == max_length for w in want)
+    assert longest_first(10, 10, 15) == (7, 8) and longest_first(3, 100, 15) == (3, 12) and longest_first(2, 3, 9) == (2, 3)
+    assert longest_first(100, 9, 15) == (8, 7) and longest_first(100, 7, 15) == (8, 7)
