@@ -73,6 +73,7 @@ def train(
     param_groups: list[dict[str, Any]] | None = None,
     on_eval: Callable[[int, dict[str, float]], bool] | None = None,
     extra_state: Stateful | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `task` for `args.steps` optimizer steps, resuming from `args.out_dir` if possible.
 
@@ -87,6 +88,9 @@ def train(
         on_eval: called as on_eval(step, dev_metrics) after every evaluation past step 0 (the same reduced
             metrics on every rank); returning True stops training there (early stopping), after a checkpoint.
         extra_state: saved in every checkpoint and restored on resume (e.g. the best-weights keeper).
+        after_step: called as after_step(step) right after each optimizer step (`step` = steps done), before
+            logging, evaluation and checkpointing: compression holds its pruning masks and runs its sparsity
+            schedule here (encoderforge.compression), so evaluations and checkpoints see the pruned weights.
     Returns:
         the final metrics (also written to out_dir/metrics.json).
     """
@@ -153,6 +157,8 @@ def train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step, state.tokens, state.rows = step + 1, state.tokens + int(tokens), state.rows + args.batch_rows
+        if after_step is not None:
+            after_step(state.step)
         trim = dist.device.type == "cpu" and args.trim_heap_every > 0
         if trim and state.step % args.trim_heap_every == 0:
             release_free_heap()
