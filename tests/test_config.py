@@ -26,6 +26,10 @@ def test_every_shipped_config_loads(path):
     if path.name.startswith("finetune-"):
         cfg = finetune_config(path.stem.split("-", 1)[1], path)
         assert isinstance(cfg, FinetuneConfig) and cfg.task == path.stem.split("-", 1)[1]
+    elif path.name.startswith("compress-"):
+        from encoderforge.compression.recipe import load_recipe
+
+        assert load_recipe(path).steps
     else:
         assert isinstance(load_config(path), PretrainConfig)
 

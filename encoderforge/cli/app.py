@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from encoderforge import EncoderforgeError
+from encoderforge.cli import compress as cli_compress
 from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import index as cli_index
@@ -94,6 +95,7 @@ def neighbors(
 app.add_typer(cli_finetune.finetune_app, name="finetune")
 app.command("predict")(cli_finetune.predict)
 app.command("eval")(cli_finetune.eval_runs)
+app.command("compress")(cli_compress.compress)
 app.command("run")(cli_run.run)
 app.command("report")(cli_run.report)
 app.command("quickstart")(cli_run.quickstart)

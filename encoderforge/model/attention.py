@@ -186,11 +186,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection; the backend is resolved once."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
-        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.num_heads, self.head_dim = cfg.heads_of(layer), cfg.head_dim
+        width = self.num_heads * self.head_dim  # H * D: the hidden size C unless this layer's heads were pruned
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * width, bias=cfg.bias)
+        self.out = nn.Linear(width, cfg.hidden_size, bias=cfg.bias)
         self.dropout_p = cfg.attention_dropout
         self.fn = BACKENDS[cfg.attention]
 

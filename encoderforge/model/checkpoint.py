@@ -112,8 +112,8 @@ def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfi
             raise EncoderforgeError(
                 f"{weights}: tensor {_label(names(key))!r} has shape {tuple(state[key].shape)} but "
                 f"{path / 'config.json'} expects {shape} (hidden_size={cfg.hidden_size}, layers={cfg.num_layers}, "
-                f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}); config.json does not belong "
-                "to these weights — restore the config.json that came with them"
+                f"intermediate_size={cfg.intermediate_size}, vocab_size={cfg.vocab_size}{_widths(cfg)}); config.json does "
+                "not belong to these weights — restore the config.json that came with them"
             )
     missing = [
         n
@@ -129,6 +129,11 @@ def _check_tensors(path: Path, state: dict[str, torch.Tensor], cfg: EncoderConfi
             f"{weights}: weights do not match {path / 'config.json'} (layers={cfg.num_layers}): {', '.join(parts)}; "
             "the checkpoint is incomplete or its config.json belongs to another model"
         )
+
+
+def _widths(cfg: EncoderConfig) -> str:
+    """The per-layer widths of a pruned config, for error messages ('' when uniform)."""
+    return "".join(f", {k}={getattr(cfg, k)}" for k in ("layer_heads", "layer_intermediate") if getattr(cfg, k) is not None)
 
 
 def _few(names: list[str], n: int = 4) -> str:
@@ -168,8 +173,20 @@ def save(
 
 def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path | None = None, overwrite: bool = True) -> Path:
     """Write a Hugging Face BERT directory that `transformers.AutoModel.from_pretrained` loads with no
-    missing or unexpected keys. Only the BERT layout (post-LN, GELU, learned positions, biases) exports."""
+    missing or unexpected keys. Only the BERT layout (post-LN, GELU, learned positions, biases) exports, with one
+    FFN width and all heads in every layer (BertConfig derives head_dim = hidden_size / num_attention_heads)."""
     cfg = encoder.cfg
+    if any(cfg.heads_of(i) != cfg.num_heads for i in range(cfg.num_layers)):
+        raise EncoderforgeError(
+            f"cannot export to Hugging Face BERT: layer_heads={cfg.layer_heads} (pruned heads) has no BertConfig "
+            "equivalent (it derives head_dim from hidden_size / num_attention_heads); keep the encoderforge format or export ONNX"
+        )
+    ffn = sorted({cfg.ffn_of(i) for i in range(cfg.num_layers)})
+    if len(ffn) > 1:
+        raise EncoderforgeError(
+            f"cannot export to Hugging Face BERT: layer_intermediate={cfg.layer_intermediate} (per-layer FFN widths) has "
+            "no BertConfig equivalent (one intermediate_size); keep the encoderforge format or export ONNX"
+        )
     bad = {
         k: getattr(cfg, k)
         for k, ok in (("norm", "post"), ("activation", "gelu"), ("position", "learned"), ("bias", True))
@@ -187,7 +204,7 @@ def export_hf(encoder: Encoder, path: str | Path, *, tokenizer_dir: str | Path |
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.intermediate_size,
+        "intermediate_size": ffn[0],
         "hidden_act": "gelu",
         "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attention_dropout,

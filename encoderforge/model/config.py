@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Literal
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable, Literal, Sequence
 
 from encoderforge import EncoderforgeError
 
@@ -19,6 +19,8 @@ class EncoderConfig:
 
     Variant *names* (not classes) keep it JSON-serializable. The defaults are the BERT layout
     (post-LayerNorm, GELU, learned absolute positions, biases) that Hugging Face checkpoints use.
+    `layer_heads` / `layer_intermediate` record per-layer widths after structured pruning (model/surgery.py): a layer
+    with h heads has attention width h * head_dim, and head_dim stays hidden_size // num_heads.
     """
 
     vocab_size: int = 30522
@@ -38,6 +40,8 @@ class EncoderConfig:
     bias: bool = True
     pad_token_id: int = 0
     attention: Backend = "varlen"
+    layer_heads: list[int] | None = None  # heads of each layer (pruned model); None = num_heads in every layer
+    layer_intermediate: list[int] | None = None  # FFN width of each layer; None = intermediate_size in every layer
 
     def __post_init__(self) -> None:
         choices = {"norm": Norm, "activation": Activation, "position": Position, "attention": Backend}
@@ -54,10 +58,48 @@ class EncoderConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
             if getattr(self, name) <= 0:
                 raise EncoderforgeError(f"config field '{name}' must be positive, got {getattr(self, name)}")
+        for name in ("layer_heads", "layer_intermediate"):
+            widths = getattr(self, name)
+            if widths is None:
+                continue
+            if not isinstance(widths, (list, tuple)) or len(widths) != self.num_layers:
+                raise EncoderforgeError(
+                    f"config field '{name}' must list one width per layer (num_layers={self.num_layers}), got {widths!r}; "
+                    "fix the list or set it to null"
+                )
+            if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
+                raise EncoderforgeError(f"config field '{name}' must hold positive integers, got {list(widths)}")
+            setattr(self, name, list(widths))  # a tuple (from Python callers) is stored as the list JSON gives back
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def heads_of(self, layer: int) -> int:
+        """Attention heads of layer `layer`."""
+        return self.num_heads if self.layer_heads is None else self.layer_heads[layer]
+
+    def ffn_of(self, layer: int) -> int:
+        """FFN width (neurons) of layer `layer`."""
+        return self.intermediate_size if self.layer_intermediate is None else self.layer_intermediate[layer]
+
+    def with_layer_widths(self, heads: Sequence[int], intermediate: Sequence[int]) -> "EncoderConfig":
+        """A new config for `len(heads)` layers with these per-layer widths, in one canonical form: uniform FFN widths
+        become `intermediate_size` (the shape Hugging Face BERT can hold), per-layer lists equal to the global value
+        in every layer become None; heads stay a list unless all equal num_heads (num_heads also fixes head_dim)."""
+        heads, intermediate = list(heads), list(intermediate)
+        if len(heads) != len(intermediate):
+            raise EncoderforgeError(
+                f"with_layer_widths: {len(heads)} head counts but {len(intermediate)} FFN widths; give one per layer"
+            )
+        ffn = intermediate[0] if len(set(intermediate)) == 1 else self.intermediate_size
+        return replace(
+            self,
+            num_layers=len(heads),
+            intermediate_size=ffn,
+            layer_heads=None if set(heads) == {self.num_heads} else heads,
+            layer_intermediate=None if set(intermediate) == {ffn} else intermediate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

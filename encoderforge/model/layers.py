@@ -34,12 +34,12 @@ class Embeddings(nn.Module):
 class MLP(nn.Module):
     """Feed-forward: GELU (BERT) or GeGLU (Shazeer 2020, used by MosaicBERT/ModernBERT)."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.gated = cfg.activation == "geglu"
-        width = 2 * cfg.intermediate_size if self.gated else cfg.intermediate_size
-        self.fc1 = nn.Linear(cfg.hidden_size, width, bias=cfg.bias)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
+        inner = cfg.ffn_of(layer)  # I: intermediate_size unless this layer's neurons were pruned
+        self.fc1 = nn.Linear(cfg.hidden_size, 2 * inner if self.gated else inner, bias=cfg.bias)
+        self.fc2 = nn.Linear(inner, cfg.hidden_size, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
@@ -50,13 +50,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer, post-LN (BERT) or pre-LN (GPT-2/ModernBERT style)."""
+    """One transformer layer, post-LN (BERT) or pre-LN (GPT-2/ModernBERT style); `layer` picks its widths from a
+    config with per-layer widths (`cfg.heads_of(layer)`, `cfg.ffn_of(layer)`)."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.pre = cfg.norm == "pre"
-        self.attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg, layer)
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.drop = Dropout(cfg.dropout)

@@ -6,16 +6,16 @@ training linears (training/fast_linear.py), CPU weight packing (inference/cpu_pa
 visited, that a replacement is never walked into, and that a module reachable twice is visited once.
 
 Removal really shrinks the weight matrices (ZipLM, Kurtic et al. 2023; "Are Sixteen Heads Really Better than
-One?", Michel et al. 2019), so the pruned model is faster, not just sparse. `EncoderConfig` holds one head count
-and one FFN width for all layers, so a model with per-layer widths cannot be saved and rebuilt from its config
-yet; `remove_layers` (uniform by nature) keeps the config in step.
+One?", Michel et al. 2019), so the pruned model is faster, not just sparse. Every removal keeps the owning
+Encoder's config in step (a new config object, as `Encoder.set_attention` makes): `EncoderConfig.with_layer_widths`
+records the new widths (per-layer `layer_heads` / `layer_intermediate`, collapsed when uniform),
+so a pruned model saves and rebuilds like any other checkpoint.
 
 Shape legend: C hidden size, H heads, D head dim (C = H * D before pruning), I FFN width, H' / I' what is kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence, cast
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.model.attention import Attention
+from encoderforge.model.config import EncoderConfig
 from encoderforge.model.layers import MLP, Block
 
 Predicate = Callable[[str, nn.Module], bool]  # (qualified name, module) -> replace it?
@@ -141,40 +142,75 @@ def prune_ffn_neurons(model: nn.Module, layer: int, keep_idx: Sequence[int] | to
     """Remove the FFN neurons of encoder layer `layer` that are not in `keep_idx`; returns how many were removed.
 
     Args:
-        model: an Encoder or a model holding one; modified in place.
+        model: an Encoder or a model holding one; modified in place (the Encoder gets a config with the new width).
         layer: block index (negative counts from the end).
         keep_idx: neuron indices in [0, intermediate_size) to keep.
     Example:
         >>> prune_ffn_neurons(enc, 0, scores[0].topk(768).indices)
     """
-    return shrink_mlp(_block(model, layer).mlp, keep_idx)
+    blocks = encoder_blocks(model)
+    mlp = _block(model, layer).mlp
+    removed = shrink_mlp(mlp, keep_idx)
+    _update_config(_owner(model, blocks), len(blocks), layer=layer % len(blocks), ffn=mlp.fc2.in_features)
+    return removed
 
 
 def prune_heads(model: nn.Module, layer: int, keep_heads: Sequence[int] | torch.Tensor) -> int:
     """Remove the attention heads of encoder layer `layer` that are not in `keep_heads`; returns how many.
 
     Args:
-        model: an Encoder or a model holding one; modified in place.
+        model: an Encoder or a model holding one; modified in place (the Encoder gets a config with the new width).
         layer: block index (negative counts from the end).
         keep_heads: head indices in [0, num_heads) to keep.
     """
-    return shrink_attention(_block(model, layer).attn, keep_heads)
+    blocks = encoder_blocks(model)
+    attn = _block(model, layer).attn
+    removed = shrink_attention(attn, keep_heads)
+    _update_config(_owner(model, blocks), len(blocks), layer=layer % len(blocks), heads=attn.num_heads)
+    return removed
 
 
 def remove_layers(model: nn.Module, keep_layers: Sequence[int]) -> int:
     """Keep only the encoder blocks `keep_layers` (in their original order); returns how many were removed.
 
-    An Encoder's config gets the new `num_layers` (a new config object, as `Encoder.set_attention` does), so
-    the result saves and loads as an ordinary checkpoint when no head or neuron was removed."""
+    An Encoder's config gets the new `num_layers` and the kept layers' widths, so the result saves and loads as an
+    ordinary checkpoint."""
     blocks = encoder_blocks(model)
     idx = _keep_index(list(keep_layers), len(blocks), "encoder layer").tolist()
-    owner = next(m for m in model.modules() if any(c is blocks for c in m.children()))
+    owner = _owner(model, blocks)
     kept = nn.ModuleList(blocks[i] for i in idx)
     for name, child in owner.named_children():
         if child is blocks:
             setattr(owner, name, kept)
-    cfg = getattr(owner, "cfg", None)
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) and hasattr(cfg, "num_layers"):
-        # setattr: nn.Module's __setattr__ is typed for tensors and modules only (a config is a plain attribute)
-        setattr(owner, "cfg", dataclasses.replace(cfg, num_layers=len(idx)))
+    _update_config(owner, len(blocks), keep=idx)
     return len(blocks) - len(idx)
+
+
+def _owner(model: nn.Module, blocks: nn.ModuleList) -> nn.Module:
+    """The module that holds the block list as a child (the Encoder)."""
+    return next(m for m in model.modules() if any(c is blocks for c in m.children()))
+
+
+def _update_config(
+    owner: nn.Module,
+    n_blocks: int,
+    *,
+    layer: int = 0,
+    heads: int | None = None,
+    ffn: int | None = None,
+    keep: list[int] | None = None,
+) -> None:
+    """Give `owner` (the Encoder holding `n_blocks` blocks) a new config: layer `layer` now has `heads` heads / `ffn`
+    neurons, or only the layers `keep` remain. The config's own widths are edited rather than read back from the
+    modules: an fc2 wrapped by LoRA or int8 need not expose its width."""
+    cfg = getattr(owner, "cfg", None)
+    if not isinstance(cfg, EncoderConfig) or cfg.num_layers != n_blocks:
+        return
+    hs = [cfg.heads_of(i) for i in range(n_blocks)]
+    fs = [cfg.ffn_of(i) for i in range(n_blocks)]
+    hs[layer] = hs[layer] if heads is None else heads
+    fs[layer] = fs[layer] if ffn is None else ffn
+    if keep is not None:
+        hs, fs = [hs[i] for i in keep], [fs[i] for i in keep]
+    # setattr: nn.Module's __setattr__ is typed for tensors and modules only (a config is a plain attribute)
+    setattr(owner, "cfg", cfg.with_layer_widths(hs, fs))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from encoderforge import require
+from encoderforge.eval.score import predicted_labels, score
 from encoderforge.model import checkpoint
 from encoderforge.pipeline.config import (
     BenchStage,
@@ -32,8 +33,6 @@ from encoderforge.pipeline.summary import BASE, PROBE
 from encoderforge.recipes.finetune import finetune
 from encoderforge.recipes.finetune_config import FinetuneConfig
 from encoderforge.recipes.predict import Predictor
-from encoderforge.tasks.classification import classification_metrics
-from encoderforge.tasks.multilabel import multilabel_metrics
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -49,18 +48,6 @@ def read_split(path: str | Path) -> tuple[list[str], list[Any]]:
             texts.append(str(obj["text"]))
             labels.append(obj["label"])
     return texts, labels
-
-
-def score(task: str, gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:
-    """The task's own metric functions (the same ones fine-tuning reports) over gold and predicted labels."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    if task == "multilabel":
-        y, p = np.zeros((len(gold), len(labels))), np.zeros((len(gold), len(labels)))
-        for i, (g, q) in enumerate(zip(gold, pred)):
-            y[i, [index[x] for x in g]] = 1
-            p[i, [index[x] for x in q]] = 1
-        return multilabel_metrics(y, p, labels)
-    return classification_metrics(np.array([index[g] for g in gold]), np.array([index[q] for q in pred]), labels)
 
 
 def run_finetune(cfg: FinetuneConfig, stage_dir: Path, *, overwrite: bool) -> dict[str, Any]:
@@ -106,10 +93,6 @@ def int8_predictor(run: Path) -> Predictor:
         pack=False,
     )
     return Predictor(engine=engine, head=p.head, meta=p.meta)
-
-
-def predicted_labels(task: str, preds: list[dict]) -> list[Any]:
-    return [p["labels"] if task == "multilabel" else p["label"] for p in preds]
 
 
 def run_compress(cfg: CompressStage, ft: FinetuneConfig, run: Path) -> dict[str, Any]:

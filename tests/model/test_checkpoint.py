@@ -170,3 +170,86 @@ def test_mlm_bias_must_match_the_vocabulary(tmp_path):
     save(Encoder(preset("bert-tiny", vocab_size=300)), tmp_path / "ck", extra={"mlm.bias": torch.zeros(299)})
     with pytest.raises(EncoderforgeError, match=r"'mlm.bias' has shape \(299,\) but .*config.json expects \(300,\)"):
         load(tmp_path / "ck")
+
+
+def _pruned_tiny():
+    from encoderforge.model.surgery import prune_ffn_neurons, prune_heads
+
+    torch.manual_seed(0)
+    enc = Encoder(preset("bert-tiny", vocab_size=300, num_layers=3, num_heads=4, dropout=0.0)).eval()
+    prune_heads(enc, 0, [1, 3])
+    prune_heads(enc, 2, [0])
+    prune_ffn_neurons(enc, 1, range(0, 512, 3))
+    return enc
+
+
+def test_a_model_with_per_layer_widths_round_trips_exactly(tmp_path):
+    enc = _pruned_tiny()
+    save(enc, tmp_path / "ck")
+    model = json.loads((tmp_path / "ck" / "config.json").read_text())["model"]
+    assert model["layer_heads"] == [2, 4, 1] and model["layer_intermediate"] == [512, 171, 512]
+    back = load(tmp_path / "ck").encoder
+    assert back.cfg == enc.cfg
+    ids = torch.randint(5, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        assert torch.equal(back(ids, mask), enc(ids, mask))
+
+
+def test_config_json_that_disagrees_with_pruned_weights_is_named(tmp_path):
+    save(_pruned_tiny(), tmp_path / "ck")
+    raw = json.loads((tmp_path / "ck" / "config.json").read_text())
+    raw["model"]["layer_heads"] = [4, 4, 1]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(
+        EncoderforgeError, match=r"'encoder.layers.0.attn.qkv.weight' has shape \(192, 128\).*layer_heads=\[4, 4, 1\]"
+    ):
+        load(tmp_path / "ck")
+
+
+def test_uniform_ffn_pruning_exports_to_hugging_face(tmp_path):
+    from encoderforge.model.surgery import prune_ffn_neurons
+
+    torch.manual_seed(0)
+    enc = Encoder(preset("bert-tiny", vocab_size=300, attention="sdpa")).eval()
+    for layer in range(2):
+        prune_ffn_neurons(enc, layer, range(layer, 512, 4))
+    out = export_hf(enc, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 128
+    model, info = transformers.AutoModel.from_pretrained(str(out), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ids = torch.randint(5, 300, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=ids).last_hidden_state, enc(ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "prune, match",
+    [
+        (
+            lambda e: prune_heads_all(e, [0]),
+            r"layer_heads=\[1, 1\] \(pruned heads\).*keep the encoderforge format or export ONNX",
+        ),
+        (lambda e: prune_ffn(e, 1, range(8)), r"layer_intermediate=\[512, 8\].*keep the encoderforge format or export ONNX"),
+    ],
+)
+def test_shapes_bert_config_cannot_hold_refuse_hf_export(tmp_path, prune, match):
+    enc = Encoder(preset("bert-tiny", vocab_size=50))
+    prune(enc)
+    with pytest.raises(EncoderforgeError, match=match):
+        export_hf(enc, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def prune_heads_all(enc, keep):
+    from encoderforge.model.surgery import prune_heads
+
+    for layer in range(enc.cfg.num_layers):  # uniform, but fewer heads of the same head_dim
+        prune_heads(enc, layer, keep)
+
+
+def prune_ffn(enc, layer, keep):
+    from encoderforge.model.surgery import prune_ffn_neurons
+
+    prune_ffn_neurons(enc, layer, keep)

@@ -219,3 +219,52 @@ def test_bad_requests_fail_with_a_message_and_change_nothing(call, match):
         call(enc)
     after = enc.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---- the config follows the surgery ----------------------------------------------------------------------------
+
+
+def test_pruning_records_per_layer_widths_in_a_new_config_that_rebuilds_the_model():
+    enc = tiny()
+    old_cfg = enc.cfg
+    prune_heads(enc, 1, [0, 2])
+    prune_ffn_neurons(enc, 2, range(10))
+    assert enc.cfg.layer_heads == [H, 2, H] and enc.cfg.layer_intermediate == [I, I, 10]
+    assert old_cfg.layer_heads is None  # a new config, the old one is not mutated
+    assert (enc.cfg.heads_of(1), enc.cfg.ffn_of(2), enc.cfg.ffn_of(0), enc.cfg.head_dim) == (2, 10, I, C // H)
+    rebuilt = Encoder(enc.cfg).state_dict()
+    assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in enc.state_dict().items()}
+    remove_layers(enc, [1, 2])  # the per-layer lists are sliced with the layers
+    assert enc.cfg.num_layers == 2 and enc.cfg.layer_heads == [2, H] and enc.cfg.layer_intermediate == [I, 10]
+
+
+def test_uniform_widths_collapse_to_the_global_fields():
+    enc = tiny()
+    for layer in range(3):  # the same FFN width everywhere: the global intermediate_size, no list
+        prune_ffn_neurons(enc, layer, range(16))
+    assert enc.cfg.intermediate_size == 16 and enc.cfg.layer_intermediate is None
+    prune_heads(enc, 0, [1])
+    remove_layers(enc, [1, 2])  # the only pruned layer is gone: all layers have num_heads again
+    assert enc.cfg.layer_heads is None and enc.cfg.num_heads == H
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(layer_heads=[4, 4]), r"'layer_heads' must list one width per layer \(num_layers=3\)"),
+        (dict(layer_intermediate=[64, 0, 64]), "'layer_intermediate' must hold positive integers"),
+        (dict(layer_heads=[4, 2.5, 4]), "'layer_heads' must hold positive integers"),
+    ],
+)
+def test_bad_per_layer_widths_are_named(kw, match):
+    with pytest.raises(EncoderforgeError, match=match):
+        EncoderConfig(hidden_size=C, num_layers=3, num_heads=H, intermediate_size=I, **kw)
+
+
+def test_the_config_follows_even_when_other_linears_are_wrapped():
+    """LoRA or int8 wrappers need not expose a width: the config is edited, not read back from the modules."""
+    enc = tiny()
+    replace_modules(enc, lambda name, _: name.endswith("mlp.fc2") and not name.startswith("layers.0"), nn.Sequential)
+    prune_heads(enc, 2, [0])
+    prune_ffn_neurons(enc, 0, [1, 2, 3])
+    assert enc.cfg.layer_heads == [H, H, 1] and enc.cfg.layer_intermediate == [3, I, I]
