@@ -131,9 +131,18 @@ class AdaptStage:
 
 @dataclass
 class CompressStage:
-    """Compress the fine-tuned encoder. Args: method: int8 (dynamic int8 Linear layers, torch)."""
+    """Compress the fine-tuned encoder. Args: method: int8 (dynamic int8 Linear layers, torch); recipe: also run this
+    compression recipe (configs/compress-*.yaml: distill, prune, quantize) on the fine-tuned run; its table and
+    Pareto plot join the report."""
 
     method: Literal["int8"] = "int8"
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe is not None and not Path(self.recipe).is_file():
+            raise EncoderforgeError(
+                f"compress.recipe={self.recipe!r}: no such file; give a recipe such as configs/compress-r8.yaml"
+            )
 
 
 @dataclass

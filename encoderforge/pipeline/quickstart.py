@@ -47,4 +47,6 @@ def quickstart_config(*, smoke: bool, out: str | Path | None = None, overrides: 
             "(pip install -e .), or run `encoderforge run PIPELINE.yaml` with your own file"
         )
     out = out or Path("runs") / ("legal-quickstart-smoke" if smoke else "legal-quickstart")
-    return load_pipeline(EXAMPLE, out, [*(SMOKE if smoke else []), *(overrides or [])])
+    name = "compress-quickstart-smoke.yaml" if smoke else "compress-quickstart.yaml"
+    recipe = [f"compress.recipe={EXAMPLE.parent / name}"]  # found from any working directory
+    return load_pipeline(EXAMPLE, out, [*(SMOKE if smoke else []), *recipe, *(overrides or [])])

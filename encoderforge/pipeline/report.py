@@ -59,6 +59,17 @@ the fine-tuned model searches its faiss index ({{ search.kind }}, {{ f(search.mb
 {%- for r in search.rows if r.role == 'base' %}, the base model the same corpus exactly{% endfor %}
 {%- for r in search.rows if r.role == 'bm25' %}, BM25 whole texts{% endfor %}. Latency = one query at a time
 (embedding + search). Every number is the stage's eval-retrieval runs (RUN/index/eval/).</p>{% endif %}
+{% if compression %}<h2>Compression</h2>
+<table id="compression"><tr><th>model</th><th>params</th><th>non-zero</th><th>MB</th><th>p50 ms</th><th>p95 ms</th>
+<th>texts/s</th><th>x dense</th><th>test {{ compression.primary }}</th><th>relative change</th></tr>
+{% for r in compression.rows %}<tr><td>{{ r.model }}</td><td class="num">{{ f(r.params, ',') }}</td>
+<td class="num">{{ f(r.nonzero, ',') }}</td><td class="num">{{ f(r.mb, '.1f') }}</td><td class="num">{{ f(r.p50_ms, '.1f') }}</td>
+<td class="num">{{ f(r.p95_ms, '.1f') }}</td><td class="num">{{ f(r.texts_per_s, ',.0f') }}</td>
+<td class="num">{{ f(r.x_dense, '.2f') }}x</td><td class="num">{{ f(r[compression.primary], '.4f') }}</td>
+<td class="num">{{ '%+.2f%%' % r.delta_rel_pct }}</td></tr>{% endfor %}</table>
+<p class="muted">The compression recipe's own measurement (RUN/compress/recipe/report): every model in one run,
+{{ compression.texts }} test texts per round, medians of {{ compression.rounds }} interleaved rounds,
+{{ compression.threads }} threads; CPU flags {{ compression.cpu_flags|join(', ') }}.</p>{% endif %}
 {% if figures %}<h2>Figures</h2><div class="figs">
 {% for fig in figures %}<figure id="fig-{{ fig.id }}"><img alt="{{ fig.caption }}" src="data:image/png;base64,{{ fig.png }}">
 <figcaption>{{ fig.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}
@@ -225,6 +236,10 @@ def figures(run: Path, summary: Summary) -> list[dict[str, str]]:
         ax.set_title("per-label F1")
         out.append({"id": "per-label", "caption": "Per-label test F1 of each model", "png": _png(fig)})
         plt.close(fig)
+    pareto = run / "compress" / "recipe" / "report" / "pareto.png"
+    if pareto.is_file():  # drawn by the compression recipe's report, from the same measurement as its table
+        png = base64.b64encode(pareto.read_bytes()).decode()
+        out.append({"id": "compression", "caption": "Compression: test metric vs texts/s (marker area = MB)", "png": png})
     return out
 
 
@@ -277,6 +292,7 @@ def write_report(run: str | Path) -> Path:
         summary=summary,
         figures=figures(run, summary),
         per_label=per_label(run),
+        compression=read(run / "compress" / "recipe" / "report" / "results.json") or None,
         data=read(run / "data" / "metrics.json") or None,
         tok=read(run / "tokenizer" / "metrics.json") or None,
         adapt=adapt if adapt.get("adapted") else None,

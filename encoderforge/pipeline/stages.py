@@ -107,6 +107,12 @@ def run_compress(cfg: CompressStage, ft: FinetuneConfig, run: Path) -> dict[str,
     }
     if texts:
         out["test"] = score(ft.task, gold, predicted_labels(ft.task, pred.predict(texts)), pred.meta["labels"])
+    if cfg.recipe:  # the recipe's own run directory resumes by itself after a kill
+        from encoderforge.compression.recipe import load_recipe
+        from encoderforge.recipes.compress import compress
+
+        res = compress(load_recipe(cfg.recipe), run / "compress" / "recipe", teacher=ft_run)
+        out["recipe"] = {"file": cfg.recipe, "report": str(res.out / "report" / "results.json")}
     return out
 
 

@@ -104,8 +104,19 @@ def test_report_numbers_equal_the_metrics_files(smoke_run: tuple[Path, str]) -> 
     assert spread["values"] == {"0": ft["test"][primary], "1": read(run / "evaluate/seed-1/metrics.json")["test"][primary]}
     diff = 100 * (spread["mean"] - ev["models"]["TF-IDF + LR"][primary])
     assert f"({diff:+.1f} points on the mean)" in (run / "report" / "report.html").read_text()
-    assert len(page.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
+    assert len(page.imgs) == 5 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
     assert "encoderforge quickstart --smoke --out" in (run / "report" / "report.html").read_text()
+    # the compress stage's recipe (structured pruning + int8): its own one-run table, every row as results.json says
+    comp_rows = {r[0]: r for r in page.tables["compression"][1:]}
+    results = read(run / "compress" / "recipe" / "report" / "results.json")
+    assert [r["model"] for r in results["rows"]] == list(comp_rows) == [
+        "dense fine-tuned (encoderforge fp32)",
+        "01-structured",
+        "02-quantize",
+    ]
+    for r in results["rows"]:
+        assert comp_rows[r["model"]][8] == f"{r[primary]:.4f}" and comp_rows[r["model"]][1] == f"{r['params']:,}"
+    assert results["rows"][1]["params"] < results["rows"][0]["params"]  # heads and neurons really removed
 
 
 def test_adapt_stage_feeds_finetune_and_the_verdict_compares_the_unadapted_model(smoke_run: tuple[Path, str]) -> None:
@@ -182,10 +193,10 @@ def test_report_renders_in_a_real_browser(smoke_run: tuple[Path, str], tmp_path:
     env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, env=env).stdout
     page = parse(dom)
-    for table in ("models", "search", "per-label", "tokenizer", "data", "stages", "machine"):
+    for table in ("models", "search", "compression", "per-label", "tokenizer", "data", "stages", "machine"):
         assert len(page.tables.get(table, [])) > 1, f"table {table} did not render"
-    assert len(page.imgs) == 4 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
-    assert re.search(r'id="fig-curve".*id="fig-tradeoff".*id="fig-per-label"', dom, re.S)
+    assert len(page.imgs) == 5 and all(s.startswith("data:image/png;base64,") for s in page.imgs)
+    assert re.search(r'id="fig-curve".*id="fig-tradeoff".*id="fig-per-label".*id="fig-compression"', dom, re.S)
     shot = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=90, env=env)
     import matplotlib.image
