@@ -109,11 +109,15 @@ def test_report_numbers_equal_the_metrics_files(smoke_run: tuple[Path, str]) -> 
     # the compress stage's recipe (structured pruning + int8): its own one-run table, every row as results.json says
     comp_rows = {r[0]: r for r in page.tables["compression"][1:]}
     results = read(run / "compress" / "recipe" / "report" / "results.json")
-    assert [r["model"] for r in results["rows"]] == list(comp_rows) == [
-        "dense fine-tuned (encoderforge fp32)",
-        "01-structured",
-        "02-quantize",
-    ]
+    assert (
+        [r["model"] for r in results["rows"]]
+        == list(comp_rows)
+        == [
+            "dense fine-tuned (encoderforge fp32)",
+            "01-structured",
+            "02-quantize",
+        ]
+    )
     for r in results["rows"]:
         assert comp_rows[r["model"]][8] == f"{r[primary]:.4f}" and comp_rows[r["model"]][1] == f"{r['params']:,}"
     assert results["rows"][1]["params"] < results["rows"][0]["params"]  # heads and neurons really removed
