@@ -147,6 +147,13 @@ CASES = [  # (id, argv with {ws} for the workspace, substring the one-line error
     ("quickstart-unknown-key", ["quickstart", "--smoke", "--out", f"{W}/qs", "--set", "finetune.train.lrr=1"], "lrr"),
     ("bench-infer-threads", ["bench", "infer", "--threads", "-2", "--out", f"{W}/b"], "--threads"),
     ("bench-train-steps", ["bench", "train", "--steps", "0", "--out", f"{W}/b"], "--steps"),
+    ("compress-no-recipe", ["compress", f"{W}/mine", "--recipe", f"{W}/nope.yaml", "--out", f"{W}/c"], "nope.yaml: no such file"),
+    ("compress-bad-recipe", ["compress", f"{W}/mine", "--recipe", f"{W}/texts.txt", "--out", f"{W}/c"], "texts.txt"),
+    (
+        "compress-teacher-not-a-run",
+        ["compress", f"{W}/mine", "--recipe", "configs/compress-r8.yaml", "--out", f"{W}/c"],
+        "mine/task.json: missing",
+    ),
 ]
 
 
