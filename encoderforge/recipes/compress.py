@@ -294,18 +294,34 @@ def quantize_step(t: TeacherRun, net: nn.Module, step: Quantize, d: Path) -> dic
         with atomic_file(d / "model-int8.pt", "wb") as f:
             torch.save(q.state_dict(), f)
         return {"quantize": "int8", "artefact": "model-int8.pt"}
+    held = [ex.texts[0] for ex in t.dev.examples[:64]]  # the fidelity gates' texts: dev, never the test split
     if step.method == "int4":
-        from encoderforge.compression.int4 import save_int4
+        from encoderforge.compression.int4 import export_int4
 
-        return {
-            "quantize": "int4",
-            "artefact": "model-int4.safetensors",
-            **save_int4(enc, d / "model-int4.safetensors", group_size=step.group_size),
-        }
+        r4 = export_int4(
+            enc,
+            d / "model-int4.safetensors",
+            tokenizer=t.tokenizer,
+            texts=held,
+            group_size=step.group_size,
+            keep_8bit=step.keep_8bit,
+            max_length=t.meta["max_length"],
+        )
+        return {"quantize": "int4", "artefact": "model-int4.safetensors", "cosine": round(r4.mean_cosine, 5)}
     from encoderforge.compression.static_int8 import quantize_static_onnx
+    from encoderforge.inference.onnx_export import export_onnx
 
-    texts = [ex.texts[0] for ex in t.train.examples[: step.calibration]]
-    rep = quantize_static_onnx(
-        cast(Encoder, enc), t.tokenizer, texts, d / "model-static-int8.onnx", max_length=t.meta["max_length"]
-    )
-    return {"quantize": "static_int8", "artefact": "model-static-int8.onnx", **rep}
+    fp32 = export_onnx(cast(Encoder, enc), d / "fp32-for-calibration.onnx", pooling="none")
+    calibration = [ex.texts[0] for ex in t.train.examples[: step.calibration]]
+    try:
+        r8 = quantize_static_onnx(
+            fp32,
+            d / "model-static-int8.onnx",
+            tokenizer=t.tokenizer,
+            calibration_texts=calibration,
+            heldout_texts=held,
+            max_length=t.meta["max_length"],
+        )
+    finally:
+        fp32.unlink(missing_ok=True)
+    return {"quantize": "static_int8", "artefact": "model-static-int8.onnx", "cosine": round(r8.mean_cosine, 5)}

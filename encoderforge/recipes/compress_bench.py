@@ -80,7 +80,7 @@ def step_model(t: TeacherRun, d: Path, threads: int) -> Model:
     elif q == "int4":
         from encoderforge.compression.int4 import load_int4
 
-        states = _engine(load_int4(d / info["artefact"], enc), t)
+        states = _engine(load_int4(d / info["artefact"]), t)
         disk = (d / info["artefact"]).stat().st_size
     elif q == "static_int8":
         from encoderforge.inference.hidden_states import OnnxStates
