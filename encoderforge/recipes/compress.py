@@ -148,8 +148,9 @@ def save_step_model(t: TeacherRun, net: nn.Module, d: Path) -> None:
     """model/ (encoder + head.*) and task.json: the step directory loads like a fine-tuned run (Predictor.load)."""
     head = {f"head.{k}": v for k, v in cast(nn.Module, net.head).state_dict().items()}
     checkpoint.save(student_encoder(net), d / "model", tokenizer_dir=t.run / "model", extra=head)
+    meta = {**t.meta, **t.spec.calibrate(t.job(), net, rows(t.dev))}  # multi-label thresholds re-tuned for this model
     with atomic_file(d / "task.json") as f:
-        json.dump(t.meta, f, indent=2)
+        json.dump(meta, f, indent=2)
 
 
 # ---- the methods, each through compression/ ------------------------------------------------------------

@@ -46,6 +46,7 @@ class Model:
     nonzero: int
     kind: str  # dense | step | anchor
     row: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # task.json: a step's own (re-tuned multi-label thresholds)
 
 
 def weights_count(enc: nn.Module) -> tuple[int, int]:
@@ -91,7 +92,8 @@ def step_model(t: TeacherRun, d: Path, threads: int) -> Model:
         states = _engine(enc, t)
         if (d / "model-sparse").is_dir():  # an unstructured step stores its zeros compactly (compression/sparse_io.py)
             disk = sum(f.stat().st_size for f in (d / "model-sparse").iterdir())
-    return Model(d.name, states, _head(d, t), disk, params, nonzero, "step", {"step": info})
+    meta = json.loads((d / "task.json").read_text(encoding="utf-8"))
+    return Model(d.name, states, _head(d, t), disk, params, nonzero, "step", {"step": info}, meta)
 
 
 def anchors(t: TeacherRun, work: Path, threads: int) -> list[Model]:
@@ -169,20 +171,21 @@ def bench_models(t: TeacherRun, steps: Sequence[Path], cfg: Bench, out: Path) ->
     gold = [ex.label for ex in test.examples]
     predict = t.spec.predict
     for m in models:  # the full test split once (also the warm-up)
-        preds = predict(m.states, m.head, t.meta, texts)
+        m.meta = m.meta or t.meta
+        preds = predict(m.states, m.head, m.meta, texts)
         m.row["metrics"] = score(t.cfg.task, gold, predicted_labels(t.cfg.task, preds), t.labels)
     bench_texts = texts[: cfg.texts]
     times: dict[str, list[float]] = {m.name: [] for m in models}
     for _ in range(cfg.rounds):  # interleaved: machine noise hits every model alike
         for m in models:
             t0 = time.perf_counter()
-            predict(m.states, m.head, t.meta, bench_texts)
+            predict(m.states, m.head, m.meta, bench_texts)
             times[m.name].append(time.perf_counter() - t0)
     lat: dict[str, list[float]] = {m.name: [] for m in models}
     for text in texts[: cfg.latency_texts]:
         for m in models:
             t0 = time.perf_counter()
-            predict(m.states, m.head, t.meta, [text])
+            predict(m.states, m.head, m.meta, [text])
             lat[m.name].append(1000 * (time.perf_counter() - t0))
     return write_report(t, models, times, lat, len(bench_texts), cfg, out)
 
