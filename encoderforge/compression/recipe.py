@@ -124,6 +124,10 @@ class Structured(Recovery):
             raise EncoderforgeError(f"{where}.latency_ms must be > 0, got {self.latency_ms}")
         if self.latency_ms is None and not (self.heads or self.ffn or self.layers):
             raise EncoderforgeError(f"{where}: nothing to remove; set heads, ffn, layers or latency_ms")
+        if self.latency_ms is not None and (self.heads or self.ffn or self.layers):
+            raise EncoderforgeError(
+                f"{where}: latency_ms chooses how much to remove by itself; drop heads, ffn and layers, or drop latency_ms"
+            )
 
 
 @dataclass
@@ -158,8 +162,12 @@ class Unstructured(Recovery):
             raise EncoderforgeError(f"{where}.block must be 1 or 4, got {self.block}")
         if not 0 < self.prune_fraction <= 1:
             raise EncoderforgeError(f"{where}.prune_fraction must be in (0, 1], got {self.prune_fraction}")
-        if self.prune_every < 0 or self.gradients < 1:
-            raise EncoderforgeError(f"{where}: prune_every must be >= 0 and gradients >= 1")
+        if self.prune_every < 0:
+            raise EncoderforgeError(f"{where}.prune_every must be >= 0 (0 = ten pruning steps), got {self.prune_every}")
+        if self.gradients < 1:
+            raise EncoderforgeError(f"{where}.gradients must be >= 1, got {self.gradients}")
+        if self.epochs == 0:
+            raise EncoderforgeError(f"{where}.epochs must be > 0: unstructured pruning happens during recovery training")
 
 
 @dataclass

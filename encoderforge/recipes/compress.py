@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, cast
 import torch
 from torch import nn
 
-from encoderforge import EncoderforgeError
+from encoderforge import EncoderforgeError, require
 from encoderforge.compression.recipe import (
     CompressRecipe,
     Distill,
@@ -74,6 +74,10 @@ def compress(
     if not str(teacher or recipe.teacher or ""):
         raise EncoderforgeError("no teacher run; pass TEACHER (a fine-tuned run directory) or set `teacher:` in the recipe")
     t = load_teacher(teacher_dir)
+    if recipe.bench.anchors:  # fail now, not after the training steps
+        require("transformers", "hf")
+        require("onnxruntime", "onnx")
+    require("matplotlib", "demo")
     out = Path(out)
     record: dict[str, Any] = {"teacher": str(teacher_dir), "steps": [{type(s).__name__.lower(): asdict(s)} for s in recipe.steps]}
     record["bench"] = asdict(recipe.bench)
@@ -92,9 +96,12 @@ def compress(
     write_marker(out, "compress", "running", record)
     done: list[dict[str, Any]] = []
     current = teacher_dir
+    redone = False
     for step, d in zip(recipe.steps, dirs):
-        if not (d / "metrics.json").is_file():
+        if redone or not (d / "metrics.json").is_file():
+            (d / "metrics.json").unlink(missing_ok=True)  # built on a model that just changed: stale
             run_step(t, step, current, d)
+            redone = True
         done.append({"dir": str(d), **json.loads((d / "metrics.json").read_text(encoding="utf-8"))})
         current = d
     report = bench_models(t, [Path(s["dir"]) for s in done], recipe.bench, out / "report")
@@ -113,16 +120,23 @@ def run_step(t: TeacherRun, step: Step, previous: Path, d: Path) -> None:
     else:
         net = t.net(previous)
         teacher = t.net().eval() if step_needs_teacher(step) else None
+        layer_map = None
         if isinstance(step, Distill):
+            same_depth = teacher is not None and layers_of(net) == layers_of(teacher)
+            if step.student == "layers" and step.keep_layers is not None and same_depth:
+                layer_map = sorted(set(step.keep_layers))  # each kept block imitates the teacher block it was
             net = distill_student(t, net, step)
             info["student"] = {"layers": student_encoder(net).cfg.num_layers, "source": step.student}
         if isinstance(step, Structured):
-            info["pruned"] = structured_step(t, net, step)
+            shape = structured_step(t, net, step, d)
+            info["pruned"] = {k: v for k, v in shape.items() if not k.startswith("kept_") or k == "kept_layers"}
         hook, select_from = None, 0
         if isinstance(step, Unstructured):
             hook, select_from = sparsifier_for(t, net, step)
         if step.epochs > 0:
-            info["train"] = recover(t, net, step, d, teacher=teacher, after_step=hook, select_from=select_from)
+            info["train"] = recover(
+                t, net, step, d, teacher=teacher, after_step=hook, select_from=select_from, layer_map=layer_map
+            )
         if hook is not None:
             hook.close()
             info["sparsity"] = hook_report(net)
@@ -138,6 +152,10 @@ def run_step(t: TeacherRun, step: Step, previous: Path, d: Path) -> None:
     with atomic_file(d / "metrics.json") as f:
         json.dump(info, f, indent=2)
     shutil.rmtree(d / "train" / "checkpoints", ignore_errors=True)
+
+
+def layers_of(net: nn.Module) -> int:
+    return student_encoder(net).cfg.num_layers
 
 
 def step_needs_teacher(step: Step) -> bool:
@@ -166,6 +184,9 @@ def distill_student(t: TeacherRun, net: nn.Module, step: Distill) -> nn.Module:
     if step.student == "layers":
         student_enc = student_from_teacher(enc, step.keep_layers)  # default: every other layer, ending at the last
     elif step.student == "minilm-l3":
+        from encoderforge.model.zoo import resolve_model
+
+        check_same_vocab(resolve_model("minilm-l6"), t.run / "model")  # the L3 student reads MiniLM's vocabulary
         student_enc = paraphrase_minilm_l3()
     else:
         check_same_vocab(step.student, t.run / "model")
@@ -196,9 +217,16 @@ def loss_batches(t: TeacherRun, net: nn.Module, n: int) -> list[Callable[[], tor
     return [closure(b) for b in micro]
 
 
-def structured_step(t: TeacherRun, net: nn.Module, step: Structured) -> dict[str, Any]:
+def structured_step(t: TeacherRun, net: nn.Module, step: Structured, d: Path) -> dict[str, Any]:
+    """Score and remove heads / neurons / layers. The kept shape goes to d/pruned.json before training, and a resumed
+    step re-applies that file instead of scoring again (latency-target pruning depends on live timings)."""
     from encoderforge.compression.structured import importance, prune_structured, prune_to_latency
 
+    saved = d / "pruned.json"
+    if saved.is_file():
+        shape = json.loads(saved.read_text(encoding="utf-8"))
+        apply_shape(net, shape)
+        return shape
     imp = importance(net, loss_batches(t, net, step.batches), method=step.score)  # in eval mode: no dropout
     if step.latency_ms is None:
         done = prune_structured(net, imp, heads=step.heads, ffn=step.ffn, layers=step.layers)
@@ -206,14 +234,29 @@ def structured_step(t: TeacherRun, net: nn.Module, step: Structured) -> dict[str
         from encoderforge.recipes.compress_bench import latency_probe
 
         done = prune_to_latency(net, imp, step.latency_ms, measure=latency_probe(t))
-    return {
+    shape = {
         "kept_layers": done.layers,
+        "kept_heads": done.heads,
+        "kept_neurons": done.neurons,
         "heads_per_layer": done.heads_per_layer,
         "neurons_per_layer": done.neurons_per_layer,
         "params_before": done.params_before,
         "params_after": done.params_after,
-        **({"fraction": done.fraction, "latency_ms": done.latency_ms} if step.latency_ms is not None else {}),
+        **({"fraction": done.fraction, "latency_ms_32_dev_texts": done.latency_ms} if step.latency_ms is not None else {}),
     }
+    with atomic_file(saved) as f:
+        json.dump(shape, f)
+    return shape
+
+
+def apply_shape(net: nn.Module, shape: dict[str, Any]) -> None:
+    """Re-apply a saved structured-pruning result (original indices) through the surgery helper."""
+    from encoderforge.model.surgery import prune_ffn_neurons, prune_heads, remove_layers
+
+    remove_layers(net, shape["kept_layers"])
+    for i, (heads, neurons) in enumerate(zip(shape["kept_heads"], shape["kept_neurons"])):
+        prune_heads(net, i, heads)
+        prune_ffn_neurons(net, i, neurons)
 
 
 def sparsifier_for(t: TeacherRun, net: nn.Module, step: Unstructured) -> tuple[Any, int]:
@@ -248,6 +291,7 @@ def recover(
     teacher: nn.Module | None,
     after_step: Callable[[int], None] | None = None,
     select_from: int = 0,
+    layer_map: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train `net` with the ONE loop on the teacher's training split (knowledge distillation from `teacher` when
     given) and keep its best dev evaluation from step `select_from` on."""
@@ -260,7 +304,11 @@ def recover(
     task: Any = job
     if teacher is not None:
         kd = DistillArgs(
-            alpha=step.kd_alpha, temperature=step.temperature, kind=KD_KIND[t.cfg.task], hidden_weight=step.hidden_weight
+            alpha=step.kd_alpha,
+            temperature=step.temperature,
+            kind=KD_KIND[t.cfg.task],
+            hidden_weight=step.hidden_weight,
+            layer_map=layer_map,
         )
         task = DistillTask(job, teacher, kd)
     targs = train_args(cfg, steps_per_epoch(len(t.train), cfg.train.batch_rows))

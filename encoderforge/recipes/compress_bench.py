@@ -166,7 +166,7 @@ def bench_models(t: TeacherRun, steps: Sequence[Path], cfg: Bench, out: Path) ->
     models += [step_model(t, d, cfg.threads) for d in steps]
     if cfg.anchors:
         models += anchors(t, out, cfg.threads)
-    test = t.test if t.test is not None else t.dev
+    test = t.test if t.test is not None else t.dev  # no test split: scored on dev (where steps were selected: optimistic)
     texts = [" \t ".join(ex.texts) if len(ex.texts) > 1 else ex.texts[0] for ex in test.examples]
     gold = [ex.label for ex in test.examples]
     predict = t.spec.predict
@@ -187,7 +187,7 @@ def bench_models(t: TeacherRun, steps: Sequence[Path], cfg: Bench, out: Path) ->
             t0 = time.perf_counter()
             predict(m.states, m.head, m.meta, [text])
             lat[m.name].append(1000 * (time.perf_counter() - t0))
-    return write_report(t, models, times, lat, len(bench_texts), cfg, out)
+    return write_report(t, models, times, lat, len(bench_texts), cfg, out, "test" if t.test is not None else "dev")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -196,7 +196,14 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def write_report(
-    t: TeacherRun, models: list[Model], times: dict[str, list[float]], lat: dict[str, list[float]], n: int, cfg: Bench, out: Path
+    t: TeacherRun,
+    models: list[Model],
+    times: dict[str, list[float]],
+    lat: dict[str, list[float]],
+    n: int,
+    cfg: Bench,
+    out: Path,
+    split: str = "test",
 ) -> dict[str, Any]:
     primary = t.spec.primary
     dense = models[0]
@@ -226,6 +233,7 @@ def write_report(
         )
     result = {
         "primary": primary,
+        "split": split,
         "texts": n,
         "rounds": cfg.rounds,
         "threads": cfg.threads,
@@ -251,7 +259,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         )
     flags = ", ".join(result["cpu_flags"]) or "none of avx2/avx512/vnni/amx"
     lines.append(
-        f"\n{result['texts']} test texts per round, median of {result['rounds']} interleaved rounds, {result['threads']} threads; CPU flags: {flags}."
+        f"\nmetric on the {result.get('split', 'test')} split; {result['texts']} test texts per round, median of {result['rounds']} interleaved rounds, {result['threads']} threads; CPU flags: {flags}."
     )
     return "\n".join(lines) + "\n"
 
@@ -283,7 +291,7 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
             best = r[p]
     ax.plot([r["texts_per_s"] for r in front], [r[p] for r in front], "--", color="tab:red", label="Pareto front")
     ax.set_xlabel(f"test texts / s ({result['threads']} threads, median of {result['rounds']} rounds)")
-    ax.set_ylabel(f"test {p}")
+    ax.set_ylabel(f"{result.get('split', 'test')} {p}")
     ax.set_title("Compression: quality vs speed (marker area = MB on disk)")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)

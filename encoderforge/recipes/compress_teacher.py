@@ -20,6 +20,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.config import from_dict
 from encoderforge.data.readers import Dataset, split_dev
+from encoderforge.fileio import file_digest
 from encoderforge.model import checkpoint
 from encoderforge.model.encoder import Encoder
 from encoderforge.recipes.finetune import load_split, rows, schema_of
@@ -94,6 +95,18 @@ def load_teacher(run_dir: str | Path) -> TeacherRun:
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     cfg = from_dict(FinetuneConfig, {k: v for k, v in record.items() if k in known}, where=str(run / "config.json"))
     files = record.get("train_files") or {}
+    digests = (record.get("inputs") or {}).get("files") or {}
+    for split, path in files.items():
+        if path and not Path(path).is_file():
+            raise EncoderforgeError(
+                f"{run / 'config.json'}: train_files.{split} {path!r} is not there (relative paths are from where "
+                "fine-tuning ran); run compress from that directory or restore the file"
+            )
+        if path in digests and digests[path] != file_digest(path):
+            raise EncoderforgeError(
+                f"{path}: changed since {run} was fine-tuned, so its train/dev split would differ; restore the file "
+                "or fine-tune again"
+            )
     schema = schema_of(cfg)
     train = load_split(files.get("train"), schema, "train")
     if train is None:

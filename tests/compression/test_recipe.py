@@ -54,6 +54,8 @@ def test_steps_keep_their_order_and_fields() -> None:
         ([{"distill": {"kd_alpha": 1.0}}], "trains without the teacher"),
         ([{"structured": {"heads": 0.5}, "quantize": {}}], "exactly one method"),
         ([], "'steps' must be a non-empty list"),
+        ([{"structured": {"latency_ms": 5, "heads": 0.5}}], "latency_ms chooses how much to remove by itself"),
+        ([{"unstructured": {"epochs": 0}}], "unstructured pruning happens during recovery training"),
     ],
 )
 def test_bad_recipes_fail_naming_the_step_and_field(steps: list, message: str) -> None:

@@ -67,6 +67,15 @@ def test_compress_runs_every_step_and_reports_every_model(tmp_path: Path, teache
     n = lambda e: sum(p.numel() for p in e.parameters())  # noqa: E731
     assert n(pruned) < n(distilled) < n(dense)
     assert res.steps[0]["train"]["steps"] > 0 and "accuracy" in res.steps[1]["dev"]
+    # the kept shape is saved before recovery training; a resumed step re-applies it (no re-scoring) to the same shapes
+    from encoderforge.recipes.compress import apply_shape
+    from encoderforge.recipes.compress_teacher import load_teacher
+
+    t = load_teacher(teacher)
+    net = t.net(out / "01-distill")
+    apply_shape(net, json.loads((out / "02-structured" / "pruned.json").read_text()))
+    shapes = {k: v.shape for k, v in net.encoder.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in pruned.state_dict().items()}
     # every step directory serves like a fine-tuned run
     assert Predictor.load(out / "02-structured").predict(["the match ended in a draw"])[0]["label"]
     rows = {r["model"]: r for r in res.report["rows"]}
