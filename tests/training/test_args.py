@@ -11,8 +11,8 @@ from encoderforge.recipes.pretrain import PretrainConfig, load_config
 from encoderforge.training.args import TrainArgs
 
 CONFIGS = sorted(
-    p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml") if not p.name.startswith("finetune-")
-)  # finetune: tests/test_config.py
+    p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml") if not p.name.startswith(("finetune-", "compress-"))
+)  # finetune and compression recipes: tests/test_config.py
 
 
 def test_configs_exist():
