@@ -56,7 +56,10 @@ class OnnxStates:
         batch: int = 32,
         order: Order = "sorted",
     ):
-        self.session = onnx_session(path, threads=threads)
+        # no spin-waiting: the compression report interleaves this session with torch runners on the same cores, and
+        # spinning pool threads slow the torch runner that follows (our engine's single-text p50 right after an ORT call:
+        # 56-73 ms with spinning vs 40-48 ms parked, 2 threads, a busy 2-core box)
+        self.session = onnx_session(path, threads=threads, spinning=False)
         if self.session.get_outputs()[0].name != "last_hidden_state":
             raise EncoderforgeError(f"{path}: outputs {self.session.get_outputs()[0].name!r}; export it with --pooling none")
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())

@@ -127,13 +127,17 @@ def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- running and checking an exported file ---------------------------------------------------------
 
 
-def onnx_session(path: str | Path, *, threads: int = 1):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (inter-op 1: one graph at a time)."""
+def onnx_session(path: str | Path, *, threads: int = 1, spinning: bool = True):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (inter-op 1: one graph at a time). `spinning=False`
+    parks its pool threads after each run instead of spin-waiting: for benchmarks that interleave ORT with torch on
+    the same cores, where ORT's spinning threads otherwise slow whatever runs next."""
     ort = require("onnxruntime", "onnx")
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
