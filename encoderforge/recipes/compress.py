@@ -98,8 +98,9 @@ def compress(
     current = teacher_dir
     redone = False
     for step, d in zip(recipe.steps, dirs):
-        if redone or not (d / "metrics.json").is_file():
-            (d / "metrics.json").unlink(missing_ok=True)  # built on a model that just changed: stale
+        if redone:  # built on a model that just changed: its shape file and checkpoints are stale too
+            shutil.rmtree(d, ignore_errors=True)
+        if redone or not (d / "metrics.json").is_file():  # unfinished: resumes from its own pruned.json / checkpoints
             run_step(t, step, current, d)
             redone = True
         done.append({"dir": str(d), **json.loads((d / "metrics.json").read_text(encoding="utf-8"))})
