@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from encoderforge.model.encoder import Encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# measured kernel choices (encoderforge.hardware) go to a per-session cache, never the user's ~/.cache; subprocesses inherit it
+os.environ.setdefault("ENCODERFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="encoderforge-cache-"))
 torch.manual_seed(0)
 
 

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "": 0,
     "config": 0,
     "fileio": 0,  # "" = encoderforge/__init__.py
+    "hardware": 0,  # CPU facts and the measured-kernel cache: asked by training and inference alike
     "model": 1,
     "tokenization": 2,
     "data": 3,

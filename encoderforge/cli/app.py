@@ -11,6 +11,7 @@ import typer
 
 from encoderforge import EncoderforgeError
 from encoderforge.cli import compress as cli_compress
+from encoderforge.cli import doctor as cli_doctor
 from encoderforge.cli import export as cli_export
 from encoderforge.cli import finetune as cli_finetune
 from encoderforge.cli import index as cli_index
@@ -31,6 +32,7 @@ app.add_typer(cli_tokenizer.app, name="tokenizer")
 app.add_typer(cli_pretrain.data_app, name="data")
 app.add_typer(cli_pretrain.app, name="pretrain")
 app.add_typer(cli_export.app, name="export")
+app.command("doctor")(cli_doctor.doctor)
 
 
 class Pooling(str, Enum):

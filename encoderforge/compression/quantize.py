@@ -10,7 +10,6 @@ import contextlib
 import copy
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Iterator, cast
 
@@ -19,7 +18,10 @@ import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError, require
+from encoderforge.compression.int8_engine import int8_engine_choice
+from encoderforge.compression.int8_linear import Int8Linear, quantized_engine  # noqa: F401 - re-exported
 from encoderforge.compression.onnx_files import check_output_path, temp_dir_beside
+from encoderforge.hardware.cpu import cpu_info
 from encoderforge.model.surgery import replace_modules
 
 # ONNX Runtime: int8 weights (uint8 activations) hit the U8S8 VNNI kernels; U8U8 (QUInt8) ran ~1.5x slower
@@ -32,46 +34,10 @@ def cpu_has_vnni() -> bool:
     """True if the x86 CPU has AVX512-VNNI (u8 x s8 dot products accumulate in int32, so 8-bit activations
     cannot saturate). Without it, int8 kernels use VPMADDUBSW, whose int16 pair sums can saturate at full
     8-bit range: that is why torch and ONNX Runtime offer `reduce_range` (7 bits)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return "avx512_vnni" in f.read()
-    except OSError:  # not Linux: be conservative
-        return False
+    return cpu_info().vnni
 
 
-class Int8Linear(nn.Module):
-    """A Linear with int8 per-channel symmetric weights; activations are quantized per call (dynamic), 8-bit.
-
-    We build it instead of calling `torch.ao.quantization.quantize_dynamic` because that module hard-codes
-    `reduce_range=True` (7-bit activations) and per-tensor weights by default; on MiniLM that kept only
-    0.93 mean cosine to fp32, per-channel + full 8-bit range keeps 0.99 (docs/results-onnx.md).
-    `reduce_range` here means what it means in ONNX Runtime: 7-bit *weights* ([-63, 63]) with 8-bit activations,
-    so u8 x s7 pair sums (<= 32,130) cannot saturate VPMADDUBSW's int16 on CPUs without VNNI. On an AVX2 CPU that
-    kept 0.991 mean / 0.980 min cosine on MiniLM, where torch's 7-bit activations kept 0.973 / 0.922 and full-range
-    weights saturate (a random layer's output off by 20%) (docs/results.md, "Second machine").
-    Input (*, in_features) -> (*, out_features), any leading shape (padded (B, T) or unpadded (N,)).
-    """
-
-    def __init__(self, linear: nn.Linear, *, reduce_range: bool):
-        super().__init__()
-        self.in_features, self.out_features, self.reduce_range = linear.in_features, linear.out_features, reduce_range
-        w = linear.weight.detach().float()  # (out, in)
-        qmax = 63.0 if reduce_range else 127.0
-        scale = (w.abs().amax(dim=1) / qmax).clamp(min=1e-12).double()  # (out,): symmetric, zero point 0
-        with warnings.catch_warnings():  # torch 2.13 flags quantized tensor creation as deprecated; it still works
-            warnings.simplefilter("ignore")
-            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-            bias = None if linear.bias is None else linear.bias.detach().float()
-            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, False)  # False: 8-bit activations
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
-
-
-def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) -> nn.Module:
+def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None, engine: str | None = None) -> nn.Module:
     """Return an int8 copy of `encoder` with every nn.Linear replaced by an `Int8Linear`.
 
     The fused qkv projection, attention output, MLP and pooler become int8 GEMMs (torch's x86/fbgemm
@@ -82,6 +48,8 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
     Args:
         encoder: an fp32 `Encoder` (or any module holding nn.Linear layers); it is not modified.
         reduce_range: 7-bit weights (see `Int8Linear`); default: only on CPUs without AVX512-VNNI (see `cpu_has_vnni`).
+        engine: torch's int8 kernel library; default: the fastest on this CPU for the model's shapes that passes its
+            numerical check (`compression.int8_engine.int8_engine_choice`, cached per machine).
     Returns:
         the quantized copy, in eval mode (CPU only). The packed int8 weights are not in its state_dict:
         keep saving the fp32 checkpoint and quantize after loading (it takes well under a second).
@@ -93,7 +61,11 @@ def quantize_dynamic(encoder: nn.Module, *, reduce_range: bool | None = None) ->
         )
     rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
     model = copy.deepcopy(encoder).cpu().eval()
-    replace_modules(model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(cast(nn.Linear, m), reduce_range=rr))
+    if engine is None:
+        engine = int8_engine_choice(model, reduce_range=rr).picked
+    replace_modules(
+        model, lambda _, m: isinstance(m, nn.Linear), lambda m: Int8Linear(cast(nn.Linear, m), reduce_range=rr, engine=engine)
+    )
     return model
 
 

@@ -10,13 +10,13 @@ import io
 import json
 import os
 import platform
-import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from encoderforge import EncoderforgeError, require
 from encoderforge.fileio import atomic_file
+from encoderforge.hardware.cpu import cpu_info
 from encoderforge.pipeline.config import STAGES
 from encoderforge.pipeline.summary import ANCHOR, BASELINE, Summary, read, summarize
 
@@ -109,17 +109,10 @@ def machine_facts() -> dict[str, str]:
     """CPU model and SIMD/matrix flags, threads, library versions: printed beside every number."""
     import torch
 
-    cpu, flags = platform.processor() or "?", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        cpu = m.group(1) if m else cpu
-        flags = set(re.findall(r"\b(avx2|avx512f|avx512_vnni|amx_\w+)\b", text))
-    except OSError:
-        pass
+    info = cpu_info()
     facts = {
-        "CPU": cpu,
-        "flags": " ".join(sorted(flags)) or "none of avx2/avx512f/avx512_vnni/amx",
+        "CPU": info.model,
+        "flags": " ".join(info.flags) or "none of avx2/avx512f/avx512_vnni/avx512_bf16/amx",
         "cores visible": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "python": platform.python_version(),

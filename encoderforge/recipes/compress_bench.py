@@ -24,6 +24,7 @@ from encoderforge import require
 from encoderforge.compression.recipe import Bench
 from encoderforge.eval.score import predicted_labels, score
 from encoderforge.fileio import atomic_file
+from encoderforge.hardware.cpu import cpu_info
 from encoderforge.inference.engine import Engine
 from encoderforge.model import checkpoint
 from encoderforge.model.encoder import Encoder
@@ -237,7 +238,7 @@ def write_report(
         "texts": n,
         "rounds": cfg.rounds,
         "threads": cfg.threads,
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": list(cpu_info().flags),
         "rows": rows,
     }
     with atomic_file(out / "results.json") as f:
@@ -262,15 +263,6 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"\nmetric on the {result.get('split', 'test')} split; {result['texts']} test texts per round, median of {result['rounds']} interleaved rounds, {result['threads']} threads; CPU flags: {flags}."
     )
     return "\n".join(lines) + "\n"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            have = set(f.read().split())
-    except OSError:
-        return []
-    return [x for x in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8") if x in have]
 
 
 def plot_pareto(result: dict[str, Any], path: Path) -> None:

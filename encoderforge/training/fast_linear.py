@@ -4,8 +4,8 @@ Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AVX-512 AMD C
 (~100 GFLOP/s per core on the first development box), while the same three GEMMs through oneDNN's matmul
 (`torch.ops.mkldnn._linear_pointwise`, the op Inductor emits) reach ~190-230 (measured in docs/results.md).
 On an AVX2-only CPU the order flips: MKL is the faster GEMM and a whole MLM step runs 6-19% faster on it
-(benchmarks/train_step_ablation.py, docs/results.md "Second machine"), so the loop swaps only where
-`train_linear_kernel()` says "onednn".
+(benchmarks/train_step_ablation.py, docs/results.md "Second machine"), and on an AMX Xeon MKL won too, so the loop
+swaps only where `train_linear_kernel(model)`, timing both paths on the model's shapes, says "onednn".
 The swap keeps the very same Parameter objects under the same names, so optimizers, state_dicts,
 checkpoints and DDP see no difference.
 """
@@ -13,12 +13,13 @@ checkpoints and DDP see no difference.
 from __future__ import annotations
 
 import os
-from typing import cast
+from typing import Callable, cast
 
 import torch
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.hardware.choose import Choice, choose
 from encoderforge.model.surgery import is_cpu_fp32_linear, replace_modules
 
 KERNEL_ENV = "ENCODERFORGE_TRAIN_LINEAR"
@@ -86,25 +87,76 @@ def available() -> bool:
 PRIMITIVE_CACHE_CAPACITY = "64"
 
 
-def train_linear_kernel() -> str:
-    """The GEMM path for CPU fp32 training: "onednn" (the swap below) or "torch" (MKL through F.linear).
+# The GEMMs a training step runs, per linear shape: tokens x in -> out forward, and both backward products.
+# 1,024 tokens = the default step (8 rows x 128); the choice is cached per shape set, so a model measures once.
+CHOICE_TOKENS = 1024
+MINILM_SHAPES = ((384, 1152), (384, 384), (384, 1536), (1536, 384))  # (in, out): fused qkv, attn out, FFN in/out
 
-    auto (default): oneDNN where the CPU has AVX-512 (measured 2.3x MKL's GEMMs on an AVX-512 EPYC), MKL
-    elsewhere (faster on the AVX2 EPYC we measured). A rule on the instruction set, not a timing probe, so every
-    process of a run (DDP ranks, a resumed run) makes the same choice. ENCODERFORGE_TRAIN_LINEAR overrides it."""
+
+def train_linear_kernel(model: nn.Module | None = None) -> str:
+    """The GEMM path for CPU fp32 training: "onednn" (the swap below) or "torch" (MKL through F.linear)."""
+    return train_linear_choice(model).picked
+
+
+def train_linear_choice(model: nn.Module | None = None) -> Choice:
+    """Measure (or read from this machine's cache) which path runs the forward and backward GEMMs of `model`'s
+    linear shapes (default: MiniLM-L6's) fastest, after a numerical check of each against float64.
+
+    Measured, not a rule on the instruction set: oneDNN ran 2.3x MKL on the AVX-512 EPYC, MKL won on the AVX2 EPYC
+    and by 1.3x on the AMX Xeon (docs/results.md). The cache (encoderforge.hardware) makes every later process
+    on this machine - a resumed run, the other DDP ranks once one has measured - take the same path.
+    ENCODERFORGE_TRAIN_LINEAR=onednn|torch forces a path (still checked; a failing one falls back with a warning)."""
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNELS:
         raise EncoderforgeError(f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r}: unknown kernel; use one of {', '.join(KERNELS)}")
-    if choice == "auto":
-        wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
-        choice = "onednn" if wide else "torch"
-    return "onednn" if choice == "onednn" and available() else "torch"
+    if not available():
+        return Choice("train_linear", "torch", "only", note="oneDNN is not in this torch build")
+    shapes = _linear_shapes(model) if model is not None else MINILM_SHAPES
+    cands, reference = _gemm_candidates(shapes or MINILM_SHAPES)
+    key = "train_linear/" + ",".join(f"{i}x{o}" for i, o in shapes)
+    return choose(key, cands, reference=reference, tol=1e-4, forced=None if choice == "auto" else choice, forced_by=KERNEL_ENV)
+
+
+def _linear_shapes(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Distinct (in, out) shapes of the CPU fp32 linears the swap would touch, biggest first (at most 6)."""
+    shapes = {
+        (int(m.in_features), int(m.out_features))  # type: ignore[arg-type]
+        for m in model.modules()
+        if is_cpu_fp32_linear(m) or isinstance(m, OneDNNLinear)
+    }
+    return tuple(sorted(shapes, key=lambda s: -s[0] * s[1])[:6])
+
+
+def _gemm_candidates(shapes) -> tuple[dict[str, Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]:
+    """One forward + backward of every shape on fixed random inputs, per path; and the float64 result."""
+    gen = torch.Generator().manual_seed(0)
+    data = [
+        (
+            torch.randn(CHOICE_TOKENS, i, generator=gen),
+            torch.randn(o, i, generator=gen) / i**0.5,
+            torch.randn(o, generator=gen),
+            torch.randn(CHOICE_TOKENS, o, generator=gen),
+        )
+        for i, o in shapes
+    ]
+
+    def run(fn, dtype=torch.float32) -> torch.Tensor:
+        outs = []
+        for x, w, b, g in data:
+            x, w, b = (t.detach().to(dtype).requires_grad_() for t in (x, w, b))  # fresh leaves: no grad carried over
+            y = fn(x, w, b)
+            y.backward(g.to(dtype))
+            outs += [y.detach().flatten(), x.grad.flatten(), w.grad.flatten(), b.grad.flatten()]  # type: ignore[union-attr]
+        return torch.cat(outs)
+
+    cands = {"onednn": lambda: run(_OneDNNLinearFn.apply), "torch": lambda: run(nn.functional.linear)}
+    return cands, lambda: run(nn.functional.linear, torch.float64)
 
 
 def use_training_linears(model: nn.Module) -> int:
-    """What the training loop does on CPU: the oneDNN swap where `train_linear_kernel()` picks it; returns how
+    """What the training loop does on CPU: the oneDNN swap where `train_linear_kernel(model)` picks it; returns how
     many linears were swapped (0 = torch's own path)."""
-    return use_onednn_linears(model) if train_linear_kernel() == "onednn" else 0
+    return use_onednn_linears(model) if train_linear_kernel(model) == "onednn" else 0
 
 
 def use_onednn_linears(model: nn.Module) -> int:

@@ -66,28 +66,39 @@ def test_swap_sets_a_small_onednn_primitive_cache_unless_the_user_chose_one(monk
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
 
 
-def test_kernel_choice_follows_the_instruction_set_unless_overridden(monkeypatch):
-    from encoderforge.training.fast_linear import (
-        KERNEL_ENV,
-        train_linear_kernel,
-        use_training_linears,
-    )
+def test_kernel_choice_is_measured_on_the_model_shapes_and_cached(monkeypatch, tmp_path):
+    from encoderforge.training.fast_linear import KERNEL_ENV, train_linear_choice, train_linear_kernel, use_training_linears
 
+    monkeypatch.setenv("ENCODERFORGE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(KERNEL_ENV, raising=False)
-    wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
-    assert train_linear_kernel() == ("onednn" if wide else "torch")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert train_linear_kernel() == "onednn"
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert train_linear_kernel() == "torch"
-    model = nn.Sequential(nn.Linear(4, 4))
-    assert use_training_linears(model) == 0 and type(model[0]) is nn.Linear
-    monkeypatch.setenv(KERNEL_ENV, "oneDNN")  # the override wins over the instruction set, any case
-    assert train_linear_kernel() == "onednn"
-    assert use_training_linears(model) == 1 and isinstance(model[0], OneDNNLinear)
-    monkeypatch.setenv(KERNEL_ENV, "torch")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert train_linear_kernel() == "torch"
+    model = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 48))
+    c = train_linear_choice(model)
+    assert c.source == "measured" and c.task.startswith("train_linear/48x96,96x48@")
+    assert set(c.ms) == {"onednn", "torch"} and c.picked == min(c.ms, key=c.ms.__getitem__)  # the faster one
+    assert all(e < 1e-5 for e in c.errors.values())  # both checked against float64
+    assert train_linear_choice(model).source == "cache"  # a resumed run or another rank takes the same path
+    swapped = use_training_linears(model)
+    assert swapped == (2 if c.picked == "onednn" else 0)
+    assert isinstance(model[0], OneDNNLinear) == (c.picked == "onednn")
+    monkeypatch.setenv(KERNEL_ENV, "Torch")  # the override wins over the measurement, any case
+    assert train_linear_kernel(nn.Sequential(nn.Linear(48, 96))) == "torch"
+    monkeypatch.setenv(KERNEL_ENV, "onednn")
+    forced = train_linear_choice(nn.Sequential(nn.Linear(48, 96)))
+    assert (forced.picked, forced.source) == ("onednn", "forced")
+
+
+def test_forced_kernel_that_fails_its_check_falls_back_to_torch(monkeypatch, tmp_path, caplog):
+    from encoderforge.training import fast_linear
+
+    monkeypatch.setenv("ENCODERFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(fast_linear.KERNEL_ENV, "onednn")
+    real = fast_linear._mm
+    monkeypatch.setattr(fast_linear, "_mm", lambda a, b, bias=None: real(a, b, bias) * 1.01)  # a miscompiled kernel
+    with caplog.at_level("WARNING"):
+        c = fast_linear.train_linear_choice(nn.Sequential(nn.Linear(32, 64)))
+    assert (c.picked, c.source) == ("torch", "fallback")
+    assert "ENCODERFORGE_TRAIN_LINEAR=onednn failed its numerical check" in c.note and "onednn" in c.rejected
+    assert "failed its numerical check" in caplog.text
 
 
 def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
