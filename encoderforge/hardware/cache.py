@@ -7,13 +7,14 @@ File: $ENCODERFORGE_CACHE_DIR/kernels.json, else $XDG_CACHE_HOME/encoderforge/ke
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from encoderforge.fileio import atomic_file
 from encoderforge.hardware.cpu import cpu_info
@@ -74,3 +75,25 @@ def write_choice(name: str, record: dict[str, Any], path: Path | None = None) ->
             json.dump({"machine": machine_key(), "choices": choices}, f, indent=1, sort_keys=True)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def measuring_lock() -> Iterator[None]:
+    """Hold the cache's lock file while measuring: concurrent processes on one machine (DDP ranks, search trials)
+    then measure one at a time (timings not disturbed by each other) and the later ones find the first's choice,
+    so every process of a run takes the same path. No lock where the cache dir cannot be written or on non-POSIX."""
+    try:
+        import fcntl
+
+        path = cache_path().with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from encoderforge.hardware.cache import read_choices, write_choice
+from encoderforge.hardware.cache import measuring_lock, read_choices, write_choice
 
 log = logging.getLogger(__name__)
 
@@ -86,38 +86,49 @@ def choose(
     measured `task` before (`reference` may be a callable, run only when something is checked). `forced` (the name of a candidate, e.g. from an environment variable `forced_by`) is
     used if it passes the check; else the measured choice is used and `Choice.note` says why."""
     task = f"{task}@{torch.get_num_threads()}t"
-    if forced is None and use_cache:
-        hit = read_choices().get(task)
-        if isinstance(hit, dict) and hit.get("picked") in candidates:
-            return Choice(**{**hit, "task": task, "source": "cache"})
-    if callable(reference):
-        reference = reference()
     if forced is not None and forced not in candidates:
         raise ValueError(f"unknown candidate {forced!r} for {task}; known: {', '.join(candidates)}")
     if forced is not None:
-        errors, rejected = _check({forced: candidates[forced]}, reference, tol)
+        errors, rejected = _check({forced: candidates[forced]}, _value(reference), tol)
         if forced not in rejected:
             return Choice(task, forced, "forced", errors=errors)
         note = f"{forced_by or 'forced'}={forced} failed its numerical check ({rejected[forced]}); using the measured choice"
         log.warning("%s: %s", task, note)
-        measured = choose(
-            task.rsplit("@", 1)[0],
-            {k: v for k, v in candidates.items() if k != forced},
-            reference=reference,
-            tol=tol,
-            rounds=rounds,
-            use_cache=False,
-        )
+        others = {k: v for k, v in candidates.items() if k != forced}
+        measured = choose(task.rsplit("@", 1)[0], others, reference=reference, tol=tol, rounds=rounds, use_cache=False)
         measured.rejected.update(rejected)
         measured.source, measured.note = "fallback", note
         return measured
+    if not use_cache:
+        return _measure(task, candidates, _value(reference), tol, rounds)
+    hit = _cached(task, candidates)
+    if hit is not None:
+        return hit
+    with measuring_lock():
+        hit = _cached(task, candidates)  # another process measured while we waited
+        if hit is not None:
+            return hit
+        choice = _measure(task, candidates, _value(reference), tol, rounds)
+        write_choice(task, {k: v for k, v in asdict(choice).items() if k not in ("task", "source")})
+    return choice
+
+
+def _value(reference: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+    return reference() if callable(reference) else reference
+
+
+def _cached(task: str, candidates: dict[str, Candidate]) -> Choice | None:
+    hit = read_choices().get(task)
+    if isinstance(hit, dict) and hit.get("picked") in candidates:
+        return Choice(**{**hit, "task": task, "source": "cache"})
+    return None
+
+
+def _measure(task: str, candidates: dict[str, Candidate], reference: torch.Tensor, tol: float, rounds: int) -> Choice:
     errors, rejected = _check(candidates, reference, tol)
     ok = {k: v for k, v in candidates.items() if k not in rejected}
     if not ok:
         raise RuntimeError(f"{task}: no candidate passed its numerical check: {rejected}")
     ms = time_candidates(ok, rounds=rounds) if len(ok) > 1 else {}
     picked = min(ms, key=ms.__getitem__) if ms else next(iter(ok))
-    choice = Choice(task, picked, "measured", ms=ms, errors=errors, rejected=rejected)
-    if use_cache:
-        write_choice(task, {k: v for k, v in asdict(choice).items() if k not in ("task", "source")})
-    return choice
+    return Choice(task, picked, "measured", ms=ms, errors=errors, rejected=rejected)

@@ -83,7 +83,7 @@ def test_cache_write_is_atomic_and_a_corrupt_file_is_remeasured(cache_dir, monke
         m.setattr(json, "dump", crash)
         choose("other", cands, reference=ref, tol=1e-5, rounds=2)
     assert cache_path().read_bytes() == before  # the old file, whole
-    assert [p.name for p in cache_dir.iterdir()] == ["kernels.json"]  # no temp file left behind
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["kernels.json", "kernels.lock"]  # no temp file left behind
     cache_path().write_text('{"machine": ')  # truncated by something else
     assert read_choices() == {}
     assert choose("toy", cands, reference=ref, tol=1e-5, rounds=2).source == "measured"
@@ -115,3 +115,28 @@ def test_cpu_info_reports_flags_it_was_given():
     assert CpuInfo(model="y", flags=("avx2",)).bf16 is False
     real = cpu_info()
     assert set(real.flags) <= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+
+
+CONCURRENT = """
+import sys, time, torch
+from encoderforge.hardware.choose import choose
+x = torch.randn(8, 8)
+def slow():
+    time.sleep(0.05)
+    return x * 2
+c = choose("race", {"a": slow, "b": lambda: x * 2}, reference=x * 2, tol=1e-6, rounds=3)
+print(c.source, c.picked)
+"""
+
+
+def test_concurrent_processes_measure_once_and_agree(cache_dir):
+    """DDP ranks or search trials starting together: one measures, the other waits and reads its choice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ENCODERFORGE_CACHE_DIR": str(cache_dir)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
+    assert [o[0] for o in outs] == ["cache", "measured"], outs
+    assert outs[0][1] == outs[1][1] == "b"
