@@ -24,25 +24,38 @@ class Int8Linear(nn.Module):
     Input (*, in_features) -> (*, out_features), any leading shape (padded (B, T) or unpadded (N,)).
     """
 
-    def __init__(self, linear: nn.Linear, *, reduce_range: bool, engine: str | None = None):
+    def __init__(self, linear: nn.Linear, *, reduce_range: bool, engine: str | None = None, qweight: torch.Tensor | None = None):
         super().__init__()
         self.engine = engine or torch.backends.quantized.engine  # the int8 kernel library that packed the weight
         self.in_features, self.out_features, self.reduce_range = linear.in_features, linear.out_features, reduce_range
-        w = linear.weight.detach().float()  # (out, in)
-        qmax = 63.0 if reduce_range else 127.0
-        scale = (w.abs().amax(dim=1) / qmax).clamp(min=1e-12).double()  # (out,): symmetric, zero point 0
-        with warnings.catch_warnings():  # torch 2.13 flags quantized tensor creation as deprecated; it still works
-            warnings.simplefilter("ignore")
-            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-            bias = None if linear.bias is None else linear.bias.detach().float()
-            with quantized_engine(self.engine):  # the packed format (and so the kernel that runs it) follows the engine
-                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        qw = int8_weight(linear.weight.detach(), reduce_range=reduce_range) if qweight is None else qweight  # (out, in)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        with warnings.catch_warnings(), quantized_engine(self.engine):  # the packed format follows the engine
+            warnings.simplefilter("ignore")  # torch 2.13 flags quantized tensors as deprecated; they still work
+            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, False)  # False: 8-bit activations
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}, engine={self.engine}"
+
+
+def int8_weight(w: torch.Tensor, *, reduce_range: bool) -> torch.Tensor:
+    """(rows, cols) float -> per-row symmetric int8 quantized tensor (zero point 0; 7-bit range if reduce_range)."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / (63.0 if reduce_range else 127.0)).clamp(min=1e-12).double()  # (rows,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+
+
+def int8_from_codes(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The quantized tensor `int8_weight` made, back from its int8 codes (rows, cols) and float64 scales (rows,)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zero = torch.zeros_like(scale, dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(codes, scale.double(), zero, 0)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ the previous step's model, then measure every model beside the anchors in one ru
     OUT/
       01-distill/        model/ (fp32 encoder + head), task.json, metrics.json (what the step did, dev metrics),
       02-structured/     train/ (the loop's curve and, while running, its resumable checkpoints)
-      03-quantize/       + the quantized artefact (model-int8.pt, model-static-int8.onnx or model-int4.safetensors)
+      03-quantize/       + the quantized artefact (model-int8.safetensors, model-static-int8.onnx or model-int4.safetensors)
       report/            table.md, results.json, pareto.png
       .encoderforge-run.json
 
@@ -17,7 +17,6 @@ teacher run's own splits; compression methods plug in as a task wrapper (distill
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -338,12 +337,11 @@ def quantize_step(t: TeacherRun, net: nn.Module, step: Quantize, d: Path) -> dic
     save_step_model(t, net, d)
     enc = student_encoder(net)
     if step.method == "int8":
-        from encoderforge.compression.quantize import quantize_dynamic
+        from encoderforge.compression.int8_store import save_int8
+        from encoderforge.compression.quantize import cpu_has_vnni
 
-        q = quantize_dynamic(copy.deepcopy(enc))
-        with atomic_file(d / "model-int8.pt", "wb") as f:
-            torch.save(q.state_dict(), f)
-        return {"quantize": "int8", "artefact": "model-int8.pt"}
+        save_int8(cast(Encoder, enc), d / "model-int8.safetensors", reduce_range=not cpu_has_vnni())
+        return {"quantize": "int8", "artefact": "model-int8.safetensors"}
     held = [ex.texts[0] for ex in t.dev.examples[:64]]  # the fidelity gates' texts: dev, never the test split
     if step.method == "int4":
         from encoderforge.compression.int4 import export_int4

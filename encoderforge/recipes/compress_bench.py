@@ -74,7 +74,12 @@ def step_model(t: TeacherRun, d: Path, threads: int) -> Model:
     disk = (d / "model" / "model.safetensors").stat().st_size
     states: HiddenStates
     q = info.get("quantize")
-    if q == "int8":
+    if q == "int8" and info["artefact"].endswith(".safetensors"):
+        from encoderforge.compression.int8_store import load_int8
+
+        states = _engine(load_int8(d / info["artefact"]), t, pack=False)  # the int8 model read from what is on disk
+        disk = (d / info["artefact"]).stat().st_size
+    elif q == "int8":  # a run made before the int8 file format: re-quantized from the fp32 model, as it was measured
         from encoderforge.compression.quantize import quantize_dynamic
 
         states = _engine(cast(Encoder, quantize_dynamic(enc)), t, pack=False)

@@ -1,0 +1,94 @@
+"""The dynamic-int8 model on disk: the very int8 codes its `Int8Linear`s run, and the word-embedding table in int8.
+
+Why a file of its own: a torch `state_dict` of a quantized model keeps the fp32 word-embedding table, which is half
+of a MiniLM's bytes (30,522 x 384 x 4 = 44.7 MiB), so an int8 model saved that way was only 1.9x smaller than fp32.
+Here every nn.Linear weight is stored as its per-channel symmetric int8 codes + one fp32 scale per output row
+(exactly `Int8Linear`'s quantization; loading packs those codes as they are), and the word
+embeddings as per-row symmetric int8 (a lookup table: no saturation concern, full 8-bit range). LayerNorms, biases,
+position and segment embeddings stay fp32. `load_int8` returns the ready int8 model.
+
+Shapes: a Linear weight (out, in) -> codes (out, in) int8 + scale (out,) float64; the embedding (V, C) -> codes
+(V, C) int8 + scale (V,) float64.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+from torch import nn
+
+from encoderforge import EncoderforgeError
+from encoderforge.compression.int8_engine import int8_engine_choice
+from encoderforge.compression.int8_linear import Int8Linear, int8_from_codes, int8_weight
+from encoderforge.fileio import atomic_file, check_output
+from encoderforge.model.config import EncoderConfig
+from encoderforge.model.encoder import Encoder
+from encoderforge.model.surgery import replace_modules
+
+FORMAT = "encoderforge-int8"
+EMBEDDING = "embeddings.tok.weight"
+
+
+def save_int8(encoder: Encoder, path: str | Path, *, reduce_range: bool) -> Path:
+    """Write `encoder` (fp32, not modified) as int8 codes to one .safetensors file, atomically."""
+    out = check_output(path, expect="file", flag="path")
+    if out.suffix != ".safetensors":
+        raise EncoderforgeError(f"{out}: the file name must end in .safetensors, e.g. {out.with_suffix('.int8.safetensors')}")
+    linears = {f"{n}.weight" for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in encoder.state_dict().items():
+        if name in linears or name == EMBEDDING:
+            q = int8_weight(t.detach(), reduce_range=reduce_range and name != EMBEDDING)  # 7-bit GEMM weights w/o VNNI
+            tensors[f"{name}.codes"], tensors[f"{name}.scale"] = q.int_repr(), q.q_per_channel_scales()
+        else:
+            tensors[name] = t.detach().float().contiguous()
+    meta = {
+        "format": FORMAT,
+        "model": json.dumps(encoder.cfg.to_dict()),
+        "reduce_range": json.dumps(reduce_range),
+        "quantized": json.dumps(sorted(linears | {EMBEDDING})),
+    }
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    with atomic_file(out, "wb") as f:
+        f.write(data)
+    return out
+
+
+def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
+    """Read a `save_int8` file -> the int8 model (Int8Linear layers holding the stored codes; eval mode, CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderforgeError(f"{path}: no such file; write one with encoderforge.compression.int8_store.save_int8")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise EncoderforgeError(f"{path}: not an encoderforge int8 file (metadata format {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise EncoderforgeError(f"{path}: corrupt or truncated safetensors file ({e}); write it again") from None
+    try:
+        cfg = EncoderConfig.from_dict(json.loads(meta["model"]), source=f"{path}: metadata 'model'")
+        reduce_range = bool(json.loads(meta["reduce_range"]))
+        quant = {n: int8_from_codes(tensors.pop(f"{n}.codes"), tensors.pop(f"{n}.scale")) for n in json.loads(meta["quantized"])}
+        enc = Encoder(cfg)
+        enc.load_state_dict({**tensors, **{n: q.dequantize() for n, q in quant.items()}}, strict=True)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # a hand-edited or foreign file: name what is off
+        raise EncoderforgeError(
+            f"{path}: incomplete int8 file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); write it again"
+        ) from None
+    engine = engine or int8_engine_choice(enc, reduce_range=reduce_range).picked
+    names = {id(m): n for n, m in enc.named_modules()}
+    replace_modules(  # each Linear packs its stored codes (not re-quantized from the dequantized weight)
+        enc,
+        lambda _, m: isinstance(m, nn.Linear),
+        lambda m: Int8Linear(
+            cast(nn.Linear, m), reduce_range=reduce_range, engine=engine, qweight=quant[f"{names[id(m)]}.weight"]
+        ),
+    )
+    return cast(Encoder, enc.eval())
