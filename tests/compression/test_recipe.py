@@ -12,7 +12,7 @@ from encoderforge.compression.recipe import Distill, Quantize, Structured, Unstr
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["compress-r8.yaml", "compress-sparse.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("compress-*.yaml")))
 def test_shipped_recipes_parse(name: str) -> None:
     r = load_recipe(CONFIGS / name)
     assert r.steps and r.bench.threads == 2
