@@ -26,7 +26,10 @@ CATEGORIES = (
     ("attention", r"bmm|softmax|scaled_dot|attention|masked_fill|baddbmm"),
     ("LayerNorm", r"layer_norm"),
     ("GELU", r"gelu"),
-    ("copies (unpad/pad, casts, cat)", r"copy_|^aten::to$|_to_copy|cat|index|pad|clone|contiguous|select|slice|view|reshape|split|narrow|empty|zeros|fill"),
+    (
+        "copies (unpad/pad, casts, cat)",
+        r"copy_|^aten::to$|_to_copy|cat|index|pad|clone|contiguous|select|slice|view|reshape|split|narrow|empty|zeros|fill",
+    ),
     ("elementwise (residual adds, scales)", r"add|mul|div|sub|where"),
 )
 

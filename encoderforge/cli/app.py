@@ -40,6 +40,12 @@ class Pooling(str, Enum):
     cls = "cls"
 
 
+class PrecisionOpt(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
+
+
 class Format(str, Enum):
     ours = "ours"
     hf = "hf"
@@ -54,15 +60,33 @@ def embed(
     normalize: bool = typer.Option(True, help="L2-normalize the vectors."),
     max_tokens: int = typer.Option(2048, help="Token budget per forward pass (caps memory)."),
     max_length: int = typer.Option(256, help="Longest sequence in tokens; longer texts are truncated."),
+    precision: PrecisionOpt = typer.Option(
+        PrecisionOpt.fp32,
+        help="GEMM precision on CPU: fp32; bf16 (needs AVX512-BF16 or AMX; kept only if the sample embeddings stay "
+        "within cosine 0.999 of fp32); auto (bf16 where the CPU has it and it measures faster).",
+    ),
 ) -> None:
     """Embed texts into vectors with the padding-free engine."""
     from encoderforge.recipes.embed import embed_file
 
     with fail_on_error():
         r = embed_file(
-            model, input, out, pooling=pooling.value, normalize=normalize, max_tokens=max_tokens, max_length=max_length
+            model,
+            input,
+            out,
+            pooling=pooling.value,
+            normalize=normalize,
+            max_tokens=max_tokens,
+            max_length=max_length,
+            precision=precision.value,
         )
-    typer.echo(f"wrote {r.count} vectors of dim {r.dim} to {r.out}" + (f" ({r.truncated} truncated)" if r.truncated else ""))
+    typer.echo(
+        f"wrote {r.count} vectors of dim {r.dim} to {r.out} ({r.precision}, {r.kernel} linears"
+        + (f"; {r.truncated} truncated" if r.truncated else "")
+        + ")"
+    )
+    if r.note:
+        typer.echo(f"note: {r.note}", err=True)
 
 
 @app.command()
@@ -132,7 +156,8 @@ def bench_infer(
     onnx: bool = typer.Option(True, help="Include ONNX Runtime fp32/int8 runners."),
     out: Path = typer.Option(Path("runs/bench-infer"), help="Directory for results.json/.md/.png."),
 ) -> None:
-    """Inference throughput: encoderforge fp32/int8 vs transformers SDPA (arrival, sorted) vs ONNX Runtime."""
+    """Inference throughput: encoderforge fp32/int8/bf16/auto vs transformers SDPA (arrival, sorted) vs ONNX Runtime,
+    each with the precision and kernel it ran and its % of this CPU's GEMM peak for that precision."""
     from encoderforge.recipes.bench_infer import bench_infer as run
 
     with fail_on_error():
@@ -167,7 +192,11 @@ def bench_train(
     steps: int = typer.Option(10, help="Timed steps per implementation (medians are reported)."),
     warmup: int = typer.Option(2, help="Untimed steps per implementation first."),
     threads: int = typer.Option(2, help="Intra-op threads."),
-    out: Path = typer.Option(Path("runs/bench-train"), help="Directory for results.json."),
+    precision: str = typer.Option(
+        "fp32",
+        help="fp32, or bf16: our step and a second transformers arm under bf16 autocast (the CPU needs AVX512-BF16 or AMX).",
+    ),
+    out: Path = typer.Option(Path("runs/bench-train"), help="Directory for results.json and results.md."),
 ) -> None:
     """Training-step throughput: our packed sparse MLM vs transformers BertForMaskedLM + its MLM collator."""
     from encoderforge.recipes.bench_train import bench_train as run
@@ -176,13 +205,27 @@ def bench_train(
     with fail_on_error():
         positive(threads=threads, steps=steps, rows=rows, max_len=max_len)
         check_output(out, [shards], expect="dir")
-        res = run(shards, tokenizer, preset_name=preset, max_len=max_len, rows=rows, steps=steps, warmup=warmup, threads=threads)
+        res = run(
+            shards,
+            tokenizer,
+            preset_name=preset,
+            max_len=max_len,
+            rows=rows,
+            steps=steps,
+            warmup=warmup,
+            threads=threads,
+            precision=precision,  # type: ignore[arg-type]  # checked by the recipe: one line naming --precision
+        )
         write(res, out)
     typer.echo(
         f"ours {res['ours']['tokens_per_s']:,.0f} real tokens/s, transformers {res['hf']['tokens_per_s']:,.0f}: "
         f"{res['speedup']:.2f}x (transformers batches {res['padding_share_hf']:.1%} padding; our GEMMs: "
-        f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json"
+        f"{res['config']['linear_kernel']} on {res['config']['cpu']}); wrote {out}/results.json, results.md"
     )
+    if "hf_bf16" in res:
+        typer.echo(
+            f"with bf16 autocast: {res['speedup']:.2f}x transformers fp32, {res['speedup_vs_hf_bf16']:.2f}x transformers bf16"
+        )
 
 
 def main() -> None:

@@ -9,17 +9,21 @@ AVX2 EPYC and on the AMX Xeon; docs/results.md), so no fixed rule holds; the cho
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from encoderforge.hardware.cache import measuring_lock, read_choices, write_choice
 
 log = logging.getLogger(__name__)
+
+_REMEASURE = contextvars.ContextVar("remeasure", default=False)
 
 Candidate = Callable[[], torch.Tensor]  # runs the kernel once on fixed inputs; returns what the check compares
 
@@ -101,16 +105,28 @@ def choose(
         return measured
     if not use_cache:
         return _measure(task, candidates, _value(reference), tol, rounds)
-    hit = _cached(task, candidates)
+    fresh = _REMEASURE.get()
+    hit = None if fresh else _cached(task, candidates)
     if hit is not None:
         return hit
     with measuring_lock():
-        hit = _cached(task, candidates)  # another process measured while we waited
+        hit = None if fresh else _cached(task, candidates)  # another process measured while we waited
         if hit is not None:
             return hit
         choice = _measure(task, candidates, _value(reference), tol, rounds)
         write_choice(task, {k: v for k, v in asdict(choice).items() if k not in ("task", "source")})
     return choice
+
+
+@contextlib.contextmanager
+def remeasure() -> Iterator[None]:
+    """Inside this block `choose` ignores cached choices and measures again (then caches the new result): what
+    `encoderforge doctor --measure` does, e.g. when a choice was cached while the machine was busy."""
+    token = _REMEASURE.set(True)
+    try:
+        yield
+    finally:
+        _REMEASURE.reset(token)
 
 
 def _value(reference: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -11,6 +11,7 @@ so no FLOP is spent on padding whatever order the texts arrive in.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence, cast
@@ -20,13 +21,17 @@ import torch
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.inference.cpu_pack import pack_for_cpu
+from encoderforge.hardware.choose import Choice
+from encoderforge.inference import precision as prec
+from encoderforge.inference.cpu_pack import pack_for_cpu, packing_available
+from encoderforge.inference.kernel_choice import choose_fp32_linear, choose_precision, linear_shapes
 from encoderforge.model.checkpoint import load
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
 from encoderforge.model.padding import pad_packed
 from encoderforge.tokenization import load_tokenizer
 
+log = logging.getLogger(__name__)
 Pooling = Literal["mean", "cls"]
 # Token budget per forward pass. Measured (docs/results.md): 1,024-4,096 are within noise of each other on CPU
 # and 2,048 still fits 4 sequences of 512; at 8,192 the activations outgrow glibc malloc's reuse threshold
@@ -61,11 +66,23 @@ class Engine:
             activation memory whatever the number of texts.
         max_length: longest sequence in tokens (incl. [CLS]/[SEP]); default the model's max_position.
         truncate: cut longer texts at max_length (listed in `EncodedTexts.truncated`); if False they raise.
-        pack: on CPU, run fp32 linear layers through pre-packed oneDNN kernels (`inference.cpu_pack`); the
-            engine then works on its own copy of the encoder.
+        pack: on CPU, run fp32 linear layers through the kernel measured fastest on the model's shapes: pre-packed
+            oneDNN (`inference.cpu_pack`, on its own copy of the encoder) or torch's F.linear
+            (`inference.kernel_choice`; ENCODERFORGE_INFER_LINEAR=auto|onednn|torch forces one). False: no swap at all.
+        precision: CPU GEMM precision. "fp32" (default: matches transformers to ~1e-5); "bf16": bf16 GEMMs (needs
+            AVX512-BF16 or AMX and pack=True; LayerNorm, attention and residuals stay fp32), kept only if the
+            sample embeddings pass the fidelity gate (`inference.precision`), else fp32 with `precision_note`;
+            "auto": bf16 where the CPU has it, it passes the gate and measures faster than fp32, else fp32.
+    Attributes:
+        precision: what runs: "fp32" or "bf16" ("fp16"/"bf16" for a half model on CUDA).
+        kernel: what runs the linear layers: "onednn-packed" or "torch".
+        precision_note, kernel_note: why a request was not honoured ("" when it was).
+        fidelity: bf16-vs-fp32 cosine of the gate, when it ran.
+        choices: the `hardware.choose` records behind `kernel` and `precision` ("linear", "precision").
     Example:
-        >>> eng = Engine.from_pretrained("path/to/minilm")
+        >>> eng = Engine.from_pretrained("path/to/minilm", precision="auto")
         >>> vecs = eng.embed(["a sentence", "another one"])   # (2, 384) float32, L2-normalized
+        >>> eng.precision, eng.kernel                          # e.g. ("bf16", "onednn-packed")
     """
 
     def __init__(
@@ -77,9 +94,14 @@ class Engine:
         max_length: int | None = None,
         truncate: bool = True,
         pack: bool = True,
+        precision: prec.Precision = "fp32",
     ):
+        prec.check_precision(precision)
         on_cpu = next(encoder.parameters()).device.type == "cpu"
-        own = pack_for_cpu(encoder) if pack and on_cpu else encoder  # packing makes a copy (when oneDNN is there)
+        self.choices: dict[str, Choice] = {}
+        self.kernel, self.kernel_note, self.precision_note = "torch", "", ""
+        self.fidelity: prec.Fidelity | None = None
+        own = self._fp32_kernel(encoder) if pack and on_cpu else encoder  # packing makes a copy
         if own is encoder:
             # the engine's own module tree over the same tensors: the caller's encoder keeps its attention backend
             # and training mode, and no weight memory is duplicated (e.g. a model on the GPU)
@@ -102,6 +124,64 @@ class Engine:
             self.tokenizer.enable_truncation(self.max_length)
         else:
             self.tokenizer.no_truncation()
+        self.precision = _DTYPE_NAMES.get(next(self.encoder.parameters()).dtype, "fp32")
+        if precision != "fp32":
+            self._set_precision(encoder, precision, pack=pack, on_cpu=on_cpu)
+
+    # ---- kernel and precision (chosen once, at load) -------------------------------------------------
+
+    def _fp32_kernel(self, encoder: Encoder) -> Encoder:
+        """The encoder with its fp32 linears on the measured-fastest kernel (a packed copy, or `encoder` itself)."""
+        shapes = linear_shapes(encoder)
+        if not shapes or not packing_available():
+            return encoder
+        choice = self.choices["linear"] = choose_fp32_linear(shapes)
+        self.kernel, self.kernel_note = choice.picked, choice.note
+        return cast(Encoder, pack_for_cpu(encoder)) if choice.picked == "onednn-packed" else encoder
+
+    def _set_precision(self, encoder: Encoder, precision: str, *, pack: bool, on_cpu: bool) -> None:
+        """Switch to bf16 GEMMs if `precision` asks for it and this machine and model allow it (see the class doc)."""
+        forced = precision == "bf16"
+        if not on_cpu:
+            if forced:
+                raise EncoderforgeError(
+                    "precision=bf16 is a CPU setting; on a GPU cast the encoder (encoder.bfloat16()) and use precision=fp32"
+                )
+            return
+        if forced and not pack:
+            raise EncoderforgeError("precision=bf16 runs through the packed oneDNN linears; use pack=True (or precision=fp32)")
+        if not (prec.native_bf16() and packing_available()):
+            if forced:
+                raise prec.no_bf16_error()
+            return  # auto: nothing to choose on this CPU
+        shapes = linear_shapes(encoder)
+        if not pack or not shapes:
+            return
+        if not forced:
+            choice = self.choices["precision"] = choose_precision(shapes, self.kernel)
+            if choice.picked != "bf16":
+                return
+        bf16 = cast(Encoder, pack_for_cpu(encoder, dtype=torch.bfloat16)).set_attention("varlen").eval()
+        self.fidelity = self._gate(bf16)
+        if not self.fidelity.passed:
+            self.precision_note = (
+                f"precision={precision}: bf16 embeddings of the sample texts have cosine to fp32 mean "
+                f"{self.fidelity.mean:.5f} (min {self.fidelity.min:.5f}) < {prec.GATE_COSINE}; running fp32"
+            )
+            log.warning(self.precision_note)
+            return
+        self.encoder, self.precision, self.kernel = bf16, "bf16", "onednn-packed"
+
+    def _gate(self, candidate: Encoder) -> prec.Fidelity:
+        """Embed the sample texts with the current (fp32) encoder and with `candidate`; their cosine."""
+        ids = [e.ids[: self.max_length] for e in self.tokenizer.encode_batch(prec.sample_texts())]
+        ref = self.embed_encoded(EncodedTexts(ids=ids, truncated=[]))
+        fp32, self.encoder = self.encoder, candidate
+        try:
+            got = self.embed_encoded(EncodedTexts(ids=ids, truncated=[]))
+        finally:
+            self.encoder = fp32
+        return prec.fidelity(ref, got)
 
     @property
     def device(self) -> torch.device:
@@ -187,6 +267,9 @@ class Engine:
             for row, i in enumerate(b.index):
                 out[i] = b.hidden[row, : len(ids[i])].float().cpu().numpy()
         return out
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _check_texts(texts: Sequence[str]) -> None:

@@ -1,11 +1,14 @@
 """`encoderforge bench infer`: throughput of the same model on the same real texts, in ONE run, against the
 tools users would otherwise reach for (transformers SDPA, ONNX Runtime), reported as ratios to those anchors.
 
-Every runner turns texts into mean-pooled vectors (tokenization included), so they do the same work.
+Every runner turns texts into mean-pooled vectors (tokenization included), so they do the same work. Each runner is
+reported against the GEMM ceiling of its own precision on this CPU (`bench_ceiling`), with the precision and kernel
+it actually ran (the engine chooses them by measurement: `inference.kernel_choice`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -19,11 +22,14 @@ import torch
 from encoderforge import EncoderforgeError, require
 from encoderforge.data import datasets
 from encoderforge.fileio import atomic_file
+from encoderforge.hardware.cpu import cpu_info
 from encoderforge.inference.engine import Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.model.checkpoint import load
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.heads import pool
 from encoderforge.model.zoo import resolve_model
+from encoderforge.recipes.bench_ceiling import Ceilings, ceiling, gemm_ceilings
 from encoderforge.tokenization import load_tokenizer
 
 ANCHOR = "transformers sdpa (arrival)"
@@ -47,7 +53,10 @@ class SetResult:
     tokens_per_s: dict[str, float] = field(default_factory=dict)  # runner -> median real tokens/s
     gflops: dict[str, float] = field(default_factory=dict)  # runner -> achieved GFLOP/s
     max_abs_diff: float = 0.0  # our fp32 token states vs transformers, on the real tokens
-    int8_cosine: dict[str, dict[str, float]] = field(default_factory=dict)  # runner -> {mean, min} cosine to fp32
+    cosine_to_fp32: dict[str, dict[str, float]] = field(default_factory=dict)  # non-fp32 runner -> {mean, min}
+    precision: dict[str, str] = field(default_factory=dict)  # runner -> "fp32" | "bf16" | "int8": its ceiling
+    kernel: dict[str, str] = field(default_factory=dict)  # runner -> what ran its linear layers
+    notes: list[str] = field(default_factory=list)  # runners skipped and choices not honoured, and why
 
 
 def text_sets(names: Sequence[str], n: int, tokenizer) -> list[TextSet]:
@@ -74,30 +83,6 @@ def text_sets(names: Sequence[str], n: int, tokenizer) -> list[TextSet]:
     return out
 
 
-def gemm_gflops(hidden: int, intermediate: int, threads: int, reps: int = 20) -> dict[str, float]:
-    """The machine's practical fp32 ceiling: median GFLOP/s of the model's own FFN GEMM shape (2,048 tokens),
-    for torch's default path (MKL sgemm) and for oneDNN with a pre-packed weight; the larger is the ceiling."""
-    from encoderforge.inference.cpu_pack import PackedLinear, packing_available
-
-    torch.set_num_threads(threads)
-    x, lin = torch.randn(2048, hidden), torch.nn.Linear(hidden, intermediate, bias=False)
-    kernels = {"torch.mm (MKL)": lambda: torch.mm(x, lin.weight.t())}
-    if packing_available():
-        packed = PackedLinear(lin)
-        kernels["oneDNN packed"] = lambda: packed(x)
-    out = {}
-    with torch.inference_mode():
-        for name, fn in kernels.items():
-            fn()
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            out[name] = 2 * 2048 * hidden * intermediate / statistics.median(times) / 1e9
-    return out
-
-
 def model_flops(lengths: Sequence[int], cfg) -> float:
     """Forward FLOPs on the real tokens: linear layers 2 * params per token, attention 4 * T^2 * C per layer."""
     C, inner = cfg.hidden_size, cfg.intermediate_size
@@ -116,6 +101,35 @@ def _padded_batches(tokenizer, texts: list[str], order: list[int], max_length: i
         yield ids, mask
 
 
+@dataclass
+class Runner:
+    run: Callable[[], np.ndarray]  # ts.texts -> (n, C) mean-pooled, normalized vectors in input order
+    precision: str  # the GEMM precision it runs, whose ceiling it is reported against
+    kernel: str
+
+
+def _engines(enc: Encoder, model_dir: Path, ts: TextSet, max_tokens: int, res: SetResult) -> dict[str, Engine]:
+    """Our runners: fp32, int8, bf16 (on a CPU with native bf16) and whatever precision=auto picks."""
+    from encoderforge.compression.quantize import quantize_dynamic
+
+    def engine(e: Encoder, precision: Precision = "fp32") -> Engine:
+        return Engine(e, load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length, precision=precision)
+
+    engines = {"encoderforge fp32": engine(enc), "encoderforge int8": engine(cast(Encoder, quantize_dynamic(enc)))}
+    try:
+        engines["encoderforge bf16"] = engine(enc, "bf16")
+    except EncoderforgeError as err:  # no native bf16 on this CPU: say so in the table instead of failing the run
+        res.notes.append(f"encoderforge bf16 skipped: {err}")
+    engines["encoderforge auto"] = auto = engine(enc, "auto")
+    if "precision" in auto.choices:
+        c = auto.choices["precision"]
+        ms = ", ".join(f"{k} {v:.0f} ms" for k, v in c.ms.items())
+        res.notes.append(f"encoderforge auto picked {auto.precision} (GEMM set at 2,048 tokens: {ms}; {c.source})")
+    for name, e in engines.items():
+        res.notes += [f"{name}: {n}" for n in (e.precision_note, e.kernel_note) if n]
+    return engines
+
+
 def _runners(
     model_dir: Path,
     ts: TextSet,
@@ -123,17 +137,13 @@ def _runners(
     max_tokens: int,
     workdir: Path,
     include_onnx: bool,
-) -> dict[str, Callable[[], np.ndarray]]:
-    """name -> a function turning ts.texts into (n, C) mean-pooled, normalized vectors in input order."""
-    from encoderforge.compression.quantize import quantize_dynamic
-
+    res: SetResult,
+) -> dict[str, Runner]:
+    """name -> Runner: every way of turning ts.texts into vectors that this run compares."""
     transformers = require("transformers", "hf")
     enc = load(model_dir).encoder
     tok = load_tokenizer(model_dir)
-    fp32 = Engine(enc, load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length)
-    int8 = Engine(
-        cast(Encoder, quantize_dynamic(enc)), load_tokenizer(model_dir), max_tokens=max_tokens, max_length=ts.max_length
-    )
+    engines = _engines(enc, model_dir, ts, max_tokens, res)
     hf_tok = transformers.BertTokenizerFast.from_pretrained(str(model_dir))
     hf = transformers.BertModel.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     n = len(ts.texts)
@@ -151,12 +161,12 @@ def _runners(
                 out[idx] = torch.nn.functional.normalize(pool(h, b["attention_mask"], "mean"), dim=-1).numpy()
         return out
 
-    runners: dict[str, Callable[[], np.ndarray]] = {
-        "encoderforge fp32": lambda: fp32.embed(ts.texts),
-        "encoderforge int8": lambda: int8.embed(ts.texts),
-        ANCHOR: lambda: hf_run(list(range(n))),
-        "transformers sdpa (sorted)": lambda: hf_run(by_len),
+    runners = {
+        name: Runner(functools.partial(e.embed, ts.texts), "int8" if "int8" in name else e.precision, _kernel(e, name))
+        for name, e in engines.items()
     }
+    runners[ANCHOR] = Runner(lambda: hf_run(list(range(n))), "fp32", "torch (MKL)")
+    runners["transformers sdpa (sorted)"] = Runner(lambda: hf_run(by_len), "fp32", "torch (MKL)")
     if include_onnx:
         from encoderforge.inference.onnx_export import (
             export_onnx,
@@ -177,8 +187,18 @@ def _runners(
                     out[by_len[start : start + 32]] = v / np.linalg.norm(v, axis=1, keepdims=True)
                 return out
 
-            runners[f"onnxruntime {kind} (sorted)"] = ort_run
+            runners[f"onnxruntime {kind} (sorted)"] = Runner(ort_run, kind, "onnxruntime (MLAS)")
     return runners
+
+
+def _kernel(e: Engine, name: str) -> str:
+    """What ran the engine's linear layers; for int8, torch's int8 library the weights were packed for."""
+    if "int8" in name:
+        from encoderforge.compression.int8_linear import Int8Linear
+
+        engines = {m.engine for m in e.encoder.modules() if isinstance(m, Int8Linear)}
+        return f"torch dynamic int8 ({'/'.join(sorted(engines)) or '?'})"
+    return e.kernel
 
 
 def bench_infer(
@@ -212,18 +232,20 @@ def bench_infer(
     torch.set_num_threads(threads)
     tok = load_tokenizer(model_dir)
     cfg = load(model_dir).encoder.cfg
-    gemms = gemm_gflops(cfg.hidden_size, cfg.intermediate_size, threads)
+    gemms = gemm_ceilings(cfg.hidden_size, cfg.intermediate_size, threads)
     results = []
     for ts in text_sets(sets, n, tok):
         lengths = [min(len(e.ids), ts.max_length) for e in tok.encode_batch(ts.texts)]
-        runners = _runners(model_dir, ts, threads, max_tokens, out, onnx)
         res = SetResult(ts.name, ts.source, len(ts.texts), sum(lengths), _padding_share(lengths, 32))
-        vectors = {name: fn() for name, fn in runners.items()}  # warm-up round, also used for fidelity
+        runners = _runners(model_dir, ts, threads, max_tokens, out, onnx, res)
+        res.precision = {name: r.precision for name, r in runners.items()}
+        res.kernel = {name: r.kernel for name, r in runners.items()}
+        vectors = {name: r.run() for name, r in runners.items()}  # warm-up round, also used for fidelity
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(repeats):
-            for name, fn in runners.items():
+            for name, r in runners.items():
                 t = time.perf_counter()
-                fn()
+                r.run()
                 times[name].append(time.perf_counter() - t)
         flops = model_flops(lengths, cfg)
         for name, ts_ in times.items():
@@ -231,10 +253,10 @@ def bench_infer(
             res.tokens_per_s[name] = res.real_tokens / med
             res.gflops[name] = flops / med / 1e9
         ref = vectors["encoderforge fp32"]
-        res.int8_cosine = {
+        res.cosine_to_fp32 = {
             k: {"mean": float((v * ref).sum(1).mean()), "min": float((v * ref).sum(1).min())}
             for k, v in vectors.items()
-            if "int8" in k
+            if k.startswith("encoderforge") and res.precision[k] != "fp32"
         }
         res.max_abs_diff = _max_diff_vs_transformers(model_dir, ts)
         results.append(res)
@@ -268,39 +290,47 @@ def _max_diff_vs_transformers(model_dir: Path, ts: TextSet, k: int = 64) -> floa
     return max(float(np.abs(ours[i] - ref[i, : len(ours[i])].numpy()).max()) for i in range(len(texts)))
 
 
-def to_markdown(results: list[SetResult], gemms: dict[str, float], threads: int) -> str:
-    ceiling = max(gemms.values())
-    lines = [
-        f"fp32 GEMM ({threads} threads, the model's FFN shape at 2,048 tokens): "
-        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemms.items())
-        + f"; ceiling = {ceiling:.0f}",
+def to_markdown(results: list[SetResult], gemms: Ceilings, threads: int) -> str:
+    lines = [f"CPU: {cpu_info().describe()}; {threads} threads"]
+    for precision, kernels in gemms.items():
+        lines.append(
+            f"{precision} GEMM (the model's FFN shape at 2,048 tokens): "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in kernels.items())
+            + f"; ceiling = {ceiling(gemms, precision):.0f}"
+        )
+    lines += [
         "",
-        "| set | runner | real tokens/s | x anchor | GFLOP/s | % ceiling |",
-        "|---|---|---:|---:|---:|---:|",
+        "| set | runner | precision / kernel | real tokens/s | x anchor | GFLOP/s | % of this CPU's peak for that precision |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         anchor = r.tokens_per_s[ANCHOR]
         for name, tps in r.tokens_per_s.items():
+            prec = r.precision.get(name, "fp32")
+            peak = ceiling(gemms, prec)
+            pct = f"{100 * r.gflops[name] / peak:.0f}%" if peak else "n/a"
             lines.append(
-                f"| {r.name} | {name} | {tps:,.0f} | {tps / anchor:.2f} | {r.gflops[name]:.0f} | "
-                f"{100 * r.gflops[name] / ceiling:.0f}% |"
+                f"| {r.name} | {name} | {prec} / {r.kernel.get(name, '?')} | {tps:,.0f} | {tps / anchor:.2f} | "
+                f"{r.gflops[name]:.0f} | {pct} |"
             )
-        extra = ", ".join(f"{k} cosine to fp32 mean {v['mean']:.4f} / min {v['min']:.4f}" for k, v in r.int8_cosine.items())
+        extra = "".join(f"; {k} cosine to fp32 mean {v['mean']:.4f} / min {v['min']:.4f}" for k, v in r.cosine_to_fp32.items())
+        notes = "".join(f"; {n}" for n in r.notes)
         lines.append(
             f"| {r.name} | *{r.texts} texts, {r.real_tokens:,} tokens, {100 * r.padding_arrival:.0f}% padding "
-            f"in arrival order; max abs diff to transformers {r.max_abs_diff:.1e}; {extra}* | | | | |"
+            f"in arrival order; max abs diff to transformers {r.max_abs_diff:.1e}{extra}{notes}* | | | | | |"
         )
     return "\n".join(lines)
 
 
-def _write(out: Path, results: list[SetResult], gemms: dict[str, float], threads: int, model: str) -> None:
+def _write(out: Path, results: list[SetResult], gemms: Ceilings, threads: int, model: str) -> None:
     with atomic_file(out / "results.json") as f:
         json.dump(
             {
                 "model": model,
                 "threads": threads,
-                "gemm_gflops": gemms,
-                "gemm_ceiling_gflops": max(gemms.values()),
+                "cpu": cpu_info().describe(),
+                "gemm_gflops": gemms,  # precision -> kernel -> GFLOP/s
+                "gemm_ceiling_gflops": {p: ceiling(gemms, p) for p in gemms},
                 "anchor": ANCHOR,
                 "sets": [asdict(r) for r in results],
             },

@@ -12,18 +12,25 @@ import torch
 from torch import nn
 
 from encoderforge.hardware.cache import cache_path, machine_key, read_choices
+from encoderforge.hardware.choose import remeasure
 from encoderforge.hardware.cpu import cpu_info
 from encoderforge.training.fast_linear import MINILM_SHAPES, train_linear_choice
 
 
 def doctor_report(*, measure: bool = False) -> dict[str, Any]:
+    info = cpu_info()
     if measure:
         from encoderforge.compression.int8_engine import int8_engine_choice
         from encoderforge.compression.quantize import cpu_has_vnni
+        from encoderforge.inference.kernel_choice import choose_fp32_linear, choose_precision
 
-        train_linear_choice()
-        int8_engine_choice(nn.Sequential(*(nn.Linear(i, o) for i, o in MINILM_SHAPES)), reduce_range=not cpu_has_vnni())
-    info = cpu_info()
+        shapes = sorted(set(MINILM_SHAPES))
+        with remeasure():  # a choice cached while the machine was busy is replaced by today's measurement
+            train_linear_choice()
+            int8_engine_choice(nn.Sequential(*(nn.Linear(i, o) for i, o in MINILM_SHAPES)), reduce_range=not cpu_has_vnni())
+            fp32 = choose_fp32_linear(shapes).picked
+            if info.bf16:
+                choose_precision(shapes, fp32)
     versions: dict[str, str | None] = {}
     for pkg in ("encoderforge", "torch", "onnxruntime", "transformers"):
         try:

@@ -9,6 +9,7 @@ from typing import Literal
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import check_output
 from encoderforge.inference.engine import Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.inference.textio import read_lines, write_vectors
 from encoderforge.model.zoo import resolve_model
 
@@ -19,6 +20,9 @@ class EmbedResult:
     count: int
     dim: int
     truncated: int
+    precision: str  # what ran: "fp32" or "bf16"
+    kernel: str  # what ran the linear layers: "onednn-packed" or "torch"
+    note: str = ""  # why a requested precision or kernel was not used ("" when it was)
 
 
 def embed_file(
@@ -30,6 +34,7 @@ def embed_file(
     normalize: bool = True,
     max_tokens: int = 2048,
     max_length: int = 256,
+    precision: Precision = "fp32",
 ) -> EmbedResult:
     """Embed every line of `input` (or stdin for '-') with `model` and write .npy or JSONL to `out`.
 
@@ -39,14 +44,24 @@ def embed_file(
         normalize: L2-normalize the vectors.
         max_tokens: token budget per forward pass (caps memory).
         max_length: longest sequence; longer texts are truncated and counted.
+        precision: 'fp32', 'bf16' (bf16 GEMMs; needs AVX512-BF16 or AMX, checked by a fidelity gate) or 'auto'
+            (bf16 where the CPU has it and it measures faster); see `Engine`.
     """
     if max_tokens < 1 or max_length < 2:
         raise EncoderforgeError(f"--max-tokens must be >= 1 and --max-length >= 2 (got {max_tokens}, {max_length})")
     model_dir = resolve_model(model)
     check_output(out, [input, model_dir])  # before any compute: never replace the input or write into the model
     texts = read_lines(input)
-    engine = Engine.from_pretrained(model_dir, max_tokens=max_tokens, max_length=max_length)
+    engine = Engine.from_pretrained(model_dir, max_tokens=max_tokens, max_length=max_length, precision=precision)
     encoded = engine.tokenize(texts)
     vectors = engine.embed_encoded(encoded, pooling=pooling, normalize=normalize)
     write_vectors(out, vectors, texts)
-    return EmbedResult(out=Path(out), count=len(texts), dim=vectors.shape[1], truncated=len(encoded.truncated))
+    return EmbedResult(
+        out=Path(out),
+        count=len(texts),
+        dim=vectors.shape[1],
+        truncated=len(encoded.truncated),
+        precision=engine.precision,
+        kernel=engine.kernel,
+        note="; ".join(n for n in (engine.precision_note, engine.kernel_note) if n),
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from encoderforge import EncoderforgeError
+from encoderforge.training.precision import check_precision
 from encoderforge.training.schedules import SCHEDULES, Schedule
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -31,7 +32,8 @@ class TrainArgs:
         weight_decay: AdamW decay on matrices (never on biases, LayerNorm weights or other vectors).
         beta1, beta2, eps: AdamW moments (RoBERTa: 0.9, 0.98, 1e-6).
         grad_clip: clip the global gradient norm to this (0 = off).
-        precision: "auto" (bf16 autocast where the device supports it, else fp32) | "fp32" | "bf16".
+        precision: "auto" (bf16 autocast on CUDA GPUs with bf16, fp32 on CPU) | "fp32" | "bf16" (autocast; on CPU
+            only with AVX512-BF16 or AMX). Weights and optimizer state stay fp32 either way.
         device: "auto" | "cpu" | "cuda".
         seed: seeds initialisation, data order, masking and dropout.
         log_every, eval_every, save_every: in optimizer steps (0 = never; a final eval and save always happen).
@@ -96,5 +98,6 @@ class TrainArgs:
             raise EncoderforgeError(f"train.precision={self.precision!r}; use 'auto', 'fp32' or 'bf16'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise EncoderforgeError(f"train.device={self.device!r}; use 'auto', 'cpu' or 'cuda'")
+        check_precision(self.precision, self.device)  # bf16 on a CPU without native bf16: fail before any work
         if self.keep_checkpoints < 1:
             raise EncoderforgeError("train.keep_checkpoints must be >= 1 (resume needs one)")

@@ -111,8 +111,8 @@ def train_linear_choice(model: nn.Module | None = None) -> Choice:
         raise EncoderforgeError(f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r}: unknown kernel; use one of {', '.join(KERNELS)}")
     if not available():
         return Choice("train_linear", "torch", "only", note="oneDNN is not in this torch build")
-    shapes = _linear_shapes(model) if model is not None else MINILM_SHAPES
-    cands, reference = _gemm_candidates(shapes or MINILM_SHAPES)
+    shapes = tuple(sorted(_linear_shapes(model) if model is not None else MINILM_SHAPES)) or tuple(sorted(MINILM_SHAPES))
+    cands, reference = _gemm_candidates(shapes)  # sorted: the same shapes give the same cache key whoever asks
     key = "train_linear/" + ",".join(f"{i}x{o}" for i, o in shapes)
     return choose(key, cands, reference=reference, tol=1e-4, forced=None if choice == "auto" else choice, forced_by=KERNEL_ENV)
 

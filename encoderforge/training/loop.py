@@ -27,6 +27,7 @@ from encoderforge.training.distributed import (
 )
 from encoderforge.training.fast_linear import restore_linears, use_training_linears
 from encoderforge.training.memory import release_free_heap, rss_mb
+from encoderforge.training.precision import autocast_dtype
 from encoderforge.training.progress import Progress
 from encoderforge.training.schedules import lr_at
 from encoderforge.training.state import (
@@ -52,15 +53,6 @@ def build_optimizer(model: nn.Module, args: TrainArgs, groups: list[dict[str, An
     # torch's fused AdamW (one kernel per parameter instead of a dozen): 2-3% of a CPU MLM step here
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=fused or None)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware supports it ("auto": CUDA with bf16 only; CPU bf16 is slow on AVX2)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 def train(
@@ -95,8 +87,9 @@ def train(
         the final metrics (also written to out_dir/metrics.json).
     """
     run = Path(args.out_dir)
+    amp = autocast_dtype(args.precision, dist.device)  # bf16 on a CPU without native bf16 fails here, before any work
     model.to(dist.device)
-    if dist.device.type == "cpu":  # same Parameters, oneDNN GEMMs where they beat MKL (AVX-512); undone before returning
+    if dist.device.type == "cpu":  # same Parameters, oneDNN GEMMs where measured faster than MKL; undone before returning
         use_training_linears(model)
     optimizer = build_optimizer(model, args, param_groups)
     state = TrainState()
@@ -106,7 +99,6 @@ def train(
     if dist.main:
         _truncate_metrics(run / "metrics.jsonl", state.step)  # drop lines logged after the checkpoint we resume from
     ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
-    amp = autocast_dtype(args.precision, dist.device)
     log = open(run / "metrics.jsonl", "a", encoding="utf-8") if dist.main else None
     bar = Progress(args.steps, initial=state.step, enabled=dist.main and args.progress, desc=run.name)
     last: dict[str, Any] = {}

@@ -22,9 +22,26 @@ def test_doctor_measures_then_prints_cached_choices(tmp_path, monkeypatch):
     rep = json.loads(r.output)
     assert rep["flags"] == list(cpu_info().flags) and rep["cache"] == str(tmp_path / "kernels.json")
     tasks = sorted(rep["choices"])
-    assert [t.split("/")[0] for t in tasks] == ["int8_linear", "train_linear"]
+    kinds = {t.split("/")[0].split(":")[0] for t in tasks}
+    assert {"int8_linear", "train_linear", "infer-linear-fp32"} <= kinds
+    assert (
+        "infer-precision-" + rep["choices"][next(t for t in tasks if t.startswith("infer-linear-fp32"))]["picked"] in kinds
+    ) == cpu_info().bf16
     for c in rep["choices"].values():
         assert c["picked"] in c["errors"] and (not c["ms"] or c["picked"] == min(c["ms"], key=c["ms"].get))
     text = runner.invoke(app, ["doctor"]).output  # read back from the cache, no measuring
     train = next(t for t in tasks if t.startswith("train_linear"))
     assert f"{train}: {rep['choices'][train]['picked']}" in text
+
+
+def test_doctor_measure_replaces_a_cached_choice(tmp_path, monkeypatch):
+    """A choice cached while the machine was busy is measured again by --measure (not read back)."""
+    from encoderforge.hardware.cache import read_choices, write_choice
+    from encoderforge.training.fast_linear import train_linear_choice
+
+    monkeypatch.setenv("ENCODERFORGE_CACHE_DIR", str(tmp_path))
+    task = train_linear_choice().task
+    write_choice(task, {"picked": "torch", "ms": {"torch": 1.0, "onednn": 999.0}, "errors": {}, "rejected": {}, "note": "stale"})
+    assert train_linear_choice().note == "stale"
+    assert runner.invoke(app, ["doctor", "--measure"]).exit_code == 0
+    assert read_choices()[task]["note"] == "" and read_choices()[task]["ms"]["onednn"] < 999.0
