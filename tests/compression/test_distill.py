@@ -40,12 +40,7 @@ T = [[0.5, -1.0, 2.0], [0.0, 0.0, 1.0]]  # (R, L) teacher logits
 GOOD, BAD = ["good", "great", "fine", "nice", "happy"], ["bad", "awful", "poor", "sad", "terrible"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rows(n: int, seed: int) -> list[tuple[tuple[str], str]]:

@@ -14,22 +14,9 @@ from encoderforge.inference import kernel_choice
 from encoderforge.inference.cpu_pack import PackedLinear, packing_available
 from encoderforge.inference.engine import Engine
 from encoderforge.inference.kernel_choice import LINEAR_ENV, GemmSet, linear_shapes
-from encoderforge.model import Encoder, preset
-from encoderforge.tokenization import load_tokenizer
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN: nothing to choose")
 TEXTS = ["a short sentence", "the licensee shall indemnify the licensor", "ok"]
-
-
-@pytest.fixture(scope="module")
-def tok(minilm_path):
-    return load_tokenizer(minilm_path)
-
-
-@pytest.fixture(scope="module")
-def tiny(tok) -> Encoder:
-    torch.manual_seed(0)
-    return Encoder(preset("bert-tiny", vocab_size=tok.get_vocab_size(), max_position=64)).eval()
 
 
 @pytest.fixture

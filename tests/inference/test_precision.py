@@ -17,24 +17,12 @@ from encoderforge.inference import engine as engine_mod
 from encoderforge.inference import precision as prec
 from encoderforge.inference.cpu_pack import PackedLinear, PackedMLP, packing_available
 from encoderforge.inference.engine import Engine
-from encoderforge.model import Encoder, preset
+from encoderforge.model import preset
 from encoderforge.model.layers import MLP
-from encoderforge.tokenization import load_tokenizer
 
 native = pytest.mark.skipif(
     not (packing_available() and cpu_info().bf16), reason=f"this CPU ({cpu_info().describe()}) has no native bf16"
 )
-
-
-@pytest.fixture(scope="module")
-def tok(minilm_path):
-    return load_tokenizer(minilm_path)
-
-
-@pytest.fixture(scope="module")
-def tiny(tok) -> Encoder:
-    torch.manual_seed(0)
-    return Encoder(preset("bert-tiny", vocab_size=tok.get_vocab_size(), max_position=64)).eval()
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # every task test on one thread (tests/conftest.py)
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

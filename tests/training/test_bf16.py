@@ -22,12 +22,7 @@ def no_bf16_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_info", lambda: CpuInfo(model="test", flags=("avx2",)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.skipif(not cpu_info().bf16, reason=f"this CPU ({cpu_info().model}) has no AVX512-BF16 or AMX: bf16 is refused")
