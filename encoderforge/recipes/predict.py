@@ -13,6 +13,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.inference.textio import read_lines
 from encoderforge.model import checkpoint
 from encoderforge.tasks.registry import TASKS
@@ -34,7 +35,8 @@ class Predictor:
     meta: dict
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> "Predictor":
+    def load(cls, run_dir: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS, precision: Precision = "fp32") -> "Predictor":
+        """`precision`: the engine's GEMM precision (`Engine`: fp32, or bf16 / auto on CPUs with native bf16)."""
         run = Path(run_dir)
         meta_file = run / "task.json"
         if not meta_file.exists():
@@ -56,6 +58,7 @@ class Predictor:
             load_tokenizer(run / "model"),
             max_tokens=max(max_tokens, meta["max_length"]),
             max_length=meta["max_length"],
+            precision=precision,
         )
         return cls(engine=engine, head=head, meta=meta)
 

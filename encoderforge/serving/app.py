@@ -282,17 +282,25 @@ def create_app(
             app, served, index, texts_of=texts_of, embed=lambda request, ids, tokens: run(request, embed_batcher, ids, tokens)
         )
 
+    facts: dict[str, Any] = {
+        "model": served.name,
+        "task": served.kind,
+        "endpoints": endpoints,
+        "precision": served.engine.precision,
+        "kernel": served.engine.kernel,
+    }
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         """Liveness: the process answers (also while draining)."""
-        return Health(status="draining" if state["draining"] else "ok", model=served.name, task=served.kind, endpoints=endpoints)
+        return Health(status="draining" if state["draining"] else "ok", **facts)
 
     @app.get("/ready", response_model=Health, responses={503: ERRORS[503]})
     async def ready() -> Response:
         """Readiness: the model is loaded and warm and the server is not draining (load balancers route on this)."""
         if state["draining"] or not state.get("ready"):
             return error(503, "not ready (starting or draining)", "unavailable")
-        return JSONResponse(Health(status="ok", model=served.name, task=served.kind, endpoints=endpoints).model_dump())
+        return JSONResponse(Health(status="ok", **facts).model_dump())
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={401: ERRORS[401]})
     async def prometheus() -> Response:

@@ -17,6 +17,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.index.embedder import WEIGHTS, _digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.model.zoo import ZOO, resolve_model
 from encoderforge.recipes.predict import Predictor
 from encoderforge.tasks.registry import TASKS
@@ -89,7 +90,7 @@ class Served:
         return self.predictor.predict(list(texts))
 
 
-def load_served(path: str | Path, *, max_tokens: int = 16384) -> Served:
+def load_served(path: str | Path, *, max_tokens: int = 16384, precision: Precision = "fp32") -> Served:
     """A run directory (task.json; or a pipeline run's finetune/) or a checkpoint / zoo name.
 
     Example:
@@ -105,7 +106,7 @@ def load_served(path: str | Path, *, max_tokens: int = 16384) -> Served:
         meta = json.loads((p / "task.json").read_text(encoding="utf-8"))
         if meta.get("kind") not in TASKS:
             raise EncoderforgeError(f"{p / 'task.json'}: unknown task kind {meta.get('kind')!r}")
-        pred = Predictor.load(p, max_tokens=max_tokens)
+        pred = Predictor.load(p, max_tokens=max_tokens, precision=precision)
         # embeddings get their own Engine over the same weights: its own tokenizer object, because the head's
         # prediction code changes its tokenizer's truncation on the model thread while requests tokenize elsewhere
         embed = copy.copy(pred.engine)  # the same encoder module (forwards all run on the one model thread)
@@ -122,7 +123,7 @@ def load_served(path: str | Path, *, max_tokens: int = 16384) -> Served:
         raise EncoderforgeError(f"{path}: not a model directory, run directory or zoo name; pass one of those")
     return Served(
         name=Path(resolved).name,
-        engine=Engine.from_pretrained(resolved, max_tokens=max_tokens),
+        engine=Engine.from_pretrained(resolved, max_tokens=max_tokens, precision=precision),
         ref=str(path) if str(path) in ZOO else str(Path(path).resolve()),  # as `index build` records it
         weights=_weights(Path(resolved)),
     )

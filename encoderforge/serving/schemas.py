@@ -148,3 +148,5 @@ class Health(BaseModel):
     model: str
     task: str | None
     endpoints: list[str]
+    precision: str = "fp32"  # what the engine runs: fp32 or bf16 (`serve --precision`)
+    kernel: str = "torch"  # what runs its linear layers, measured on this machine: onednn-packed or torch

@@ -10,8 +10,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import cast
 
 from encoderforge import EncoderforgeError, require
+from encoderforge.inference.precision import Precision, check_precision
 from encoderforge.serving.guard import Limits
 
 ENV = "ENCODERFORGE_SERVE"  # JSON settings handed to worker processes (never the key itself: its file or env name)
@@ -34,7 +36,7 @@ def read_api_key(key_file: str | Path | None) -> str | None:
     return key or None
 
 
-def build(model: str, limits: Limits, key_file: str | None, threads: int, index: str | None = None):  # -> FastAPI
+def build(model: str, limits: Limits, key_file: str | None, threads: int, index: str | None = None, precision: str = "fp32"):
     """Load and wire one process's app (each worker calls this, and loads its own read-only copy of the index)."""
     import torch
 
@@ -43,14 +45,16 @@ def build(model: str, limits: Limits, key_file: str | None, threads: int, index:
     from encoderforge.serving.search import load_search_index
 
     torch.set_num_threads(max(1, threads))
-    served = load_served(model, max_tokens=max(limits.max_batch_tokens, 512))
+    served = load_served(model, max_tokens=max(limits.max_batch_tokens, 512), precision=cast(Precision, precision))
     loaded = load_search_index(index, served) if index else None
     return create_app(served, limits, api_key=read_api_key(key_file), index=loaded)
 
 
 def app_from_env():  # -> FastAPI; uvicorn's factory for worker processes
     cfg = json.loads(os.environ[ENV])
-    return build(cfg["model"], Limits(**cfg["limits"]), cfg["key_file"], cfg["threads"], cfg.get("index"))
+    return build(
+        cfg["model"], Limits(**cfg["limits"]), cfg["key_file"], cfg["threads"], cfg.get("index"), cfg.get("precision", "fp32")
+    )
 
 
 def serve(
@@ -64,6 +68,7 @@ def serve(
     threads: int = 0,
     drain_s: float = 10.0,
     index: str | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain in-flight requests (up to `drain_s`).
 
@@ -74,6 +79,7 @@ def serve(
         key_file: file holding the bearer key (else ENCODERFORGE_API_KEY; else no auth).
         index: an index directory (`encoderforge index build`) served at /v1/search; a dense one must have been built
             with `model` (checked: the server refuses to start otherwise).
+        precision: the engine's GEMM precision: fp32, or bf16 / auto on CPUs with AVX512-BF16 or AMX (`Engine`).
     """
     require("fastapi", "serve")
     require("uvicorn", "serve")
@@ -81,6 +87,7 @@ def serve(
     import uvicorn
 
     lim = limits or Limits()
+    check_precision(precision)  # a bad value or bf16 on a CPU without it: one line, before anything loads
     if workers < 1:
         raise EncoderforgeError(f"--workers must be >= 1, got {workers}")
     key = read_api_key(key_file)  # fail before loading anything
@@ -89,20 +96,27 @@ def serve(
               f"pass --api-key-file or set {KEY_ENV}", file=sys.stderr)  # fmt: skip
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
-        app = build(model, lim, key_file, threads, index)
+        app = build(model, lim, key_file, threads, index, precision)
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(drain_s))
         return
     from encoderforge.serving.model import load_served
     from encoderforge.serving.search import check_index
 
-    served = load_served(model)  # a bad model path fails here, once, not in N respawning workers
+    served = load_served(model, precision=cast(Precision, precision))  # a bad model path fails here, once, not in N workers
     if index:
         check_index(index, served)  # so does a mismatched or corrupt index (files hashed, not loaded)
     del served
     metrics_dir = tempfile.mkdtemp(prefix="encoderforge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[ENV] = json.dumps(
-        {"model": str(model), "limits": dataclasses.asdict(lim), "key_file": key_file, "threads": threads, "index": index}
+        {
+            "model": str(model),
+            "limits": dataclasses.asdict(lim),
+            "key_file": key_file,
+            "threads": threads,
+            "index": index,
+            "precision": precision,
+        }
     )
     try:
         uvicorn.run(

@@ -191,3 +191,36 @@ def test_sigterm_drains_the_request_in_flight(start_server, minilm_path: Path) -
     t.join(120)
     assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 96
     assert server.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+
+
+def test_bf16_server_reports_its_precision_and_embeds_within_the_gate(start_server, minilm_server, minilm_path: Path) -> None:
+    """`serve --precision bf16` (issue 19): /health says what runs; vectors stay within cosine 0.999 of fp32."""
+    from encoderforge.hardware.cpu import cpu_info
+
+    fp32 = httpx.get(f"{minilm_server.url}/health").json()
+    assert fp32["precision"] == "fp32" and fp32["kernel"] in ("onednn-packed", "torch")
+    if not cpu_info().bf16:
+        pytest.skip(f"this CPU ({cpu_info().describe()}) has no native bf16")
+    server = start_server(minilm_path, "--precision", "bf16")
+    assert httpx.get(f"{server.url}/health").json()["precision"] == "bf16"
+    texts = ["the licensee may redistribute the software", "an indemnity clause", "ok"]
+    vecs = [
+        np.array([d["embedding"] for d in post(s, "/v1/embeddings", json={"input": texts}).json()["data"]])
+        for s in (minilm_server, server)
+    ]
+    assert ((vecs[0] * vecs[1]).sum(axis=1) >= 0.999).all()
+
+
+def test_serve_precision_errors_are_one_line(monkeypatch, minilm_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from encoderforge.cli.app import app
+    from encoderforge.hardware.cpu import CpuInfo
+    from encoderforge.inference import precision
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["serve", str(minilm_path), "--precision", "fp8"])
+    assert bad.exit_code == 1 and "precision='fp8': choose one of fp32, bf16, auto" in bad.output
+    monkeypatch.setattr(precision, "cpu_info", lambda: CpuInfo(model="Test CPU", flags=("avx2",)))
+    no = runner.invoke(app, ["serve", str(minilm_path), "--precision", "bf16", "--port", "1"])
+    assert no.exit_code == 1 and "this CPU (Test CPU) has no AVX512-BF16 or AMX" in no.output
