@@ -257,9 +257,10 @@ def parse_recipe(raw: dict[str, Any], *, where: str) -> CompressRecipe:
         step.check(f"{at}.{method}")
         steps.append(step)
     quantized = [i for i, s in enumerate(steps) if isinstance(s, Quantize)]
-    if quantized and quantized[0] != len(steps) - 1:
+    if quantized and quantized != list(range(quantized[0], len(steps))):
+        # several quantize steps may close a recipe (each quantizes the same fp32 model: a comparison in one run)
         raise EncoderforgeError(
-            f"{where}: steps[{quantized[0]}] quantize must be the last step (nothing trains a quantized model)"
+            f"{where}: steps[{quantized[0]}] quantize must come after every training step (nothing trains a quantized model)"
         )
     sparse = [i for i, s in enumerate(steps) if isinstance(s, Unstructured)]
     trains_later = [i for i, s in enumerate(steps) if sparse and i > sparse[0] and not isinstance(s, Quantize)]

@@ -278,15 +278,24 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colours = {"dense": "tab:blue", "step": "tab:green", "anchor": "tab:grey"}
-    for r in rows:
-        ax.scatter(r["texts_per_s"], r[p], s=20 + 4 * r["mb"], color=colours[r["kind"]], alpha=0.7, edgecolors="black")
-        ax.annotate(r["model"], (r["texts_per_s"], r[p]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    span = max(r["texts_per_s"] for r in rows) - min(r["texts_per_s"] for r in rows) or 1.0
+    placed: list[tuple[float, float]] = []
+    for r in sorted(rows, key=lambda r: (-r[p], r["texts_per_s"])):
+        x, y = r["texts_per_s"], r[p]
+        ax.scatter(x, y, s=20 + 4 * r["mb"], color=colours[r["kind"]], alpha=0.7, edgecolors="black")
+        # models of equal metric and near-equal speed (e.g. the dense model and its fp32 anchors) would print their
+        # labels over each other: each further one in such a cluster goes one line lower
+        near = sum(1 for px, py in placed if py == y and abs(px - x) < 0.15 * span)
+        placed.append((x, y))
+        ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(6, 4 - 11 * near), fontsize=8)
     front, best = [], float("-inf")
     for r in sorted(rows, key=lambda r: -r["texts_per_s"]):
         if r[p] > best:
             front.append(r)
             best = r[p]
-    ax.plot([r["texts_per_s"] for r in front], [r[p] for r in front], "--", color="tab:red", label="Pareto front")
+    ax.plot(
+        [r["texts_per_s"] for r in front], [r[p] for r in front], "--o", color="tab:red", label="Pareto front", mfc="none", ms=14
+    )
     ax.set_xlabel(f"test texts / s ({result['threads']} threads, median of {result['rounds']} rounds)")
     ax.set_ylabel(f"{result.get('split', 'test')} {p}")
     ax.set_title("Compression: quality vs speed (marker area = MB on disk)")

@@ -128,3 +128,22 @@ def test_quantize_steps_write_their_artefact_and_serve_through_the_report(tmp_pa
     assert not list((tmp_path / method / "01-quantize").glob("fp32-for-calibration*"))  # the temporary fp32 export is gone
     dense, quant = res.report["rows"]
     assert quant["mb"] < dense["mb"] and quant["texts_per_s"] > 0 and 0 <= quant["accuracy"] <= 1
+
+
+def test_several_quantize_steps_each_quantize_the_same_model_in_one_report(tmp_path: Path, teacher: Path) -> None:
+    """A recipe may end in several quantize steps (a dynamic vs static int8 comparison in one run): each starts from
+    the same fp32 weights, and the int8 file is about 4x smaller than fp32 (int8 word embeddings included)."""
+    recipe = parse_recipe(
+        {
+            "steps": [{"quantize": {"method": "int8"}}, {"quantize": {"method": "int4", "group_size": 32}}],
+            "bench": {"texts": 8, "rounds": 1, "threads": 1, "latency_texts": 2, "anchors": False},
+        },
+        where="r",
+    )
+    res = compress(recipe, tmp_path / "q", teacher=teacher)
+    assert [s["quantize"] for s in res.steps] == ["int8", "int4"]
+    assert res.steps[0]["artefact"] == "model-int8.safetensors"
+    fp32 = [(tmp_path / "q" / d / "model" / "model.safetensors").read_bytes() for d in ("01-quantize", "02-quantize")]
+    assert fp32[0] == fp32[1]  # the second quantized the same fp32 model, not the first's int8 one
+    dense, int8, int4 = res.report["rows"]
+    assert int4["mb"] < int8["mb"] < dense["mb"] / 3
