@@ -178,7 +178,7 @@ def _runners(
             path = workdir / f"model-{kind}.onnx"
             if not path.exists():
                 export_onnx(enc, path, pooling="mean", int8=q)
-            sess = onnx_session(path, threads=threads)
+            sess = onnx_session(path, threads=threads, spinning=False)  # spinning ORT threads slow the next runner
 
             def ort_run(sess=sess) -> np.ndarray:
                 out = np.zeros((n, enc.cfg.hidden_size), np.float32)
