@@ -85,10 +85,14 @@ def choose(
     forced_by: str = "",
     rounds: int = 7,
     use_cache: bool = True,
+    prefer: str | None = None,
+    tie: float = 0.03,
 ) -> Choice:
     """The fastest candidate that passes `rel_error(out, reference) <= tol`, from the cache when this machine has
     measured `task` before (`reference` may be a callable, run only when something is checked). `forced` (the name of a candidate, e.g. from an environment variable `forced_by`) is
-    used if it passes the check; else the measured choice is used and `Choice.note` says why."""
+    used if it passes the check; else the measured choice is used and `Choice.note` says why. `prefer`: the candidate
+    kept when it is within `tie` (relative) of the fastest: a near-tie in a micro-benchmark is noise, and then a
+    known-good default (e.g. the instruction-set rule it replaces) beats a coin flip."""
     task = f"{task}@{torch.get_num_threads()}t"
     if forced is not None and forced not in candidates:
         raise ValueError(f"unknown candidate {forced!r} for {task}; known: {', '.join(candidates)}")
@@ -99,12 +103,14 @@ def choose(
         note = f"{forced_by or 'forced'}={forced} failed its numerical check ({rejected[forced]}); using the measured choice"
         log.warning("%s: %s", task, note)
         others = {k: v for k, v in candidates.items() if k != forced}
-        measured = choose(task.rsplit("@", 1)[0], others, reference=reference, tol=tol, rounds=rounds, use_cache=False)
+        measured = choose(
+            task.rsplit("@", 1)[0], others, reference=reference, tol=tol, rounds=rounds, use_cache=False, prefer=prefer
+        )
         measured.rejected.update(rejected)
         measured.source, measured.note = "fallback", note
         return measured
     if not use_cache:
-        return _measure(task, candidates, _value(reference), tol, rounds)
+        return _measure(task, candidates, _value(reference), tol, rounds, prefer, tie)
     fresh = _REMEASURE.get()
     hit = None if fresh else _cached(task, candidates)
     if hit is not None:
@@ -113,7 +119,7 @@ def choose(
         hit = None if fresh else _cached(task, candidates)  # another process measured while we waited
         if hit is not None:
             return hit
-        choice = _measure(task, candidates, _value(reference), tol, rounds)
+        choice = _measure(task, candidates, _value(reference), tol, rounds, prefer, tie)
         write_choice(task, {k: v for k, v in asdict(choice).items() if k not in ("task", "source")})
     return choice
 
@@ -140,11 +146,16 @@ def _cached(task: str, candidates: dict[str, Candidate]) -> Choice | None:
     return None
 
 
-def _measure(task: str, candidates: dict[str, Candidate], reference: torch.Tensor, tol: float, rounds: int) -> Choice:
+def _measure(
+    task: str, candidates: dict[str, Candidate], reference: torch.Tensor, tol: float, rounds: int, prefer: str | None, tie: float
+) -> Choice:
     errors, rejected = _check(candidates, reference, tol)
     ok = {k: v for k, v in candidates.items() if k not in rejected}
     if not ok:
         raise RuntimeError(f"{task}: no candidate passed its numerical check: {rejected}")
     ms = time_candidates(ok, rounds=rounds) if len(ok) > 1 else {}
     picked = min(ms, key=ms.__getitem__) if ms else next(iter(ok))
-    return Choice(task, picked, "measured", ms=ms, errors=errors, rejected=rejected)
+    note = ""
+    if prefer in ms and picked != prefer and ms[prefer] <= ms[picked] * (1 + tie):
+        picked, note = prefer, f"within {tie:.0%} of the fastest: kept the default {prefer}"
+    return Choice(task, picked, "measured", ms=ms, errors=errors, rejected=rejected, note=note)

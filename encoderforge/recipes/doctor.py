@@ -69,5 +69,6 @@ def format_report(rep: dict[str, Any]) -> str:
     for task, c in sorted(rep["choices"].items()):
         times = ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(c.get("ms", {}).items(), key=lambda kv: kv[1]))
         rejected = "; ".join(f"{k} rejected: {v}" for k, v in c.get("rejected", {}).items())
-        lines.append(f"  {task}: {c['picked']}" + (f" ({times})" if times else "") + (f"; {rejected}" if rejected else ""))
+        note = f"; {c['note']}" if c.get("note") else ""
+        lines.append(f"  {task}: {c['picked']}" + (f" ({times})" if times else "") + (f"; {rejected}" if rejected else "") + note)
     return "\n".join(lines)

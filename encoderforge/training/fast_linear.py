@@ -114,7 +114,16 @@ def train_linear_choice(model: nn.Module | None = None) -> Choice:
     shapes = tuple(sorted(_linear_shapes(model) if model is not None else MINILM_SHAPES)) or tuple(sorted(MINILM_SHAPES))
     cands, reference = _gemm_candidates(shapes)  # sorted: the same shapes give the same cache key whoever asks
     key = "train_linear/" + ",".join(f"{i}x{o}" for i, o in shapes)
-    return choose(key, cands, reference=reference, tol=1e-4, forced=None if choice == "auto" else choice, forced_by=KERNEL_ENV)
+    wide = torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
+    return choose(
+        key,
+        cands,
+        reference=reference,
+        tol=1e-4,
+        forced=None if choice == "auto" else choice,
+        forced_by=KERNEL_ENV,
+        prefer="onednn" if wide else "torch",  # a near-tie keeps the old instruction-set rule (whole steps: docs)
+    )
 
 
 def _linear_shapes(model: nn.Module) -> tuple[tuple[int, int], ...]:

@@ -34,7 +34,7 @@ def _candidates(calls: list[str] | None = None):
     def slow() -> torch.Tensor:
         if calls is not None:
             calls.append("slow")
-        time.sleep(0.004)
+        time.sleep(0.02)  # far slower than a 64 x 32 matmul even on a loaded machine
         return x @ w
 
     def wrong() -> torch.Tensor:  # fast but numerically broken: must never be picked
@@ -140,3 +140,21 @@ def test_concurrent_processes_measure_once_and_agree(cache_dir):
     outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
     assert [o[0] for o in outs] == ["cache", "measured"], outs
     assert outs[0][1] == outs[1][1] == "b"
+
+
+def test_a_near_tie_keeps_the_preferred_default_and_a_clear_win_does_not(cache_dir):
+    x = torch.ones(4)
+
+    def sleeper(s: float):
+        def run() -> torch.Tensor:
+            time.sleep(s)
+            return x * 2
+
+        return run
+
+    near = {"a": sleeper(0.010), "b": sleeper(0.0101)}  # 1% apart: noise for a micro-benchmark
+    c = choose("tie", near, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False)
+    assert c.picked == "b" and "kept the default b" in c.note
+    clear = {"a": sleeper(0.005), "b": sleeper(0.010)}
+    c = choose("win", clear, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False)
+    assert c.picked == "a" and c.note == ""
