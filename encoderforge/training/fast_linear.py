@@ -122,7 +122,11 @@ def train_linear_choice(model: nn.Module | None = None) -> Choice:
         tol=1e-4,
         forced=None if choice == "auto" else choice,
         forced_by=KERNEL_ENV,
-        prefer="onednn" if wide else "torch",  # a near-tie keeps the old instruction-set rule (whole steps: docs)
+        # A near-tie keeps the old instruction-set rule: on the AVX-512 EPYC the isolated GEMMs put MKL 2-3% ahead
+        # while whole training steps put oneDNN 2-7% ahead (docs/results.md, issue 19), so differences under 5% in
+        # this micro-benchmark decide nothing; the AMX Xeon's 1.3x MKL lead and the AVX2 box's still do.
+        prefer="onednn" if wide else "torch",
+        tie=0.05,
     )
 
 

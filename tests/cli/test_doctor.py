@@ -28,7 +28,8 @@ def test_doctor_measures_then_prints_cached_choices(tmp_path, monkeypatch):
         "infer-precision-" + rep["choices"][next(t for t in tasks if t.startswith("infer-linear-fp32"))]["picked"] in kinds
     ) == cpu_info().bf16
     for c in rep["choices"].values():
-        assert c["picked"] in c["errors"] and (not c["ms"] or c["picked"] == min(c["ms"], key=c["ms"].get))
+        fastest = min(c["ms"], key=c["ms"].get) if c["ms"] else c["picked"]
+        assert c["picked"] in c["errors"] and (c["picked"] == fastest or "kept the default" in c["note"])
     text = runner.invoke(app, ["doctor"]).output  # read back from the cache, no measuring
     train = next(t for t in tasks if t.startswith("train_linear"))
     assert f"{train}: {rep['choices'][train]['picked']}" in text

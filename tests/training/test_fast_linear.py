@@ -74,7 +74,10 @@ def test_kernel_choice_is_measured_on_the_model_shapes_and_cached(monkeypatch, t
     model = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 48))
     c = train_linear_choice(model)
     assert c.source == "measured" and c.task.startswith("train_linear/48x96,96x48@")
-    assert set(c.ms) == {"onednn", "torch"} and c.picked == min(c.ms, key=c.ms.__getitem__)  # the faster one
+    fastest = min(c.ms, key=c.ms.__getitem__)
+    assert set(c.ms) == {"onednn", "torch"}
+    # the faster one, or within 5% of it the instruction-set default (a near-tie decides nothing)
+    assert c.picked == fastest or (c.ms[c.picked] <= 1.05 * c.ms[fastest] and "kept the default" in c.note)
     assert all(e < 1e-5 for e in c.errors.values())  # both checked against float64
     assert train_linear_choice(model).source == "cache"  # a resumed run or another rank takes the same path
     swapped = use_training_linears(model)
