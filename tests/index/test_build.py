@@ -55,7 +55,9 @@ def test_killed_build_resumes_without_reembedding(tmp_path, corpus_file, tiny_mo
     assert fresh.shards_embedded == 4 and not (out / ".partial").exists()
     a, b = DenseIndex.load(out), DenseIndex.load(tmp_path / "fresh")
     assert list(a.iid) == list(b.iid) and a.meta == b.meta
-    np.testing.assert_array_equal(a.reconstruct(list(a.iid)), b.reconstruct(list(b.iid)))
+    # the killed process embedded shard 0 with the GEMM kernel measured fastest for ITS thread count (the engine's
+    # choice, encoderforge.hardware), which may differ from this process's: equal up to float rounding, not bitwise
+    np.testing.assert_allclose(a.reconstruct(list(a.iid)), b.reconstruct(list(b.iid)), rtol=0, atol=1e-6)
 
 
 def test_build_search_and_add(tmp_path, corpus_file, bbc_docs, tiny_embedder, write_jsonl):
