@@ -152,9 +152,9 @@ def test_a_near_tie_keeps_the_preferred_default_and_a_clear_win_does_not(cache_d
 
         return run
 
-    near = {"a": sleeper(0.010), "b": sleeper(0.0101)}  # 1% apart: noise for a micro-benchmark
-    c = choose("tie", near, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False)
+    near = {"a": sleeper(0.010), "b": sleeper(0.010)}  # equal: any measured gap is noise (wide window: a busy CI box)
+    c = choose("tie", near, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False, tie=0.5)
     assert c.picked == "b" and "kept the default b" in c.note
-    clear = {"a": sleeper(0.005), "b": sleeper(0.010)}
-    c = choose("win", clear, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False)
+    clear = {"a": sleeper(0.005), "b": sleeper(0.050)}  # 10x apart: outside any tie window
+    c = choose("win", clear, reference=x * 2, tol=1e-6, rounds=3, prefer="b", use_cache=False, tie=0.5)
     assert c.picked == "a" and c.note == ""
