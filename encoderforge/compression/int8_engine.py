@@ -9,6 +9,7 @@ the winner is cached per machine (encoderforge.hardware). ENCODERFORGE_INT8_ENGI
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -40,20 +41,26 @@ def int8_engine_choice(model: nn.Module, *, reduce_range: bool) -> Choice:
     shapes = sorted(
         {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)}, key=lambda s: -s[0] * s[1]
     )[:4]
-    gen = torch.Generator().manual_seed(0)
-    layers = [nn.Linear(i, o) for i, o in shapes]
-    for lin in layers:
-        nn.init.normal_(lin.weight, std=lin.in_features**-0.5, generator=gen)
-        nn.init.normal_(lin.bias, std=0.02, generator=gen)
-    xs = [torch.randn(CHOICE_TOKENS, lin.in_features, generator=gen) for lin in layers]
+
+    @functools.cache  # built at the first run: a cache hit builds and quantizes nothing
+    def data() -> tuple[list[nn.Linear], list[torch.Tensor]]:
+        gen = torch.Generator().manual_seed(0)
+        layers = [nn.Linear(i, o) for i, o in shapes]
+        for lin in layers:
+            nn.init.normal_(lin.weight, std=lin.in_features**-0.5, generator=gen)
+            nn.init.normal_(lin.bias, std=0.02, generator=gen)
+        return layers, [torch.randn(CHOICE_TOKENS, lin.in_features, generator=gen) for lin in layers]
+
+    @functools.cache
+    def packed(engine: str) -> list[Int8Linear]:
+        return [Int8Linear(lin, reduce_range=reduce_range, engine=engine) for lin in data()[0]]
 
     def runner(engine: str) -> Callable[[], torch.Tensor]:
-        q = [Int8Linear(lin, reduce_range=reduce_range, engine=engine) for lin in layers]
-        return lambda: torch.cat([m(x).flatten() for m, x in zip(q, xs)])
+        return lambda: torch.cat([m(x).flatten() for m, x in zip(packed(engine), data()[1])])
 
     def reference() -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([lin(x).flatten() for lin, x in zip(layers, xs)])
+            return torch.cat([lin(x).flatten() for lin, x in zip(*data())])
 
     with torch.inference_mode():
         return choose(

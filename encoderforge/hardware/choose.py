@@ -87,13 +87,18 @@ def choose(
     use_cache: bool = True,
     prefer: str | None = None,
     tie: float = 0.03,
+    timers: dict[str, Candidate] | None = None,
 ) -> Choice:
     """The fastest candidate that passes `rel_error(out, reference) <= tol`, from the cache when this machine has
     measured `task` before (`reference` may be a callable, run only when something is checked). `forced` (the name of a candidate, e.g. from an environment variable `forced_by`) is
     used if it passes the check; else the measured choice is used and `Choice.note` says why. `prefer`: the candidate
     kept when it is within `tie` (relative) of the fastest: a near-tie in a micro-benchmark is noise, and then a
-    known-good default (e.g. the instruction-set rule it replaces) beats a coin flip."""
+    known-good default (e.g. the instruction-set rule it replaces) beats a coin flip. `timers` (one per candidate):
+    what the clock runs instead of the candidate itself, e.g. a whole training step with that kernel, when the
+    isolated kernel ranks differently from the work it serves; the check still runs the candidates."""
     task = f"{task}@{torch.get_num_threads()}t"
+    if timers is not None and set(timers) != set(candidates):
+        raise ValueError(f"timers for {sorted(timers)} but candidates {sorted(candidates)} ({task})")
     if forced is not None and forced not in candidates:
         raise ValueError(f"unknown candidate {forced!r} for {task}; known: {', '.join(candidates)}")
     if forced is not None:
@@ -104,13 +109,20 @@ def choose(
         log.warning("%s: %s", task, note)
         others = {k: v for k, v in candidates.items() if k != forced}
         measured = choose(
-            task.rsplit("@", 1)[0], others, reference=reference, tol=tol, rounds=rounds, use_cache=False, prefer=prefer
+            task.rsplit("@", 1)[0],
+            others,
+            reference=reference,
+            tol=tol,
+            rounds=rounds,
+            use_cache=False,
+            prefer=prefer,
+            timers=None if timers is None else {k: v for k, v in timers.items() if k != forced},
         )
         measured.rejected.update(rejected)
         measured.source, measured.note = "fallback", note
         return measured
     if not use_cache:
-        return _measure(task, candidates, _value(reference), tol, rounds, prefer, tie)
+        return _measure(task, candidates, _value(reference), tol, rounds, prefer, tie, timers)
     fresh = _REMEASURE.get()
     hit = None if fresh else _cached(task, candidates)
     if hit is not None:
@@ -119,7 +131,7 @@ def choose(
         hit = None if fresh else _cached(task, candidates)  # another process measured while we waited
         if hit is not None:
             return hit
-        choice = _measure(task, candidates, _value(reference), tol, rounds, prefer, tie)
+        choice = _measure(task, candidates, _value(reference), tol, rounds, prefer, tie, timers)
         write_choice(task, {k: v for k, v in asdict(choice).items() if k not in ("task", "source")})
     return choice
 
@@ -147,10 +159,17 @@ def _cached(task: str, candidates: dict[str, Candidate]) -> Choice | None:
 
 
 def _measure(
-    task: str, candidates: dict[str, Candidate], reference: torch.Tensor, tol: float, rounds: int, prefer: str | None, tie: float
+    task: str,
+    candidates: dict[str, Candidate],
+    reference: torch.Tensor,
+    tol: float,
+    rounds: int,
+    prefer: str | None,
+    tie: float,
+    timers: dict[str, Candidate] | None = None,
 ) -> Choice:
     errors, rejected = _check(candidates, reference, tol)
-    ok = {k: v for k, v in candidates.items() if k not in rejected}
+    ok = {k: (timers or candidates)[k] for k in candidates if k not in rejected}
     if not ok:
         raise RuntimeError(f"{task}: no candidate passed its numerical check: {rejected}")
     ms = time_candidates(ok, rounds=rounds) if len(ok) > 1 else {}

@@ -37,6 +37,15 @@ def test_both_engines_checked_and_the_faster_one_quantizes():
     assert err < 0.03
 
 
+def test_a_cache_hit_builds_and_quantizes_nothing(monkeypatch):
+    model = _model()
+    first = int8_engine_choice(model, reduce_range=False)
+    monkeypatch.setattr(int8_engine, "Int8Linear", lambda *a, **k: pytest.fail("packed int8 weights on a cache hit"))
+    monkeypatch.setattr(int8_engine.torch, "randn", lambda *a, **k: pytest.fail("made inputs on a cache hit"))
+    again = int8_engine_choice(model, reduce_range=False)
+    assert (again.source, again.picked) == ("cache", first.picked)
+
+
 @pytest.mark.parametrize("engine", ["x86", "onednn"])
 def test_each_engine_gives_the_same_int8_result(engine, monkeypatch):
     model = _model()

@@ -111,3 +111,29 @@ def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(KERNEL_ENV, "mkl")
     with pytest.raises(EncoderforgeError, match="ENCODERFORGE_TRAIN_LINEAR='mkl'.*auto, onednn, torch"):
         train_linear_kernel()
+
+
+def test_an_encoder_is_chosen_for_by_whole_training_steps_and_left_untouched(monkeypatch, tmp_path):
+    # isolated GEMMs ranked MKL first while whole steps ranked oneDNN first on the AVX-512 EPYC (docs/results.md,
+    # issue 19): with an encoder inside the model the clock runs a forward + backward of (a copy of) that encoder
+    from encoderforge.training import fast_linear
+
+    monkeypatch.setenv("ENCODERFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(fast_linear.KERNEL_ENV, raising=False)
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"encoder": Encoder(preset("bert-tiny", vocab_size=300)), "head": nn.Linear(128, 3)})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    c = fast_linear.train_linear_choice(model)
+    assert c.source == "measured" and c.task.startswith("train_step/") and set(c.ms) == {"onednn", "torch"}
+    assert c.picked == min(c.ms, key=c.ms.__getitem__) or "kept the default" in c.note
+    assert all(e < 1e-5 for e in c.errors.values())  # the GEMMs still checked against float64
+    # the user's model: same weights, no gradients, no swapped modules, the RNG stream where it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+    # a cache hit builds nothing: no copy of the model, no random inputs
+    monkeypatch.setattr(fast_linear.copy, "deepcopy", lambda *_: pytest.fail("deep-copied on a cache hit"))
+    monkeypatch.setattr(fast_linear.torch, "randn", lambda *a, **k: pytest.fail("inputs built on a cache hit"))
+    assert fast_linear.train_linear_choice(model).source == "cache"
