@@ -14,7 +14,10 @@ from torch import nn
 from encoderforge.hardware.cache import cache_path, machine_key, read_choices
 from encoderforge.hardware.choose import remeasure
 from encoderforge.hardware.cpu import cpu_info
+from encoderforge.model import Encoder, preset
 from encoderforge.training.fast_linear import MINILM_SHAPES, train_linear_choice
+
+MINILM_VOCAB = 30522  # the uncased BERT WordPiece vocabulary of the MiniLM packages (DATA.md)
 
 
 def doctor_report(*, measure: bool = False) -> dict[str, Any]:
@@ -26,7 +29,8 @@ def doctor_report(*, measure: bool = False) -> dict[str, Any]:
 
         shapes = sorted(set(MINILM_SHAPES))
         with remeasure():  # a choice cached while the machine was busy is replaced by today's measurement
-            train_linear_choice()
+            # what a MiniLM fine-tune or pretraining run measures: whole forward + backward steps of its encoder
+            train_linear_choice(Encoder(preset("minilm-l6", vocab_size=MINILM_VOCAB)))
             int8_engine_choice(nn.Sequential(*(nn.Linear(i, o) for i, o in MINILM_SHAPES)), reduce_range=not cpu_has_vnni())
             fp32 = choose_fp32_linear(shapes).picked
             if info.bf16:

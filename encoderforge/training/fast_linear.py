@@ -115,9 +115,11 @@ def train_linear_choice(model: nn.Module | None = None) -> Choice:
         raise EncoderforgeError(f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r}: unknown kernel; use one of {', '.join(KERNELS)}")
     if not available():
         return Choice("train_linear", "torch", "only", note="oneDNN is not in this torch build")
-    shapes = tuple(sorted(_linear_shapes(model) if model is not None else MINILM_SHAPES)) or tuple(sorted(MINILM_SHAPES))
-    cands, reference = _gemm_candidates(shapes)  # sorted: the same shapes give the same cache key whoever asks
     encoder = _largest_encoder(model)
+    # an encoder's own shapes: every task head over the same encoder (3 labels, 20, an MLM decoder) shares its choice
+    source = encoder if encoder is not None else model
+    shapes = tuple(sorted(_linear_shapes(source) if source is not None else MINILM_SHAPES)) or tuple(sorted(MINILM_SHAPES))
+    cands, reference = _gemm_candidates(shapes)  # sorted: the same shapes give the same cache key whoever asks
     timers = None if encoder is None else _step_timers(encoder)
     # a whole step's choice and a GEMM micro-benchmark's are different measurements: different cache keys
     key = ("train_linear/" if encoder is None else "train_step/") + ",".join(f"{i}x{o}" for i, o in shapes)
