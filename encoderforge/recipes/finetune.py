@@ -55,7 +55,14 @@ class FinetuneResult:
     skipped: bool = False  # the run was already finished with this config: nothing was trained
 
 
-SAFE = ("finetune.threads", "train.progress", "train.save_every", "train.keep_checkpoints", "train.trim_heap_every")
+SAFE = (
+    "finetune.threads",
+    "train.progress",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.trim_heap_every",
+    "train.trim_heap_growth",
+)
 
 
 def schema_of(cfg: FinetuneConfig) -> Schema:

@@ -146,6 +146,7 @@ SAFE = (
     "train.keep_checkpoints",
     "train.progress",
     "train.trim_heap_every",
+    "train.trim_heap_growth",
 )
 
 

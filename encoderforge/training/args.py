@@ -41,8 +41,10 @@ class TrainArgs:
         out_dir: the run directory (config, metrics.jsonl, checkpoints, final model).
         resume: continue from the latest checkpoint in out_dir if there is one.
         progress: show a tqdm progress bar.
-        trim_heap_every: on CPU, return freed heap memory to the OS every this many steps and after each
-            evaluation (glibc malloc_trim; 0 = never). Keeps peak RSS near live memory when batch shapes vary.
+        trim_heap_every: on CPU, check every this many steps and after each evaluation whether the heap grew, and
+            return freed heap memory to the OS if so (glibc malloc_trim; 0 = never). Caps RSS when batch shapes vary.
+        trim_heap_growth: trim only when RSS exceeds its size after the last trim by this fraction (each trim
+            costs the next steps their page faults: trimming every 5 steps made fine-tuning 26% slower).
     """
 
     steps: int = 1000
@@ -69,6 +71,7 @@ class TrainArgs:
     resume: bool = True
     progress: bool = True
     trim_heap_every: int = 5
+    trim_heap_growth: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_rows"):
@@ -83,6 +86,7 @@ class TrainArgs:
             "grad_clip",
             "weight_decay",
             "trim_heap_every",
+            "trim_heap_growth",
         ):
             if getattr(self, name) < 0:
                 raise EncoderforgeError(f"train.{name} must be >= 0, got {getattr(self, name)}")

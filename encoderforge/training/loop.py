@@ -26,7 +26,7 @@ from encoderforge.training.distributed import (
     barrier,
 )
 from encoderforge.training.fast_linear import restore_linears, use_training_linears
-from encoderforge.training.memory import release_free_heap, rss_mb
+from encoderforge.training.memory import HeapTrimmer, rss_mb
 from encoderforge.training.precision import autocast_dtype
 from encoderforge.training.progress import Progress
 from encoderforge.training.schedules import lr_at
@@ -111,6 +111,7 @@ def train(
         t0 = time.perf_counter()  # tokens/s measures training only
 
     batches = task.train_batches(state.step)
+    trimmer = HeapTrimmer(args.trim_heap_every if dist.device.type == "cpu" else 0, args.trim_heap_growth)
     # a run that stopped early and was killed before its caller finished stays stopped when resumed
     stopped_before = bool(getattr(on_eval, "stopped", False))
     while state.step < args.steps and not stopped_before:
@@ -151,9 +152,7 @@ def train(
         state.step, state.tokens, state.rows = step + 1, state.tokens + int(tokens), state.rows + args.batch_rows
         if after_step is not None:
             after_step(state.step)
-        trim = dist.device.type == "cpu" and args.trim_heap_every > 0
-        if trim and state.step % args.trim_heap_every == 0:
-            release_free_heap()
+        trimmer.after_step(state.step)
 
         loss = total / max(count, 1)
         elapsed = time.perf_counter() - t0
@@ -168,8 +167,7 @@ def train(
         stop = False
         if (args.eval_every and state.step % args.eval_every == 0) or done:
             metrics = evaluate(model, task, dist, amp)
-            if trim:  # evaluation batches have shapes of their own
-                release_free_heap()
+            trimmer.check()  # evaluation batches have shapes of their own
             record.update({f"eval_{k}": v for k, v in metrics.items()})
             stop = on_eval is not None and bool(on_eval(state.step, metrics)) and not done
         if record and log is not None:

@@ -2,8 +2,10 @@
 
 Why by hand: glibc's allocator keeps freed heap pages for reuse, and when every batch has another shape (packed or
 padded variable-length batches) the kept pages pile up: a MiniLM-L6 fine-tuning run whose live memory is ~0.6 GB
-peaked at 8.95 GB RSS (benchmarks/finetune_rss.py, docs/results-finetune.md). `malloc_trim(0)` returns them;
-doing it after every step costs ~15% step time (pages fault back in), every 5 steps a few percent. A fixed mmap
+peaked at 8.95 GB RSS (benchmarks/finetune_rss.py, docs/results-finetune.md). `malloc_trim(0)` returns them,
+but every trim costs the next steps their page faults: trimming every 5 steps made a MiniLM fine-tuning run 26%
+slower (102 vs 81 s, docs/results.md, issue 19). So `HeapTrimmer` trims only when RSS has grown past the size it had
+after its last trim by a margin (50%): the drift is still capped, a steady run pays almost nothing. A fixed mmap
 threshold (`set_mmap_threshold`) holds RSS flat but cost 75% step time here (every activation page-faulted anew).
 """
 
@@ -32,6 +34,27 @@ def release_free_heap() -> bool:
     """malloc_trim(0): True if glibc returned memory to the OS, False if none or not glibc."""
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+class HeapTrimmer:
+    """Trim the heap when it has grown: checked every `every` optimizer steps (0 = never) and after evaluations; the
+    first check always trims (it sets `floor`, the RSS right after a trim), later ones only above floor x (1 + growth)."""
+
+    def __init__(self, every: int, growth: float):
+        self.every, self.growth = every, growth
+        self.floor: float | None = None
+        self.trims = 0
+
+    def after_step(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and self.check()
+
+    def check(self) -> bool:
+        """Trim if this is the first check or RSS exceeds the floor by the margin; True if a trim ran."""
+        if not self.every or (self.floor is not None and rss_mb() <= self.floor * (1 + self.growth)):
+            return False
+        release_free_heap()
+        self.floor, self.trims = rss_mb(), self.trims + 1
+        return True
 
 
 def set_mmap_threshold(nbytes: int) -> bool:
