@@ -43,7 +43,7 @@ class TrainArgs:
         progress: show a tqdm progress bar.
         trim_heap_every: on CPU, check every this many steps and after each evaluation whether the heap grew, and
             return freed heap memory to the OS if so (glibc malloc_trim; 0 = never). Caps RSS when batch shapes vary.
-        trim_heap_growth: trim only when RSS exceeds its size after the last trim by this fraction (each trim
+        trim_heap_growth: trim only when RSS exceeds a step's working set (RSS at the first check) by this fraction (each trim
             costs the next steps their page faults: trimming every 5 steps made fine-tuning 26% slower).
     """
 

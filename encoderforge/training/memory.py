@@ -4,8 +4,8 @@ Why by hand: glibc's allocator keeps freed heap pages for reuse, and when every 
 padded variable-length batches) the kept pages pile up: a MiniLM-L6 fine-tuning run whose live memory is ~0.6 GB
 peaked at 8.95 GB RSS (benchmarks/finetune_rss.py, docs/results-finetune.md). `malloc_trim(0)` returns them,
 but every trim costs the next steps their page faults: trimming every 5 steps made a MiniLM fine-tuning run 26%
-slower (102 vs 81 s, docs/results.md, issue 19). So `HeapTrimmer` trims only when RSS has grown past the size it had
-after its last trim by a margin (50%): the drift is still capped, a steady run pays almost nothing. A fixed mmap
+slower (102 vs 81 s, docs/results.md, issue 19). So `HeapTrimmer` trims only when RSS has grown 50% past a step's working
+set (its size at the first check): the creep is still capped, a steady run pays almost nothing. A fixed mmap
 threshold (`set_mmap_threshold`) holds RSS flat but cost 75% step time here (every activation page-faulted anew).
 """
 
@@ -37,8 +37,9 @@ def release_free_heap() -> bool:
 
 
 class HeapTrimmer:
-    """Trim the heap when it has grown: checked every `every` optimizer steps (0 = never) and after evaluations; the
-    first check always trims (it sets `floor`, the RSS right after a trim), later ones only above floor x (1 + growth)."""
+    """Trim the heap when it has grown: checked every `every` optimizer steps (0 = never) and after evaluations. The
+    first check only records `floor`, the RSS of a running step's working set; later checks trim when RSS exceeds
+    floor x (1 + growth), and raise the floor if a trim cannot get below it (memory that is really live)."""
 
     def __init__(self, every: int, growth: float):
         self.every, self.growth = every, growth
@@ -49,11 +50,15 @@ class HeapTrimmer:
         return bool(self.every) and step % self.every == 0 and self.check()
 
     def check(self) -> bool:
-        """Trim if this is the first check or RSS exceeds the floor by the margin; True if a trim ran."""
-        if not self.every or (self.floor is not None and rss_mb() <= self.floor * (1 + self.growth)):
+        """Trim if RSS exceeds the floor by the margin; True if a trim ran."""
+        if not self.every:
+            return False
+        rss = rss_mb()
+        if self.floor is None or rss <= self.floor * (1 + self.growth):
+            self.floor = rss if self.floor is None else self.floor
             return False
         release_free_heap()
-        self.floor, self.trims = rss_mb(), self.trims + 1
+        self.floor, self.trims = max(self.floor, rss_mb()), self.trims + 1
         return True
 
 
