@@ -54,7 +54,7 @@ LR = param(
         None,
         "--lr",
         help="Peak learning rate, or `auto`: chosen per task by a learning-rate range test on the training data, "
-        "recorded with its curve in the run's config.json (train.lr; default: 5e-05).",
+        "recorded with its curve in the run's config.json (train.lr; default: 1e-4 classify and multilabel, 2e-4 ner, 5e-5 otherwise).",
         show_default=False,
     ),
 )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from encoderforge import EncoderforgeError
+from encoderforge.recipes.finetune_config import default_lr
 from encoderforge.search.space import load_space, parse_budget
 
 optuna = pytest.importorskip("optuna")
@@ -109,7 +110,9 @@ def test_search_runs_within_budget_and_best_yaml_reproduces_its_trial(tmp_path, 
     assert len(done) >= 2 and summary["trials"]["complete"] == len(done)
     assert f"trial 0: accuracy {done[0].value:.4f}" in r.stderr  # a line per finished trial while it runs
     first = trials(out)[0]
-    assert first.user_attrs.get("defaults") and first.params["train.lr"] == 5e-5 and first.state.name == "COMPLETE"
+    assert (
+        first.user_attrs.get("defaults") and first.params["train.lr"] == default_lr("classify") and first.state.name == "COMPLETE"
+    )
     # the budget holds within one trial: no trial started after it was spent
     longest = max(t.user_attrs["seconds"] for t in trials(out) if "seconds" in t.user_attrs)
     assert summary["spent_s"] <= 20 + longest + 15  # + worker start-up

@@ -11,7 +11,7 @@ import pytest
 from encoderforge import EncoderforgeError
 from encoderforge.data.readers import Schema, from_records
 from encoderforge.recipes.finetune import finetune
-from encoderforge.recipes.finetune_config import finetune_config
+from encoderforge.recipes.finetune_config import default_lr, finetune_config
 from encoderforge.training.lr_find import choose, range_steps, smooth
 from encoderforge.training.schedules import lr_at
 
@@ -48,6 +48,26 @@ def test_no_clear_minimum_keeps_the_configured_lr() -> None:
 
 def test_range_steps_scale_with_the_epoch_within_bounds() -> None:
     assert (range_steps(10), range_steps(120), range_steps(10_000)) == (30, 60, 100)
+
+
+def test_default_peak_lr_per_task_kind_and_auto_falls_back_to_it(tmp_path) -> None:
+    # measured defaults (docs/results.md, issue 15): 1e-4 for sequence labels, 2e-4 for token tags, 5e-5 elsewhere
+    assert {t: finetune_config(t).train.lr for t in ("classify", "multilabel", "ner", "regress", "qa", "embed")} == {
+        "classify": 1e-4,
+        "multilabel": 1e-4,
+        "ner": 2e-4,
+        "regress": 5e-5,
+        "qa": 5e-5,
+        "embed": 5e-5,
+    }
+    assert all(default_lr(t) == finetune_config(t).train.lr for t in ("classify", "ner", "qa"))
+    # `lr: auto` in a YAML keeps the task's default as the LR the range test falls back to
+    (tmp_path / "r.yaml").write_text("task: ner\ntrain: {lr: auto}\n")
+    cfg = finetune_config("ner", tmp_path / "r.yaml")
+    assert cfg.finetune.lr_auto and cfg.train.lr == 2e-4
+    # a file's own number wins over the default
+    (tmp_path / "s.yaml").write_text("task: classify\ntrain: {lr: 3.0e-5}\n")
+    assert finetune_config("classify", tmp_path / "s.yaml").train.lr == 3e-5
 
 
 def test_lr_auto_spellings_resolve_to_the_flag() -> None:
@@ -94,7 +114,7 @@ def test_lr_auto_is_deterministic_recorded_and_reused(tiny_model, bbc_rows, tmp_
     if ca["lr_auto"]["rule"].startswith("lr at the minimum"):
         assert ca["lr"] == pytest.approx(best[0] / 10)
     else:  # no clear minimum: the configured LR, and the file says why
-        assert ca["lr"] == 5e-5 and "kept train.lr" in ca["lr_auto"]["rule"]
+        assert ca["lr"] == default_lr("classify") and "kept train.lr" in ca["lr_auto"]["rule"]
     assert not (a.run_dir / "lr-find").exists()  # the scratch loop directory is gone
     # the choice is read back, never re-measured, when the file is there (a resumed run)
     saved = json.loads((a.run_dir / "lr_find.json").read_text())
