@@ -71,17 +71,36 @@ class Predictor:
         return TASKS[self.meta["kind"]].predict(self.engine, self.head, self.meta, texts)
 
 
-def predict_file(run_dir: str | Path, input: str | Path, out: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> int:
+@dataclass
+class Predicted:
+    count: int
+    precision: str  # what ran: "fp32" or "bf16"
+    kernel: str  # what ran the linear layers
+    note: str = ""  # why a requested precision or kernel was not used ("" when it was)
+
+
+def predict_file(
+    run_dir: str | Path,
+    input: str | Path,
+    out: str | Path,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    precision: Precision = "fp32",
+) -> Predicted:
     """Predict every non-empty line of `input` ('-' = stdin) and write JSONL ({"text", ...prediction}) to `out`.
+    `precision`: the engine's GEMM precision (fp32; bf16 or auto on CPUs with native bf16, fidelity-gated).
 
     Returns:
-        the number of predictions written.
+        how many predictions were written, and the precision and kernel that made them.
     """
     texts = [t for t in read_lines(input) if t.strip()]
     if not texts:
         raise EncoderforgeError(f"{input}: no non-empty lines to predict")
-    preds = Predictor.load(run_dir, max_tokens=max_tokens).predict(texts)
+    predictor = Predictor.load(run_dir, max_tokens=max_tokens, precision=precision)
+    preds = predictor.predict(texts)
     with atomic_file(out, "w", encoding="utf-8") as f:
         for text, p in zip(texts, preds):
             f.write(json.dumps({"text": text, **p}, ensure_ascii=False) + "\n")
-    return len(preds)
+    eng = predictor.engine
+    note = "; ".join(n for n in (eng.precision_note, eng.kernel_note) if n)
+    return Predicted(len(preds), eng.precision, eng.kernel, note)

@@ -21,7 +21,7 @@ def write_csv(path, rows):
     return path
 
 
-def test_finetune_predict_eval(tiny_model, bbc_rows, wnut_rows, tmp_path):
+def test_finetune_predict_eval(tiny_model, bbc_rows, wnut_rows, tmp_path, monkeypatch):
     train, dev = write_csv(tmp_path / "train.csv", bbc_rows[:60]), write_csv(tmp_path / "dev.csv", bbc_rows[60:80])
     common = ["--model", str(tiny_model), "--max-length", "48", "--batch-size", "16", "--lr", "2e-3", "--threads", "1"]
     r = runner.invoke(
@@ -83,6 +83,28 @@ def test_finetune_predict_eval(tiny_model, bbc_rows, wnut_rows, tmp_path):
     assert r.exit_code == 0, r.output
     preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(preds) == 5 and all(p["label"] in p["scores"] for p in preds)
+    assert "(fp32, " in r.output  # the precision and kernel that ran are said, as `embed` says them
+    # --precision (issue 19): auto takes bf16 only where the CPU has it, it passes the gate and measures faster
+    r = runner.invoke(
+        app, ["predict", str(tmp_path / "cls"), str(texts), "--out", str(tmp_path / "a.jsonl"), "--precision", "auto"]
+    )
+    assert r.exit_code == 0, r.output
+    ran = "bf16" if "(bf16, " in r.output else "fp32"
+    assert f"({ran}, " in r.output
+    auto = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    if ran == "fp32":  # the same engine as the default: the same predictions to the last digit
+        assert auto == preds
+    else:  # bf16 GEMMs: scores within bf16 rounding of fp32
+        assert all(abs(a["score"] - b["score"]) < 0.02 for a, b in zip(auto, preds))
+    from encoderforge.hardware.cpu import CpuInfo
+    from encoderforge.inference import precision as prec
+
+    monkeypatch.setattr(prec, "cpu_info", lambda: CpuInfo(model="Test CPU 9000", flags=("avx2", "avx512f")))
+    r = runner.invoke(
+        app, ["predict", str(tmp_path / "cls"), str(texts), "--out", str(tmp_path / "b.jsonl"), "--precision", "bf16"]
+    )
+    assert r.exit_code == 1 and "precision=bf16: this CPU (Test CPU 9000) has no AVX512-BF16" in r.output
+    assert not (tmp_path / "b.jsonl").exists()  # nothing written
     r = runner.invoke(app, ["predict", str(tmp_path / "ner"), str(texts), "--out", str(tmp_path / "n.jsonl")])
     assert r.exit_code == 0, r.output
     assert all(len(p["tokens"]) == len(p["tags"]) for p in map(json.loads, (tmp_path / "n.jsonl").read_text().splitlines()))
