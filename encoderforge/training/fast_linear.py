@@ -5,7 +5,8 @@ Why by hand: torch's CPU `F.linear`/`mm` go to MKL sgemm, which on AVX-512 AMD C
 (`torch.ops.mkldnn._linear_pointwise`, the op Inductor emits) reach ~190-230 (measured in docs/results.md).
 On an AVX2-only CPU the order flips: MKL is the faster GEMM and a whole MLM step runs 6-19% faster on it
 (benchmarks/train_step_ablation.py, docs/results.md "Second machine"), and on an AMX Xeon MKL won too, so the loop
-swaps only where `train_linear_kernel(model)`, timing both paths on the model's shapes, says "onednn".
+swaps only where `train_linear_kernel(model)`, timing whole forward + backward steps of the model's encoder
+with each path, says "onednn".
 The swap keeps the very same Parameter objects under the same names, so optimizers, state_dicts,
 checkpoints and DDP see no difference.
 """
@@ -131,13 +132,13 @@ def train_linear_choice(model: nn.Module | None = None) -> Choice:
         tol=1e-4,
         forced=None if choice == "auto" else choice,
         forced_by=KERNEL_ENV,
-        # A near-tie keeps the old instruction-set rule. On the AVX-512 EPYC the isolated GEMMs put MKL 2-3% ahead
-        # while whole training steps put oneDNN 2-7% ahead (docs/results.md, issue 19): so with an encoder in the
-        # model the clock runs whole forward + backward steps of it (`timers`), the GEMMs are only checked.
+        # Isolated GEMMs and whole training steps ranked the two paths differently on the AVX-512 EPYC (both within
+        # 7%, docs/results.md, issue 19): so with an encoder in the model the clock runs whole forward + backward
+        # steps of it (`timers`) and the GEMMs are only checked. A near-tie keeps the old instruction-set rule.
         prefer="onednn" if wide else "torch",
         tie=0.05 if timers is None else 0.02,
         timers=timers,
-        rounds=7 if timers is None else 5,  # a MiniLM step is ~0.1-0.3 s: the first use on a machine costs seconds
+        rounds=7 if timers is None else 5,  # a MiniLM step is ~0.5 s on 2 cores: the first use on a machine costs ~10 s
     )
 
 
