@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.compression.packed_file import incomplete_as_error, read_packed
 from encoderforge.compression.quantize import int8_fidelity
 from encoderforge.fileio import atomic_file, check_output
 from encoderforge.model.config import EncoderConfig
@@ -171,19 +171,15 @@ def save_int4(state: Int4State, path: str | Path) -> Path:
 def load_int4(path: str | Path) -> Encoder:
     """Read a file written by `save_int4` and return the dequantized fp32 `Encoder` (eval mode)."""
     path = Path(path)
-    if not path.is_file():
-        raise EncoderforgeError(f"{path}: no such file; write one with encoderforge.compression.int4.export_int4")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise EncoderforgeError(
-                    f"{path}: not an encoderforge int4 file (metadata format {meta.get('format')!r}); load it with checkpoint.load"
-                )
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise EncoderforgeError(f"{path}: corrupt or truncated safetensors file ({e}); re-export it") from None
-    try:
+    meta, tensors = read_packed(
+        path,
+        FORMAT,
+        kind="int4",
+        fix="re-export it",
+        writer="encoderforge.compression.int4.export_int4",
+        foreign_hint="; load it with checkpoint.load",
+    )
+    with incomplete_as_error(path, kind="int4", fix="re-export it"):  # a hand-edited or foreign file: name what is off
         group_size, spec = int(meta["group_size"]), json.loads(meta["quantized"])
         cfg = EncoderConfig.from_dict(json.loads(meta["model"]), source=f"{path}: metadata 'model'")
         weights = {
@@ -193,10 +189,6 @@ def load_int4(path: str | Path) -> Encoder:
             for n, s in spec.items()
         }
         return dequantize_int4(Int4State(cfg, group_size, weights, tensors))
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # a hand-edited or foreign file: name what is off
-        raise EncoderforgeError(
-            f"{path}: incomplete int4 file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); re-export it"
-        ) from None
 
 
 def export_int4(

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import cast
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.compression.int8_engine import int8_engine_choice
 from encoderforge.compression.int8_linear import Int8Linear, int8_from_codes, int8_weight
+from encoderforge.compression.packed_file import incomplete_as_error, read_packed
 from encoderforge.fileio import atomic_file, check_output
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.encoder import Encoder
@@ -62,26 +62,15 @@ def save_int8(encoder: Encoder, path: str | Path, *, reduce_range: bool) -> Path
 def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
     """Read a `save_int8` file -> the int8 model (Int8Linear layers holding the stored codes; eval mode, CPU)."""
     path = Path(path)
-    if not path.is_file():
-        raise EncoderforgeError(f"{path}: no such file; write one with encoderforge.compression.int8_store.save_int8")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise EncoderforgeError(f"{path}: not an encoderforge int8 file (metadata format {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise EncoderforgeError(f"{path}: corrupt or truncated safetensors file ({e}); write it again") from None
-    try:
+    meta, tensors = read_packed(
+        path, FORMAT, kind="int8", fix="write it again", writer="encoderforge.compression.int8_store.save_int8"
+    )
+    with incomplete_as_error(path, kind="int8", fix="write it again"):  # a hand-edited or foreign file: name what is off
         cfg = EncoderConfig.from_dict(json.loads(meta["model"]), source=f"{path}: metadata 'model'")
         reduce_range = bool(json.loads(meta["reduce_range"]))
         quant = {n: int8_from_codes(tensors.pop(f"{n}.codes"), tensors.pop(f"{n}.scale")) for n in json.loads(meta["quantized"])}
         enc = Encoder(cfg)
         enc.load_state_dict({**tensors, **{n: q.dequantize() for n, q in quant.items()}}, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # a hand-edited or foreign file: name what is off
-        raise EncoderforgeError(
-            f"{path}: incomplete int8 file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); write it again"
-        ) from None
     engine = engine or int8_engine_choice(enc, reduce_range=reduce_range).picked
     names = {id(m): n for n, m in enc.named_modules()}
     replace_modules(  # each Linear packs its stored codes (not re-quantized from the dequantized weight)
