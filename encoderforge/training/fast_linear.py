@@ -158,7 +158,7 @@ def _step_timers(encoder: Encoder) -> dict[str, Callable[[], torch.Tensor]]:
 
     @functools.cache
     def setup() -> tuple[Encoder, torch.Tensor, Unpadded]:
-        probe = copy.deepcopy(encoder).float().train()
+        probe = copy.deepcopy(encoder).float().train().requires_grad_(True)  # timed as if all of it trains (a frozen encoder too)
         restore_linears(probe)
         if not probe.unpadded:
             probe.set_attention("varlen")

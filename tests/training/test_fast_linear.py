@@ -137,3 +137,15 @@ def test_an_encoder_is_chosen_for_by_whole_training_steps_and_left_untouched(mon
     monkeypatch.setattr(fast_linear.copy, "deepcopy", lambda *_: pytest.fail("deep-copied on a cache hit"))
     monkeypatch.setattr(fast_linear.torch, "randn", lambda *a, **k: pytest.fail("inputs built on a cache hit"))
     assert fast_linear.train_linear_choice(model).source == "cache"
+
+
+def test_a_frozen_encoder_is_timed_too(monkeypatch, tmp_path):
+    # domain adaptation's head phase trains an MLM head over a frozen encoder: the step timer must still run
+    from encoderforge.training import fast_linear
+
+    monkeypatch.setenv("ENCODERFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(fast_linear.KERNEL_ENV, raising=False)
+    enc = Encoder(preset("bert-tiny", vocab_size=300)).requires_grad_(False)
+    c = fast_linear.train_linear_choice(enc)
+    assert c.source == "measured" and set(c.ms) == {"onednn", "torch"}
+    assert not any(p.requires_grad for p in enc.parameters())  # the user's frozen encoder stays frozen
