@@ -164,8 +164,10 @@ def _step_timers(encoder: Encoder) -> dict[str, Callable[[], torch.Tensor]]:
             probe.set_attention("varlen")
         vocab = probe.cfg.vocab_size
         gen = torch.Generator().manual_seed(0)
-        ids = torch.randint(min(1000, vocab - 1), vocab, (STEP_ROWS * STEP_LEN,), generator=gen)
-        return probe, ids, layout_from_lengths(torch.full((STEP_ROWS,), STEP_LEN))
+        length = min(STEP_LEN, probe.cfg.max_position)  # rows no longer than the model's positions
+        rows = max(1, STEP_ROWS * STEP_LEN // length)
+        ids = torch.randint(min(1000, vocab - 1), vocab, (rows * length,), generator=gen)
+        return probe, ids, layout_from_lengths(torch.full((rows,), length))
 
     def step(kernel: str) -> torch.Tensor:
         probe, ids, layout = setup()
