@@ -3,7 +3,10 @@
 Dynamic (what `compression.quantize.Int8Linear` runs): activations quantized per call from their own range, fp32 out.
 Static: activations quantized with a calibrated scale (here the batch's own max: the most favourable calibration),
 through torch's quantized::linear (int8 out, dequantized) and oneDNN's qlinear_pointwise (fp32 out), the paths
-torch's own static x86 quantization uses. Interleaved rounds, medians, relative error to fp32.
+torch's own static x86 quantization uses; the oneDNN op fed by a round/clamp/cast quantize (three passes, as the
+eleventh session timed it) and by the fused quantize kernel our engine uses (`int8_static.uint8_codes`). Then the
+whole feed-forward block (fc1, GELU, fc2): dynamic int8 vs our static `StaticInt8MLP` (GELU inside fc1's GEMM,
+uint8 codes between the two GEMMs). Interleaved rounds, medians, relative error to fp32.
 
     python benchmarks/static_int8_kernels.py --threads 2
 """
@@ -18,6 +21,7 @@ import warnings
 import torch
 
 from encoderforge.compression.int8_linear import Int8Linear, int8_weight, quantized_engine
+from encoderforge.compression.int8_static import StaticInt8Linear, StaticInt8MLP, uint8_codes
 from encoderforge.hardware.cpu import cpu_info
 
 
@@ -60,9 +64,30 @@ def main() -> None:
             qx, sx, 128, packed_onednn, w_scales, w_zero, bias, 1.0, 0, torch.float32, "none", [None], ""
         )
 
-    runs["static onednn.qlinear_pointwise (fp32 out)"] = onednn_fp32_out
+    def onednn_fused_quantize() -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(
+            uint8_codes(x, sx, 128), sx, 128, packed_onednn, w_scales, w_zero, bias, 1.0, 0, torch.float32, "none", [None], ""
+        )
+
+    runs["static onednn.qlinear_pointwise (fp32 out), round/clamp quantize"] = onednn_fp32_out
+    runs["static onednn.qlinear_pointwise (fp32 out), fused quantize (our engine)"] = onednn_fused_quantize
+    # the whole feed-forward block, (M, K) -> (M, K): fc1 -> GELU -> fc2
+    fc2 = torch.nn.Linear(N, K)
+    h = torch.nn.functional.gelu(ref)
+    mlp_ref = fc2(h).detach()
+    dyn1, dyn2 = (Int8Linear(m, reduce_range=False, engine="onednn") for m in (lin, fc2))
+    x_range, h_range = (float(x.min()), float(x.max())), (float(h.min()), float(h.max()))
+    fused = StaticInt8MLP(StaticInt8Linear(lin, x_range, post_op="gelu", out_range=h_range), StaticInt8Linear(fc2, h_range))
+    runs["FFN block: dynamic int8 (onednn) fc1, GELU, fc2"] = lambda: dyn2(torch.nn.functional.gelu(dyn1(x)))
+    runs["FFN block: static int8, our engine (StaticInt8MLP)"] = lambda: fused(x)
+    runs["FFN block: fp32 (MKL)"] = lambda: fc2(torch.nn.functional.gelu(lin(x)))
     runs["fp32 F.linear (MKL)"] = lambda: torch.nn.functional.linear(x, lin.weight.detach(), bias)
-    err = {k: float((f(x) if isinstance(f, Int8Linear) else f()).sub(ref).norm() / ref.norm()) for k, f in runs.items()}
+
+    def rel(k: str, out: torch.Tensor) -> float:
+        want = mlp_ref if k.startswith("FFN") else ref
+        return float(out.detach().sub(want).norm() / want.norm())
+
+    err = {k: rel(k, f(x) if isinstance(f, Int8Linear) else f()) for k, f in runs.items()}
     for f in runs.values():
         for _ in range(2):
             f(x) if isinstance(f, Int8Linear) else f()
@@ -73,12 +98,16 @@ def main() -> None:
                 t = time.perf_counter()
                 f(x) if isinstance(f, Int8Linear) else f()
                 ts[k].append(time.perf_counter() - t)
-    base = statistics.median(ts["dynamic (x86)"])
-    print(f"{cpu_info().describe()}; {a.threads} threads; {M} x {K} -> {N}; median of {a.rounds} interleaved rounds\n")
-    print("| kernel | ms | x dynamic (x86) | GFLOP/s | rel. error to fp32 |\n|---|---:|---:|---:|---:|")
+    gemm, block = (
+        statistics.median(ts["dynamic (onednn)"]),
+        statistics.median(ts["FFN block: dynamic int8 (onednn) fc1, GELU, fc2"]),
+    )
+    print(f"{cpu_info().describe()}; {a.threads} threads; {M} x {K} -> {N} (-> {K}); median of {a.rounds} interleaved rounds\n")
+    print("| kernel | ms | x dynamic int8 (onednn), same work | GFLOP/s | rel. error to fp32 |\n|---|---:|---:|---:|---:|")
     for k, v in ts.items():
-        med = statistics.median(v)
-        print(f"| {k} | {med * 1e3:.2f} | {base / med:.2f} | {2 * M * K * N / med / 1e9:.0f} | {err[k]:.4f} |")
+        med, ffn = statistics.median(v), k.startswith("FFN")
+        flops = 2 * M * K * N * (2 if ffn else 1)
+        print(f"| {k} | {med * 1e3:.2f} | {(block if ffn else gemm) / med:.2f} | {flops / med / 1e9:.0f} | {err[k]:.4f} |")
 
 
 if __name__ == "__main__":

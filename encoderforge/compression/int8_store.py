@@ -7,6 +7,9 @@ Here every nn.Linear weight is stored as its per-channel symmetric int8 codes + 
 embeddings as per-row symmetric int8 (a lookup table: no saturation concern, full 8-bit range). LayerNorms, biases,
 position and segment embeddings stay fp32. `load_int8` returns the ready int8 model.
 
+Static int8 (`compression/int8_static.py`) stores the same codes plus each quantized Linear's calibrated input range
+(metadata "static"); `load_int8` then builds the static layers, and dynamic ones for any Linear without a range.
+
 Shapes: a Linear weight (out, in) -> codes (out, in) int8 + scale (out,) float64; the embedding (V, C) -> codes
 (V, C) int8 + scale (V,) float64.
 """
@@ -24,6 +27,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.compression.int8_engine import int8_engine_choice
 from encoderforge.compression.int8_linear import Int8Linear, int8_from_codes, int8_weight
+from encoderforge.compression.int8_static import Range, quantize_static_engine
 from encoderforge.compression.packed_file import incomplete_as_error, read_packed
 from encoderforge.fileio import atomic_file, check_output
 from encoderforge.model.config import EncoderConfig
@@ -34,12 +38,20 @@ FORMAT = "encoderforge-int8"
 EMBEDDING = "embeddings.tok.weight"
 
 
-def save_int8(encoder: Encoder, path: str | Path, *, reduce_range: bool) -> Path:
-    """Write `encoder` (fp32, not modified) as int8 codes to one .safetensors file, atomically."""
+def save_int8(
+    encoder: Encoder, path: str | Path, *, reduce_range: bool, static: dict[str, Range] | None = None, fuse_mlp: bool = True
+) -> Path:
+    """Write `encoder` (fp32, not modified) as int8 codes to one .safetensors file, atomically.
+
+    `static`: {Linear name: calibrated input range} (`int8_static.calibrate_ranges`) to load those Linears as static
+    int8 (`fuse_mlp`: GELU MLPs int8 end to end); without it, every Linear loads as dynamic int8."""
     out = check_output(path, expect="file", flag="path")
     if out.suffix != ".safetensors":
         raise EncoderforgeError(f"{out}: the file name must end in .safetensors, e.g. {out.with_suffix('.int8.safetensors')}")
     linears = {f"{n}.weight" for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    stray = sorted(set(static or {}) - {n[: -len(".weight")] for n in linears})
+    if stray:
+        raise EncoderforgeError(f"{out}: a static range for {stray[0]}, which is no Linear of this model: calibrate this model")
     tensors: dict[str, torch.Tensor] = {}
     for name, t in encoder.state_dict().items():
         if name in linears or name == EMBEDDING:
@@ -52,6 +64,7 @@ def save_int8(encoder: Encoder, path: str | Path, *, reduce_range: bool) -> Path
         "model": json.dumps(encoder.cfg.to_dict()),
         "reduce_range": json.dumps(reduce_range),
         "quantized": json.dumps(sorted(linears | {EMBEDDING})),
+        **({"static": json.dumps(static), "fuse_mlp": json.dumps(fuse_mlp)} if static else {}),
     }
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
     with atomic_file(out, "wb") as f:
@@ -60,7 +73,8 @@ def save_int8(encoder: Encoder, path: str | Path, *, reduce_range: bool) -> Path
 
 
 def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
-    """Read a `save_int8` file -> the int8 model (Int8Linear layers holding the stored codes; eval mode, CPU)."""
+    """Read a `save_int8` file -> the int8 model (Int8Linear layers holding the stored codes, or StaticInt8Linear ones
+    where the file has calibrated ranges; eval mode, CPU)."""
     path = Path(path)
     meta, tensors = read_packed(
         path, FORMAT, kind="int8", fix="write it again", writer="encoderforge.compression.int8_store.save_int8"
@@ -69,8 +83,14 @@ def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
         cfg = EncoderConfig.from_dict(json.loads(meta["model"]), source=f"{path}: metadata 'model'")
         reduce_range = bool(json.loads(meta["reduce_range"]))
         quant = {n: int8_from_codes(tensors.pop(f"{n}.codes"), tensors.pop(f"{n}.scale")) for n in json.loads(meta["quantized"])}
+        static = {k: (float(v[0]), float(v[1])) for k, v in json.loads(meta.get("static", "{}")).items()}
+        fuse_mlp = bool(json.loads(meta.get("fuse_mlp", "true")))
         enc = Encoder(cfg)
         enc.load_state_dict({**tensors, **{n: q.dequantize() for n, q in quant.items()}}, strict=True)
+    if static:  # the static layers first; any Linear without a range (e.g. the pooler) becomes dynamic below
+        quantize_static_engine(enc, static, reduce_range=reduce_range, fuse_mlp=fuse_mlp, qweights=quant, inplace=True)
+        if not any(isinstance(m, nn.Linear) for m in enc.modules()):
+            return cast(Encoder, enc.eval())
     engine = engine or int8_engine_choice(enc, reduce_range=reduce_range).picked
     names = {id(m): n for n, m in enc.named_modules()}
     replace_modules(  # each Linear packs its stored codes (not re-quantized from the dequantized weight)

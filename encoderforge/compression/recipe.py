@@ -175,8 +175,10 @@ class Quantize:
     """Quantize the current model.
 
     Args:
-        method: int8 (dynamic int8 linears, torch, our engine), static_int8 (ONNX Runtime QDQ with calibration)
+        method: int8 (dynamic int8 linears, torch, our engine), static_int8 (activation ranges calibrated once)
             or int4 (weight-only 4-bit groups: smaller on disk, dequantized to fp32 at load).
+        runtime: static_int8 only: engine (our engine, oneDNN int8 GEMMs, the MLP int8 end to end) or onnx
+            (ONNX Runtime QDQ; fc1 and the word embeddings stay fp32).
         calibration: training texts used to calibrate static int8.
         group_size: int4 group size along the input dimension.
         keep_8bit: int4: linear layers (name parts, e.g. [qkv, fc1]) kept at 8 bits (Q-BERT's mixed precision; on
@@ -184,11 +186,17 @@ class Quantize:
     """
 
     method: Literal["int8", "static_int8", "int4"] = "int8"
+    runtime: Literal["engine", "onnx"] = "engine"
     calibration: int = 256
     group_size: int = 128
     keep_8bit: list[str] = field(default_factory=list)
 
     def check(self, where: str) -> None:
+        if self.runtime != "engine" and self.method != "static_int8":
+            raise EncoderforgeError(
+                f"{where}.runtime={self.runtime!r} applies to method static_int8 only; {self.method} runs in our engine "
+                "(ONNX Runtime int8 of a model: encoderforge export onnx --int8)"
+            )
         if self.calibration < 1:
             raise EncoderforgeError(f"{where}.calibration must be >= 1 text, got {self.calibration}")
         if self.group_size < 1:

@@ -32,13 +32,11 @@ conversions, and that is the 0.923 / 0.29 row above. Use dynamic int8 (`quantize
 for runtimes that need fixed scales (accelerators, integer-only EPs). Size: the word-embedding Gather stays fp32
 (66.0 MiB; dynamic int8 quantizes it as well: 21.8 MiB; fp32 86.1 MiB).
 
-"Our engine" (torch 2.13, same box, x (1024, in) @ W^T, 2 threads, medians of 15): a static per-tensor int8 Linear
-is not faster than `quantize.Int8Linear` (dynamic): `quantized::linear` with calibrated input/output scales plus the
-dequantize took 24.0 / 10.6 / 9.3 ms for the qkv / fc1 / fc2 shapes vs 8.0 / 10.1 / 8.0 ms dynamic (fp32 24 / 24 /
-24 ms), with 1.5x the relative error (0.016 vs 0.011, per-tensor calibrated vs per-batch scales);
-`torch._int_mm` (int8 x int8 -> int32) runs on this CPU but at 11-100 GFLOP/s, slower than fp32 for two of the
-three shapes. `torch.ao.quantization`'s static flow calls the same `quantized::linear` kernel. So there is no torch
-static path: ONNX Runtime only.
+Our engine has its own static int8 now (`compression/int8_static.py`, recipe `runtime: engine`, the default): oneDNN's
+int8 GEMM fed through the fused quantize kernel, GELU inside fc1's GEMM and uint8 codes between fc1 and fc2. The
+eleventh session's notes here ("no torch static path") timed the oneDNN op behind a three-pass round/clamp/cast
+quantize that cost more than the GEMM; with the fused kernel the static layers beat dynamic int8 (docs/results.md).
+This module stays for ONNX Runtime deployments that need fixed scales.
 """
 
 from __future__ import annotations

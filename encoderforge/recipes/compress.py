@@ -41,8 +41,8 @@ from encoderforge.compression.recipe import (
 )
 from encoderforge.fileio import atomic_file, clear_run_dir, file_digest, prepare_run_dir, write_marker
 from encoderforge.model import checkpoint
-from encoderforge.model.encoder import Encoder
-from encoderforge.recipes.compress_teacher import TeacherRun, load_teacher, student_encoder
+from encoderforge.recipes.compress_quantize import quantize_step
+from encoderforge.recipes.compress_teacher import TeacherRun, load_teacher, save_step_model, student_encoder
 from encoderforge.recipes.finetune import rows, train_args
 from encoderforge.tasks.sequences import steps_per_epoch
 from encoderforge.training.best import BestKeeper
@@ -160,15 +160,6 @@ def layers_of(net: nn.Module) -> int:
 
 def step_needs_teacher(step: Step) -> bool:
     return isinstance(step, Recovery) and step.epochs > 0 and step.kd_alpha < 1
-
-
-def save_step_model(t: TeacherRun, net: nn.Module, d: Path) -> None:
-    """model/ (encoder + head.*) and task.json: the step directory loads like a fine-tuned run (Predictor.load)."""
-    head = {f"head.{k}": v for k, v in cast(nn.Module, net.head).state_dict().items()}
-    checkpoint.save(student_encoder(net), d / "model", tokenizer_dir=t.run / "model", extra=head)
-    meta = {**t.meta, **t.spec.calibrate(t.job(), net, rows(t.dev))}  # multi-label thresholds re-tuned for this model
-    with atomic_file(d / "task.json") as f:
-        json.dump(meta, f, indent=2)
 
 
 # ---- the methods, each through compression/ ------------------------------------------------------------
@@ -329,47 +320,3 @@ def recover(
     if keeper.state is not None:
         keeper.restore()
     return {"steps": targs.steps, "best_step": keeper.best_step, "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def quantize_step(t: TeacherRun, net: nn.Module, step: Quantize, d: Path) -> dict[str, Any]:
-    """The quantized artefact beside an fp32 model/ (the head and tokenizer live there; int4 and static int8 are
-    read back by the report through their own loaders)."""
-    save_step_model(t, net, d)
-    enc = student_encoder(net)
-    if step.method == "int8":
-        from encoderforge.compression.int8_store import save_int8
-        from encoderforge.compression.quantize import cpu_has_vnni
-
-        save_int8(cast(Encoder, enc), d / "model-int8.safetensors", reduce_range=not cpu_has_vnni())
-        return {"quantize": "int8", "artefact": "model-int8.safetensors"}
-    held = [ex.texts[0] for ex in t.dev.examples[:64]]  # the fidelity gates' texts: dev, never the test split
-    if step.method == "int4":
-        from encoderforge.compression.int4 import export_int4
-
-        r4 = export_int4(
-            enc,
-            d / "model-int4.safetensors",
-            tokenizer=t.tokenizer,
-            texts=held,
-            group_size=step.group_size,
-            keep_8bit=step.keep_8bit,
-            max_length=t.meta["max_length"],
-        )
-        return {"quantize": "int4", "artefact": "model-int4.safetensors", "cosine": round(r4.mean_cosine, 5)}
-    from encoderforge.compression.static_int8 import quantize_static_onnx
-    from encoderforge.inference.onnx_export import export_onnx
-
-    fp32 = export_onnx(cast(Encoder, enc), d / "fp32-for-calibration.onnx", pooling="none")
-    calibration = [ex.texts[0] for ex in t.train.examples[: step.calibration]]
-    try:
-        r8 = quantize_static_onnx(
-            fp32,
-            d / "model-static-int8.onnx",
-            tokenizer=t.tokenizer,
-            calibration_texts=calibration,
-            heldout_texts=held,
-            max_length=t.meta["max_length"],
-        )
-    finally:
-        fp32.unlink(missing_ok=True)
-    return {"quantize": "static_int8", "artefact": "model-static-int8.onnx", "cosine": round(r8.mean_cosine, 5)}

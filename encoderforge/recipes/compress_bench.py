@@ -74,7 +74,7 @@ def step_model(t: TeacherRun, d: Path, threads: int) -> Model:
     disk = (d / "model" / "model.safetensors").stat().st_size
     states: HiddenStates
     q = info.get("quantize")
-    if q == "int8" and info["artefact"].endswith(".safetensors"):
+    if q in ("int8", "static_int8") and info["artefact"].endswith(".safetensors"):  # dynamic or static, our engine
         from encoderforge.compression.int8_store import load_int8
 
         states = _engine(load_int8(d / info["artefact"]), t, pack=False)  # the int8 model read from what is on disk

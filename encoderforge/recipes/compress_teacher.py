@@ -20,7 +20,7 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.config import from_dict
 from encoderforge.data.readers import Dataset, split_dev
-from encoderforge.fileio import file_digest
+from encoderforge.fileio import atomic_file, file_digest
 from encoderforge.model import checkpoint
 from encoderforge.model.encoder import Encoder
 from encoderforge.recipes.finetune import load_split, rows, schema_of
@@ -122,3 +122,12 @@ def load_teacher(run_dir: str | Path) -> TeacherRun:
 
 def student_encoder(net: nn.Module) -> Encoder:
     return net.encoder  # type: ignore[return-value]  # every task model is encoder + head
+
+
+def save_step_model(t: TeacherRun, net: nn.Module, d: Path) -> None:
+    """model/ (encoder + head.*) and task.json: the step directory loads like a fine-tuned run (Predictor.load)."""
+    head = {f"head.{k}": v for k, v in cast(nn.Module, net.head).state_dict().items()}
+    checkpoint.save(student_encoder(net), d / "model", tokenizer_dir=t.run / "model", extra=head)
+    meta = {**t.meta, **t.spec.calibrate(t.job(), net, rows(t.dev))}  # multi-label thresholds re-tuned for this model
+    with atomic_file(d / "task.json") as f:
+        json.dump(meta, f, indent=2)

@@ -48,6 +48,8 @@ def test_steps_keep_their_order_and_fields() -> None:
         ([{"structured": {"heads": 0.5, "typo": 1}}], "unknown field(s) ['typo']"),
         ([{"unstructured": {"block": 3}}], "block must be 1 or 4"),
         ([{"quantize": {"method": "int2"}}], "steps[0].quantize.method='int2'"),
+        ([{"quantize": {"method": "static_int8", "runtime": "tflite"}}], "steps[0].quantize.runtime='tflite'"),
+        ([{"quantize": {"method": "int8", "runtime": "onnx"}}], "runtime='onnx' applies to method static_int8 only"),
         ([{"quantize": {}}, {"structured": {"heads": 0.5}}], "quantize must come after every training step"),
         ([{"quantize": {}}, {"quantize": {"method": "int4"}}, {"distill": {}}], "steps[0] quantize must come after"),
         ([{"unstructured": {}}, {"distill": {}}], "would refill its zeros"),

@@ -115,16 +115,22 @@ def test_bad_teacher_and_changed_recipe_fail_clearly(tmp_path: Path, teacher: Pa
     assert (tmp_path / "not-ours" / "keep.txt").read_text() == "user data"
 
 
-@pytest.mark.parametrize("method", ["static_int8", "int4"])
-def test_quantize_steps_write_their_artefact_and_serve_through_the_report(tmp_path: Path, teacher: Path, method: str) -> None:
-    raw = {"steps": [{"quantize": {"method": method, "calibration": 16, "group_size": 32}}], "bench": {"anchors": False}}
+@pytest.mark.parametrize(
+    ("method", "runtime", "suffix"),
+    [("static_int8", "engine", ".safetensors"), ("static_int8", "onnx", ".onnx"), ("int4", "engine", ".safetensors")],
+)
+def test_quantize_steps_write_their_artefact_and_serve_through_the_report(
+    tmp_path: Path, teacher: Path, method: str, runtime: str, suffix: str
+) -> None:
+    args = {"method": method, "runtime": runtime, "calibration": 16, "group_size": 32}
     recipe = parse_recipe(
-        {**raw, "bench": {"texts": 8, "rounds": 1, "threads": 1, "latency_texts": 2, "anchors": False}}, where="r"
+        {"steps": [{"quantize": args}], "bench": {"texts": 8, "rounds": 1, "threads": 1, "latency_texts": 2, "anchors": False}},
+        where="r",
     )
     res = compress(recipe, tmp_path / method, teacher=teacher)
     step = res.steps[0]
     artefact = tmp_path / method / "01-quantize" / step["artefact"]
-    assert step["quantize"] == method and artefact.is_file() and step["cosine"] > 0.9
+    assert step["quantize"] == method and artefact.suffix == suffix and artefact.is_file() and step["cosine"] > 0.9
     assert not list((tmp_path / method / "01-quantize").glob("fp32-for-calibration*"))  # the temporary fp32 export is gone
     dense, quant = res.report["rows"]
     assert quant["mb"] < dense["mb"] and quant["texts_per_s"] > 0 and 0 <= quant["accuracy"] <= 1
