@@ -184,6 +184,11 @@ class Engine:
         return prec.fidelity(ref, got)
 
     @property
+    def notes(self) -> list[str]:
+        """Why a requested precision or kernel was not used: [] when every request was honoured."""
+        return [n for n in (self.precision_note, self.kernel_note) if n]
+
+    @property
     def device(self) -> torch.device:
         """Where the encoder lives; batches are built there (CUDA: the varlen FlashAttention kernel in half precision)."""
         return next(self.encoder.parameters()).device

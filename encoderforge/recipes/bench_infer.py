@@ -126,7 +126,7 @@ def _engines(enc: Encoder, model_dir: Path, ts: TextSet, max_tokens: int, res: S
         ms = ", ".join(f"{k} {v:.0f} ms" for k, v in c.ms.items())
         res.notes.append(f"encoderforge auto picked {auto.precision} (GEMM set at 2,048 tokens: {ms}; {c.source})")
     for name, e in engines.items():
-        res.notes += [f"{name}: {n}" for n in (e.precision_note, e.kernel_note) if n]
+        res.notes += [f"{name}: {n}" for n in e.notes]
     return engines
 
 

@@ -63,5 +63,5 @@ def embed_file(
         truncated=len(encoded.truncated),
         precision=engine.precision,
         kernel=engine.kernel,
-        note="; ".join(n for n in (engine.precision_note, engine.kernel_note) if n),
+        note="; ".join(engine.notes),
     )

@@ -102,5 +102,5 @@ def predict_file(
         for text, p in zip(texts, preds):
             f.write(json.dumps({"text": text, **p}, ensure_ascii=False) + "\n")
     eng = predictor.engine
-    note = "; ".join(n for n in (eng.precision_note, eng.kernel_note) if n)
+    note = "; ".join(eng.notes)
     return Predicted(len(preds), eng.precision, eng.kernel, note)

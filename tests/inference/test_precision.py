@@ -50,6 +50,7 @@ def test_auto_without_native_bf16_stays_fp32_silently(tiny, tok, no_bf16_cpu, ca
     with caplog.at_level(logging.WARNING):
         eng = Engine(tiny, tok, max_length=64, precision="auto")
     assert (eng.precision, eng.precision_note, eng.fidelity) == ("fp32", "", None)
+    assert eng.notes == []
     assert "precision" not in eng.choices and not caplog.records
 
 
@@ -89,6 +90,7 @@ def test_bf16_failing_the_gate_falls_back_to_fp32(tiny, tok, monkeypatch, caplog
     assert eng.precision == "fp32" and isinstance(eng.encoder.layers[0].attn.qkv, (nn.Linear, PackedLinear))
     assert getattr(eng.encoder.layers[0].attn.qkv, "dtype", torch.float32) == torch.float32
     assert "cosine to fp32 mean" in eng.precision_note and "running fp32" in eng.precision_note
+    assert eng.notes == [eng.precision_note]  # what predict / embed / bench print
     assert eng.precision_note in caplog.text
     ref = Engine(tiny, tok, max_length=64, pack=False).embed(["a sentence", "another"])
     assert np.abs(eng.embed(["a sentence", "another"]) - ref).max() <= 1e-5  # really the fp32 model
