@@ -17,6 +17,8 @@ Shapes: N tokens (any leading shape), C_in -> C_out. Usage:
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import warnings
 from typing import Callable, Literal, cast
 
@@ -32,13 +34,24 @@ Range = tuple[float, float]
 PostOp = Literal["none", "gelu"]
 
 
+@functools.cache
 def static_engine_available() -> bool:
-    """True if this torch has the oneDNN int8 linear ops (x86 builds with oneDNN)."""
-    return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
+    """True if this torch's oneDNN int8 linear runs here (x86 builds with oneDNN): the op is called once on a tiny
+    input, since a build may register it and still fail at run time."""
+    if not (hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        with torch.inference_mode():
+            StaticInt8Linear(nn.Linear(4, 2), (-1.0, 1.0))(torch.ones(1, 4))
+    except Exception:  # noqa: BLE001 - any failure means "not here"; callers fall back to dynamic int8
+        return False
+    return True
 
 
 def uint8_grid(lo: float, hi: float) -> tuple[float, int]:
     """(scale, zero point) of the asymmetric uint8 grid over [min(lo, 0), max(hi, 0)] (it must hold an exact 0)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise EncoderforgeError(f"static int8 range ({lo}, {hi}) is not finite: the calibration texts overflowed fp32")
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-8) / 255.0
     return scale, int(min(255, max(0, round(-lo / scale))))
@@ -54,7 +67,7 @@ def uint8_codes(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 flags quantized tensors as deprecated; the kernel is still there
         q = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
-    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), 0, q.shape, q.stride())
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 class StaticInt8Linear(nn.Module):
@@ -116,7 +129,8 @@ class StaticInt8Linear(nn.Module):
 
 class StaticInt8MLP(nn.Module):
     """The GELU feed-forward block in int8 from end to end: fc1 (+ GELU inside the GEMM) writes uint8 codes on fc2's
-    calibrated input grid, fc2 reads them. (C) -> (C), any leading shape; the same function as `MLP` up to rounding."""
+    calibrated input grid, fc2 reads them. (C) -> (C), any leading shape; the same function as `MLP` up to rounding.
+    fc2's input is codes, not values: a forward hook on fc2 (e.g. a pruning mask) would see uint8 codes."""
 
     def __init__(self, fc1: StaticInt8Linear, fc2: StaticInt8Linear):
         super().__init__()
@@ -146,7 +160,15 @@ def calibrate_ranges(encoder: nn.Module, run: Callable[[nn.Module], object]) -> 
         for h in hooks:
             h.remove()
     if not seen:
+        if any(isinstance(m, nn.Linear) for m in encoder.modules()):
+            raise EncoderforgeError(
+                "static int8 calibration saw no nn.Linear run: the model ran through other modules (an Engine packs "
+                "its Linears unless built with pack=False); calibrate with Engine(model, tokenizer, pack=False)"
+            )
         raise EncoderforgeError("static int8 calibration ran no Linear: calibrate on at least one real text")
+    bad = [k for k, (lo, hi) in seen.items() if not (math.isfinite(lo) and math.isfinite(hi))]
+    if bad:
+        raise EncoderforgeError(f"static int8 calibration: {bad[0]}'s inputs are not finite; check the model's weights")
     return {k: (v[0], v[1]) for k, v in seen.items()}
 
 
@@ -163,8 +185,9 @@ def quantize_static_engine(
     """An eval-mode copy of `encoder` (or `encoder` itself if `inplace`) with each calibrated nn.Linear replaced by a
     StaticInt8Linear, and each GELU MLP whose fc1 and fc2 are both quantized by a StaticInt8MLP (`fuse_mlp`).
 
-    Linears whose name has a `keep` part (e.g. "fc1") and Linears the calibration never ran (the pooler under mean
-    pooling) stay fp32. `qweights`: {"<linear>.weight": per-channel quantized tensor} codes to pack as they are (a
+    Linears whose name has a `keep` part (e.g. "fc1"), Linears the calibration never ran (the pooler under mean
+    pooling) and Linears whose calibrated inputs were all ~0 (no grid to speak of) stay fp32 here; an int8 file
+    (`int8_store.load_int8`) loads those as dynamic int8 instead. `qweights`: {"<linear>.weight": per-channel quantized tensor} codes to pack as they are (a
     stored int8 file); default: quantized here from the fp32 weights.
     """
     if not static_engine_available():
@@ -182,14 +205,21 @@ def quantize_static_engine(
     qweights = qweights or {}
 
     def wanted(name: str) -> bool:
-        return name in ranges and not any(k in name.split(".") for k in keep)
+        lo, hi = ranges.get(name, (0.0, 0.0))
+        return max(hi, 0.0) - min(lo, 0.0) > 1e-6 and not any(k in name.split(".") for k in keep)
 
     def static(name: str, lin: nn.Module, **kw: object) -> StaticInt8Linear:
         lin = cast(nn.Linear, lin)
         return StaticInt8Linear(lin, ranges[name], reduce_range=reduce_range, qweight=qweights.get(f"{name}.weight"), **kw)  # type: ignore[arg-type]
 
     def fusable(name: str, m: nn.Module) -> bool:
-        return fuse_mlp and isinstance(m, MLP) and not m.gated and wanted(f"{name}.fc1") and wanted(f"{name}.fc2")
+        return (
+            fuse_mlp
+            and isinstance(m, MLP)
+            and m.activation == "gelu"  # exact-erf GELU: what the oneDNN post-op computes
+            and wanted(f"{name}.fc1")
+            and wanted(f"{name}.fc2")
+        )
 
     def fused(m: nn.Module) -> StaticInt8MLP:
         name = names[id(m)]

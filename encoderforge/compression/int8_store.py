@@ -17,6 +17,7 @@ Shapes: a Linear weight (out, in) -> codes (out, in) int8 + scale (out,) float64
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import cast
 
@@ -27,13 +28,15 @@ from torch import nn
 from encoderforge import EncoderforgeError
 from encoderforge.compression.int8_engine import int8_engine_choice
 from encoderforge.compression.int8_linear import Int8Linear, int8_from_codes, int8_weight
-from encoderforge.compression.int8_static import Range, quantize_static_engine
+from encoderforge.compression.int8_static import Range, quantize_static_engine, static_engine_available
 from encoderforge.compression.packed_file import incomplete_as_error, read_packed
 from encoderforge.fileio import atomic_file, check_output
+from encoderforge.hardware.cpu import cpu_info
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.surgery import replace_modules
 
+log = logging.getLogger(__name__)
 FORMAT = "encoderforge-int8"
 EMBEDDING = "embeddings.tok.weight"
 
@@ -87,7 +90,13 @@ def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
         fuse_mlp = bool(json.loads(meta.get("fuse_mlp", "true")))
         enc = Encoder(cfg)
         enc.load_state_dict({**tensors, **{n: q.dequantize() for n, q in quant.items()}}, strict=True)
-    if static:  # the static layers first; any Linear without a range (e.g. the pooler) becomes dynamic below
+    if not reduce_range and not cpu_info().vnni:  # 8-bit weights saved on a VNNI CPU would saturate int16 here
+        log.warning("%s: 8-bit int8 weights on a CPU without AVX512-VNNI: requantized to 7 bits to avoid saturation", path)
+        quant = {n: q if n == EMBEDDING else to_7bit(q) for n, q in quant.items()}
+        reduce_range = True
+    if static and not static_engine_available():
+        log.warning("%s: this torch has no working oneDNN int8 linear; running its static int8 codes as dynamic int8", path)
+    elif static:  # the static layers first; any Linear without a range (e.g. the pooler) becomes dynamic below
         quantize_static_engine(enc, static, reduce_range=reduce_range, fuse_mlp=fuse_mlp, qweights=quant, inplace=True)
         if not any(isinstance(m, nn.Linear) for m in enc.modules()):
             return cast(Encoder, enc.eval())
@@ -101,3 +110,9 @@ def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
         ),
     )
     return cast(Encoder, enc.eval())
+
+
+def to_7bit(q: torch.Tensor) -> torch.Tensor:
+    """Per-channel int8 codes in [-127, 127] -> the same weights on the 7-bit grid [-63, 63] (scale x 2)."""
+    codes = torch.clamp(torch.round(q.int_repr().float() / 2), -63, 63).to(torch.int8)
+    return int8_from_codes(codes, q.q_per_channel_scales() * 2)

@@ -36,6 +36,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
+        self.activation = cfg.activation  # "gelu" (exact erf) or "geglu"
         self.gated = cfg.activation == "geglu"
         inner = cfg.ffn_of(layer)  # I: intermediate_size unless this layer's neurons were pruned
         self.fc1 = nn.Linear(cfg.hidden_size, 2 * inner if self.gated else inner, bias=cfg.bias)

@@ -92,7 +92,8 @@ def static_engine_step(
         path.unlink()
         raise EncoderforgeError(
             f"{d.name}: static int8 kept mean cosine {fid['mean_cosine']:.5f} to fp32 on {len(held)} dev texts, below "
-            f"{STATIC_MIN_MEAN_COSINE}; calibrate on more texts (calibration: {2 * len(calibration)}) or use method int8"
+            f"{STATIC_MIN_MEAN_COSINE} (calibrated on {len(calibration)} training texts); use runtime: onnx (keeps fc1 "
+            "fp32) or method: int8 (dynamic ranges)"
         )
     return {
         "quantize": "static_int8",

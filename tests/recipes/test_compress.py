@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from encoderforge import EncoderforgeError
+from encoderforge.compression.int8_static import static_engine_available
 from encoderforge.compression.recipe import parse_recipe
 from encoderforge.model import checkpoint
 from encoderforge.recipes.compress import compress
@@ -117,7 +118,16 @@ def test_bad_teacher_and_changed_recipe_fail_clearly(tmp_path: Path, teacher: Pa
 
 @pytest.mark.parametrize(
     ("method", "runtime", "suffix"),
-    [("static_int8", "engine", ".safetensors"), ("static_int8", "onnx", ".onnx"), ("int4", "engine", ".safetensors")],
+    [
+        pytest.param(
+            "static_int8",
+            "engine",
+            ".safetensors",
+            marks=pytest.mark.skipif(not static_engine_available(), reason="no oneDNN int8"),
+        ),
+        ("static_int8", "onnx", ".onnx"),
+        ("int4", "engine", ".safetensors"),
+    ],
 )
 def test_quantize_steps_write_their_artefact_and_serve_through_the_report(
     tmp_path: Path, teacher: Path, method: str, runtime: str, suffix: str
