@@ -203,8 +203,19 @@ def finetune(
                     indent=2,
                 )
         barrier(dist)
-        on_epoch = None if report is None else (lambda step, value: report(step / per_epoch, value))
-        keeper = BestKeeper(net, job.primary, cfg.finetune.patience, greater_is_better=spec.greater_is_better, report=on_epoch)
+
+        def on_epoch(step: int, value: float) -> None:
+            # the final evaluation is the run's end: `epochs` exactly (steps round epochs x per_epoch, e.g. 1.25 x 9 -> 11
+            # steps = 1.22 epochs, which a search would read as unfinished)
+            cast(Callable[[float, float], None], report)(cfg.finetune.epochs if step >= targs.steps else step / per_epoch, value)
+
+        keeper = BestKeeper(
+            net,
+            job.primary,
+            cfg.finetune.patience,
+            greater_is_better=spec.greater_is_better,
+            report=None if report is None else on_epoch,
+        )
         t0 = time.perf_counter()
         run_loop(
             net,

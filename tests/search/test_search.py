@@ -159,3 +159,24 @@ def test_a_search_killed_mid_way_resumes_without_repeating_finished_trials(tmp_p
     assert {t.user_attrs["requeued_from"] for t in copies} == set(running)
     assert all(t.state.name != "RUNNING" for t in after)  # nothing is left looking alive after a clean end
     assert json.loads((out / "budget.json").read_text())["spent_s"] > spent  # the budget adds up over the resume
+
+
+def test_the_last_dev_evaluation_of_a_fractional_epoch_run_reports_its_full_epochs(tmp_path, tiny_model, data) -> None:
+    """epochs x steps per epoch rounds to the run's steps (1.25 x 9 -> 11 steps = 1.22 epochs): the final evaluation
+    must still read as the run's end, or a search trial that finished is stopped ("by the budget") and loses its score."""
+    from encoderforge.recipes.finetune import finetune
+    from encoderforge.recipes.finetune_config import finetune_config
+
+    values = {
+        "model": str(tiny_model),
+        "data.train": str(data / "train.jsonl"),
+        "data.dev": str(data / "dev.jsonl"),
+        "train.out_dir": str(tmp_path / "run"),
+        "finetune.max_length": 32,
+        "train.batch_rows": 8,
+        "finetune.epochs": 1.25,
+        "finetune.probe": False,
+    }
+    seen: list[float] = []
+    finetune(finetune_config("classify", values=values), report=lambda epochs, value: seen.append(epochs))
+    assert seen and seen[-1] == 1.25 and all(e < 1.25 for e in seen[:-1]), seen
