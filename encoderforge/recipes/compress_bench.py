@@ -99,7 +99,19 @@ def step_model(t: TeacherRun, d: Path, threads: int) -> Model:
         if (d / "model-sparse").is_dir():  # an unstructured step stores its zeros compactly (compression/sparse_io.py)
             disk = sum(f.stat().st_size for f in (d / "model-sparse").iterdir())
     meta = json.loads((d / "task.json").read_text(encoding="utf-8"))
-    return Model(d.name, states, _head(d, t), disk, params, nonzero, "step", {"step": info}, meta)
+    return Model(step_label(d.name, info), states, _head(d, t), disk, params, nonzero, "step", {"step": info}, meta)
+
+
+def step_label(name: str, info: dict[str, Any]) -> str:
+    """The report's name for a step: its directory, and for a quantize step what it made ("03-quantize (static int8,
+    our engine)"), so several quantize steps of one recipe read apart in the table and the plot."""
+    q, runtime = info.get("quantize"), info.get("runtime", "onnx")
+    what = {
+        "int8": "dynamic int8",
+        "static_int8": "static int8, our engine" if runtime == "engine" else "static int8, ONNX Runtime",
+        "int4": "int4 weights",
+    }.get(str(q))
+    return f"{name} ({what})" if what else name
 
 
 def anchors(t: TeacherRun, work: Path, threads: int) -> list[Model]:

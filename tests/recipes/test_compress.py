@@ -80,11 +80,11 @@ def test_compress_runs_every_step_and_reports_every_model(tmp_path: Path, teache
     # every step directory serves like a fine-tuned run
     assert Predictor.load(out / "02-structured").predict(["the match ended in a draw"])[0]["label"]
     rows = {r["model"]: r for r in res.report["rows"]}
-    assert {"01-distill", "02-structured", "03-quantize"} <= set(rows)
+    assert {"01-distill", "02-structured", "03-quantize (dynamic int8)"} <= set(rows)
     assert {"transformers fp32 (arrival order)", "onnxruntime fp32 (sorted)", "onnxruntime int8 (sorted)"} <= set(rows)
     for r in rows.values():
         assert r["texts_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 and 0 <= r["accuracy"] <= 1
-    assert rows["03-quantize"]["mb"] < rows["02-structured"]["mb"]  # int8 weights on disk
+    assert rows["03-quantize (dynamic int8)"]["mb"] < rows["02-structured"]["mb"]  # int8 weights on disk
     assert rows["onnxruntime int8 (sorted)"]["mb"] < rows["onnxruntime fp32 (sorted)"]["mb"]
     # the anchors run the dense weights: transformers and ONNX Runtime fp32 predict what our engine predicts
     dense_row = rows["dense fine-tuned (encoderforge fp32)"]
@@ -144,6 +144,12 @@ def test_quantize_steps_write_their_artefact_and_serve_through_the_report(
     assert not list((tmp_path / method / "01-quantize").glob("fp32-for-calibration*"))  # the temporary fp32 export is gone
     dense, quant = res.report["rows"]
     assert quant["mb"] < dense["mb"] and quant["texts_per_s"] > 0 and 0 <= quant["accuracy"] <= 1
+    what = (
+        {"engine": "static int8, our engine", "onnx": "static int8, ONNX Runtime"}[runtime]
+        if method == "static_int8"
+        else "int4 weights"
+    )
+    assert quant["model"] == f"01-quantize ({what})"  # several quantize steps read apart in the table and plot
 
 
 def test_several_quantize_steps_each_quantize_the_same_model_in_one_report(tmp_path: Path, teacher: Path) -> None:
