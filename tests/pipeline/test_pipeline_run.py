@@ -115,7 +115,7 @@ def test_report_numbers_equal_the_metrics_files(smoke_run: tuple[Path, str]) -> 
         == [
             "dense fine-tuned (encoderforge fp32)",
             "01-structured",
-            "02-quantize",
+            "02-quantize (dynamic int8)",
         ]
     )
     for r in results["rows"]:
