@@ -27,7 +27,7 @@ ev() {
   .venv/bin/encoderforge eval-retrieval --threads "${THREADS:-2}" --overwrite "$@"
 }
 ONLY=${ONLY:-all}  # ONLY=base: BM25 and off-the-shelf MiniLM rows only (they need no training)
-for s in bbc license wordnet; do
+for s in ${SETS:-bbc license wordnet}; do
   q=$D/$s/test.queries.jsonl; r=$D/$s/test.qrels.tsv; c=$D/$s/corpus.jsonl; o=$OUT/$s
   if [ "$s" = wordnet ]; then
     python3 -c "import random; L=open('$q').read().splitlines(); random.Random(0).shuffle(L); print('\n'.join(L[:2000]))" > "$D/$s/test2k.queries.jsonl"

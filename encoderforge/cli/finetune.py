@@ -42,6 +42,8 @@ TASK_HELP = {
     "embed": 'Embeddings (bi-encoder) from JSONL {"query", "positive", "negatives": [...]} (in-batch + hard negatives, '
     'MNRL) or {"query", "positive", "negatives": score} (CoSENT); dev nDCG@10 / MRR@10 retrieval; Matryoshka dims.',
     "colbert": "ColBERT late interaction (per-token vectors, MaxSim; in-batch + hard negatives) from the embed pairs JSONL.",
+    "rerank": "Cross-encoder re-ranker, listwise: each embed-pairs row's positive against its hard negatives (mine them "
+    "with `encoderforge index mine`); dev MRR. Predict reads `query<TAB>document` lines.",
 }
 OVERWRITE = param(
     "overwrite", bool, typer.Option(False, "--overwrite", help="Replace a finished run directory (only one encoderforge wrote).")

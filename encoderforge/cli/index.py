@@ -127,6 +127,27 @@ def search(
         typer.echo(f"{r.rank:>3}  {r.score:.4f}  {r.id}  {text[:100]!r}{extra}")
 
 
+@app.command()
+def mine(
+    index: Path = typer.Argument(..., help="The first-stage index (dense or bm25) of the TRAINING documents."),
+    pairs: Path = typer.Argument(..., help='Pairs JSONL: {"query", "positive"} per line (the embed format).'),
+    out: Path = typer.Argument(..., help='Output pairs JSONL with mined "negatives" (written atomically).'),
+    negatives: int = typer.Option(7, help="Hard negatives per row."),
+    skip: int = typer.Option(0, help="Skip this many top non-positive hits first (guards against unlabelled relevant ones)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus JSONL with the texts, when the index stores none."),
+    model: Optional[str] = typer.Option(None, help="Query model (default: the index's; another one is refused)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing OUT."),
+) -> None:
+    """Mine hard negatives for training pairs from an index: each query's best-ranked documents that are none of
+    its positives, for `finetune rerank` (train a re-ranker on its first stage's mistakes) or `finetune embed`."""
+    from encoderforge.recipes.index_mine import mine_negatives
+
+    with fail_on_error():
+        r = mine_negatives(index, pairs, out, negatives=negatives, skip=skip, corpus=corpus, model=model, overwrite=overwrite)
+    short = f"; {r.short} rows got fewer than {negatives} (the index ran out of documents)" if r.short else ""
+    typer.echo(f"mined negatives for {r.rows} pairs ({r.queries} queries) into {r.out}{short}")
+
+
 def eval_retrieval(
     queries: Path = typer.Option(..., help='Queries JSONL ({"id", "text"}).'),
     qrels: Path = typer.Option(..., help="Qrels TSV: query_id, doc_id, relevance (trec-style, no header)."),
@@ -138,7 +159,9 @@ def eval_retrieval(
     pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder given as --model."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per text for a plain encoder (default 256)."),
     k: int = typer.Option(100, "-k", help="Documents retrieved per query (recall@100 needs 100)."),
-    rerank: Optional[Path] = typer.Option(None, help="A fine-tuned pair run (classify 0/1 or regress) that re-scores the top."),
+    rerank: Optional[Path] = typer.Option(
+        None, help="A fine-tuned cross-encoder run (rerank, or pair classify 0/1 / regress) that re-scores the top."
+    ),
     rerank_depth: int = typer.Option(100, help="How many top documents --rerank re-scores."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),

@@ -73,7 +73,7 @@ def eval_retrieval(
         bm25: with no index, BM25 over the corpus.
         pooling, max_length: for a plain encoder given as `model`.
         k: documents retrieved (and written to run.tsv) per query.
-        rerank: a fine-tuned cross-encoder run (`classify` on text pairs with labels "0"/"1", or `regress` on pairs).
+        rerank: a fine-tuned cross-encoder run: `rerank`, `classify` on text pairs with labels "0"/"1", or `regress`.
         rerank_depth: how many of the top documents it re-scores.
         dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
         layers: with `model` and no index, embed with its first `layers` layers only (2D Matryoshka).
@@ -192,7 +192,8 @@ def _retriever(  # noqa: ANN001
 
 
 def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence[str]], list[float]]:
-    """score(query, doc ids) with a fine-tuned pair model: P(label "1") of a 0/1 classifier, or a regressor's value."""
+    """score(query, doc ids) with a fine-tuned pair model: a `rerank` run's score, P(label "1") of a 0/1 classifier,
+    or a regressor's value."""
     p = Predictor.load(run)
     kind, labels = p.meta.get("kind"), [str(x) for x in p.meta.get("labels", [])]
     where = Path(run) / "task.json"
@@ -204,8 +205,10 @@ def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence
         raise EncoderforgeError(
             f'{where}: a classify re-ranker needs labels "0"/"1" (got {labels}); fine-tune on relevant=1, not=0'
         )
-    if kind not in ("classify", "regress"):
-        raise EncoderforgeError(f"{where}: a {kind!r} run cannot re-rank; pass a pair `classify` (0/1) or `regress` run")
+    if kind not in ("classify", "regress", "rerank"):
+        raise EncoderforgeError(
+            f"{where}: a {kind!r} run cannot re-rank; pass a `rerank` run (or a pair `classify` 0/1 or `regress` run)"
+        )
     if not texts:
         raise EncoderforgeError("re-ranking needs document texts: pass --corpus (the index stores none)")
 
@@ -217,6 +220,7 @@ def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence
         if missing:
             raise EncoderforgeError(f"document {missing[0]!r} has no text in --corpus; pass the corpus the index was built from")
         preds = p.predict([f"{clean(query)}\t{clean(texts[i])}" for i in ids])
-        return [float(x["scores"]["1"]) if kind == "classify" else float(x["value"]) for x in preds]
+        key = {"rerank": "score", "regress": "value"}.get(str(kind))
+        return [float(x[key]) if key else float(x["scores"]["1"]) for x in preds]
 
     return score

@@ -21,7 +21,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.config import load_config, merge, read_yaml
 from encoderforge.training.args import TrainArgs
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert", "rerank"]
 DERIVED = {
     "steps": "finetune.epochs",
     "warmup_steps": "finetune.warmup_ratio",
@@ -58,6 +58,7 @@ LABEL_TYPES = {
     "qa": "span",
     "embed": "pairs",
     "colbert": "pairs",
+    "rerank": "pairs",
 }
 
 

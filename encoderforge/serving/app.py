@@ -56,14 +56,17 @@ def create_app(
         max_queue=lim.max_queue, pool=pool,
     )  # fmt: skip
     endpoints = ["/v1/embeddings"]
-    if served.pairs and served.kind in ("classify", "regress"):
-        endpoints.append("/v1/rerank")  # a cross-encoder: its regression value or positive-class probability
+    if served.pairs and served.kind in ("classify", "regress", "rerank"):
+        endpoints.append("/v1/rerank")  # a cross-encoder: its score, regression value or positive-class probability
     elif served.kind in ("classify", "multilabel", "regress"):
         endpoints.append("/v1/classify")
     positive = positive_label(served.predictor.meta["labels"]) if served.kind == "classify" and served.predictor else None
 
     def relevance(p: dict[str, Any]) -> float:
-        return float(p["value"]) if "value" in p else float(p["scores"][positive])
+        for key in ("score", "value"):  # a `rerank` run's logit, a `regress` run's value
+            if key in p:
+                return float(p[key])
+        return float(p["scores"][positive])
 
     if served.kind == "ner":
         endpoints.append("/v1/ner")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from encoderforge.tasks import classification, colbert, embed, multilabel, ner, pairs, qa
+from encoderforge.tasks import classification, colbert, embed, multilabel, ner, pairs, qa, rerank
 from encoderforge.tasks.spec import TaskSpec
 
-TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert"]
+TaskKind = Literal["classify", "multilabel", "ner", "regress", "qa", "embed", "colbert", "rerank"]
 
 TASKS: dict[str, TaskSpec] = {
     "classify": classification.SPEC,
@@ -17,4 +17,5 @@ TASKS: dict[str, TaskSpec] = {
     "qa": qa.SPEC,
     "embed": embed.SPEC,
     "colbert": colbert.SPEC,
+    "rerank": rerank.SPEC,
 }

@@ -36,6 +36,7 @@ def test_every_spec_declares_its_dev_metric_and_direction():
         "qa": ("f1", True),
         "embed": ("ndcg@10", True),
         "colbert": ("ndcg@10", True),
+        "rerank": ("mrr", True),
     }
     assert all(isinstance(s, TaskSpec) and s.kind == k for k, s in TASKS.items())
     assert TaskSpec.__dataclass_fields__["greater_is_better"].default is True

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 17's re-rankers, trained on their own first stage's mistakes (LCE, Gao et al. 2021): for one retrieval set,
+#   1. index the TRAIN split's documents with the fine-tuned first stage (runs/embed/SET, benchmarks/retrieval_targets.sh)
+#   2. `encoderforge index mine`: each sampled train pair gets its NEG best-ranked non-relevant documents from it
+#      (dev pairs likewise from the full-corpus index that retrieval_targets.sh evaluates)
+#   3. `encoderforge finetune rerank` (listwise softmax over positive + negatives) from MiniLM-L6
+# then `benchmarks/retrieval_targets.sh` adds the "fine-tuned + re-ranker (top 20)" row.
+#
+#   benchmarks/rerank_targets.sh SET [DATA EMBED RERANK RETRIEVAL]      e.g. benchmarks/rerank_targets.sh license
+#   QUERIES=400 DEV_QUERIES=150 NEGATIVES=7 MAX_LENGTH=192 EPOCHS=1 BATCH=8 LR=5e-5 BASE=minilm-l6 (the defaults)
+set -euo pipefail
+s=$1; D=${2:-runs/data/retrieval}; E=${3:-runs/embed}; R=${4:-runs/rerank}; OUT=${5:-runs/retrieval}
+Q=${QUERIES:-400}; DQ=${DEV_QUERIES:-150}; N=${NEGATIVES:-7}; L=${MAX_LENGTH:-192}
+export HF_HUB_OFFLINE=1
+EF=.venv/bin/encoderforge; w=$R/data-$s; mkdir -p "$w"
+# a seeded sample of pair rows: python's random.Random(0).shuffle of the lines, first N
+sample() { python3 -c "import random,sys; L=open(sys.argv[1]).read().splitlines(); random.Random(0).shuffle(L); print('\n'.join(L[:int(sys.argv[2])]))" "$1" "$2"; }
+python3 -c "import json,sys; sys.stdout.writelines(l for l in open(sys.argv[1]) if json.loads(l)['split'] == 'train')" "$D/$s/corpus.jsonl" > "$w/train-corpus.jsonl"
+[ -f "$w/train-index/manifest.json" ] || $EF index build "$w/train-corpus.jsonl" "$w/train-index" --model "$E/$s" --kind flat --threads 2
+[ -f "$OUT/$s/index/manifest.json" ] || $EF index build "$D/$s/corpus.jsonl" "$OUT/$s/index" --model "$E/$s" --kind flat --threads 2
+sample "$D/$s/train.pairs.jsonl" "$Q" > "$w/train.pairs.jsonl"
+sample "$D/$s/dev.pairs.jsonl" "$DQ" > "$w/dev.pairs.jsonl"
+$EF index mine "$w/train-index" "$w/train.pairs.jsonl" "$w/train.mined.jsonl" --negatives "$N" --overwrite
+$EF index mine "$OUT/$s/index" "$w/dev.pairs.jsonl" "$w/dev.mined.jsonl" --negatives "$N" --overwrite
+[ -f "$R/$s/metrics.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
+  --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"

@@ -1,0 +1,99 @@
+"""`encoderforge index mine`: hard negatives for training pairs, mined from a first-stage index.
+
+    encoderforge index mine runs/ix-train train.pairs.jsonl train.mined.jsonl --negatives 7
+
+Each {"query", "positive"} row is searched against the index (dense with its own model, or BM25); its negatives are
+the best-ranked documents whose text is none of that query's positives (every row with the same query text counts),
+after skipping the first `skip` of them (a guard against unlabelled relevant documents: sentence-transformers'
+`mine_hard_negatives` calls it range_min). The rows come back with "negatives": [...] (replacing any they had), ready
+for `finetune rerank` (the negatives a re-ranker will face are its first stage's top hits: train on those) or for
+`finetune embed` (hard negatives for MNRL). Index the training split's documents only, so no dev/test document
+becomes training text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from encoderforge import EncoderforgeError
+from encoderforge.data.readers import Schema, pair_fields, read_dataset
+from encoderforge.fileio import atomic_file, check_output
+from encoderforge.index.readers import read_docs
+from encoderforge.index.retrievers import open_index
+
+BATCH = 256  # queries searched per call (progress granularity; the embedder batches inside)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+@dataclass
+class MineResult:
+    out: Path
+    rows: int
+    queries: int
+    short: int  # rows that got fewer than the requested negatives (the index ran out of non-positive documents)
+
+
+def mine_negatives(
+    index: str | Path,
+    pairs: str | Path,
+    out: str | Path,
+    *,
+    negatives: int = 7,
+    skip: int = 0,
+    corpus: str | Path | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+) -> MineResult:
+    """Write `pairs` with mined "negatives" to `out` (atomically). Args as the module docstring; `corpus`: the
+    documents' texts when the index stores none; `model`: query model of a dense index (default: its manifest's)."""
+    if negatives < 1 or skip < 0:
+        raise EncoderforgeError(f"--negatives must be >= 1 and --skip >= 0 (got {negatives}, {skip})")
+    target = check_output(out, [pairs, corpus, index], flag="OUT", expect="file")
+    if target.exists() and not overwrite:
+        raise EncoderforgeError(f"{target} exists; pass --overwrite to replace it, or choose another OUT")
+    schema = Schema(label_type="pairs")
+    (qf, pf), nf = pair_fields(schema)
+    ds = read_dataset(pairs, schema)
+    graded = next((ex for ex in ds.examples if not isinstance(ex.label, list)), None)
+    if graded is not None:
+        raise EncoderforgeError(
+            f"{graded.where}: a graded pair (a similarity score in {nf!r}); mining needs ranking pairs "
+            '{"query", "positive"}: drop the score'
+        )
+    retriever = open_index(index, model=model)
+    texts = {d.id: d.text for d in read_docs(corpus)} if corpus else {}
+    texts = texts or {i: str(m["text"]) for i, m in retriever.meta.items() if "text" in m}
+    if not texts:
+        raise EncoderforgeError(f"{index}: the index stores no document texts; pass --corpus (the JSONL it was built from)")
+    positives: dict[str, set[str]] = {}
+    for ex in ds.examples:
+        positives.setdefault(_norm(ex.texts[0]), set()).add(_norm(ex.texts[1]))
+    queries = list(dict.fromkeys(ex.texts[0] for ex in ds.examples))  # unique, in file order
+    mined: dict[str, list[str]] = {}
+    for i in range(0, len(queries), BATCH):
+        chunk = queries[i : i + BATCH]
+        depth = skip + negatives + max(len(positives[_norm(q)]) for q in chunk) + 10
+        hits = retriever.search(chunk, depth)
+        for q, ids in zip(chunk, hits.ids):
+            pos, seen, keep = positives[_norm(q)], set(), []
+            for d in ids:
+                t = texts.get(d)
+                if t is None:
+                    raise EncoderforgeError(f"document {d!r} has no text; pass --corpus (the JSONL the index was built from)")
+                if _norm(t) in pos or _norm(t) in seen:
+                    continue
+                seen.add(_norm(t))
+                keep.append(t)
+            mined[q] = keep[skip : skip + negatives]
+    short = 0
+    with atomic_file(target, encoding="utf-8") as f:
+        for ex in ds.examples:
+            negs = mined[ex.texts[0]]
+            short += len(negs) < negatives
+            f.write(json.dumps({qf: ex.texts[0], pf: ex.texts[1], nf: negs}, ensure_ascii=False) + "\n")
+    return MineResult(target, len(ds.examples), len(queries), short)
