@@ -21,6 +21,7 @@ class Kind(str, Enum):
     hnsw = "hnsw"
     ivfpq = "ivfpq"
     bm25 = "bm25"
+    colbert = "colbert"
 
 
 class Pooling(str, Enum):
@@ -28,7 +29,7 @@ class Pooling(str, Enum):
     cls = "cls"
 
 
-MODEL_HELP = "An `embed` run directory, a checkpoint directory or a zoo name."
+MODEL_HELP = "An `embed` (or `colbert`) run directory, a checkpoint directory or a zoo name."
 
 
 @app.command()
@@ -37,7 +38,9 @@ def build(
     out: Path = typer.Argument(..., help="Index directory; rerun the same command to resume a killed build."),
     model: str = typer.Option("minilm-l6", help=MODEL_HELP),
     kind: Kind = typer.Option(
-        Kind.auto, help="auto = flat up to 100k documents, hnsw above; ivfpq = compressed; bm25 = lexical."
+        Kind.auto,
+        help="auto = flat up to 100k documents, hnsw above (a ColBERT run: its compressed token index); ivfpq = "
+        "compressed; bm25 = lexical.",
     ),
     pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder (an embed run sets its own)."),
     normalize: bool = typer.Option(True, help="L2-normalize vectors (for a plain encoder)."),

@@ -38,7 +38,7 @@ import torch
 from encoderforge import EncoderforgeError, require
 from encoderforge.fileio import atomic_dir
 from encoderforge.index.dense import Hits
-from encoderforge.index.manifest import MANIFEST, REBUILD, Manifest, read_manifest, write_manifest
+from encoderforge.index.manifest import MANIFEST, REBUILD, EmbedSpec, Manifest, read_manifest, write_manifest
 from encoderforge.model.padding import layout_from_lengths, pad_packed
 from encoderforge.tasks.colbert import maxsim
 
@@ -47,7 +47,7 @@ FAISS_FILE, CODES_FILE, OFFSETS_FILE, IDS_FILE = "ivf.faiss", "codes.npy", "offs
 NPROBE = 4  # cells per query token (PLAID's default ncells is 1-4); recall@10 vs exhaustive in tests/index/test_late.py
 NDOCS = 256  # candidates kept for the exact rerank (PLAID's ndocs for k=10)
 RERANK_DOCS = 1024  # candidates decompressed and scored per block (bounds the padded (C, T, D) tensor)
-LATE_REBUILD = "rebuild it with `LateIndex.build(ids, token_matrices).save(DIR)`"
+LATE_REBUILD = "rebuild it with `encoderforge index build CORPUS DIR --model COLBERT_RUN` (or `LateIndex.build(ids, token_matrices).save(DIR)`)"
 
 
 def _faiss() -> Any:
@@ -68,8 +68,18 @@ class LateIndex:
         >>> idx.save("late-ix"); LateIndex.load("late-ix").size_mb
     """
 
-    def __init__(self, ivf: Any, codes: np.ndarray, offsets: np.ndarray, ids: list[str], meta: list[dict], params: dict):
+    def __init__(
+        self,
+        ivf: Any,
+        codes: np.ndarray,
+        offsets: np.ndarray,
+        ids: list[str],
+        meta: list[dict],
+        params: dict,
+        spec: EmbedSpec | None = None,
+    ):
         self.ivf, self.codes, self.offsets, self.ids, self.meta_rows = ivf, codes, offsets, ids, meta
+        self.spec = spec  # the ColBERT model that made the vectors (index/late_model.py), checked against queries
         self.params = {"nprobe": NPROBE, **params}
         self.meta = dict(zip(ids, meta))  # the Retriever protocol's doc id -> metadata
         self.row = {doc: i for i, doc in enumerate(ids)}
@@ -102,13 +112,15 @@ class LateIndex:
         bits: Literal[4, 8] = 8,
         nlist: int | None = None,
         seed: int = 0,
+        spec: EmbedSpec | None = None,
     ) -> "LateIndex":
         """Train the centroids and quantiser on every token vector, then encode all documents.
 
         Args:
             ids: n unique document ids; docs: n (L_i, D) token matrices (ColBERT vectors; rows are L2-normalised
                 here, so MaxSim is over cosines), L_i >= 1; metadata: one dict per document.
-            bits: residual bits per dimension (8 or 4); nlist: centroids (default `default_nlist`); seed: k-means.
+            bits: residual bits per dimension (8 or 4); nlist: centroids (default `default_nlist`); seed: k-means;
+            spec: the model that made the vectors (recorded in the manifest).
         Returns:
             the LateIndex.
         """
@@ -140,7 +152,8 @@ class LateIndex:
         offsets = np.zeros(len(mats) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(m) for m in mats])
         meta = [dict(m) for m in metadata] if metadata is not None else [{} for _ in ids]
-        return cls(ivf, ivf.sa_encode(x), offsets, list(ids), meta, {"dim": dim, "nlist": n_list, "bits": bits})
+        params = {"dim": dim, "nlist": n_list, "bits": bits}
+        return cls(ivf, ivf.sa_encode(x), offsets, list(ids), meta, params, spec)
 
     def _cell_documents(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """(N,) each token's centroid number, and the IVF: (nlist + 1,) offsets into (M,) document numbers, each
@@ -234,7 +247,9 @@ class LateIndex:
                     f.write(json.dumps({"id": doc, "meta": meta}, ensure_ascii=False) + "\n")
             params = {**self.params, "tokens": int(len(self.codes))}
             write_manifest(
-                tmp, Manifest(kind=KIND, count=len(self), params=params), [FAISS_FILE, CODES_FILE, OFFSETS_FILE, IDS_FILE]
+                tmp,
+                Manifest(kind=KIND, count=len(self), embed=self.spec, params=params),
+                [FAISS_FILE, CODES_FILE, OFFSETS_FILE, IDS_FILE],
             )
         return Path(directory)
 
@@ -244,7 +259,7 @@ class LateIndex:
         d = Path(directory)
         try:
             m = read_manifest(d)
-        except EncoderforgeError as e:  # the manifest's hint names the CLI, which builds dense and BM25 indexes only
+        except EncoderforgeError as e:  # name the ColBERT run the build needs
             raise EncoderforgeError(str(e).replace(REBUILD, LATE_REBUILD)) from None
         if m.kind != KIND:
             raise EncoderforgeError(f"{d / MANIFEST}: a {m.kind!r} index, not a colbert one; load it with `load_index`")
@@ -253,7 +268,7 @@ class LateIndex:
         codes = np.load(d / CODES_FILE, allow_pickle=False)
         offsets = np.load(d / OFFSETS_FILE, allow_pickle=False)
         params = {k: v for k, v in m.params.items() if k != "tokens"}
-        return cls(ivf, codes, offsets, [r["id"] for r in rows], [r["meta"] for r in rows], params)
+        return cls(ivf, codes, offsets, [r["id"] for r in rows], [r["meta"] for r in rows], params, m.embed)
 
 
 def _tokens(x: np.ndarray, dim: int, what: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What evaluation and the CLI search with: one `search(texts, k) -> Hits` over a dense index (+ its model) or BM25."""
+"""What evaluation and the CLI search with: one `search(texts, k) -> Hits` over a dense index (+ its model), a ColBERT
+late-interaction index (+ its ColBERT run) or BM25."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from encoderforge import EncoderforgeError
 from encoderforge.index.bm25 import BM25Index
 from encoderforge.index.dense import DenseIndex, Hits
 from encoderforge.index.embedder import Embedder, check_compatible, load_embedder
+from encoderforge.index.late import KIND as LATE_KIND
+from encoderforge.index.late import LateIndex
+from encoderforge.index.late_model import LateEmbedder, load_late_embedder
 from encoderforge.index.manifest import MANIFEST, read_manifest
 from encoderforge.index.readers import Doc
 from encoderforge.model.zoo import ZOO
@@ -57,6 +61,25 @@ class BM25Retriever:
         return f"bm25 {self.name} (bm25s, English stopwords, stemmer {self.index.stemmer})"
 
 
+class LateRetriever:
+    """A compressed ColBERT index (index/late.py) and the ColBERT run that encodes queries (checked against it)."""
+
+    def __init__(self, index: LateIndex, embedder: LateEmbedder, name: str):
+        if index.spec is not None:
+            check_compatible(index.spec, embedder.spec, name)
+        self.index, self.embedder, self.name = index, embedder, name
+        self.meta = index.meta
+
+    def search(self, texts: Sequence[str], k: int = 10) -> Hits:
+        return self.index.search(self.embedder.encode(texts), k)
+
+    def describe(self) -> str:
+        p = self.index.params
+        return (
+            f"colbert late interaction {self.name} ({self.embedder.spec.model}, {p['dim']}-d tokens, {p['bits']}-bit residuals)"
+        )
+
+
 def open_index(directory: str | Path, *, model: str | None = None, pooling: str | None = None) -> Retriever:
     """Load a saved index (dense or bm25) as a Retriever; a dense one embeds queries with its manifest's model
     unless `model`/`pooling` say otherwise (then they must produce the same vectors, or it is an error)."""
@@ -64,6 +87,14 @@ def open_index(directory: str | Path, *, model: str | None = None, pooling: str 
     m = read_manifest(d, verify=False)  # the load below verifies every file
     if m.kind == "bm25":
         return BM25Retriever(BM25Index.load(d), str(d))
+    if m.kind == LATE_KIND:
+        late = LateIndex.load(d)
+        run = model or (late.spec.model if late.spec else None)
+        if run is None:
+            raise EncoderforgeError(f"{d / MANIFEST}: records no ColBERT model; pass --model COLBERT_RUN")
+        if model is None and not Path(run).is_dir():
+            raise EncoderforgeError(f"{d}: was built with the ColBERT run {run}, which is not there any more; pass --model RUN")
+        return LateRetriever(late, load_late_embedder(run), str(d))
     index = DenseIndex.load(d)
     spec = index.spec
     if spec is None and model is None:

@@ -18,6 +18,7 @@ from encoderforge.fileio import atomic_file, check_output
 from encoderforge.index.build import SHARD_SIZE, BuildResult, add_documents, build_index
 from encoderforge.index.dense import DenseIndex
 from encoderforge.index.embedder import load_embedder
+from encoderforge.index.late_model import build_late, is_colbert_run, load_late_embedder
 from encoderforge.index.manifest import read_manifest
 from encoderforge.index.readers import check_docs, read_docs
 from encoderforge.index.retrievers import DenseRetriever, open_index
@@ -58,6 +59,14 @@ def index_build(
     check_docs(corpus)  # every line checked before the model loads: a bad line costs no wait
     if threads:
         torch.set_num_threads(threads)
+    if dense and is_colbert_run(model):  # a ColBERT run: a compressed late-interaction index (index/late.py)
+        if kind not in ("auto", "colbert"):
+            raise EncoderforgeError(
+                f"--kind {kind}: {model} is a ColBERT run, indexed per token; omit --kind (or --kind colbert)"
+            )
+        return build_late(corpus, out, load_late_embedder(model), store_text=store_text, overwrite=overwrite)
+    if kind == "colbert":
+        raise EncoderforgeError(f"--kind colbert needs a `finetune colbert` run as --model (got {model})")
     emb = load_embedder(model, pooling=pooling, normalize=normalize, max_length=max_length) if dense else None
     return build_index(corpus, out, emb, kind=kind, shard_size=shard_size, store_text=store_text, overwrite=overwrite)
 
@@ -66,8 +75,10 @@ def index_add(index_dir: str | Path, corpus: str | Path, *, model: str | None = 
     """Embed the documents of `corpus` into an existing dense index (with its own model unless `model` is given)."""
     retriever = open_index(index_dir, model=model)
     if not isinstance(retriever, DenseRetriever):
+        what = "--kind bm25" if read_manifest(index_dir, verify=False).kind == "bm25" else "--model COLBERT_RUN"
         raise EncoderforgeError(
-            f"{index_dir}: a BM25 index cannot grow in place; rebuild it with `encoderforge index build --kind bm25`"
+            f"{index_dir}: a {'BM25' if what == '--kind bm25' else 'ColBERT'} index cannot grow in place; rebuild it "
+            f"with `encoderforge index build {what}` over the whole corpus"
         )
     check_docs(corpus)
     return add_documents(index_dir, corpus, retriever.embedder, store_text=store_text)
@@ -77,9 +88,11 @@ def index_delete(index_dir: str | Path, ids: Sequence[str]) -> int:
     """Remove documents by id and save the index atomically. Returns the number removed."""
     if not ids:
         raise EncoderforgeError("no ids given; pass the ids to delete, e.g. `encoderforge index delete DIR doc-1 doc-2`")
-    if read_manifest(index_dir, verify=False).kind == "bm25":
+    kind = read_manifest(index_dir, verify=False).kind
+    if kind in ("bm25", "colbert"):
         raise EncoderforgeError(
-            f"{index_dir}: a BM25 index cannot delete in place; rebuild it from the corpus without those documents"
+            f"{index_dir}: a {'BM25' if kind == 'bm25' else 'ColBERT'} index cannot delete in place; rebuild it from "
+            "the corpus without those documents"
         )
     index = DenseIndex.load(index_dir)
     index.delete(list(dict.fromkeys(ids)))
