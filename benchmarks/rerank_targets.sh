@@ -22,5 +22,5 @@ sample "$D/$s/train.pairs.jsonl" "$Q" > "$w/train.pairs.jsonl"
 sample "$D/$s/dev.pairs.jsonl" "$DQ" > "$w/dev.pairs.jsonl"
 $EF index mine "$w/train-index" "$w/train.pairs.jsonl" "$w/train.mined.jsonl" --negatives "$N" --overwrite
 $EF index mine "$OUT/$s/index" "$w/dev.pairs.jsonl" "$w/dev.mined.jsonl" --negatives "$N" --overwrite
-[ -f "$R/$s/metrics.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
+[ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
   --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"

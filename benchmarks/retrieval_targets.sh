@@ -40,7 +40,7 @@ for s in ${SETS:-bbc license wordnet}; do
   [ -f "$o/index/manifest.json" ] || .venv/bin/encoderforge index build "$c" "$o/index" --model "$E/$s" --kind flat --threads "${THREADS:-2}"
   ev --queries "$q" --qrels "$r" --index "$o/index" --out "$o/finetuned"
   ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --dims 96 --out "$o/finetuned-d96"
-  if [ -f "$R/$s/metrics.json" ]; then
+  if [ -f "$R/$s/task.json" ]; then  # task.json: written when the run finished (metrics.json also mid-run)
     ev --queries "$q" --qrels "$r" --corpus "$c" --index "$o/index" --rerank "$R/$s" --rerank-depth 20 --out "$o/finetuned+rerank"
   fi
 done

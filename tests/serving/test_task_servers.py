@@ -62,16 +62,28 @@ def test_ner_server_equals_the_predictor(start_server, tmp_path: Path, tiny_mode
     assert blank.status_code == 400 and "blank" in blank.json()["error"]["message"]
 
 
-def test_rerank_server_orders_by_the_pair_head(start_server, tmp_path: Path, tiny_model: Path, bbc_rows) -> None:
+@pytest.mark.parametrize("kind", ["regress", "rerank"])
+def test_rerank_server_orders_by_the_pair_head(kind, start_server, tmp_path: Path, tiny_model: Path, bbc_rows) -> None:
     texts = [text[:200] for _, text in bbc_rows[:40]]
-    rows = [((texts[i], texts[(i + k) % 40]), float(k == 0)) for i in range(20) for k in (0, 7)]
-    schema = Schema(text_fields=("a", "b"), label_type="float")
-    run = tuned("regress", tiny_model, tmp_path / "pairs", rows, schema, {"data.text_field": ["a", "b"]})
+    if kind == "regress":  # a pair regressor's value
+        rows: list = [((texts[i], texts[(i + k) % 40]), float(k == 0)) for i in range(20) for k in (0, 7)]
+        run = tuned(
+            kind,
+            tiny_model,
+            tmp_path / "pairs",
+            rows,
+            Schema(text_fields=("a", "b"), label_type="float"),
+            {"data.text_field": ["a", "b"]},
+        )
+    else:  # a listwise re-ranker's score
+        rows = [((texts[i], texts[i]), [texts[(i + 7) % 40], texts[(i + 9) % 40]]) for i in range(20)]
+        run = tuned(kind, tiny_model, tmp_path / "pairs", rows, Schema(label_type="pairs"))
+    key = {"regress": "value", "rerank": "score"}[kind]
     server = start_server(run)
     docs = texts[20:26]
     r = httpx.post(f"{server.url}/v1/rerank", json={"query": texts[20], "documents": docs, "top_n": 3, "return_documents": True})
     assert r.status_code == 200, r.text
-    want = [p["value"] for p in Predictor.load(run).predict([f"{texts[20]}\t{d}" for d in docs])]
+    want = [p[key] for p in Predictor.load(run).predict([f"{texts[20]}\t{d}" for d in docs])]
     res = r.json()["results"]
     assert [x["index"] for x in res] == sorted(range(6), key=lambda i: -want[i])[:3]
     assert all(abs(x["relevance_score"] - want[x["index"]]) < 1e-5 and x["document"] == docs[x["index"]] for x in res)
