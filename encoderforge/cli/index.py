@@ -49,6 +49,9 @@ def build(
     store_text: bool = typer.Option(True, help="Keep texts in the index (shown by `index search`, used by re-ranking)."),
     overwrite: bool = typer.Option(False, help="Replace an existing index."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 or auto: bf16 GEMMs on CPUs with AVX512-BF16 or AMX, fidelity-gated (auto: only if faster)."
+    ),
 ) -> None:
     """Embed a corpus in resumable shards and build a faiss index (or a BM25 index with --kind bm25)."""
     from encoderforge.recipes.index_build import index_build
@@ -66,9 +69,12 @@ def build(
             store_text=store_text,
             overwrite=overwrite,
             threads=threads,
+            precision=precision,  # type: ignore[arg-type]  # checked by index_build
         )
     resumed = f", {r.shards - r.shards_embedded} of {r.shards} shards resumed" if r.shards_embedded < r.shards else ""
-    typer.echo(f"indexed {r.count} documents ({r.kind}) in {r.out} in {r.seconds:.1f}s{resumed}")
+    how = f", embedded in {r.precision}" if r.kind != "bm25" and r.precision != "fp32" else ""
+    note = f" ({r.note})" if r.note else ""
+    typer.echo(f"indexed {r.count} documents ({r.kind}) in {r.out} in {r.seconds:.1f}s{resumed}{how}{note}")
 
 
 @app.command()

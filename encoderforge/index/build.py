@@ -45,6 +45,8 @@ class BuildResult:
     shards: int
     shards_embedded: int
     seconds: float
+    precision: str = "fp32"  # what the embedding GEMMs ran in
+    note: str = ""  # why a requested precision or kernel was not used ("" when it was)
 
 
 def build_index(
@@ -87,6 +89,7 @@ def build_index(
     kind = resolve_kind(kind, count)
     partial, spec = out / PARTIAL, embedder.spec
     key = {"corpus": file_digest(corpus), "embed": asdict(spec), "shard_size": shard_size, "store_text": store_text}
+    key["precision"] = embedder.engine.precision  # shards of one precision only
     done = _resume_point(partial, key)
     shards = math.ceil(count / shard_size)
     embedded = 0
@@ -105,7 +108,8 @@ def build_index(
         ids, meta, vecs = read_shard(partial, s)
         index.add(ids, vecs, meta)
     index.save(out)
-    return BuildResult(out, count, kind, shards, embedded, time.perf_counter() - t0)
+    e = embedder.engine
+    return BuildResult(out, count, kind, shards, embedded, time.perf_counter() - t0, e.precision, "; ".join(e.notes))
 
 
 def add_documents(index_dir: str | Path, corpus: str | Path, embedder: Embedder, *, store_text: bool = True) -> int:

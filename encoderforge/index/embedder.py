@@ -19,6 +19,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import file_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
 from encoderforge.model.surgery import remove_layers
 from encoderforge.model.zoo import ZOO, resolve_model
@@ -60,6 +61,7 @@ def load_embedder(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     dims: int | None = None,
     layers: int | None = None,
+    precision: Precision = "fp32",
 ) -> Embedder:
     """Load an embedding run or a plain encoder.
 
@@ -70,6 +72,7 @@ def load_embedder(
         max_tokens: token budget per forward pass.
         dims: keep only the first `dims` coordinates (Matryoshka), then re-normalise; overrides an embed run's own.
         layers: run only the first `layers` encoder layers (2D Matryoshka: a faster, shallower embedder).
+        precision: the engine's GEMM precision: fp32, bf16 (CPUs with AVX512-BF16 or AMX, fidelity-gated) or auto.
     Returns:
         the Embedder.
     """
@@ -99,7 +102,9 @@ def load_embedder(
             raise EncoderforgeError(f"--layers={layers} must be in 1..{loaded.encoder.cfg.num_layers} (the model's layers)")
         remove_layers(loaded.encoder, range(layers))
     length = int(max_length or min(DEFAULT_MAX_LENGTH, loaded.encoder.cfg.max_position))
-    engine = Engine(loaded.encoder, load_tokenizer(path), max_tokens=max(max_tokens, length), max_length=length)
+    engine = Engine(
+        loaded.encoder, load_tokenizer(path), max_tokens=max(max_tokens, length), max_length=length, precision=precision
+    )
     hidden = engine.encoder.cfg.hidden_size
     if dims is not None and not 0 < int(dims) <= hidden:
         raise EncoderforgeError(

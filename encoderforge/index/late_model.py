@@ -24,6 +24,7 @@ from encoderforge.index.late import KIND, LateIndex
 from encoderforge.index.manifest import MANIFEST, EmbedSpec
 from encoderforge.index.readers import read_docs
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
+from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
 from encoderforge.tasks.colbert import SPEC
 from encoderforge.tasks.sequences import encode_texts
@@ -62,8 +63,9 @@ class LateEmbedder:
         return out
 
 
-def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> LateEmbedder:
-    """Load a `finetune colbert` run directory (task.json kind "colbert" + model/ with the head)."""
+def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS, precision: Precision = "fp32") -> LateEmbedder:
+    """Load a `finetune colbert` run directory (task.json kind "colbert" + model/ with the head); `precision` as
+    `load_embedder`'s."""
     run = Path(run)
     if not is_colbert_run(run):
         raise EncoderforgeError(f"{run}: not a `finetune colbert` run (no task.json of kind colbert); pass the ColBERT run")
@@ -75,7 +77,8 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS)
     state = {k[len("head.") :]: v for k, v in loaded.extra.items() if k.startswith("head.")}
     head = SPEC.load_head(loaded.encoder.cfg, meta, state)
     length = int(meta["max_length"])
-    engine = Engine(loaded.encoder, load_tokenizer(run / "model"), max_tokens=max(max_tokens, length), max_length=length)
+    tok = load_tokenizer(run / "model")
+    engine = Engine(loaded.encoder, tok, max_tokens=max(max_tokens, length), max_length=length, precision=precision)
     spec = EmbedSpec(
         model=str(run.resolve()),
         model_hash=_digest(str(weights)),
@@ -110,4 +113,5 @@ def build_late(
     meta = [{**d.meta, "text": d.text} if store_text else dict(d.meta) for d in docs]
     index = LateIndex.build([d.id for d in docs], mats, meta, bits=bits, spec=embedder.spec)
     index.save(out)
-    return BuildResult(out, len(docs), KIND, 1, 1, time.perf_counter() - t0)
+    e = embedder.engine
+    return BuildResult(out, len(docs), KIND, 1, 1, time.perf_counter() - t0, e.precision, "; ".join(e.notes))

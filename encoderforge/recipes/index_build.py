@@ -22,6 +22,7 @@ from encoderforge.index.late_model import build_late, is_colbert_run, load_late_
 from encoderforge.index.manifest import read_manifest
 from encoderforge.index.readers import check_docs, read_docs
 from encoderforge.index.retrievers import DenseRetriever, open_index
+from encoderforge.inference.precision import Precision, check_precision
 from encoderforge.model.zoo import ZOO, resolve_model
 
 
@@ -38,6 +39,7 @@ def index_build(
     store_text: bool = True,
     overwrite: bool = False,
     threads: int | None = None,
+    precision: Precision = "fp32",
 ) -> BuildResult:
     """Build a dense (or BM25) index of a corpus JSONL; a killed build resumes when rerun with the same arguments.
 
@@ -51,10 +53,13 @@ def index_build(
         store_text: keep texts in the index metadata (printed by `index search`).
         overwrite: replace an existing index.
         threads: torch intra-op threads (default: torch's).
+        precision: the embedding GEMMs' precision: fp32, bf16 (AVX512-BF16 or AMX CPUs; the engine's fidelity gate
+            checks it against fp32) or auto (bf16 only where it measures faster); queries may use any precision.
     Returns:
         BuildResult.
     """
     dense = kind != "bm25"
+    check_precision(precision)
     check_output(out, [corpus, model_dir_of(model) if dense else None], flag="OUT", expect="dir")
     check_docs(corpus)  # every line checked before the model loads: a bad line costs no wait
     if threads:
@@ -64,10 +69,13 @@ def index_build(
             raise EncoderforgeError(
                 f"--kind {kind}: {model} is a ColBERT run, indexed per token; omit --kind (or --kind colbert)"
             )
-        return build_late(corpus, out, load_late_embedder(model), store_text=store_text, overwrite=overwrite)
+        late = load_late_embedder(model, precision=precision)
+        return build_late(corpus, out, late, store_text=store_text, overwrite=overwrite)
     if kind == "colbert":
         raise EncoderforgeError(f"--kind colbert needs a `finetune colbert` run as --model (got {model})")
-    emb = load_embedder(model, pooling=pooling, normalize=normalize, max_length=max_length) if dense else None
+    emb = (
+        load_embedder(model, pooling=pooling, normalize=normalize, max_length=max_length, precision=precision) if dense else None
+    )
     return build_index(corpus, out, emb, kind=kind, shard_size=shard_size, store_text=store_text, overwrite=overwrite)
 
 

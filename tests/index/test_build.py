@@ -111,3 +111,24 @@ def test_bm25_build_save_load_search(tmp_path, corpus_file, bbc_docs):
     vocab.write_text(vocab.read_text()[:-5] + "}", encoding="utf-8")
     with pytest.raises(EncoderforgeError, match=r"vocab.index.json: checksum differs .*rebuild with `encoderforge index build`"):
         BM25Index.load(tmp_path / "bm")
+
+
+def test_bf16_build_keeps_the_fp32_neighbours_or_refuses_on_a_cpu_without_bf16(tmp_path, corpus_file, tiny_model):
+    from encoderforge.inference.precision import native_bf16
+    from encoderforge.recipes.index_build import index_build
+
+    with pytest.raises(EncoderforgeError, match=r"^precision='fp16': choose one of fp32, bf16, auto"):
+        index_build(corpus_file, tmp_path / "bad", model=str(tiny_model), precision="fp16")  # type: ignore[arg-type]
+    if not native_bf16():
+        with pytest.raises(EncoderforgeError, match=r"has no AVX512-BF16 or AMX"):
+            index_build(corpus_file, tmp_path / "bf16", model=str(tiny_model), precision="bf16")
+        assert not (tmp_path / "bf16").exists()
+        return
+    fp32 = index_build(corpus_file, tmp_path / "fp32", model=str(tiny_model))
+    bf16 = index_build(corpus_file, tmp_path / "bf16", model=str(tiny_model), precision="bf16")
+    assert (fp32.precision, bf16.precision, bf16.note) == ("fp32", "bf16", "")
+    a, b = DenseIndex.load(tmp_path / "fp32"), DenseIndex.load(tmp_path / "bf16")
+    ids = list(a.iid)
+    va, vb = a.reconstruct(ids), b.reconstruct(ids)
+    assert float(np.sum(va * vb, axis=1).min()) >= 0.99  # the engine's fidelity gate, per document
+    assert b.search(va[:5], 1).ids == [[i] for i in ids[:5]]  # each document is still its own nearest neighbour
