@@ -16,10 +16,9 @@ from torch import nn
 
 from encoderforge import EncoderforgeError
 from encoderforge.compression.recipe import Quantize
+from encoderforge.compression.static_int8 import MIN_MEAN_COSINE  # one gate for static int8 in every runtime
 from encoderforge.model.encoder import Encoder
 from encoderforge.recipes.compress_teacher import TeacherRun, save_step_model, student_encoder
-
-STATIC_MIN_MEAN_COSINE = 0.99  # the dynamic int8 gate (tests/compression/test_quantize.py, docs/results-onnx.md)
 
 
 def quantize_step(t: TeacherRun, net: nn.Module, step: Quantize, d: Path) -> dict[str, Any]:
@@ -88,11 +87,11 @@ def static_engine_step(
     path = save_int8(enc, d / "model-static-int8.safetensors", reduce_range=reduce_range, static=ranges)
     fp32, int8 = (Engine(m, t.tokenizer, max_length=n, pack=False).embed(held) for m in (enc, load_int8(path)))
     fid = int8_fidelity(fp32, int8)
-    if fid["mean_cosine"] < STATIC_MIN_MEAN_COSINE:
+    if fid["mean_cosine"] < MIN_MEAN_COSINE:
         path.unlink()
         raise EncoderforgeError(
             f"{d.name}: static int8 kept mean cosine {fid['mean_cosine']:.5f} to fp32 on {len(held)} dev texts, below "
-            f"{STATIC_MIN_MEAN_COSINE} (calibrated on {len(calibration)} training texts); use runtime: onnx (keeps fc1 "
+            f"{MIN_MEAN_COSINE} (calibrated on {len(calibration)} training texts); use runtime: onnx (keeps fc1 "
             "fp32) or method: int8 (dynamic ranges)"
         )
     return {

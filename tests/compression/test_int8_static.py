@@ -22,10 +22,10 @@ from encoderforge.compression.int8_static import (
     uint8_grid,
 )
 from encoderforge.compression.int8_store import load_int8, save_int8
+from encoderforge.compression.static_int8 import MIN_MEAN_COSINE as STATIC_MIN_MEAN_COSINE
 from encoderforge.model import checkpoint
 from encoderforge.model.config import preset
 from encoderforge.model.encoder import Encoder
-from encoderforge.recipes.compress_quantize import STATIC_MIN_MEAN_COSINE
 
 pytestmark = pytest.mark.skipif(not static_engine_available(), reason="this torch has no oneDNN int8 linear")
 
