@@ -24,3 +24,10 @@ $EF index mine "$w/train-index" "$w/train.pairs.jsonl" "$w/train.mined.jsonl" --
 $EF index mine "$OUT/$s/index" "$w/dev.pairs.jsonl" "$w/dev.mined.jsonl" --negatives "$N" --overwrite
 [ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
   --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"
+# the fusion weight (eval-retrieval --rerank-weight, index/fusion.py) chosen on DEV_EVAL seeded dev queries (the same
+# depth as the test row: 20), written to RERANK/SET/weight.txt for retrieval_targets.sh's fused row
+q=$w/dev-eval.queries.jsonl; sample "$D/$s/dev.queries.jsonl" "${DEV_EVAL:-150}" > "$q"
+[ -f "$OUT/$s/dev+rerank/metrics.json" ] || $EF eval-retrieval --threads 2 --overwrite --queries "$q" --qrels "$D/$s/dev.qrels.tsv" \
+  --index "$OUT/$s/index" --rerank "$R/$s" --rerank-depth 20 --out "$OUT/$s/dev+rerank"
+.venv/bin/python benchmarks/rerank_weight.py "$OUT/$s/dev+rerank" "$D/$s/dev.qrels.tsv" | tee "$R/$s/weights.md"
+tail -1 "$R/$s/weights.md" | sed -E 's/best weight on dev: ([0-9.]+).*/\1/' > "$R/$s/weight.txt"

@@ -42,5 +42,9 @@ for s in ${SETS:-bbc license wordnet}; do
   ev --queries "$q" --qrels "$r" --corpus "$c" --model "$E/$s" --dims 96 --out "$o/finetuned-d96"
   if [ -f "$R/$s/task.json" ]; then  # task.json: written when the run finished (metrics.json also mid-run)
     ev --queries "$q" --qrels "$r" --corpus "$c" --index "$o/index" --rerank "$R/$s" --rerank-depth 20 --out "$o/finetuned+rerank"
+    if [ -f "$R/$s/weight.txt" ]; then  # fused with the first stage, the weight chosen on dev (benchmarks/rerank_targets.sh)
+      ev --queries "$q" --qrels "$r" --corpus "$c" --index "$o/index" --rerank "$R/$s" --rerank-depth 20 \
+        --rerank-weight "$(cat "$R/$s/weight.txt")" --out "$o/finetuned+rerank-fused"
+    fi
   fi
 done

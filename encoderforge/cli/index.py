@@ -172,6 +172,9 @@ def eval_retrieval(
         None, help="A fine-tuned cross-encoder run (rerank, or pair classify 0/1 / regress) that re-scores the top."
     ),
     rerank_depth: int = typer.Option(100, help="How many top documents --rerank re-scores."),
+    rerank_weight: float = typer.Option(
+        1.0, help="1: order by the re-ranker alone; below 1: w * z(re-ranker) + (1 - w) * z(first stage), tuned on dev."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
     dims: Optional[int] = typer.Option(None, help="With --model: score on the first DIMS coordinates (Matryoshka)."),
@@ -194,6 +197,7 @@ def eval_retrieval(
             k=k,
             rerank=rerank,
             rerank_depth=rerank_depth,
+            rerank_weight=rerank_weight,
             overwrite=overwrite,
             threads=threads,
             dims=dims,

@@ -6,6 +6,7 @@ optionally re-ranked by a fine-tuned cross-encoder -> a run directory that `enco
     OUT/task.json     {"kind": "retrieval", ...}
     OUT/run.tsv       qid<TAB>docid<TAB>rank<TAB>score, best first per query
     OUT/config.json   inputs and their sha256, settings
+    OUT/rerank.tsv    with --rerank: query, doc, first_stage, reranker scores of every re-scored candidate (header)
 
 Metrics are computed on our ranking (rank order, not raw scores: a re-ranked top-K followed by the retriever's
 tail would not sort by one score), with trec_eval's definitions (index/metrics.py). Latency is wall time per
@@ -27,6 +28,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir, check_output, file_digest
 from encoderforge.index.bm25 import BM25Index
 from encoderforge.index.embedder import load_embedder
+from encoderforge.index.fusion import fuse
 from encoderforge.index.metrics import evaluate_run
 from encoderforge.index.readers import read_docs, read_qrels
 from encoderforge.index.retrievers import BM25Retriever, Retriever, exact_retriever, open_index
@@ -56,6 +58,7 @@ def eval_retrieval(
     k: int = 100,
     rerank: str | Path | None = None,
     rerank_depth: int = 100,
+    rerank_weight: float = 1.0,
     overwrite: bool = False,
     threads: int | None = None,
     dims: int | None = None,
@@ -75,6 +78,8 @@ def eval_retrieval(
         k: documents retrieved (and written to run.tsv) per query.
         rerank: a fine-tuned cross-encoder run: `rerank`, `classify` on text pairs with labels "0"/"1", or `regress`.
         rerank_depth: how many of the top documents it re-scores.
+        rerank_weight: 1 = order them by the re-ranker alone; below 1, by w * z(re-ranker) + (1 - w) * z(first
+            stage) (index/fusion.py); OUT/rerank.tsv keeps both scores of every re-ranked candidate.
         dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
         layers: with `model` and no index, embed with its first `layers` layers only (2D Matryoshka).
         overwrite: replace an existing OUT.
@@ -89,6 +94,7 @@ def eval_retrieval(
         raise EncoderforgeError("--model and --bm25 search a corpus: pass --corpus FILE")
     if k < 1 or rerank_depth < 1:
         raise EncoderforgeError(f"-k and --rerank-depth must be >= 1 (got {k}, {rerank_depth})")
+    fuse([], [], rerank_weight)  # the weight's range, checked before any work
     inputs = [queries, qrels, corpus, index, rerank, model_dir_of(model) if model else None]
     check_output(out, inputs, expect="dir")
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
@@ -110,6 +116,7 @@ def eval_retrieval(
                 k=k,
                 rerank=rerank,
                 rerank_depth=rerank_depth,
+                rerank_weight=rerank_weight,
                 overwrite=overwrite,
                 dims=dims,
                 layers=layers,
@@ -130,6 +137,7 @@ def eval_retrieval(
     texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
     reranker = _reranker(rerank, texts) if rerank is not None else None
     run: dict[str, list[tuple[str, float]]] = {}
+    both: list[tuple[str, str, float, float]] = []  # (query, doc, first-stage score, re-ranker score)
     latency = []
     for q in qs:
         t0 = time.perf_counter()
@@ -138,7 +146,9 @@ def eval_retrieval(
         if reranker is not None:
             top = ranked[:rerank_depth]
             scores = reranker(q.text, [d for d, _ in top])
-            ranked = sorted(zip([d for d, _ in top], scores), key=lambda x: -x[1]) + ranked[rerank_depth:]
+            fused = fuse([s for _, s in top], scores, rerank_weight)
+            ranked = sorted(zip([d for d, _ in top], fused.tolist()), key=lambda x: -x[1]) + ranked[rerank_depth:]
+            both += [(q.id, d, s, r) for (d, s), r in zip(top, scores)]
         run[q.id] = ranked[:k]
         latency.append(time.perf_counter() - t0)
     by_rank = {q: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for q, r in run.items()}
@@ -154,7 +164,7 @@ def eval_retrieval(
         "skipped_queries": len(all_q) - len(qs),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
         "retriever": desc,
-        "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth},
+        "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth, "weight": rerank_weight},
         "k": k,
         "dims": dims,
         "layers": layers,
@@ -169,6 +179,7 @@ def eval_retrieval(
         "k": k,
         "rerank": None if rerank is None else str(rerank),
         "rerank_depth": rerank_depth,
+        "rerank_weight": rerank_weight,
     }
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -177,6 +188,10 @@ def eval_retrieval(
         with open(tmp / "run.tsv", "w", encoding="utf-8") as f:
             for qid, ranked in run.items():
                 f.writelines(f"{qid}\t{d}\t{r}\t{s:.6f}\n" for r, (d, s) in enumerate(ranked, 1))
+        if both:
+            with open(tmp / "rerank.tsv", "w", encoding="utf-8") as f:
+                f.write("query\tdoc\tfirst_stage\treranker\n")
+                f.writelines(f"{q}\t{d}\t{a:.6f}\t{b:.6f}\n" for q, d, a, b in both)
     return RetrievalEval(Path(out), metrics)
 
 

@@ -142,7 +142,7 @@ def test_rerank_with_a_cross_encoder_via_cli(judged, tiny_model, cross_encoder, 
     assert r.exit_code == 0, r.output
     assert "ndcg@10" in r.stdout and "1 skipped" in r.stdout
     m = check_against_trec_eval(out, judged)
-    assert m["rerank"] == {"run": str(cross_encoder), "depth": 5}
+    assert m["rerank"] == {"run": str(cross_encoder), "depth": 5, "weight": 1.0}
     # the top 5 of each query are ordered by the cross-encoder's P("1"), the texts coming from the index (no --corpus)
     texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in (judged / "corpus.jsonl").read_text().splitlines()}
     query = {json.loads(line)["id"]: json.loads(line)["text"] for line in (judged / "queries.jsonl").read_text().splitlines()}
@@ -153,6 +153,24 @@ def test_rerank_with_a_cross_encoder_via_cli(judged, tiny_model, cross_encoder, 
     assert probs == sorted(probs, reverse=True)
     r = CliRunner().invoke(app, [*argv[:-2], "--out", str(out)])  # exists: refused without --overwrite
     assert r.exit_code != 0 and "already exists; pass --overwrite" in r.stderr
+    # both scores of every re-scored candidate are kept, in first-stage order; weight 0 gives back the first stage
+    plain = tmp_path / "plain"
+    assert CliRunner().invoke(app, [*argv[:7], "-k", "20", "--out", str(plain)]).exit_code == 0
+    both = [line.split("\t") for line in (out / "rerank.tsv").read_text().splitlines()[1:]]
+    assert len(both) == 5 * m["queries"]
+    first = [(r[1], float(r[3])) for r in (x.split("\t") for x in (plain / "run.tsv").read_text().splitlines()) if r[0] == "q0"]
+    assert [b[1] for b in both if b[0] == "q0"] == [d for d, _ in first[:5]]
+    assert [float(b[2]) for b in both if b[0] == "q0"] == pytest.approx([s for _, s in first[:5]], abs=1e-5)
+    assert sorted(float(b[3]) for b in both if b[0] == "q0") == pytest.approx(sorted(probs), abs=1e-5)
+    zero = tmp_path / "w0"
+    assert CliRunner().invoke(app, [*argv[:-2], "--rerank-weight", "0", "--out", str(zero)]).exit_code == 0
+    assert _order(zero) == _order(plain)
+    r = CliRunner().invoke(app, [*argv[:-2], "--rerank-weight", "1.5", "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "--rerank-weight must be in [0, 1]" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def _order(run_dir):
+    return [line.split("\t")[:3] for line in (run_dir / "run.tsv").read_text().splitlines()]
 
 
 def test_dims_scores_on_the_first_coordinates(judged, tiny_model, tmp_path):

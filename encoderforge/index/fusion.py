@@ -1,0 +1,37 @@
+"""Re-ranking fused with the first stage: a cross-encoder's scores and the retriever's live on different scales, so
+each is z-scored over one query's re-ranked candidates and the two are mixed linearly,
+
+    fused = w * z(re-ranker) + (1 - w) * z(first stage)          w = 1: the re-ranker alone, w = 0: the first stage
+
+the interpolation that multi-stage retrieval papers tune on dev data (e.g. Wang et al. 2021, "BERT-based Dense
+Retrievers Require Interpolation with BM25"): a re-ranker trained on little data still adds what its first stage
+misses without throwing away what the first stage knew. `eval-retrieval --rerank-weight W` applies it; its
+OUT/rerank.tsv keeps both scores per candidate so a weight can be chosen on dev queries without re-scoring
+(benchmarks/rerank_weight.py).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from encoderforge import EncoderforgeError
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """(n,) -> standardised (n,); a constant list becomes zeros."""
+    sd = float(x.std())
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def fuse(first: Sequence[float], rerank: Sequence[float], weight: float) -> np.ndarray:
+    """(n,) fused scores of one query's candidates (module docstring)."""
+    if not 0 <= weight <= 1:
+        raise EncoderforgeError(f"--rerank-weight must be in [0, 1] (1 = the re-ranker alone), got {weight}")
+    if len(first) != len(rerank):
+        raise EncoderforgeError(f"fuse: {len(first)} first-stage scores but {len(rerank)} re-ranker scores")
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(rerank, dtype=np.float64)
+    if weight == 1 or not len(b):
+        return b  # the re-ranker's own order, ties and all
+    return weight * zscore(b) + (1 - weight) * zscore(a)
