@@ -153,7 +153,9 @@ def mine(
 
     with fail_on_error():
         r = mine_negatives(index, pairs, out, negatives=negatives, skip=skip, corpus=corpus, model=model, overwrite=overwrite)
-    short = f"; {r.short} rows got fewer than {negatives} (the index ran out of documents)" if r.short else ""
+    short = f"; {r.short} rows got fewer than {negatives} (too few other documents in the search depth)" if r.short else ""
+    if r.unindexed:  # such a positive may come back as its own negative: say so, it is the user's data to check
+        short += f"; WARNING: {r.unindexed} positives are no document of the index (their text differs from the corpus?)"
     typer.echo(f"mined negatives for {r.rows} pairs ({r.queries} queries) into {r.out}{short}")
 
 

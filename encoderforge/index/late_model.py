@@ -26,11 +26,12 @@ from encoderforge.index.readers import read_docs
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
-from encoderforge.tasks.colbert import SPEC
+from encoderforge.tasks.colbert import DIM, SPEC
 from encoderforge.tasks.sequences import encode_texts
 from encoderforge.tokenization import load_tokenizer
 
-CHUNK = 2_000  # documents encoded per call (bounds the per-token vectors held before compression)
+CHUNK = 2_000  # documents per Engine call; every token vector is held until compression (no shards, no resume yet:
+# a 100k x 256-token corpus holds ~13 GB of 128-d float32 vectors; a killed build starts again)
 
 
 def is_colbert_run(model: str | Path) -> bool:
@@ -57,7 +58,7 @@ class LateEmbedder:
         ids = encode_texts(self.engine.tokenizer, [(t,) for t in texts], self.spec.max_length).ids
         out: list[np.ndarray] = [np.zeros((0, self.spec.dim), np.float32)] * len(ids)
         for b in self.engine.forward_batches(ids):
-            vec = self.head(b.hidden.float()).numpy()  # (B, T, D)
+            vec = self.head(b.hidden.float()).cpu().numpy()  # (B, T, D)
             for row, i in enumerate(b.index):
                 out[i] = vec[row, : len(ids[i])]
         return out
@@ -82,7 +83,7 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
     spec = EmbedSpec(
         model=str(run.resolve()),
         model_hash=_digest(str(weights)),
-        dim=int(meta.get("dim", 128)),
+        dim=int(meta.get("dim", DIM)),
         pooling="tokens",  # one vector per token: MaxSim, not a pooled vector
         normalize=True,
         max_length=length,
@@ -100,7 +101,7 @@ def build_late(
     overwrite: bool = False,
 ) -> BuildResult:
     """Encode every document of a corpus JSONL and save a compressed LateIndex (atomically: a killed build leaves
-    no index; run it again)."""
+    no index and does not resume, unlike the sharded dense build; run it again)."""
     t0, out = time.perf_counter(), Path(out)
     if (out / MANIFEST).exists() and not overwrite:
         raise EncoderforgeError(f"{out}: already holds an index; pass --overwrite to rebuild it or choose another output")

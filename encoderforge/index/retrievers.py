@@ -81,7 +81,7 @@ class LateRetriever:
 
 
 def open_index(directory: str | Path, *, model: str | None = None, pooling: str | None = None) -> Retriever:
-    """Load a saved index (dense or bm25) as a Retriever; a dense one embeds queries with its manifest's model
+    """Load a saved index (dense, colbert or bm25) as a Retriever; a dense one embeds queries with its manifest's model
     unless `model`/`pooling` say otherwise (then they must produce the same vectors, or it is an error)."""
     d = Path(directory)
     m = read_manifest(d, verify=False)  # the load below verifies every file

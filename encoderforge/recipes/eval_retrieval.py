@@ -95,6 +95,8 @@ def eval_retrieval(
     if k < 1 or rerank_depth < 1:
         raise EncoderforgeError(f"-k and --rerank-depth must be >= 1 (got {k}, {rerank_depth})")
     fuse([], [], rerank_weight)  # the weight's range, checked before any work
+    if rerank_weight != 1 and rerank is None:
+        raise EncoderforgeError(f"--rerank-weight {rerank_weight} fuses a re-ranker's scores: pass --rerank RUN too")
     inputs = [queries, qrels, corpus, index, rerank, model_dir_of(model) if model else None]
     check_output(out, inputs, expect="dir")
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:

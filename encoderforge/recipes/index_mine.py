@@ -14,6 +14,7 @@ becomes training text.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ BATCH = 256  # queries searched per call (progress granularity; the embedder bat
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.split()).lower()
+    """How texts are compared: Unicode NFKC (composed accents, plain quotes' compatibility forms), whitespace
+    collapsed, lower case, so a positive written slightly differently from the index's copy is still recognised."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).lower()
 
 
 @dataclass
@@ -35,7 +38,8 @@ class MineResult:
     out: Path
     rows: int
     queries: int
-    short: int  # rows that got fewer than the requested negatives (the index ran out of non-positive documents)
+    short: int  # rows that got fewer than the requested negatives (the search depth held too few other documents)
+    unindexed: int  # rows whose positive is no document of the index (its text differs, or another corpus)
 
 
 def mine_negatives(
@@ -74,6 +78,8 @@ def mine_negatives(
     for ex in ds.examples:
         positives.setdefault(_norm(ex.texts[0]), set()).add(_norm(ex.texts[1]))
     queries = list(dict.fromkeys(ex.texts[0] for ex in ds.examples))  # unique, in file order
+    indexed = {_norm(t) for t in texts.values()}
+    unindexed = sum(_norm(ex.texts[1]) not in indexed for ex in ds.examples)
     mined: dict[str, list[str]] = {}
     for i in range(0, len(queries), BATCH):
         chunk = queries[i : i + BATCH]
@@ -84,7 +90,10 @@ def mine_negatives(
             for d in ids:
                 t = texts.get(d)
                 if t is None:
-                    raise EncoderforgeError(f"document {d!r} has no text; pass --corpus (the JSONL the index was built from)")
+                    where = f"--corpus {corpus}" if corpus else f"the index {index}"
+                    raise EncoderforgeError(
+                        f"document {d!r} has no text in {where}; pass the corpus JSONL the index was built from"
+                    )
                 if _norm(t) in pos or _norm(t) in seen:
                     continue
                 seen.add(_norm(t))
@@ -96,4 +105,4 @@ def mine_negatives(
             negs = mined[ex.texts[0]]
             short += len(negs) < negatives
             f.write(json.dumps({qf: ex.texts[0], pf: ex.texts[1], nf: negs}, ensure_ascii=False) + "\n")
-    return MineResult(target, len(ds.examples), len(queries), short)
+    return MineResult(target, len(ds.examples), len(queries), short, unindexed)

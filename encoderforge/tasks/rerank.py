@@ -62,17 +62,29 @@ def listwise_loss(grid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
 
 
 def _groups(rows: Rows, what: str) -> list[tuple[str, list[str]]]:
-    """((query, positive), negatives) rows -> (query, [positive, *negatives]) groups, checked."""
+    """((query, positive), negatives) rows -> (query, [positive, *negatives]) groups, checked. A negative that is the
+    positive again (or repeats another) is dropped: two equal inputs with opposite targets only teach noise."""
     out = []
-    for i, (texts, negs) in enumerate(rows):
+    for i, (texts, raw) in enumerate(rows):
+        negs, seen = raw, {_same(texts[1])}
+        if isinstance(raw, list):
+            negs = []
+            for n in raw:
+                if _same(n) not in seen:
+                    seen.add(_same(n))
+                    negs.append(n)
         if not isinstance(negs, list) or not negs:
-            got = "a score" if not isinstance(negs, list) else "none"
+            got = "a score" if not isinstance(negs, list) else "none besides copies of the positive" if raw else "none"
             raise EncoderforgeError(
                 f"rerank {what} row {i + 1}: hard negatives are {got}; a re-ranker learns to order a query's "
                 'candidates: give {"query", "positive", "negatives": [...]} rows (mine them with `encoderforge index mine`)'
             )
         out.append((texts[0], [texts[1], *negs]))
     return out
+
+
+def _same(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 class RerankTask:

@@ -52,7 +52,11 @@ def test_dense_index_and_the_cli(mined_setup, tiny_model, tmp_path):
         app, ["index", "mine", str(tmp_path / "dense"), str(d / "pairs.jsonl"), str(tmp_path / "m.jsonl"), "--negatives", "39"]
     )
     assert res.exit_code == 0, res.output
-    assert f"mined negatives for {len(rows)} pairs" in res.output and "; 2 rows got fewer than 39" in res.output
+    assert (
+        f"mined negatives for {len(rows)} pairs" in res.output
+        and "; 2 rows got fewer than 39" in res.output
+        and "WARNING" not in res.output
+    )
     out = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [len(o["negatives"]) for o in out] == [38] + [39] * (len(rows) - 2) + [38]  # 40 documents less the positives
     assert out[1]["positive"] not in out[1]["negatives"] and not {x["positive"] for x in rows[::8]} & set(out[0]["negatives"])
@@ -75,3 +79,15 @@ def test_bad_input_is_one_line_and_writes_nothing(mined_setup, tmp_path):
     with pytest.raises(EncoderforgeError, match=r"is the input"):
         mine_negatives(d / "bm25", d / "pairs.jsonl", d / "pairs.jsonl", overwrite=True)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_positive_written_differently_is_still_recognised_and_a_missing_one_counted(mined_setup, tmp_path, write_jsonl):
+    d, docs, _ = mined_setup
+    doc = docs[10]["text"]
+    respelled = "  ".join(doc.upper().split())  # other case and spacing than the index's copy
+    rows = [{"query": doc.split(".")[0], "positive": respelled}, {"query": "who scored?", "positive": "a text in no index"}]
+    r = mine_negatives(d / "bm25", write_jsonl(tmp_path / "p.jsonl", rows), tmp_path / "m.jsonl", negatives=5)
+    out = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert index_search(d / "bm25", [rows[0]["query"]], k=1)[0].id == docs[10]["id"]  # BM25's first hit is the positive
+    assert doc not in out[0]["negatives"] and len(out[0]["negatives"]) == 5
+    assert r.unindexed == 1  # the second row's positive is no document of the index

@@ -24,7 +24,7 @@ def test_listwise_loss_equals_a_per_group_softmax_cross_entropy():
     torch.manual_seed(0)
     sizes = torch.tensor([4, 2, 5, 1])
     scores = torch.randn(int(sizes.sum()))
-    scores[6] = scores[7] + 1  # group 2: a negative above the relevant document (rank 1)
+    scores[7] = scores[6] + 1  # group 2 (from index 6): a negative above the relevant document (rank 1)
     total, stats = listwise_loss(group_scores(scores, sizes))
     want, rr, top1, start = 0.0, 0.0, 0, 0
     for n in sizes.tolist():
@@ -33,7 +33,7 @@ def test_listwise_loss_equals_a_per_group_softmax_cross_entropy():
         rank = int((g[1:] >= g[0]).sum())
         rr, top1, start = rr + 1 / (1 + rank), top1 + (rank == 0), start + n
     assert float(total) == pytest.approx(want, abs=1e-5)
-    assert stats == {"rr": pytest.approx(rr), "top1": float(top1)}
+    assert stats == {"rr": pytest.approx(rr), "top1": float(top1)} and top1 <= 3  # group 2 ranks its positive second
     assert float(listwise_loss(group_scores(torch.tensor([0.0]), torch.tensor([1])))[0]) == 0  # a lone positive
 
 
@@ -70,6 +70,10 @@ def test_rows_without_hard_negatives_fail_naming_the_row(minilm_path):
     assert "\n" not in str(e.value)
     with pytest.raises(EncoderforgeError, match=r"^rerank dev row 1: hard negatives are a score"):
         RerankTask(tok, ok, [(("q", "d"), 0.5)])
+    with pytest.raises(EncoderforgeError, match=r"^rerank train row 1: hard negatives are none besides copies of the positive"):
+        RerankTask(tok, [(("q", "the doc"), ["The  doc"])], ok)
+    task = RerankTask(tok, [(("q", "d"), ["d", "n", "N ", "m"])], ok)  # the positive again and a repeat: dropped
+    assert task.train_sizes == [3]
 
 
 def test_finetune_rerank_end_to_end_then_rerank_a_retrieval_run(tiny_model, license_pairs, tmp_path, ft_config):
@@ -94,7 +98,7 @@ def test_finetune_rerank_end_to_end_then_rerank_a_retrieval_run(tiny_model, lice
     m = finetune(cfg).metrics
     assert m["task"] == "rerank" and m["primary"] == "mrr"
     t = m["test"]
-    assert t["n"] == 12 and 0.25 <= t["mrr"] <= 1 and 0 <= t["accuracy"] <= 1 and np.isfinite(t["loss"])
+    assert t["n"] == 12 and 0 <= t["accuracy"] <= 1 and np.isfinite(t["loss"])  # mrr: recomputed below
     meta = json.loads((tmp_path / "run" / "task.json").read_text())
     assert meta["kind"] == "rerank" and meta["text_fields"] == 2 and meta["max_chunks"] == 1
     # prediction scores a `query<TAB>document` line; the test group's MRR recomputed from those scores
