@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17's re-rankers, trained on their own first stage's mistakes (LCE, Gao et al. 2021): for one retrieval set,
 #   1. index the TRAIN split's documents with the fine-tuned first stage (runs/embed/SET, benchmarks/retrieval_targets.sh)
-#   2. `encoderforge index mine`: each sampled train pair gets its NEG best-ranked non-relevant documents from it
-#      (dev pairs likewise from the full-corpus index that retrieval_targets.sh evaluates)
+#   2. `encoderforge index mine`: each train pair gets its NEG best-ranked non-relevant documents from it (dev pairs
+#      likewise from the full-corpus index that retrieval_targets.sh evaluates); then QUERIES / DEV_QUERIES seeded rows
 #   3. `encoderforge finetune rerank` (listwise softmax over positive + negatives) from MiniLM-L6
 # then `benchmarks/retrieval_targets.sh` adds the "fine-tuned + re-ranker (top 20)" row.
 #
@@ -18,10 +18,12 @@ sample() { python3 -c "import random,sys; L=open(sys.argv[1]).read().splitlines(
 python3 -c "import json,sys; sys.stdout.writelines(l for l in open(sys.argv[1]) if json.loads(l)['split'] == 'train')" "$D/$s/corpus.jsonl" > "$w/train-corpus.jsonl"
 [ -f "$w/train-index/manifest.json" ] || $EF index build "$w/train-corpus.jsonl" "$w/train-index" --model "$E/$s" --kind flat --threads 2
 [ -f "$OUT/$s/index/manifest.json" ] || $EF index build "$D/$s/corpus.jsonl" "$OUT/$s/index" --model "$E/$s" --kind flat --threads 2
-sample "$D/$s/train.pairs.jsonl" "$Q" > "$w/train.pairs.jsonl"
-sample "$D/$s/dev.pairs.jsonl" "$DQ" > "$w/dev.pairs.jsonl"
-$EF index mine "$w/train-index" "$w/train.pairs.jsonl" "$w/train.mined.jsonl" --negatives "$N" --overwrite
-$EF index mine "$OUT/$s/index" "$w/dev.pairs.jsonl" "$w/dev.mined.jsonl" --negatives "$N" --overwrite
+# mine from the whole pairs files, then sample rows: every row of a query counts as its positive (wordnet: a synset's
+# other lemmas), so a sample taken first would let them come back as negatives
+[ -f "$w/train.all.mined.jsonl" ] || $EF index mine "$w/train-index" "$D/$s/train.pairs.jsonl" "$w/train.all.mined.jsonl" --negatives "$N"
+[ -f "$w/dev.all.mined.jsonl" ] || $EF index mine "$OUT/$s/index" "$D/$s/dev.pairs.jsonl" "$w/dev.all.mined.jsonl" --negatives "$N"
+sample "$w/train.all.mined.jsonl" "$Q" > "$w/train.mined.jsonl"
+sample "$w/dev.all.mined.jsonl" "$DQ" > "$w/dev.mined.jsonl"
 [ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
   --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"
 # the fusion weight (eval-retrieval --rerank-weight, index/fusion.py) chosen on DEV_EVAL seeded dev queries (the same
