@@ -95,7 +95,11 @@ def load_int8(path: str | Path, *, engine: str | None = None) -> Encoder:
         quant = {n: q if n == EMBEDDING else to_7bit(q) for n, q in quant.items()}
         reduce_range = True
     if static and not static_engine_available():
-        log.warning("%s: this torch has no working oneDNN int8 linear; running its static int8 codes as dynamic int8", path)
+        log.warning(
+            "%s: static int8 in our engine needs AVX512-VNNI and a working oneDNN int8 linear; running its int8 codes "
+            "as dynamic int8",
+            path,
+        )
     elif static:  # the static layers first; any Linear without a range (e.g. the pooler) becomes dynamic below
         quantize_static_engine(enc, static, reduce_range=reduce_range, fuse_mlp=fuse_mlp, qweights=quant, inplace=True)
         if not any(isinstance(m, nn.Linear) for m in enc.modules()):

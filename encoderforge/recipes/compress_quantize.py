@@ -77,10 +77,16 @@ def static_engine_step(
 ) -> dict[str, Any]:
     """Calibrate every Linear's input range on `calibration` through our engine, write the int8 file with those ranges,
     and keep it only if the model read back from it passes the fidelity gate on `held` (mean cosine to fp32)."""
-    from encoderforge.compression.int8_static import calibrate_ranges
+    from encoderforge.compression.int8_static import calibrate_ranges, static_engine_available
     from encoderforge.compression.int8_store import load_int8, save_int8
     from encoderforge.compression.quantize import int8_fidelity
     from encoderforge.inference.engine import Engine
+
+    if not static_engine_available():  # it would load back as dynamic int8: say so before calibrating anything
+        raise EncoderforgeError(
+            f"{d.name}: static int8 in our engine needs AVX512-VNNI and torch's oneDNN int8 linear, which this machine "
+            "lacks; use runtime: onnx (ONNX Runtime static int8) or method: int8 (dynamic)"
+        )
 
     n = t.meta["max_length"]
     ranges = calibrate_ranges(enc, lambda m: Engine(cast(Encoder, m), t.tokenizer, max_length=n, pack=False).embed(calibration))
