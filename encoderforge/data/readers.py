@@ -20,6 +20,7 @@ import csv
 import io
 import math
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -28,7 +29,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.data.qa_reader import QAExample, read_qa
 from encoderforge.data.textfile import decode_utf8, jsonl_rows
 
-__all__ = ["Dataset", "Example", "QAExample", "Schema", "from_records", "read_dataset", "read_qa", "split_dev"]
+__all__ = ["Dataset", "Example", "QAExample", "Schema", "from_records", "read_dataset", "read_qa", "split_dev", "text_key"]
 
 LabelType = Literal["class", "multilabel", "float", "tags", "span", "pairs"]
 Format = Literal["csv", "tsv", "jsonl", "tab", "conll"]
@@ -366,3 +367,9 @@ def from_records(records: Sequence[tuple[Any, Any]], schema: Schema, *, name: st
             obj = {**dict(zip(schema.text_fields, texts)), schema.label_field: label}
         examples.append(_example(obj, Path(name), i, schema))
     return Dataset(Path(name), schema, examples)
+
+
+def text_key(text: str) -> str:
+    """How two texts are compared as the same (a mined negative that is the positive again): Unicode NFKC (composed
+    accents, compatibility forms), whitespace collapsed, lower case."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).lower()

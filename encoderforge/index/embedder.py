@@ -112,7 +112,7 @@ def load_embedder(
         )
     spec = EmbedSpec(
         model=str(model) if str(model) in ZOO else str(Path(model).resolve()),  # found again from any directory
-        model_hash=_digest(str(weights)) + (f":layers={layers}" if layers else ""),  # a cut model is another model
+        model_hash=weights_digest(str(weights)) + (f":layers={layers}" if layers else ""),  # a cut model is another model
         dim=int(dims or hidden),
         pooling=pooling,
         normalize=normalize,
@@ -138,7 +138,7 @@ def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
     return file_digest(path) or ""
 
 
-def _digest(path: str) -> str:
+def weights_digest(path: str) -> str:
     """sha256 of the weights, cached per (path, size, mtime): loading the same model twice hashes it once."""
     st = Path(path).stat()
     return _digest_cached(path, st.st_size, st.st_mtime_ns)

@@ -19,7 +19,7 @@ import torch
 
 from encoderforge import EncoderforgeError
 from encoderforge.index.build import BuildResult
-from encoderforge.index.embedder import WEIGHTS, _digest
+from encoderforge.index.embedder import WEIGHTS, weights_digest
 from encoderforge.index.late import KIND, LateIndex
 from encoderforge.index.manifest import MANIFEST, EmbedSpec
 from encoderforge.index.readers import read_docs
@@ -82,7 +82,7 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
     engine = Engine(loaded.encoder, tok, max_tokens=max(max_tokens, length), max_length=length, precision=precision)
     spec = EmbedSpec(
         model=str(run.resolve()),
-        model_hash=_digest(str(weights)),
+        model_hash=weights_digest(str(weights)),
         dim=int(meta.get("dim", DIM)),
         pooling="tokens",  # one vector per token: MaxSim, not a pooled vector
         normalize=True,

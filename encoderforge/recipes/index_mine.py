@@ -14,23 +14,16 @@ becomes training text.
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.readers import Schema, pair_fields, read_dataset
+from encoderforge.data.readers import Schema, pair_fields, read_dataset, text_key
 from encoderforge.fileio import atomic_file, check_output
 from encoderforge.index.readers import read_docs
 from encoderforge.index.retrievers import open_index
 
 BATCH = 256  # queries searched per call (progress granularity; the embedder batches inside)
-
-
-def _norm(text: str) -> str:
-    """How texts are compared: Unicode NFKC (composed accents, plain quotes' compatibility forms), whitespace
-    collapsed, lower case, so a positive written slightly differently from the index's copy is still recognised."""
-    return " ".join(unicodedata.normalize("NFKC", text).split()).lower()
 
 
 @dataclass
@@ -76,17 +69,17 @@ def mine_negatives(
         raise EncoderforgeError(f"{index}: the index stores no document texts; pass --corpus (the JSONL it was built from)")
     positives: dict[str, set[str]] = {}
     for ex in ds.examples:
-        positives.setdefault(_norm(ex.texts[0]), set()).add(_norm(ex.texts[1]))
+        positives.setdefault(text_key(ex.texts[0]), set()).add(text_key(ex.texts[1]))
     queries = list(dict.fromkeys(ex.texts[0] for ex in ds.examples))  # unique, in file order
-    indexed = {_norm(t) for t in texts.values()}
-    unindexed = sum(_norm(ex.texts[1]) not in indexed for ex in ds.examples)
+    indexed = {text_key(t) for t in texts.values()}
+    unindexed = sum(text_key(ex.texts[1]) not in indexed for ex in ds.examples)
     mined: dict[str, list[str]] = {}
     for i in range(0, len(queries), BATCH):
         chunk = queries[i : i + BATCH]
-        depth = skip + negatives + max(len(positives[_norm(q)]) for q in chunk) + 10
+        depth = skip + negatives + max(len(positives[text_key(q)]) for q in chunk) + 10
         hits = retriever.search(chunk, depth)
         for q, ids in zip(chunk, hits.ids):
-            pos, seen, keep = positives[_norm(q)], set(), []
+            pos, seen, keep = positives[text_key(q)], set(), []
             for d in ids:
                 t = texts.get(d)
                 if t is None:
@@ -94,9 +87,9 @@ def mine_negatives(
                     raise EncoderforgeError(
                         f"document {d!r} has no text in {where}; pass the corpus JSONL the index was built from"
                     )
-                if _norm(t) in pos or _norm(t) in seen:
+                if text_key(t) in pos or text_key(t) in seen:
                     continue
-                seen.add(_norm(t))
+                seen.add(text_key(t))
                 keep.append(t)
             mined[q] = keep[skip : skip + negatives]
     short = 0

@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.index.embedder import WEIGHTS, _digest
+from encoderforge.index.embedder import WEIGHTS, weights_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
 from encoderforge.inference.precision import Precision
@@ -77,7 +77,7 @@ class Served:
             raise EncoderforgeError(f"{self.ref or self.name}: no weights file ({WEIGHTS[0]}) to check an index against")
         return EmbedSpec(
             model=self.ref,
-            model_hash=_digest(str(self.weights)),  # the same cached sha256 the index build recorded
+            model_hash=weights_digest(str(self.weights)),  # the same cached sha256 the index build recorded
             dim=self.dim,
             pooling=self.pooling,
             normalize=self.normalize,

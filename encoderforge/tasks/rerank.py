@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.readers import text_key
 from encoderforge.tasks import LossSum, pooled
 from encoderforge.tasks.pooled import DocBatches
 from encoderforge.tasks.sequences import Encoded, SeqBatch, epoch_steps, fixed_batches, make_batch, windows_by_doc
@@ -66,12 +67,12 @@ def _groups(rows: Rows, what: str) -> list[tuple[str, list[str]]]:
     positive again (or repeats another) is dropped: two equal inputs with opposite targets only teach noise."""
     out = []
     for i, (texts, raw) in enumerate(rows):
-        negs, seen = raw, {_same(texts[1])}
+        negs, seen = raw, {text_key(texts[1])}
         if isinstance(raw, list):
             negs = []
             for n in raw:
-                if _same(n) not in seen:
-                    seen.add(_same(n))
+                if text_key(n) not in seen:
+                    seen.add(text_key(n))
                     negs.append(n)
         if not isinstance(negs, list) or not negs:
             got = "a score" if not isinstance(negs, list) else "none besides copies of the positive" if raw else "none"
@@ -81,10 +82,6 @@ def _groups(rows: Rows, what: str) -> list[tuple[str, list[str]]]:
             )
         out.append((texts[0], [texts[1], *negs]))
     return out
-
-
-def _same(text: str) -> str:
-    return " ".join(text.split()).lower()
 
 
 class RerankTask:
