@@ -90,10 +90,10 @@ def build_index(
     partial, spec = out / PARTIAL, embedder.spec
     key = {"corpus": file_digest(corpus), "embed": asdict(spec), "shard_size": shard_size, "store_text": store_text}
     key["precision"] = embedder.engine.precision  # shards of one precision only
-    done = _resume_point(partial, key)
+    done = resume_point(partial, key)
     shards = math.ceil(count / shard_size)
     embedded = 0
-    for s, docs in enumerate(_chunks(iter_docs(corpus), shard_size)):
+    for s, docs in enumerate(chunks(iter_docs(corpus), shard_size)):
         if s < done:
             continue  # embedded by an earlier, interrupted run
         write_shard(
@@ -124,7 +124,7 @@ def add_documents(index_dir: str | Path, corpus: str | Path, embedder: Embedder,
                 f"{corpus}:{d.line}: id {d.id!r} is already in {index_dir}; delete it first "
                 f"(`encoderforge index delete {index_dir} {d.id}`) or give the document another id"
             )
-    for chunk in _chunks(iter(docs), SHARD_SIZE):
+    for chunk in chunks(iter(docs), SHARD_SIZE):
         index.add([d.id for d in chunk], embedder.embed([d.text for d in chunk]), [_meta(d, store_text) for d in chunk])
     index.save(index_dir)
     return len(docs)
@@ -144,7 +144,7 @@ def read_shard(partial: Path, s: int) -> tuple[list[str], list[dict], np.ndarray
     return rows["ids"], rows["meta"], np.load(partial / f"shard-{s:05d}.npy")
 
 
-def _resume_point(partial: Path, key: dict) -> int:
+def resume_point(partial: Path, key: dict) -> int:
     """Shards already embedded for the same key; any other .partial/ is stale and removed."""
     progress = partial / "progress.json"
     if progress.is_file():
@@ -173,6 +173,6 @@ def _meta(d: Doc, store_text: bool) -> dict:
     return {**d.meta, "text": d.text} if store_text else dict(d.meta)
 
 
-def _chunks(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
+def chunks(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
     while chunk := list(itertools.islice(docs, size)):
         yield chunk

@@ -9,8 +9,9 @@ model is refused, as for dense indexes), and `build_late`: corpus JSONL -> saved
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -18,11 +19,12 @@ import numpy as np
 import torch
 
 from encoderforge import EncoderforgeError
-from encoderforge.index.build import BuildResult
+from encoderforge.fileio import atomic_file, file_digest
+from encoderforge.index.build import PARTIAL, BuildResult, chunks, read_shard, resume_point, write_shard
 from encoderforge.index.embedder import WEIGHTS, weights_digest
 from encoderforge.index.late import KIND, LateIndex
 from encoderforge.index.manifest import MANIFEST, EmbedSpec
-from encoderforge.index.readers import read_docs
+from encoderforge.index.readers import check_docs, iter_docs
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
@@ -30,8 +32,9 @@ from encoderforge.tasks.colbert import DIM, SPEC
 from encoderforge.tasks.sequences import encode_texts
 from encoderforge.tokenization import load_tokenizer
 
-CHUNK = 2_000  # documents per Engine call; every token vector is held until compression (no shards, no resume yet:
-# a 100k x 256-token corpus holds ~13 GB of 128-d float32 vectors; a killed build starts again)
+SHARD_SIZE = 2_000  # documents per resumable shard (one Engine call each). The token vectors of every shard are read
+# back for compression at the end (the centroids are trained on all of them): a 100k x 256-token corpus needs ~13 GB
+# of 128-d float32 vectors then; shards on disk make a killed build resume, not shrink that peak.
 
 
 def is_colbert_run(model: str | Path) -> bool:
@@ -99,20 +102,43 @@ def build_late(
     bits: Literal[4, 8] = 8,
     store_text: bool = True,
     overwrite: bool = False,
+    shard_size: int = SHARD_SIZE,
 ) -> BuildResult:
-    """Encode every document of a corpus JSONL and save a compressed LateIndex (atomically: a killed build leaves
-    no index and does not resume, unlike the sharded dense build; run it again)."""
+    """Encode every document of a corpus JSONL in resumable shards (as the dense build: index/build.py's layout, plus
+    each shard's token counts), then compress them all into a LateIndex saved atomically; rerun a killed build to
+    resume at its first unfinished shard."""
     t0, out = time.perf_counter(), Path(out)
+    if shard_size < 1:
+        raise EncoderforgeError(f"--shard-size must be >= 1, got {shard_size}")
     if (out / MANIFEST).exists() and not overwrite:
         raise EncoderforgeError(f"{out}: already holds an index; pass --overwrite to rebuild it or choose another output")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+    if out.is_dir() and any(p.name not in (PARTIAL, MANIFEST) for p in out.iterdir()) and not (out / MANIFEST).exists():
         raise EncoderforgeError(f"{out}: exists and is not an index; encoderforge never deletes it — choose another output")
-    docs = read_docs(corpus)
-    mats: list[np.ndarray] = []
-    for i in range(0, len(docs), CHUNK):
-        mats += embedder.encode([d.text for d in docs[i : i + CHUNK]])
-    meta = [{**d.meta, "text": d.text} if store_text else dict(d.meta) for d in docs]
-    index = LateIndex.build([d.id for d in docs], mats, meta, bits=bits, spec=embedder.spec)
-    index.save(out)
+    count, partial = check_docs(corpus), out / PARTIAL
+    key = {"corpus": file_digest(corpus), "embed": asdict(embedder.spec), "shard_size": shard_size, "store_text": store_text}
+    key["precision"] = embedder.engine.precision
+    done, embedded = resume_point(partial, key), 0
+    shards = math.ceil(count / shard_size)
+    for s, docs in enumerate(chunks(iter_docs(corpus), shard_size)):
+        if s < done:
+            continue  # encoded by an earlier, interrupted run
+        mats = embedder.encode([d.text for d in docs])
+        meta = [{**d.meta, "text": d.text} if store_text else dict(d.meta) for d in docs]
+        with atomic_file(partial / f"shard-{s:05d}.lengths.npy", "wb") as f:
+            np.save(f, np.array([len(m) for m in mats], dtype=np.int64))
+        write_shard(partial, s, [d.id for d in docs], meta, np.concatenate(mats))
+        with atomic_file(partial / "progress.json") as f:
+            json.dump({"key": key, "done": s + 1}, f)
+        embedded += 1
+    ids: list[str] = []
+    metas: list[dict] = []
+    mats_all: list[np.ndarray] = []
+    for s in range(shards):
+        shard_ids, shard_meta, tokens = read_shard(partial, s)
+        lengths = np.load(partial / f"shard-{s:05d}.lengths.npy")
+        ids += shard_ids
+        metas += shard_meta
+        mats_all += np.split(tokens, np.cumsum(lengths)[:-1])
+    LateIndex.build(ids, mats_all, metas, bits=bits, spec=embedder.spec).save(out)  # the rename drops .partial/
     e = embedder.engine
-    return BuildResult(out, len(docs), KIND, 1, 1, time.perf_counter() - t0, e.precision, "; ".join(e.notes))
+    return BuildResult(out, count, KIND, shards, embedded, time.perf_counter() - t0, e.precision, "; ".join(e.notes))

@@ -70,7 +70,7 @@ def index_build(
                 f"--kind {kind}: {model} is a ColBERT run, indexed per token; omit --kind (or --kind colbert)"
             )
         late = load_late_embedder(model, precision=precision)
-        return build_late(corpus, out, late, store_text=store_text, overwrite=overwrite)
+        return build_late(corpus, out, late, store_text=store_text, overwrite=overwrite, shard_size=shard_size)
     if kind == "colbert":
         raise EncoderforgeError(f"--kind colbert needs a `finetune colbert` run as --model (got {model})")
     emb = (

@@ -130,3 +130,35 @@ def test_what_a_late_index_refuses(late, tiny_model, tmp_path):
         open_index(d / "ix", model=str(tmp_path / "run2"))
     assert "\n" not in str(e.value)
     assert "already holds an index" in fails(["index", "build", d / "corpus.jsonl", d / "ix", "--model", d / "run"])
+
+
+def test_a_killed_colbert_build_resumes_at_its_first_unfinished_shard(late, tmp_path):
+    """Token vectors go to .partial/ shard by shard (with their counts): a build that dies after its first shard
+    leaves nothing that looks complete, and the rerun encodes only the rest and equals an uninterrupted build."""
+    from encoderforge.index.late import LateIndex
+    from encoderforge.index.late_model import build_late
+
+    d, _, _ = late
+    emb = load_late_embedder(d / "run")
+    real, calls = emb.encode, []
+
+    def dies_after_one_shard(texts):
+        if calls:
+            raise KeyboardInterrupt  # the process is stopped while encoding its second shard
+        calls.append(len(texts))
+        return real(texts)
+
+    emb.encode = dies_after_one_shard  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        build_late(d / "corpus.jsonl", tmp_path / "ix", emb, shard_size=16)
+    assert not (tmp_path / "ix" / "manifest.json").exists() and calls == [16]
+    assert json.loads((tmp_path / "ix" / ".partial" / "progress.json").read_text())["done"] == 1
+    emb.encode = real  # type: ignore[method-assign]
+    resumed = build_late(d / "corpus.jsonl", tmp_path / "ix", emb, shard_size=16)
+    assert (resumed.count, resumed.shards, resumed.shards_embedded) == (40, 3, 2)  # shard 0 was not encoded again
+    assert not (tmp_path / "ix" / ".partial").exists()
+    build_late(d / "corpus.jsonl", tmp_path / "fresh", emb, shard_size=16)
+    a, b = LateIndex.load(tmp_path / "ix"), LateIndex.load(tmp_path / "fresh")
+    assert a.ids == b.ids and a.meta_rows == b.meta_rows
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_array_equal(a.codes, b.codes)
