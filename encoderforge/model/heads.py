@@ -13,7 +13,7 @@ from torch import nn
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.dropout import Dropout
 
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "pooler"]  # pooler: [CLS] through BERT's dense + tanh (in the head)
 
 
 def head_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -30,14 +30,14 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: Poolin
 
     Written once; used by classification, embeddings and retrieval.
     """
-    if mode == "cls":
+    if mode in ("cls", "pooler"):
         return hidden[:, 0]
-    if mode == "mean" and attention_mask is None:
+    if mode != "mean":
+        raise ValueError(f"pooling must be 'cls', 'mean' or 'pooler', got {mode!r}")
+    if attention_mask is None:
         return hidden.mean(dim=1)
-    if mode == "mean":
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    raise ValueError(f"pooling must be 'cls' or 'mean', got {mode!r}")
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
 class MLMHead(nn.Module):
@@ -59,17 +59,23 @@ class MLMHead(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Pool -> dropout -> linear: (B, T, C) -> (B, num_labels)."""
+    """Pool -> dropout -> linear: (B, T, C) -> (B, num_labels). With pooling "pooler" the [CLS] vector first goes
+    through a trainable dense + tanh (BERT's pooler, as `BertForSequenceClassification`; SequenceModel starts it from
+    the checkpoint's pooler weights)."""
 
     def __init__(self, cfg: EncoderConfig, num_labels: int, *, pooling: Pooling = "cls"):
         super().__init__()
         self.pooling = pooling
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias) if pooling == "pooler" else None
         self.drop = Dropout(cfg.dropout)
         self.out = head_linear(cfg.hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """attention_mask may be None with "cls" pooling (only [CLS] is read)."""
-        return self.out(self.drop(pool(hidden, attention_mask, self.pooling)))
+        """attention_mask may be None with "cls" or "pooler" pooling (only [CLS] is read)."""
+        x = pool(hidden, attention_mask, self.pooling)
+        if self.dense is not None:
+            x = torch.tanh(self.dense(x))
+        return self.out(self.drop(x))
 
 
 class TokenClassifier(nn.Module):

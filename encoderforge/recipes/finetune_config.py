@@ -108,7 +108,8 @@ class FinetuneArgs:
         lora_alpha: LoRA scale numerator (the update is scaled by alpha / rank).
         patience: stop after this many evaluations without dev improvement (0 = never stop early).
         evals_per_epoch: dev evaluations per epoch (the best one is kept).
-        pooling: how a window becomes a vector: mean (sentence-transformers models) or cls.
+        pooling: how a window becomes a vector: mean (sentence-transformers models), cls, or pooler ([CLS] through
+            BERT's dense + tanh, trainable, from the checkpoint: `BertForSequenceClassification`'s head).
         max_chunks: windows per long document (1 = plain truncation).
         stride: overlap of consecutive windows in tokens (QA: the doc stride).
         chunk_pooling: pool the windows' logits by mean or max.
@@ -135,7 +136,7 @@ class FinetuneArgs:
     lora_alpha: float = 16.0
     patience: int = 0
     evals_per_epoch: int = 1
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
     max_chunks: int = 1
     stride: int = 64
     chunk_pooling: Literal["mean", "max"] = "mean"

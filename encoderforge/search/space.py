@@ -10,7 +10,7 @@
       train.lr: {low: 1.0e-5, high: 3.0e-4, log: true}
       finetune.epochs: {low: 2, high: 6}               # ints -> integer range
       train.batch_rows: [16, 32]
-      finetune.pooling: [mean, cls]
+      finetune.pooling: [mean, cls, pooler]
       finetune.lr_decay: {low: 0.8, high: 1.0}
       finetune.head_init: [probe, random]
       finetune.freeze_layers: [0, 2]

@@ -311,6 +311,11 @@ def _build_model(encoder: Encoder, labels: list[str], args: TaskArgs) -> EmbedMo
         raise EncoderforgeError(
             f"embed.layers: {bad_layers[0]} is not in 1..{encoder.cfg.num_layers} (the model's layers); fix --set embed.layers"
         )
+    if args.finetune.pooling not in ("mean", "cls"):
+        raise EncoderforgeError(
+            f"finetune.pooling {args.finetune.pooling}: an embedding run pools by mean or cls (pooler is a classifier "
+            "head's [CLS] + dense + tanh); fix --set finetune.pooling"
+        )
     return EmbedModel(encoder, pooling=args.finetune.pooling, attention_dropout=e.attention_dropout, layers=e.layers)
 
 

@@ -55,10 +55,12 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.encoder = encoder.for_task_heads()
         self.head = SequenceClassifier(encoder.cfg, num_labels, pooling=pooling)
+        if self.head.dense is not None:  # "pooler": start from the checkpoint's pooler (the encoder's own stays frozen)
+            self.head.dense.load_state_dict(encoder.pooler.dense.state_dict())
         self.chunk_pooling = chunk_pooling
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
-        if self.head.pooling == "cls":  # only [CLS] is read: the last layer runs on those S rows alone
+        if self.head.pooling in ("cls", "pooler"):  # only [CLS] is read: the last layer runs on those S rows alone
             cls = self.encoder.forward_packed(batch.input_ids, batch.lengths, rows=sequence_starts(batch.lengths))
             logits = self.head(cls.hidden[:, None], None)  # (S, C) -> (S, L)
         else:

@@ -171,3 +171,57 @@ def test_best_keeper_restores_best_and_stops_after_patience():
     assert keeper(30, {"accuracy": 0.45}) is True and keeper.stopped
     keeper.restore()
     assert model.weight.tolist() == [[1.0, 1.0]] and keeper.best_step == 10
+
+
+def test_pooler_head_starts_as_berts_pooler_and_trains_its_own_copy(minilm_path, bbc_rows):
+    """pooling "pooler" = `BertForSequenceClassification`'s head: [CLS] -> the checkpoint's dense + tanh (its
+    `pooler_output`, checked against transformers on the real MiniLM weights) -> dropout -> linear. The head trains
+    its own copy of the dense layer; the encoder's pooler stays frozen as before."""
+    import transformers
+
+    from encoderforge.tasks.sequences import make_batch, windows_by_doc
+
+    rows = [((text,), topic) for topic, text in bbc_rows[:4]]
+    tok = load_tokenizer(minilm_path)
+    task = ClassificationTask(tok, LABELS, rows, rows, max_length=48, batch_rows=8, max_chunks=1, stride=8)
+    enc = task.train_enc
+    batch = make_batch(enc, windows_by_doc(enc), list(range(4)), task.train_y)
+    model = SequenceModel(checkpoint.load(minilm_path).encoder, len(LABELS), pooling="pooler").eval()
+    out, model.head.out = model.head.out, torch.nn.Identity()
+    with torch.no_grad():
+        ours = model(batch)  # (4, C): tanh(dense([CLS])) with the head's last linear bypassed
+    model.head.out = out
+    hf = transformers.BertModel.from_pretrained(str(minilm_path)).eval()
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in enc.ids], batch_first=True)
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x in enc.ids])[:, None]).long()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).pooler_output
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+    model.train()
+    torch.nn.functional.cross_entropy(model(batch), batch.targets).backward()
+    assert model.head.dense.weight.grad is not None and model.head.dense.weight.grad.abs().sum() > 0
+    assert model.encoder.pooler.dense.weight.grad is None  # the encoder's own pooler is not trained
+
+
+def test_a_pooler_head_run_saves_its_dense_layer_and_predicts_as_it_evaluated(tiny_model, bbc_rows, tmp_path, ft_config):
+    train, dev, test = split(bbc_rows)
+    values = {
+        "finetune.max_length": 32,
+        "finetune.epochs": 2,
+        "train.batch_rows": 8,
+        "train.lr": 2e-3,
+        "finetune.pooling": "pooler",
+    }
+    r = finetune(ft_config("classify", tiny_model, tmp_path / "run", values), train=train, dev=dev, test=test)
+    assert json.loads((tmp_path / "run" / "task.json").read_text())["pooling"] == "pooler"
+    assert {"head.dense.weight", "head.dense.bias", "head.out.weight", "head.out.bias"} == set(
+        checkpoint.load(tmp_path / "run" / "model").extra
+    )
+    pred = Predictor.load(tmp_path / "run").predict([ex.texts[0] for ex in test.examples])
+    assert np.mean([p["label"] == ex.label for p, ex in zip(pred, test.examples)]) == pytest.approx(r.metrics["test"]["accuracy"])
+    with pytest.raises(EncoderforgeError, match=r"^finetune.pooling pooler: an embedding run pools by mean or cls"):
+        finetune(
+            ft_config("embed", tiny_model, tmp_path / "emb", {"finetune.pooling": "pooler", "finetune.max_length": 32}),
+            train=train,
+            dev=dev,
+        )
