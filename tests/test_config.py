@@ -68,7 +68,7 @@ def test_finetune_config_file_flags_and_set_in_that_order(tmp_path):
         ("train: {lrr: 1}\n", [], r"my.yaml.train: unknown field\(s\) \['lrr'\]"),
         ("finetune: {epochs: many}\n", [], r"finetune.epochs: expected float, got 'many'"),
         ("finetune: {epochs: .nan}\n", [], r"finetune.epochs: must be a finite number"),
-        ("finetune: {pooling: max}\n", [], r"finetune.pooling='max'; use 'mean' or 'cls'"),
+        ("finetune: {pooling: max}\n", [], r"finetune.pooling='max'; use 'mean', 'cls' or 'pooler'"),
         ("train: {steps: 10}\n", [], r"train.steps is derived in fine-tuning; set finetune.epochs instead"),
         ("task: ner\n", [], r"task is 'ner' but the command is `finetune classify`"),
         ("", ["finetune.epochs=-1"], r"--epochs must be positive"),
