@@ -82,7 +82,7 @@ def build_index(
     count = check_docs(corpus)
     if kind == "bm25":
         docs = read_docs(corpus)
-        BM25Index.build([d.id for d in docs], [d.text for d in docs], [_meta(d, store_text) for d in docs]).save(out)
+        BM25Index.build([d.id for d in docs], [d.text for d in docs], [doc_meta(d, store_text) for d in docs]).save(out)
         return BuildResult(out, count, "bm25", 0, 0, time.perf_counter() - t0)
     if embedder is None:
         raise EncoderforgeError("a dense index needs a model; pass --model")
@@ -97,7 +97,7 @@ def build_index(
         if s < done:
             continue  # embedded by an earlier, interrupted run
         write_shard(
-            partial, s, [d.id for d in docs], [_meta(d, store_text) for d in docs], embedder.embed([d.text for d in docs])
+            partial, s, [d.id for d in docs], [doc_meta(d, store_text) for d in docs], embedder.embed([d.text for d in docs])
         )
         with atomic_file(partial / "progress.json") as f:
             json.dump({"key": key, "done": s + 1}, f)
@@ -125,7 +125,7 @@ def add_documents(index_dir: str | Path, corpus: str | Path, embedder: Embedder,
                 f"(`encoderforge index delete {index_dir} {d.id}`) or give the document another id"
             )
     for chunk in chunks(iter(docs), SHARD_SIZE):
-        index.add([d.id for d in chunk], embedder.embed([d.text for d in chunk]), [_meta(d, store_text) for d in chunk])
+        index.add([d.id for d in chunk], embedder.embed([d.text for d in chunk]), [doc_meta(d, store_text) for d in chunk])
     index.save(index_dir)
     return len(docs)
 
@@ -169,7 +169,7 @@ def _train_sample(partial: Path, shards: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _meta(d: Doc, store_text: bool) -> dict:
+def doc_meta(d: Doc, store_text: bool) -> dict:
     return {**d.meta, "text": d.text} if store_text else dict(d.meta)
 
 

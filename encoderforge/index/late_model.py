@@ -20,7 +20,7 @@ import torch
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file, file_digest
-from encoderforge.index.build import PARTIAL, BuildResult, chunks, read_shard, resume_point, write_shard
+from encoderforge.index.build import PARTIAL, BuildResult, chunks, doc_meta, read_shard, resume_point, write_shard
 from encoderforge.index.embedder import WEIGHTS, weights_digest
 from encoderforge.index.late import KIND, LateIndex
 from encoderforge.index.manifest import MANIFEST, EmbedSpec
@@ -123,10 +123,9 @@ def build_late(
         if s < done:
             continue  # encoded by an earlier, interrupted run
         mats = embedder.encode([d.text for d in docs])
-        meta = [{**d.meta, "text": d.text} if store_text else dict(d.meta) for d in docs]
         with atomic_file(partial / f"shard-{s:05d}.lengths.npy", "wb") as f:
             np.save(f, np.array([len(m) for m in mats], dtype=np.int64))
-        write_shard(partial, s, [d.id for d in docs], meta, np.concatenate(mats))
+        write_shard(partial, s, [d.id for d in docs], [doc_meta(d, store_text) for d in docs], np.concatenate(mats))
         with atomic_file(partial / "progress.json") as f:
             json.dump({"key": key, "done": s + 1}, f)
         embedded += 1
