@@ -8,9 +8,12 @@
 #
 #   benchmarks/rerank_targets.sh SET [DATA EMBED RERANK RETRIEVAL]      e.g. benchmarks/rerank_targets.sh license
 #   QUERIES=400 DEV_QUERIES=150 NEGATIVES=7 MAX_LENGTH=192 EPOCHS=1 BATCH=8 LR=5e-5 BASE=minilm-l6 (the defaults)
+#   SAMPLE_DEPTH=20: draw the negatives at random from the first stage's top 20 (`index mine --sample-depth`), the
+#   candidates the re-ranker will re-score, instead of its best-ranked 7 (0, the default)
 set -euo pipefail
 s=$1; D=${2:-runs/data/retrieval}; E=${3:-runs/embed}; R=${4:-runs/rerank}; OUT=${5:-runs/retrieval}
 Q=${QUERIES:-400}; DQ=${DEV_QUERIES:-150}; N=${NEGATIVES:-7}; L=${MAX_LENGTH:-192}
+SD=${SAMPLE_DEPTH:-0}; m=mined; [ "$SD" = 0 ] || m=mined-d$SD
 export HF_HUB_OFFLINE=1
 EF=.venv/bin/encoderforge; w=$R/data-$s; mkdir -p "$w"
 # a seeded sample of pair rows: python's random.Random(0).shuffle of the lines, first N
@@ -20,16 +23,18 @@ python3 -c "import json,sys; sys.stdout.writelines(l for l in open(sys.argv[1]) 
 [ -f "$OUT/$s/index/manifest.json" ] || $EF index build "$D/$s/corpus.jsonl" "$OUT/$s/index" --model "$E/$s" --kind flat --threads 2
 # mine from the whole pairs files, then sample rows: every row of a query counts as its positive (wordnet: a synset's
 # other lemmas), so a sample taken first would let them come back as negatives
-[ -f "$w/train.all.mined.jsonl" ] || $EF index mine "$w/train-index" "$D/$s/train.pairs.jsonl" "$w/train.all.mined.jsonl" --negatives "$N"
-[ -f "$w/dev.all.mined.jsonl" ] || $EF index mine "$OUT/$s/index" "$D/$s/dev.pairs.jsonl" "$w/dev.all.mined.jsonl" --negatives "$N"
-sample "$w/train.all.mined.jsonl" "$Q" > "$w/train.mined.jsonl"
-sample "$w/dev.all.mined.jsonl" "$DQ" > "$w/dev.mined.jsonl"
-[ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.mined.jsonl" --dev "$w/dev.mined.jsonl" \
+for split in train dev; do
+  ix=$w/train-index; [ $split = dev ] && ix=$OUT/$s/index
+  [ -f "$w/$split.all.$m.jsonl" ] || $EF index mine "$ix" "$D/$s/$split.pairs.jsonl" "$w/$split.all.$m.jsonl" --negatives "$N" --sample-depth "$SD"
+done
+sample "$w/train.all.$m.jsonl" "$Q" > "$w/train.$m.jsonl"
+sample "$w/dev.all.$m.jsonl" "$DQ" > "$w/dev.$m.jsonl"
+[ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.$m.jsonl" --dev "$w/dev.$m.jsonl" \
   --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"
 # the fusion weight (eval-retrieval --rerank-weight, index/fusion.py) chosen on DEV_EVAL seeded dev queries (the same
 # depth as the test row: 20), written to RERANK/SET/weight.txt for retrieval_targets.sh's fused row
 q=$w/dev-eval.queries.jsonl; sample "$D/$s/dev.queries.jsonl" "${DEV_EVAL:-150}" > "$q"
-[ -f "$OUT/$s/dev+rerank/metrics.json" ] || $EF eval-retrieval --threads 2 --overwrite --queries "$q" --qrels "$D/$s/dev.qrels.tsv" \
-  --index "$OUT/$s/index" --rerank "$R/$s" --rerank-depth 20 --out "$OUT/$s/dev+rerank"
-.venv/bin/python benchmarks/rerank_weight.py "$OUT/$s/dev+rerank" "$D/$s/dev.qrels.tsv" | tee "$R/$s/weights.md"
+[ -f "$R/$s.dev-eval/metrics.json" ] || $EF eval-retrieval --threads 2 --overwrite --queries "$q" --qrels "$D/$s/dev.qrels.tsv" \
+  --index "$OUT/$s/index" --rerank "$R/$s" --rerank-depth 20 --out "$R/$s.dev-eval"
+.venv/bin/python benchmarks/rerank_weight.py "$R/$s.dev-eval" "$D/$s/dev.qrels.tsv" | tee "$R/$s/weights.md"
 tail -1 "$R/$s/weights.md" | sed -E 's/best weight on dev: ([0-9.]+).*/\1/' > "$R/$s/weight.txt"

@@ -145,6 +145,10 @@ def mine(
     skip: int = typer.Option(0, help="Skip this many top non-positive hits first (guards against unlabelled relevant ones)."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus JSONL with the texts, when the index stores none."),
     model: Optional[str] = typer.Option(None, help="Query model (default: the index's; another one is refused)."),
+    sample_depth: int = typer.Option(
+        0, help="Draw the negatives at random from the top D hits (the candidates a depth-D re-ranker sees); 0: the best-ranked."
+    ),
+    seed: int = typer.Option(0, help="Seed of --sample-depth's draw."),
     overwrite: bool = typer.Option(False, help="Replace an existing OUT."),
 ) -> None:
     """Mine hard negatives for training pairs from an index: each query's best-ranked documents that are none of
@@ -152,7 +156,10 @@ def mine(
     from encoderforge.recipes.index_mine import mine_negatives
 
     with fail_on_error():
-        r = mine_negatives(index, pairs, out, negatives=negatives, skip=skip, corpus=corpus, model=model, overwrite=overwrite)
+        r = mine_negatives(
+            index, pairs, out, negatives=negatives, skip=skip, corpus=corpus, model=model, overwrite=overwrite,
+            sample_depth=sample_depth, seed=seed,
+        )  # fmt: skip
     short = f"; {r.short} rows got fewer than {negatives} (too few other documents in the search depth)" if r.short else ""
     if r.unindexed:  # such a positive may come back as its own negative: say so, it is the user's data to check
         short += f"; WARNING: {r.unindexed} positives are no document of the index (their text differs from the corpus?)"

@@ -5,7 +5,11 @@
 Each {"query", "positive"} row is searched against the index (dense with its own model, or BM25); its negatives are
 the best-ranked documents whose text is none of that query's positives (every row with the same query text counts),
 after skipping the first `skip` of them (a guard against unlabelled relevant documents: sentence-transformers'
-`mine_hard_negatives` calls it range_min). The rows come back with "negatives": [...] (replacing any they had), ready
+`mine_hard_negatives` calls it range_min). With `sample_depth` D the negatives are drawn at random (seeded, one draw
+per query) from the non-positive documents among the top D hits instead: the candidates a re-ranker of depth D will
+face. Taking only the best-ranked ones misleads a re-ranker whose first stage is weak: they sit above the positive
+for most queries, so it learns "prefer the less similar candidate" (docs/results.md, issue 17; Gao et al. 2021 sample
+from the retriever's top too). The rows come back with "negatives": [...] (replacing any they had), ready
 for `finetune rerank` (the negatives a re-ranker will face are its first stage's top hits: train on those) or for
 `finetune embed` (hard negatives for MNRL). Index the training split's documents only, so no dev/test document
 becomes training text.
@@ -14,6 +18,7 @@ becomes training text.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +50,18 @@ def mine_negatives(
     corpus: str | Path | None = None,
     model: str | None = None,
     overwrite: bool = False,
+    sample_depth: int = 0,
+    seed: int = 0,
 ) -> MineResult:
     """Write `pairs` with mined "negatives" to `out` (atomically). Args as the module docstring; `corpus`: the
     documents' texts when the index stores none; `model`: query model of a dense index (default: its manifest's)."""
     if negatives < 1 or skip < 0:
         raise EncoderforgeError(f"--negatives must be >= 1 and --skip >= 0 (got {negatives}, {skip})")
+    if sample_depth and sample_depth < skip + negatives:
+        raise EncoderforgeError(
+            f"--sample-depth {sample_depth} must be 0 (off) or at least --skip + --negatives ({skip + negatives}): "
+            "the negatives are drawn from the top --sample-depth hits"
+        )
     target = check_output(out, [pairs, corpus, index], flag="OUT", expect="file")
     if target.exists() and not overwrite:
         raise EncoderforgeError(f"{target} exists; pass --overwrite to replace it, or choose another OUT")
@@ -76,8 +88,8 @@ def mine_negatives(
     mined: dict[str, list[str]] = {}
     for i in range(0, len(queries), BATCH):
         chunk = queries[i : i + BATCH]
-        depth = skip + negatives + max(len(positives[text_key(q)]) for q in chunk) + 10
-        hits = retriever.search(chunk, depth)
+        most = max(len(positives[text_key(q)]) for q in chunk)
+        hits = retriever.search(chunk, sample_depth or skip + negatives + most + 10)
         for q, ids in zip(chunk, hits.ids):
             pos, seen, keep = positives[text_key(q)], set(), []
             for d in ids:
@@ -91,7 +103,11 @@ def mine_negatives(
                     continue
                 seen.add(text_key(t))
                 keep.append(t)
-            mined[q] = keep[skip : skip + negatives]
+            if sample_depth:  # keep = the top D hits' non-positive documents (the search went D deep)
+                pool = keep[skip:]
+                mined[q] = random.Random(f"{seed}:{q}").sample(pool, min(negatives, len(pool)))
+            else:
+                mined[q] = keep[skip : skip + negatives]
     short = 0
     with atomic_file(target, encoding="utf-8") as f:
         for ex in ds.examples:

@@ -45,6 +45,31 @@ def test_negatives_are_the_index_ranking_without_the_query_positives(mined_setup
     assert again == [o["negatives"][2:4] for o in out]
 
 
+def test_sampled_negatives_come_from_the_top_depth_hits_seeded_per_query(mined_setup, tmp_path):
+    # --sample-depth D: the negatives a re-ranker of depth D will face, drawn at random from the first stage's top D
+    # (not only its best-ranked ones, which sit above a weak first stage's positive and teach "prefer the less similar")
+    d, docs, rows = mined_setup
+    text = {x["id"]: x["text"] for x in docs}
+    r = mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "a.jsonl", negatives=3, sample_depth=12, seed=1)
+    assert r.short == 0
+    out = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    spread = set()
+    for o in out:
+        positives = {x["positive"] for x in rows if x["query"] == o["query"]}
+        top = [text[h.id] for h in index_search(d / "bm25", [o["query"]], k=12)]
+        pool = [t for t in top if t not in positives]
+        assert len(o["negatives"]) == 3 and len(set(o["negatives"])) == 3 and set(o["negatives"]) <= set(pool)
+        spread |= {pool.index(n) for n in o["negatives"]}
+    assert max(spread) >= 3  # not just the best-ranked three
+    assert out[0]["negatives"] == out[-1]["negatives"]  # one draw per query, whatever row it is on
+    same = mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "b.jsonl", negatives=3, sample_depth=12, seed=1)
+    assert same.rows == r.rows and (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "c.jsonl", negatives=3, sample_depth=12, seed=2)
+    assert (tmp_path / "c.jsonl").read_text() != (tmp_path / "a.jsonl").read_text()
+    with pytest.raises(EncoderforgeError, match=r"--sample-depth 2 must be 0 \(off\) or at least --skip \+ --negatives \(3\)"):
+        mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", negatives=3, sample_depth=2)
+
+
 def test_dense_index_and_the_cli(mined_setup, tiny_model, tmp_path):
     d, docs, rows = mined_setup
     index_build(d / "corpus.jsonl", tmp_path / "dense", model=str(tiny_model), kind="flat")
