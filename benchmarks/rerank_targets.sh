@@ -9,11 +9,13 @@
 #   benchmarks/rerank_targets.sh SET [DATA EMBED RERANK RETRIEVAL]      e.g. benchmarks/rerank_targets.sh license
 #   QUERIES=400 DEV_QUERIES=150 NEGATIVES=7 MAX_LENGTH=192 EPOCHS=1 BATCH=8 LR=5e-5 BASE=minilm-l6 (the defaults)
 #   SAMPLE_DEPTH=20: draw the negatives at random from the first stage's top 20 (`index mine --sample-depth`), the
-#   candidates the re-ranker will re-score, instead of its best-ranked 7 (0, the default)
+#   candidates the re-ranker will re-score, instead of its best-ranked 7 (0, the default); FOUND_ONLY=1 with it keeps
+#   only the rows whose positive is among those top 20 (`index mine --found-only`)
 set -euo pipefail
 s=$1; D=${2:-runs/data/retrieval}; E=${3:-runs/embed}; R=${4:-runs/rerank}; OUT=${5:-runs/retrieval}
 Q=${QUERIES:-400}; DQ=${DEV_QUERIES:-150}; N=${NEGATIVES:-7}; L=${MAX_LENGTH:-192}
 SD=${SAMPLE_DEPTH:-0}; m=mined; [ "$SD" = 0 ] || m=mined-d$SD
+FO=(); [ -z "${FOUND_ONLY:-}" ] || { FO=(--found-only); m=$m-found; }
 export HF_HUB_OFFLINE=1
 EF=.venv/bin/encoderforge; w=$R/data-$s; mkdir -p "$w"
 # a seeded sample of pair rows: python's random.Random(0).shuffle of the lines, first N
@@ -25,7 +27,7 @@ python3 -c "import json,sys; sys.stdout.writelines(l for l in open(sys.argv[1]) 
 # other lemmas), so a sample taken first would let them come back as negatives
 for split in train dev; do
   ix=$w/train-index; [ $split = dev ] && ix=$OUT/$s/index
-  [ -f "$w/$split.all.$m.jsonl" ] || $EF index mine "$ix" "$D/$s/$split.pairs.jsonl" "$w/$split.all.$m.jsonl" --negatives "$N" --sample-depth "$SD"
+  [ -f "$w/$split.all.$m.jsonl" ] || $EF index mine "$ix" "$D/$s/$split.pairs.jsonl" "$w/$split.all.$m.jsonl" --negatives "$N" --sample-depth "$SD" "${FO[@]}"
 done
 sample "$w/train.all.$m.jsonl" "$Q" > "$w/train.$m.jsonl"
 sample "$w/dev.all.$m.jsonl" "$DQ" > "$w/dev.$m.jsonl"

@@ -149,6 +149,9 @@ def mine(
         0, help="Draw the negatives at random from the top D hits (the candidates a depth-D re-ranker sees); 0: the best-ranked."
     ),
     seed: int = typer.Option(0, help="Seed of --sample-depth's draw."),
+    found_only: bool = typer.Option(
+        False, help="Keep only rows whose positive is among the top --sample-depth hits (the lists a re-ranker re-orders)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing OUT."),
 ) -> None:
     """Mine hard negatives for training pairs from an index: each query's best-ranked documents that are none of
@@ -158,11 +161,13 @@ def mine(
     with fail_on_error():
         r = mine_negatives(
             index, pairs, out, negatives=negatives, skip=skip, corpus=corpus, model=model, overwrite=overwrite,
-            sample_depth=sample_depth, seed=seed,
+            sample_depth=sample_depth, seed=seed, found_only=found_only,
         )  # fmt: skip
     short = f"; {r.short} rows got fewer than {negatives} (too few other documents in the search depth)" if r.short else ""
     if r.unindexed:  # such a positive may come back as its own negative: say so, it is the user's data to check
         short += f"; WARNING: {r.unindexed} positives are no document of the index (their text differs from the corpus?)"
+    if r.dropped:
+        short += f"; left out {r.dropped} pairs whose positive is not among the top {sample_depth} (--found-only)"
     typer.echo(f"mined negatives for {r.rows} pairs ({r.queries} queries) into {r.out}{short}")
 
 

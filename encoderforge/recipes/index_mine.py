@@ -9,7 +9,10 @@ after skipping the first `skip` of them (a guard against unlabelled relevant doc
 per query) from the non-positive documents among the top D hits instead: the candidates a re-ranker of depth D will
 face. Taking only the best-ranked ones misleads a re-ranker whose first stage is weak: they sit above the positive
 for most queries, so it learns "prefer the less similar candidate" (docs/results.md, issue 17; Gao et al. 2021 sample
-from the retriever's top too). The rows come back with "negatives": [...] (replacing any they had), ready
+from the retriever's top too). `found_only` also leaves out the rows whose positive is not among those top D: a
+re-ranker only re-orders candidate lists the first stage filled, and rows whose positive it missed make the positive
+the one candidate unlike the others (their words seldom overlap the query's), so the re-ranker learns to prefer
+the dissimilar one. The rows come back with "negatives": [...] (replacing any they had), ready
 for `finetune rerank` (the negatives a re-ranker will face are its first stage's top hits: train on those) or for
 `finetune embed` (hard negatives for MNRL). Index the training split's documents only, so no dev/test document
 becomes training text.
@@ -38,6 +41,7 @@ class MineResult:
     queries: int
     short: int  # rows that got fewer than the requested negatives (the search depth held too few other documents)
     unindexed: int  # rows whose positive is no document of the index (its text differs, or another corpus)
+    dropped: int = 0  # rows left out by found_only: their positive is not among the top sample_depth hits
 
 
 def mine_negatives(
@@ -52,6 +56,7 @@ def mine_negatives(
     overwrite: bool = False,
     sample_depth: int = 0,
     seed: int = 0,
+    found_only: bool = False,
 ) -> MineResult:
     """Write `pairs` with mined "negatives" to `out` (atomically). Args as the module docstring; `corpus`: the
     documents' texts when the index stores none; `model`: query model of a dense index (default: its manifest's)."""
@@ -61,6 +66,10 @@ def mine_negatives(
         raise EncoderforgeError(
             f"--sample-depth {sample_depth} must be 0 (off) or at least --skip + --negatives ({skip + negatives}): "
             "the negatives are drawn from the top --sample-depth hits"
+        )
+    if found_only and not sample_depth:
+        raise EncoderforgeError(
+            "--found-only keeps the rows whose positive is among the top --sample-depth hits: pass --sample-depth"
         )
     target = check_output(out, [pairs, corpus, index], flag="OUT", expect="file")
     if target.exists() and not overwrite:
@@ -86,12 +95,14 @@ def mine_negatives(
     indexed = {text_key(t) for t in texts.values()}
     unindexed = sum(text_key(ex.texts[1]) not in indexed for ex in ds.examples)
     mined: dict[str, list[str]] = {}
+    found: dict[str, set[str]] = {}  # each query's positives among its hits
     for i in range(0, len(queries), BATCH):
         chunk = queries[i : i + BATCH]
         most = max(len(positives[text_key(q)]) for q in chunk)
         hits = retriever.search(chunk, sample_depth or skip + negatives + most + 10)
         for q, ids in zip(chunk, hits.ids):
             pos, seen, keep = positives[text_key(q)], set(), []
+            found[q] = set()
             for d in ids:
                 t = texts.get(d)
                 if t is None:
@@ -99,6 +110,8 @@ def mine_negatives(
                     raise EncoderforgeError(
                         f"document {d!r} has no text in {where}; pass the corpus JSONL the index was built from"
                     )
+                if text_key(t) in pos:
+                    found[q].add(text_key(t))
                 if text_key(t) in pos or text_key(t) in seen:
                     continue
                 seen.add(text_key(t))
@@ -108,10 +121,13 @@ def mine_negatives(
                 mined[q] = random.Random(f"{seed}:{q}").sample(pool, min(negatives, len(pool)))
             else:
                 mined[q] = keep[skip : skip + negatives]
-    short = 0
+    short = dropped = 0
     with atomic_file(target, encoding="utf-8") as f:
         for ex in ds.examples:
+            if found_only and text_key(ex.texts[1]) not in found[ex.texts[0]]:
+                dropped += 1
+                continue
             negs = mined[ex.texts[0]]
             short += len(negs) < negatives
             f.write(json.dumps({qf: ex.texts[0], pf: ex.texts[1], nf: negs}, ensure_ascii=False) + "\n")
-    return MineResult(target, len(ds.examples), len(queries), short, unindexed)
+    return MineResult(target, len(ds.examples) - dropped, len(queries), short, unindexed, dropped)

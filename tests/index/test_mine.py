@@ -70,6 +70,18 @@ def test_sampled_negatives_come_from_the_top_depth_hits_seeded_per_query(mined_s
         mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", negatives=3, sample_depth=2)
 
 
+def test_found_only_keeps_the_rows_whose_positive_is_in_the_top_depth(mined_setup, tmp_path):
+    d, docs, rows = mined_setup
+    text = {x["id"]: x["text"] for x in docs}
+    r = mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "f.jsonl", negatives=1, sample_depth=2, found_only=True)
+    want = [x for x in rows if x["positive"] in [text[h.id] for h in index_search(d / "bm25", [x["query"]], k=2)]]
+    out = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert 0 < len(want) < len(rows) and [(o["query"], o["positive"]) for o in out] == [(x["query"], x["positive"]) for x in want]
+    assert (r.rows, r.dropped) == (len(want), len(rows) - len(want))
+    with pytest.raises(EncoderforgeError, match=r"--found-only .* pass --sample-depth"):
+        mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", found_only=True)
+
+
 def test_dense_index_and_the_cli(mined_setup, tiny_model, tmp_path):
     d, docs, rows = mined_setup
     index_build(d / "corpus.jsonl", tmp_path / "dense", model=str(tiny_model), kind="flat")
