@@ -32,7 +32,7 @@ done
 sample "$w/train.all.$m.jsonl" "$Q" > "$w/train.$m.jsonl"
 sample "$w/dev.all.$m.jsonl" "$DQ" > "$w/dev.$m.jsonl"
 [ -f "$R/$s/task.json" ] || $EF finetune rerank --model "${BASE:-minilm-l6}" --train "$w/train.$m.jsonl" --dev "$w/dev.$m.jsonl" \
-  --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads 2 --out "$R/$s"
+  --epochs "${EPOCHS:-1}" --batch-size "${BATCH:-8}" --lr "${LR:-5e-5}" --max-length "$L" --threads "${THREADS:-2}" --out "$R/$s"
 # the fusion weight (eval-retrieval --rerank-weight, index/fusion.py) chosen on DEV_EVAL seeded dev queries (the same
 # depth as the test row: 20), written to RERANK/SET/weight.txt for retrieval_targets.sh's fused row
 q=$w/dev-eval.queries.jsonl; sample "$D/$s/dev.queries.jsonl" "${DEV_EVAL:-150}" > "$q"

@@ -142,9 +142,11 @@ def finetune(
     if dev_ds is None:
         train_ds, dev_ds = split_dev(train_ds, d.dev_fraction, cfg.train.seed)
     labels = list(schema.labels) if schema.labels else spec.labels_from(train_ds, dev_ds, test_ds)
-    for ds in (dev_ds, test_ds):
+    for ds in (train_ds, dev_ds, test_ds):
         if ds is not None:
-            spec.check_labels(ds, labels)
+            spec.check_examples(ds)
+            if ds is not train_ds:
+                spec.check_labels(ds, labels)
     tok = load_tokenizer(model_dir)
     loaded = checkpoint.load(model_dir)
     if cfg.finetune.max_length > loaded.encoder.cfg.max_position:

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
+from encoderforge.data.readers import Dataset
 from encoderforge.model.attention import Attention
 from encoderforge.model.config import EncoderConfig
 from encoderforge.model.encoder import Encoder
@@ -117,13 +118,19 @@ def maxsim_loss(q: torch.Tensor, q_mask: torch.Tensor, docs: torch.Tensor, docs_
     return F.cross_entropy(scores, torch.arange(q.shape[0], device=q.device))
 
 
-def _pairs_only(rows: Rows, what: str) -> None:
+def _pairs_only(rows: Rows, where: Sequence[str]) -> None:
+    """`where[i]` names row i in the error (a file:line, or "colbert train row N")."""
     for i, r in enumerate(rows):
         if not isinstance(r[1], list):
             raise EncoderforgeError(
-                f"colbert {what} row {i + 1}: 'negatives' is a score ({r[1]!r}); ColBERT trains on ranking pairs "
+                f"{where[i]}: 'negatives' is a score ({r[1]!r}); ColBERT trains on ranking pairs "
                 '{"query", "positive", "negatives": [...]}: drop the score, or use `finetune embed` (CoSENT)'
             )
+
+
+def check_examples(ds: Dataset) -> None:
+    """Fail on the first graded row, naming its file and line (before any model loads)."""
+    _pairs_only([(ex.texts, ex.label) for ex in ds.examples], [ex.where for ex in ds.examples])
 
 
 class ColBERTTask:
@@ -137,8 +144,8 @@ class ColBERTTask:
     primary = "ndcg@10"
 
     def __init__(self, tokenizer: Tokenizer, train: Rows, dev: Rows, **batching: Any):
-        _pairs_only(train, "train")
-        _pairs_only(dev, "dev")
+        for rows, what in ((train, "train"), (dev, "dev")):
+            _pairs_only(rows, [f"colbert {what} row {i + 1}" for i in range(len(rows))])
         self.pairs = EmbedTask(tokenizer, train, dev, loss="mnrl", **batching)  # the texts, ids and batches
         self.tok, self.max_length, self.batch_rows = tokenizer, self.pairs.max_length, self.pairs.batch_rows
 
@@ -244,4 +251,5 @@ SPEC = TaskSpec(
     task_json=lambda args: {"max_length": args.finetune.max_length, "dim": DIM, "normalize": True},
     build_head=_build_head,
     predict=_predict,
+    check_examples=check_examples,
 )

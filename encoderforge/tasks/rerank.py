@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from encoderforge import EncoderforgeError
-from encoderforge.data.readers import text_key
+from encoderforge.data.readers import Dataset, text_key
 from encoderforge.tasks import LossSum, pooled
 from encoderforge.tasks.pooled import DocBatches
 from encoderforge.tasks.sequences import Encoded, SeqBatch, epoch_steps, fixed_batches, make_batch, windows_by_doc
@@ -62,26 +62,34 @@ def listwise_loss(grid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     return total, {"rr": float((1 / (1 + rank)).sum()), "top1": float((rank == 0).sum())}
 
 
+def _group(texts: Sequence[str], raw: object, where: str) -> tuple[str, list[str]]:
+    """((query, positive), negatives) -> (query, [positive, *negatives]), checked; `where` names the row in errors.
+    A negative that is the positive again (or repeats another) is dropped: two equal inputs with opposite targets
+    only teach noise."""
+    negs, seen = raw, {text_key(texts[1])}
+    if isinstance(raw, list):
+        negs = []
+        for n in raw:
+            if text_key(n) not in seen:
+                seen.add(text_key(n))
+                negs.append(n)
+    if not isinstance(negs, list) or not negs:
+        got = "a score" if not isinstance(negs, list) else "none besides copies of the positive" if raw else "none"
+        raise EncoderforgeError(
+            f"{where}: hard negatives are {got}; a re-ranker learns to order a query's candidates: give "
+            '{"query", "positive", "negatives": [...]} rows (mine them with `encoderforge index mine`)'
+        )
+    return texts[0], [texts[1], *negs]
+
+
 def _groups(rows: Rows, what: str) -> list[tuple[str, list[str]]]:
-    """((query, positive), negatives) rows -> (query, [positive, *negatives]) groups, checked. A negative that is the
-    positive again (or repeats another) is dropped: two equal inputs with opposite targets only teach noise."""
-    out = []
-    for i, (texts, raw) in enumerate(rows):
-        negs, seen = raw, {text_key(texts[1])}
-        if isinstance(raw, list):
-            negs = []
-            for n in raw:
-                if text_key(n) not in seen:
-                    seen.add(text_key(n))
-                    negs.append(n)
-        if not isinstance(negs, list) or not negs:
-            got = "a score" if not isinstance(negs, list) else "none besides copies of the positive" if raw else "none"
-            raise EncoderforgeError(
-                f"rerank {what} row {i + 1}: hard negatives are {got}; a re-ranker learns to order a query's "
-                'candidates: give {"query", "positive", "negatives": [...]} rows (mine them with `encoderforge index mine`)'
-            )
-        out.append((texts[0], [texts[1], *negs]))
-    return out
+    return [_group(texts, raw, f"rerank {what} row {i + 1}") for i, (texts, raw) in enumerate(rows)]
+
+
+def check_examples(ds: Dataset) -> None:
+    """Fail on the first row a re-ranker cannot train on, naming its file and line (before any model loads)."""
+    for ex in ds.examples:
+        _group(ex.texts, ex.label, ex.where)
 
 
 class RerankTask:
@@ -183,4 +191,5 @@ SPEC = TaskSpec(
     task_json=lambda args: {**pooled.task_json(args), "max_chunks": 1, "text_fields": 2},
     build_head=lambda cfg, meta: pooled.build_head(cfg, 1, meta),
     predict=_predict,
+    check_examples=check_examples,
 )

@@ -129,6 +129,8 @@ class TaskSpec:
         build_head(cfg, meta) -> the untrained head of a saved run; `load_head` loads its weights.
         predict(engine, head, meta, texts) -> one JSON-able dict per input text.
         calibrate(task, model, dev_rows) -> extra task.json fields tuned on dev (e.g. thresholds), {} if none.
+        check_examples(dataset) -> None: fail on the first record this task cannot use, naming its file:line (run
+            on every data file before the model loads; the readers' own checks come first).
     """
 
     kind: str
@@ -141,6 +143,7 @@ class TaskSpec:
     predict: Predict
     calibrate: Calibrate = no_calibration
     greater_is_better: bool = True
+    check_examples: Callable[[Dataset], None] = lambda ds: None
 
     def load_head(self, cfg: EncoderConfig, meta: Meta, state: dict[str, torch.Tensor]) -> nn.Module:
         """The head of a saved run with its trained weights, in eval mode (the one head loader of every task)."""

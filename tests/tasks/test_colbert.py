@@ -111,9 +111,9 @@ def test_finetune_colbert_end_to_end_on_real_license_pairs(tiny_model, license_p
 def test_colbert_rejects_graded_pairs(tiny_model, tmp_path, ft_config):
     from encoderforge.recipes.finetune import finetune
 
-    rows = [{"query": f"q{i}", "positive": f"d{i}", "negatives": 0.5} for i in range(6)]
+    rows = [{"query": f"q{i}", "positive": f"d{i}", "negatives": ["n"] if i < 3 else 0.5} for i in range(6)]
     f = write_jsonl(tmp_path / "g.jsonl", rows)
     cfg = ft_config("colbert", tiny_model, tmp_path / "run", {"data.train": str(f), "data.dev": str(f)})
-    with pytest.raises(EncoderforgeError, match=r"^colbert train row 1: 'negatives' is a score") as e:
+    with pytest.raises(EncoderforgeError, match=r"^\S*g\.jsonl:4: 'negatives' is a score") as e:
         finetune(cfg)
     assert "\n" not in str(e.value)

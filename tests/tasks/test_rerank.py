@@ -76,6 +76,18 @@ def test_rows_without_hard_negatives_fail_naming_the_row(minilm_path):
     assert task.train_sizes == [3]
 
 
+def test_finetune_names_the_file_and_line_of_a_row_without_negatives(tiny_model, tmp_path, ft_config):
+    from encoderforge.recipes.finetune import finetune
+
+    ok = {"query": "q", "positive": "d", "negatives": ["n"]}
+    train = write_jsonl(tmp_path / "train.jsonl", [ok, ok])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [ok, ok, {"query": "q", "positive": "d", "negatives": []}])
+    cfg = ft_config("rerank", tiny_model, tmp_path / "run", {"data.train": str(train), "data.dev": str(dev)})
+    with pytest.raises(EncoderforgeError, match=r"^\S*dev\.jsonl:3: hard negatives are none; .*index mine") as e:
+        finetune(cfg)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
 def test_finetune_rerank_end_to_end_then_rerank_a_retrieval_run(tiny_model, license_pairs, tmp_path, ft_config):
     from encoderforge.recipes.eval_retrieval import _reranker
     from encoderforge.recipes.finetune import finetune
