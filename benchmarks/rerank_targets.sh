@@ -10,7 +10,8 @@
 #   QUERIES=400 DEV_QUERIES=150 NEGATIVES=7 MAX_LENGTH=192 EPOCHS=1 BATCH=8 LR=5e-5 BASE=minilm-l6 (the defaults)
 #   SAMPLE_DEPTH=20: draw the negatives at random from the first stage's top 20 (`index mine --sample-depth`), the
 #   candidates the re-ranker will re-score, instead of its best-ranked 7 (0, the default); FOUND_ONLY=1 with it keeps
-#   only the rows whose positive is among those top 20 (`index mine --found-only`)
+#   only the rows whose positive is among those top 20 (`index mine --found-only`; dev rows likewise, so dev MRR is
+#   measured on the lists the first stage filled). A trained RERANK/SET is kept: give each setting its own RERANK dir
 set -euo pipefail
 s=$1; D=${2:-runs/data/retrieval}; E=${3:-runs/embed}; R=${4:-runs/rerank}; OUT=${5:-runs/retrieval}
 Q=${QUERIES:-400}; DQ=${DEV_QUERIES:-150}; N=${NEGATIVES:-7}; L=${MAX_LENGTH:-192}

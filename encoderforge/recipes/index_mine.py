@@ -6,7 +6,7 @@ Each {"query", "positive"} row is searched against the index (dense with its own
 the best-ranked documents whose text is none of that query's positives (every row with the same query text counts),
 after skipping the first `skip` of them (a guard against unlabelled relevant documents: sentence-transformers'
 `mine_hard_negatives` calls it range_min). With `sample_depth` D the negatives are drawn at random (seeded, one draw
-per query) from the non-positive documents among the top D hits instead: the candidates a re-ranker of depth D will
+per query) from the non-positive documents among the top D hits instead (still after the first `skip`): the candidates a re-ranker of depth D will
 face. Taking only the best-ranked ones misleads a re-ranker whose first stage is weak: they sit above the positive
 for most queries, so it learns "prefer the less similar candidate" (docs/results.md, issue 17; Gao et al. 2021 sample
 from the retriever's top too). `found_only` also leaves out the rows whose positive is not among those top D: a
@@ -62,9 +62,11 @@ def mine_negatives(
     documents' texts when the index stores none; `model`: query model of a dense index (default: its manifest's)."""
     if negatives < 1 or skip < 0:
         raise EncoderforgeError(f"--negatives must be >= 1 and --skip >= 0 (got {negatives}, {skip})")
-    if sample_depth and sample_depth < skip + negatives:
+    least = skip + negatives + found_only  # with --found-only a kept row's positive takes one of the D places
+    if sample_depth and sample_depth < least:
         raise EncoderforgeError(
-            f"--sample-depth {sample_depth} must be 0 (off) or at least --skip + --negatives ({skip + negatives}): "
+            f"--sample-depth {sample_depth} must be 0 (off) or at least --skip + --negatives"
+            f"{' + 1 (the positive is among them)' if found_only else ''} = {least}: "
             "the negatives are drawn from the top --sample-depth hits"
         )
     if found_only and not sample_depth:
@@ -130,4 +132,5 @@ def mine_negatives(
             negs = mined[ex.texts[0]]
             short += len(negs) < negatives
             f.write(json.dumps({qf: ex.texts[0], pf: ex.texts[1], nf: negs}, ensure_ascii=False) + "\n")
-    return MineResult(target, len(ds.examples) - dropped, len(queries), short, unindexed, dropped)
+    written = len({ex.texts[0] for ex in ds.examples if not found_only or text_key(ex.texts[1]) in found[ex.texts[0]]})
+    return MineResult(target, len(ds.examples) - dropped, written, short, unindexed, dropped)

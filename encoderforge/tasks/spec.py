@@ -114,6 +114,10 @@ def no_calibration(task: Any, model: nn.Module, rows: Rows) -> dict[str, Any]:
     return {}
 
 
+def no_check(ds: Dataset) -> None:
+    """Every record the readers accept will do."""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """The functions fine-tuning and prediction need for one task kind.
@@ -143,7 +147,7 @@ class TaskSpec:
     predict: Predict
     calibrate: Calibrate = no_calibration
     greater_is_better: bool = True
-    check_examples: Callable[[Dataset], None] = lambda ds: None
+    check_examples: Callable[[Dataset], None] = no_check
 
     def load_head(self, cfg: EncoderConfig, meta: Meta, state: dict[str, torch.Tensor]) -> nn.Module:
         """The head of a saved run with its trained weights, in eval mode (the one head loader of every task)."""

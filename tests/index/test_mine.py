@@ -61,12 +61,17 @@ def test_sampled_negatives_come_from_the_top_depth_hits_seeded_per_query(mined_s
         assert len(o["negatives"]) == 3 and len(set(o["negatives"])) == 3 and set(o["negatives"]) <= set(pool)
         spread |= {pool.index(n) for n in o["negatives"]}
     assert max(spread) >= 3  # not just the best-ranked three
-    assert out[0]["negatives"] == out[-1]["negatives"]  # one draw per query, whatever row it is on
     same = mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "b.jsonl", negatives=3, sample_depth=12, seed=1)
     assert same.rows == r.rows and (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
     mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "c.jsonl", negatives=3, sample_depth=12, seed=2)
     assert (tmp_path / "c.jsonl").read_text() != (tmp_path / "a.jsonl").read_text()
-    with pytest.raises(EncoderforgeError, match=r"--sample-depth 2 must be 0 \(off\) or at least --skip \+ --negatives \(3\)"):
+    # --skip still applies: the draw comes from the pool past the first `skip` non-positive hits
+    mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "k.jsonl", negatives=3, sample_depth=12, skip=2)
+    for o in [json.loads(x) for x in (tmp_path / "k.jsonl").read_text().splitlines()]:
+        positives = {x["positive"] for x in rows if x["query"] == o["query"]}
+        pool = [t for t in [text[h.id] for h in index_search(d / "bm25", [o["query"]], k=12)] if t not in positives]
+        assert len(o["negatives"]) == min(3, len(pool) - 2) and set(o["negatives"]) <= set(pool[2:])
+    with pytest.raises(EncoderforgeError, match=r"--sample-depth 2 must be 0 \(off\) or at least --skip \+ --negatives = 3"):
         mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", negatives=3, sample_depth=2)
 
 
@@ -77,9 +82,18 @@ def test_found_only_keeps_the_rows_whose_positive_is_in_the_top_depth(mined_setu
     want = [x for x in rows if x["positive"] in [text[h.id] for h in index_search(d / "bm25", [x["query"]], k=2)]]
     out = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert 0 < len(want) < len(rows) and [(o["query"], o["positive"]) for o in out] == [(x["query"], x["positive"]) for x in want]
-    assert (r.rows, r.dropped) == (len(want), len(rows) - len(want))
+    assert (r.rows, r.dropped, r.queries) == (len(want), len(rows) - len(want), len({x["query"] for x in want}))
+    assert r.short == 0 and all(len(o["negatives"]) == 1 and o["negatives"][0] != o["positive"] for o in out)
     with pytest.raises(EncoderforgeError, match=r"--found-only .* pass --sample-depth"):
         mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", found_only=True)
+    with pytest.raises(EncoderforgeError, match=r"at least --skip \+ --negatives \+ 1 \(the positive is among them\) = 2"):
+        mine_negatives(d / "bm25", d / "pairs.jsonl", tmp_path / "o.jsonl", negatives=1, sample_depth=1, found_only=True)
+    # the CLI passes the three options through and says what it left out
+    args = ["index", "mine", str(d / "bm25"), str(d / "pairs.jsonl"), str(tmp_path / "cli.jsonl"), "--negatives", "1"]
+    res = CliRunner().invoke(app, [*args, "--sample-depth", "2", "--seed", "0", "--found-only"])
+    assert res.exit_code == 0, res.output
+    assert f"left out {len(rows) - len(want)} pairs whose positive is not among the top 2" in res.output
+    assert (tmp_path / "cli.jsonl").read_text() == (tmp_path / "f.jsonl").read_text()
 
 
 def test_dense_index_and_the_cli(mined_setup, tiny_model, tmp_path):
