@@ -20,7 +20,7 @@ from encoderforge.cli import run as cli_run
 from encoderforge.cli import search as cli_search
 from encoderforge.cli import serve as cli_serve
 from encoderforge.cli import tokenizer as cli_tokenizer
-from encoderforge.cli.common import fail_on_error, os_error_line
+from encoderforge.cli.common import Pooling, PrecisionOpt, fail_on_error, os_error_line
 from encoderforge.fileio import check_output
 
 app = typer.Typer(
@@ -33,17 +33,6 @@ app.add_typer(cli_pretrain.data_app, name="data")
 app.add_typer(cli_pretrain.app, name="pretrain")
 app.add_typer(cli_export.app, name="export")
 app.command("doctor")(cli_doctor.doctor)
-
-
-class Pooling(str, Enum):
-    mean = "mean"
-    cls = "cls"
-
-
-class PrecisionOpt(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    auto = "auto"
 
 
 class Format(str, Enum):

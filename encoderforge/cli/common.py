@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import sys
+from enum import Enum
 from typing import Iterator
 
 import typer
@@ -37,3 +38,18 @@ def os_error_line(e: OSError) -> str:
         errno.ENOTDIR: "a parent of the path is a file",
     }
     return f"{path}: {e.strerror or e}; {fix.get(e.errno or 0, 'check the path and rerun')}"
+
+
+class Pooling(str, Enum):
+    """--pooling of a plain encoder (an embed run sets its own)."""
+
+    mean = "mean"
+    cls = "cls"
+
+
+class PrecisionOpt(str, Enum):
+    """--precision of the inference commands (typer lists the choices in --help and refuses others)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"

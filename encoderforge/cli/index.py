@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from encoderforge.cli.common import fail_on_error
+from encoderforge.cli.common import Pooling, PrecisionOpt, fail_on_error
 
 app = typer.Typer(help="Dense (faiss) and BM25 indexes of a corpus JSONL: build, add, delete, search.", no_args_is_help=True)
 
@@ -22,11 +22,6 @@ class Kind(str, Enum):
     ivfpq = "ivfpq"
     bm25 = "bm25"
     colbert = "colbert"
-
-
-class Pooling(str, Enum):
-    mean = "mean"
-    cls = "cls"
 
 
 MODEL_HELP = "An `embed` (or `colbert`) run directory, a checkpoint directory or a zoo name."
@@ -49,8 +44,8 @@ def build(
     store_text: bool = typer.Option(True, help="Keep texts in the index (shown by `index search`, used by re-ranking)."),
     overwrite: bool = typer.Option(False, help="Replace an existing index."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
-    precision: str = typer.Option(
-        "fp32", help="fp32, bf16 or auto: bf16 GEMMs on CPUs with AVX512-BF16 or AMX, fidelity-gated (auto: only if faster)."
+    precision: PrecisionOpt = typer.Option(
+        PrecisionOpt.fp32, help="bf16 GEMMs need AVX512-BF16 or AMX and pass a fidelity gate; auto: bf16 only where faster."
     ),
 ) -> None:
     """Embed a corpus in resumable shards and build a faiss index (or a BM25 index with --kind bm25)."""
@@ -69,7 +64,7 @@ def build(
             store_text=store_text,
             overwrite=overwrite,
             threads=threads,
-            precision=precision,  # type: ignore[arg-type]  # checked by index_build
+            precision=precision.value,
         )
     resumed = f", {r.shards - r.shards_embedded} of {r.shards} shards resumed" if r.shards_embedded < r.shards else ""
     how = f", embedded in {r.precision}" if r.kind != "bm25" and r.precision != "fp32" else ""

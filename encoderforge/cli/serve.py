@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from encoderforge.cli.common import fail_on_error
+from encoderforge.cli.common import PrecisionOpt, fail_on_error
 
 
 def serve(
@@ -25,8 +25,8 @@ def serve(
     index: Path = typer.Option(
         None, help="Index directory (`encoderforge index build`, dense with this model, or bm25) served at /v1/search."
     ),
-    precision: str = typer.Option(
-        "fp32", help="fp32, bf16 or auto: bf16 GEMMs on CPUs with AVX512-BF16 or AMX, fidelity-gated (auto: only if faster)."
+    precision: PrecisionOpt = typer.Option(
+        PrecisionOpt.fp32, help="bf16 GEMMs need AVX512-BF16 or AMX and pass a fidelity gate; auto: bf16 only where faster."
     ),
 ) -> None:
     """Serve a model over HTTP: /v1/embeddings (OpenAI shape), /v1/classify, /v1/ner, /v1/rerank, /v1/search (with
@@ -41,7 +41,7 @@ def serve(
         )  # fmt: skip
         typer.echo(f"serving {model} on http://{host}:{port} (docs: /docs, workers: {workers})", err=True)
         run_server(model, host=host, port=port, workers=workers, key_file=str(api_key_file) if api_key_file else None,
-                   limits=limits, threads=threads, index=str(index) if index else None, precision=precision)  # fmt: skip
+                   limits=limits, threads=threads, index=str(index) if index else None, precision=precision.value)  # fmt: skip
 
 
 def bench_serve(
