@@ -6,7 +6,9 @@ Why listwise and not `classify` on 0/1 pairs: a re-ranker only has to order one 
 candidates it will see are the first-stage retriever's top hits. Gao et al. 2021 ("Rethink Training of BERT Rerankers
 in Multi-Stage Retrieval Pipeline", LCE) found that a group softmax over negatives *mined from that retriever* beats
 pointwise 0/1 training on BM25 negatives; encoderforge's own 0/1 re-rankers ranked below their first stage on all three
-retrieval sets (docs/results.md, issue 17). Mine the negatives with `encoderforge index mine`.
+retrieval sets (docs/results.md, issue 17). Mine the negatives with `encoderforge index mine --sample-depth 20
+--found-only`: drawn from the candidate lists the re-ranker will re-order, and only from lists that hold the positive
+(a weak first stage's best-ranked negatives alone taught it to prefer the least similar candidate).
 
 Rows are the embedding pairs JSONL {"query", "positive", "negatives": [...]}; groups may differ in size (the loss pads
 with -inf). Dev metric: MRR of the relevant document within its group (primary) and accuracy@1.
