@@ -62,8 +62,17 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+FINISHED = "worker group successfully finished"  # torchrun's agent log line (LOGLEVEL=INFO) once its workers exit 0
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "LOGLEVEL": "INFO",  # torchrun's agent says when its worker group finished (FINISHED)
+    }
 
 
 def run_single(module_args: list[str], timeout: float = 240) -> None:
@@ -119,11 +128,12 @@ def run_nodes(module_args: list[str], logs: Path, timeout: float = 240) -> None:
         for p in procs:
             if p.poll() is None:
                 kill_tree(p)
-    tails = "\n".join(
-        f"--- node{i} (exit {p.returncode}) ---\n" + (logs / f"node{i}.log").read_text(errors="replace")[-4000:]
-        for i, p in enumerate(procs)
-    )
-    assert all(p.returncode == 0 for p in procs), tails
+    text = [(logs / f"node{i}.log").read_text(errors="replace") for i in range(len(procs))]
+    tails = "\n".join(f"--- node{i} (exit {p.returncode}) ---\n" + text[i][-4000:] for i, p in enumerate(procs))
+    # A launcher whose worker group finished may still exit non-zero: torchrun's exit barrier races the node that
+    # hosts the rendezvous store leaving first ("Failed to recv", SIGABRT; seen once in ~6 full runs). That is
+    # torch's teardown, after our workers wrote everything the test then checks; any other failure still fails here.
+    assert all(p.returncode == 0 or FINISHED in text[i] for i, p in enumerate(procs)), tails
 
 
 @pytest.mark.slow
