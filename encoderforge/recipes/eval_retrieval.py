@@ -4,12 +4,12 @@ optionally re-ranked by a fine-tuned cross-encoder -> a run directory that `enco
     OUT/metrics.json  {"task": "retrieval", "primary": "ndcg@10", "test": {recall@1/10/100, mrr@10, ndcg@10, n},
                        "latency_ms": {"p50", "p99"}, "retriever", "rerank", ...}  (the finetune runs' layout)
     OUT/task.json     {"kind": "retrieval", ...}
-    OUT/run.tsv       qid<TAB>docid<TAB>rank<TAB>score, best first per query
+    OUT/run.tsv       qid<TAB>docid<TAB>rank<TAB>score, best first per query; the scores sort like the ranks (a
+                      re-ranked top-K's tail is shifted below it), so trec_eval, which sorts by score, agrees
     OUT/config.json   inputs and their sha256, settings
     OUT/rerank.tsv    with --rerank: query, doc, first_stage, reranker scores of every re-scored candidate (header)
 
-Metrics are computed on our ranking (rank order, not raw scores: a re-ranked top-K followed by the retriever's
-tail would not sort by one score), with trec_eval's definitions (index/metrics.py). Latency is wall time per
+Metrics are computed on our ranking (rank order), with trec_eval's definitions (index/metrics.py). Latency is wall time per
 query, one query at a time: embedding + search (+ re-ranking), what a user waits for.
 """
 
@@ -149,7 +149,7 @@ def eval_retrieval(
             top = ranked[:rerank_depth]
             scores = reranker(q.text, [d for d, _ in top])
             fused = fuse([s for _, s in top], scores, rerank_weight)
-            ranked = sorted(zip([d for d, _ in top], fused.tolist()), key=lambda x: -x[1]) + ranked[rerank_depth:]
+            ranked = below(sorted(zip([d for d, _ in top], fused.tolist()), key=lambda x: -x[1]), ranked[rerank_depth:])
             both += [(q.id, d, s, r) for (d, s), r in zip(top, scores)]
         run[q.id] = ranked[:k]
         latency.append(time.perf_counter() - t0)
@@ -206,6 +206,15 @@ def _retriever(  # noqa: ANN001
     if bm25:
         return BM25Retriever(BM25Index.build([d.id for d in docs], [d.text for d in docs]), "in memory")
     return exact_retriever(docs, load_embedder(model, pooling=pooling, max_length=max_length, dims=dims, layers=layers))
+
+
+def below(top: list[tuple[str, float]], tail: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """A re-ranked top followed by the retriever's tail, the tail's scores shifted (order and gaps kept) to sit
+    below the top's lowest: re-ranker or fused scores and the retriever's live on different scales."""
+    if not top or not tail:
+        return top + tail
+    shift = max(0.0, max(s for _, s in tail) - min(s for _, s in top) + 1.0)
+    return top + [(d, s - shift) for d, s in tail]
 
 
 def _reranker(run: str | Path, texts: dict[str, str]) -> Callable[[str, Sequence[str]], list[float]]:

@@ -52,6 +52,12 @@ def check_against_trec_eval(out, judged):
         q, doc, rel = line.split("\t")
         qrels.setdefault(q, {})[doc] = int(rel)
     ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10", "recall.100"}).evaluate(read_run(out / "run.tsv"))
+    scores: dict[str, list[tuple[int, float]]] = {}
+    for line in (out / "run.tsv").read_text().splitlines():  # the score column sorts like the ranks (trec_eval's order)
+        q, _, rank, score = line.split("\t")
+        scores.setdefault(q, []).append((int(rank), float(score)))
+    for q, rs in scores.items():
+        assert [s for _, s in sorted(rs)] == sorted((s for _, s in rs), reverse=True), q
     assert m["test"]["ndcg@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in ref.values()]), abs=1e-6)
     assert m["test"]["recall@10"] == pytest.approx(np.mean([v["recall_10"] for v in ref.values()]), abs=1e-6)
     assert m["test"]["recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]), abs=1e-6)
@@ -167,6 +173,15 @@ def test_rerank_with_a_cross_encoder_via_cli(judged, tiny_model, cross_encoder, 
     assert _order(zero) == _order(plain)
     r = CliRunner().invoke(app, [*argv[:-2], "--rerank-weight", "1.5", "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "--rerank-weight must be in [0, 1]" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_reranked_top_keeps_the_tail_below_it_in_scores():
+    from encoderforge.recipes.eval_retrieval import below
+
+    top = [("a", 0.2), ("b", -1.0)]  # z-scored or probability scores of the re-ranked top
+    assert below(top, [("c", 9.5), ("d", 7.0)]) == [("a", 0.2), ("b", -1.0), ("c", -2.0), ("d", -4.5)]
+    assert below(top, [("c", -3.0)]) == [*top, ("c", -3.0)]  # already below: unchanged
+    assert below([], [("c", 1.0)]) == [("c", 1.0)] and below(top, []) == top
 
 
 def _order(run_dir):
