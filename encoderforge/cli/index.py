@@ -150,7 +150,8 @@ def mine(
     overwrite: bool = typer.Option(False, help="Replace an existing OUT."),
 ) -> None:
     """Mine hard negatives for training pairs from an index: each query's best-ranked documents that are none of
-    its positives (or, with --sample-depth, a seeded draw from its top D; --found-only for a re-ranker's data), for `finetune rerank` (train a re-ranker on its first stage's mistakes) or `finetune embed`."""
+    its positives (with --sample-depth D: a seeded draw from its top D), for `finetune rerank` (a re-ranker's data:
+    --sample-depth 20 --found-only) or `finetune embed`."""
     from encoderforge.recipes.index_mine import mine_negatives
 
     with fail_on_error():

@@ -9,8 +9,8 @@ optionally re-ranked by a fine-tuned cross-encoder -> a run directory that `enco
     OUT/config.json   inputs and their sha256, settings
     OUT/rerank.tsv    with --rerank: query, doc, first_stage, reranker scores of every re-scored candidate (header)
 
-Metrics are computed on our ranking (rank order), with trec_eval's definitions (index/metrics.py). Latency is wall time per
-query, one query at a time: embedding + search (+ re-ranking), what a user waits for.
+Metrics are computed on our ranking (rank order), with trec_eval's definitions (index/metrics.py). Latency is wall
+time per query, one query at a time: embedding + search (+ re-ranking), what a user waits for.
 """
 
 from __future__ import annotations

@@ -6,13 +6,12 @@ Each {"query", "positive"} row is searched against the index (dense with its own
 the best-ranked documents whose text is none of that query's positives (every row with the same query text counts),
 after skipping the first `skip` of them (a guard against unlabelled relevant documents: sentence-transformers'
 `mine_hard_negatives` calls it range_min). With `sample_depth` D the negatives are drawn at random (seeded, one draw
-per query) from the non-positive documents among the top D hits instead (still after the first `skip`): the candidates a re-ranker of depth D will
-face. Taking only the best-ranked ones misleads a re-ranker whose first stage is weak: they sit above the positive
-for most queries, so it learns "prefer the less similar candidate" (docs/results.md, issue 17; Gao et al. 2021 sample
-from the retriever's top too). `found_only` also leaves out the rows whose positive is not among those top D: a
-re-ranker only re-orders candidate lists the first stage filled, and rows whose positive it missed make the positive
-the one candidate unlike the others (their words seldom overlap the query's), so the re-ranker learns to prefer
-the dissimilar one. The rows come back with "negatives": [...] (replacing any they had), ready
+per query) from the non-positive documents among the top D hits instead (still after the first `skip`): the
+candidates a re-ranker of depth D will face. Taking only the best-ranked ones misleads a re-ranker whose first stage
+is weak: they sit above the positive for most queries, so it learns "prefer the less similar candidate"
+(docs/results.md, issue 17, sixteenth session; Gao et al. 2021 sample from the retriever's top too). `found_only`
+also leaves out the rows whose positive is not among those top D: a re-ranker only re-orders candidate lists the
+first stage filled. The rows come back with "negatives": [...] (replacing any they had), ready
 for `finetune rerank` (the negatives a re-ranker will face are its first stage's top hits: train on those) or for
 `finetune embed` (hard negatives for MNRL). Index the training split's documents only, so no dev/test document
 becomes training text.
