@@ -1,5 +1,5 @@
-"""Paired comparison of two retrieval runs on the same queries: per-query nDCG@10 (pytrec_eval, trec_eval's
-conventions) of run B minus run A, its mean, and a seeded paired bootstrap 95% interval and the share of resamples
+"""Paired comparison of two retrieval runs on the same queries: per-query nDCG@10 (encoderforge.index.metrics,
+trec_eval's conventions, asserted against pytrec_eval in tests/index/test_metrics.py) of run B minus run A, its mean, and a seeded paired bootstrap 95% interval and the share of resamples
 in which B is not better — so a gain of a few thousandths is read against its noise, not by eye.
 
     python benchmarks/paired_ndcg.py QRELS RUN_A_DIR RUN_B_DIR [--rounds 10000]
@@ -11,23 +11,18 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pytrec_eval
+
+from encoderforge.index.metrics import ndcg_at
+from encoderforge.index.readers import read_qrels
 
 
-def per_query(qrels: Path, run_dir: Path) -> dict[str, float]:
-    """query id -> nDCG@10 of the run's ranking (run.tsv: query, doc, rank, score), over the queries it ran. The
-    order is the rank column's (trec_eval would sort by score)."""
-    run: dict[str, dict[str, float]] = {}
+def per_query(qrels: dict[str, dict[str, int]], run_dir: Path) -> dict[str, float]:
+    """query id -> nDCG@10 of the run's ranking (run.tsv: query, doc, rank, score, best first), over its queries."""
+    order: dict[str, list[str]] = {}
     for line in (run_dir / "run.tsv").read_text().splitlines():
-        q, d, rank, _ = line.split("\t")
-        run.setdefault(q, {})[d] = -float(rank)
-    rel: dict[str, dict[str, int]] = {}
-    for line in qrels.read_text().splitlines():
-        q, d, r = line.split("\t")
-        if q in run:
-            rel.setdefault(q, {})[d] = int(r)
-    got = pytrec_eval.RelevanceEvaluator(rel, {"ndcg_cut.10"}).evaluate(run)
-    return {q: m["ndcg_cut_10"] for q, m in got.items()}
+        q, d, _, _ = line.split("\t")
+        order.setdefault(q, []).append(d)
+    return {q: ndcg_at(docs, qrels.get(q, {})) for q, docs in order.items()}
 
 
 def main() -> None:
@@ -37,7 +32,8 @@ def main() -> None:
     ap.add_argument("b", type=Path)
     ap.add_argument("--rounds", type=int, default=10000)
     args = ap.parse_args()
-    a, b = per_query(args.qrels, args.a), per_query(args.qrels, args.b)
+    qrels = read_qrels(args.qrels)
+    a, b = per_query(qrels, args.a), per_query(qrels, args.b)
     queries = sorted(set(a) | set(b))  # a query a run retrieved nothing relevant for scores 0
     d = np.array([b.get(q, 0.0) - a.get(q, 0.0) for q in queries])
     boot = d[np.random.default_rng(0).integers(0, len(d), (args.rounds, len(d)))].mean(1)

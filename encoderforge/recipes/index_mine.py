@@ -123,13 +123,14 @@ def mine_negatives(
             else:
                 mined[q] = keep[skip : skip + negatives]
     short = dropped = 0
+    written: set[str] = set()  # queries with a row in the output
     with atomic_file(target, encoding="utf-8") as f:
         for ex in ds.examples:
             if found_only and text_key(ex.texts[1]) not in found[ex.texts[0]]:
                 dropped += 1
                 continue
             negs = mined[ex.texts[0]]
+            written.add(ex.texts[0])
             short += len(negs) < negatives
             f.write(json.dumps({qf: ex.texts[0], pf: ex.texts[1], nf: negs}, ensure_ascii=False) + "\n")
-    written = len({ex.texts[0] for ex in ds.examples if not found_only or text_key(ex.texts[1]) in found[ex.texts[0]]})
-    return MineResult(target, len(ds.examples) - dropped, written, short, unindexed, dropped)
+    return MineResult(target, len(ds.examples) - dropped, len(written), short, unindexed, dropped)
