@@ -175,6 +175,8 @@ class EmbedArgs:
         scale: similarity scale = 1 / temperature (sentence-transformers' default 20).
         symmetric: MNRL in both directions (query -> document and document -> query).
         dims: Matryoshka widths trained besides the full one, e.g. [192, 96, 48] (empty = off).
+        dim_weights: Matryoshka loss weights, one per `dims` entry in its order (empty = 1 each); the full width
+            weighs 1 unless `dims` lists it. Weighting the small widths up trades full-width quality for truncation.
         layers: 2D Matryoshka: also train the pooled outputs of these layers (1-based, e.g. [2, 4]) at every width,
             so a model cut to its first layers still embeds well (eval-retrieval --layers measures it).
         attention_dropout: the encoder's attention dropout while fine-tuning (hidden dropout stays): 0 by default,
@@ -185,6 +187,7 @@ class EmbedArgs:
     scale: float = 20.0
     symmetric: bool = False
     dims: list[int] = field(default_factory=list)
+    dim_weights: list[float] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
     attention_dropout: float = 0.0
 
@@ -196,6 +199,20 @@ class EmbedArgs:
         bad = [d for d in self.dims if not isinstance(d, int) or d < 1]
         if bad:
             raise EncoderforgeError(f"embed.dims: {bad[0]!r} is not a positive width; e.g. --set embed.dims=[192,96,48]")
+        twice = [d for i, d in enumerate(self.dims) if d in self.dims[:i]]
+        if twice:
+            raise EncoderforgeError(f"embed.dims: {twice[0]} appears twice; list each width once")
+        if self.dim_weights and len(self.dim_weights) != len(self.dims):
+            n = len(self.dim_weights)
+            raise EncoderforgeError(
+                f"embed.dim_weights: {n} weight{'s' if n != 1 else ''} for {len(self.dims)} widths in embed.dims "
+                f"{self.dims}; give one weight per width, in the same order"
+            )
+        neg = [w for w in self.dim_weights if not isinstance(w, (int, float)) or not w > 0]
+        if neg:
+            raise EncoderforgeError(
+                f"embed.dim_weights: {neg[0]!r} is not a positive weight; e.g. --set embed.dim_weights=[1,2,1]"
+            )
 
 
 @dataclass

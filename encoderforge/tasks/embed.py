@@ -92,7 +92,8 @@ class EmbedTask:
         tokenizer, train / dev: ((text_a, text_b), negatives list | score) rows; max_length, batch_rows, micro_rows,
         seed, rank, world: as ClassificationTask. loss: "auto" (CoSENT when rows carry scores, else MNRL), "mnrl" or
         "cosent"; scale: the similarity scale (inverse temperature); symmetric: MNRL in both directions;
-        dims: Matryoshka widths (empty = off; the full width is always one of them).
+        dims: Matryoshka widths (empty = off; the full width is always one of them); dim_weights: their loss weights,
+        one per `dims` entry (empty = 1 each; the full width weighs 1 unless `dims` lists it).
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class EmbedTask:
         scale: float = 20.0,
         symmetric: bool = False,
         dims: Sequence[int] = (),
+        dim_weights: Sequence[float] = (),
     ):
         self.tok, self.max_length, self.batch_rows, self.micro_rows = tokenizer, max_length, batch_rows, micro_rows
         self.seed, self.rank, self.world = seed, rank, world
@@ -121,6 +123,7 @@ class EmbedTask:
             need = "a number (the similarity score)" if loss == "cosent" else "a list of negatives (or nothing)"
             raise EncoderforgeError(f"embed loss {loss!r} needs every row's negatives/score field to be {need}")
         self.loss_kind, self.scale, self.symmetric, self.dims = loss, scale, symmetric, sorted(set(dims), reverse=True)
+        self.dim_weight = dict(zip(dims, dim_weights))  # width -> Matryoshka loss weight (absent: 1)
         self.primary = "spearman" if self.graded else "ndcg@10"
         self.texts: list[str] = []
         self.text_id: dict[str, int] = {}
@@ -210,7 +213,8 @@ class EmbedTask:
 
         def layer_loss(e: torch.Tensor) -> torch.Tensor:  # (S, C) one layer's vectors, at every Matryoshka width
             widths = sorted({e.shape[1], *self.dims}, reverse=True)
-            return matryoshka(lambda d: at(e[:, :d]), widths) if self.dims else at(e)
+            weights = [float(self.dim_weight.get(d, 1.0)) for d in widths]
+            return matryoshka(lambda d: at(e[:, :d]), widths, weights) if self.dims else at(e)
 
         if emb.dim() == 2:
             return layer_loss(emb)
@@ -329,7 +333,7 @@ def _build_task(
     return EmbedTask(
         tok, train, dev, max_length=args.finetune.max_length, batch_rows=args.train.batch_rows,
         micro_rows=args.train.micro_rows, seed=args.train.seed, rank=rank, world=world,
-        loss=e.loss, scale=e.scale, symmetric=e.symmetric, dims=e.dims,
+        loss=e.loss, scale=e.scale, symmetric=e.symmetric, dims=e.dims, dim_weights=e.dim_weights,
     )  # fmt: skip
 
 

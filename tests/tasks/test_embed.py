@@ -99,6 +99,14 @@ def test_embed_bad_settings_are_one_line_errors(minilm_path, license_pairs, tmp_
     train = write_jsonl(tmp_path / "t.jsonl", license_pairs[:12])
     with pytest.raises(EncoderforgeError, match=r"embed.dims: 999 is not in 1..384"):
         finetune(ft_config("embed", minilm_path, tmp_path / "a", {"data.train": str(train), "embed.dims": [999]}))
+    with pytest.raises(EncoderforgeError, match=r"embed.dim_weights: 1 weight for 2 widths in embed.dims \[192, 96\]"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "w", {"data.train": str(train), "embed.dims": [192, 96],
+                                                                 "embed.dim_weights": [2.0]}))  # fmt: skip
+    with pytest.raises(EncoderforgeError, match=r"embed.dim_weights: -1.0 is not a positive weight"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "v", {"data.train": str(train), "embed.dims": [96],
+                                                                 "embed.dim_weights": [-1.0]}))  # fmt: skip
+    with pytest.raises(EncoderforgeError, match=r"embed.dims: 96 appears twice"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "u", {"data.train": str(train), "embed.dims": [96, 96]}))
     with pytest.raises(EncoderforgeError, match=r"embed loss 'cosent' needs every row's negatives/score field to be a number"):
         finetune(ft_config("embed", minilm_path, tmp_path / "b", {"data.train": str(train), "embed.loss": "cosent"}))
     mixed = write_jsonl(

@@ -57,7 +57,7 @@ def st_features(model: SentenceTransformer, texts: list[str]) -> dict:
     return model.tokenize(texts)
 
 
-@pytest.mark.parametrize("kind", ["mnrl", "mnrl-negatives", "cosent", "matryoshka"])
+@pytest.mark.parametrize("kind", ["mnrl", "mnrl-negatives", "cosent", "matryoshka", "matryoshka-weighted"])
 def test_task_loss_equals_sentence_transformers_end_to_end(st_model, minilm_path, kind):
     """The embed task's loss on a real batch (our encoder, the same MiniLM weights) = the sentence-transformers loss
     class run by its own model on the same texts (<= 1e-5)."""
@@ -73,9 +73,9 @@ def test_task_loss_equals_sentence_transformers_end_to_end(st_model, minilm_path
         ((q, d), (float(i) if graded else ([n] if kind == "mnrl-negatives" else [])))
         for i, (q, d, n) in enumerate(zip(qs, ds, ns))
     ]
-    task = EmbedTask(
-        load_tokenizer(minilm_path), rows, rows, max_length=64, batch_rows=4, dims=(192, 96) if kind == "matryoshka" else ()
-    )
+    dims = (192, 96) if kind.startswith("matryoshka") else ()
+    weights = (0.5, 3.0) if kind == "matryoshka-weighted" else ()  # one per dims entry; the full width weighs 1
+    task = EmbedTask(load_tokenizer(minilm_path), rows, rows, max_length=64, batch_rows=4, dims=dims, dim_weights=weights)
     model = EmbedModel(checkpoint.load(minilm_path).encoder).eval()
     batch = task._batch(task.train)
     with torch.no_grad():
@@ -86,9 +86,11 @@ def test_task_loss_equals_sentence_transformers_end_to_end(st_model, minilm_path
     feats = [st_features(st_model, c) for c in cols]
     if kind == "cosent":
         ref, labels = losses.CoSENTLoss(st_model), torch.arange(4, dtype=torch.float32)
-    elif kind == "matryoshka":
+    elif kind.startswith("matryoshka"):
         ref, labels = (
-            losses.MatryoshkaLoss(st_model, losses.MultipleNegativesRankingLoss(st_model), [384, 192, 96]),
+            losses.MatryoshkaLoss(
+                st_model, losses.MultipleNegativesRankingLoss(st_model), [384, 192, 96], [1.0, *(weights or (1.0, 1.0))]
+            ),
             torch.zeros(4),
         )
     else:
