@@ -182,9 +182,13 @@ def eval_retrieval(
         None, help="A fine-tuned cross-encoder run (rerank, or pair classify 0/1 / regress) that re-scores the top."
     ),
     rerank_depth: int = typer.Option(100, help="How many top documents --rerank re-scores."),
-    rerank_weight: float = typer.Option(
-        1.0, help="1: order by the re-ranker alone; below 1: w * z(re-ranker) + (1 - w) * z(first stage), tuned on dev."
+    rerank_weight: str = typer.Option(
+        "1",
+        help="1: order by the re-ranker alone; below 1: w * z(re-ranker) + (1 - w) * z(first stage); auto: the w of "
+        "0, 0.1, .., 1 with the best nDCG@10 on --dev-queries.",
     ),
+    dev_queries: Optional[Path] = typer.Option(None, help="Judged dev queries (JSONL) that --rerank-weight auto tunes on."),
+    dev_qrels: Optional[Path] = typer.Option(None, help="Qrels TSV of --dev-queries."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
     dims: Optional[int] = typer.Option(None, help="With --model: score on the first DIMS coordinates (Matryoshka)."),
@@ -212,8 +216,13 @@ def eval_retrieval(
             threads=threads,
             dims=dims,
             layers=layers,
+            dev_queries=dev_queries,
+            dev_qrels=dev_qrels,
         )
     t = r.metrics["test"]
+    chosen = (r.metrics["rerank"] or {}).get("chosen_on")
+    if chosen:
+        typer.echo(f"--rerank-weight {r.metrics['rerank']['weight']:.1f}: weight chosen on {chosen['queries']} dev queries")
     typer.echo(
         f"ndcg@10 {t['ndcg@10']:.4f}  mrr@10 {t['mrr@10']:.4f}  recall@10 {t['recall@10']:.4f}  recall@100 "
         f"{t['recall@100']:.4f} over {t['n']} queries ({r.metrics['skipped_queries']} skipped: no qrels); "

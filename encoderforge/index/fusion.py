@@ -7,16 +7,19 @@ the interpolation that multi-stage retrieval papers tune on dev data (e.g. Wang 
 Retrievers Require Interpolation with BM25"): a re-ranker trained on little data still adds what its first stage
 misses without throwing away what the first stage knew. `eval-retrieval --rerank-weight W` applies it; its
 OUT/rerank.tsv keeps both scores per candidate so a weight can be chosen on dev queries without re-scoring
-(benchmarks/rerank_weight.py).
+(`choose_weight`: `eval-retrieval --rerank-weight auto --dev-queries`, and benchmarks/rerank_weight.py).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from encoderforge import EncoderforgeError
+from encoderforge.index.metrics import evaluate_run
+
+WEIGHTS = tuple(i / 10 for i in range(11))  # the grid a weight is chosen from: 0, 0.1, ..., 1
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -35,3 +38,21 @@ def fuse(first: Sequence[float], rerank: Sequence[float], weight: float) -> np.n
     if weight == 1 or not len(b):
         return b  # the re-ranker's own order, ties and all
     return weight * zscore(b) + (1 - weight) * zscore(a)
+
+
+def choose_weight(
+    cands: Mapping[str, Sequence[tuple[str, float, float]]], qrels: Mapping[str, Mapping[str, int]]
+) -> tuple[float, list[tuple[float, float]]]:
+    """The fusion weight with the best mean nDCG@10 over judged dev queries, and the whole curve [(w, nDCG@10)].
+
+    `cands`: per query, its re-ranked candidates as (doc id, first-stage score, re-ranker score), in any order; only
+    the queries with judgements count. Ties go to the larger weight (more of the re-ranker). The re-ranked depth
+    should be >= 10, so that nDCG@10 depends on the candidates alone."""
+    judged = {q: c for q, c in cands.items() if q in qrels and c}
+    if not judged:
+        raise EncoderforgeError("choose the re-rank weight: no dev query has judged candidates; check the dev qrels' query ids")
+    curve = []
+    for w in WEIGHTS:
+        run = {q: dict(zip([d for d, _, _ in c], fuse([f for _, f, _ in c], [r for _, _, r in c], w))) for q, c in judged.items()}
+        curve.append((w, evaluate_run(run, {q: qrels[q] for q in judged}).mean["ndcg@10"]))
+    return max(curve, key=lambda p: (p[1], p[0]))[0], curve

@@ -8,6 +8,7 @@ optionally re-ranked by a fine-tuned cross-encoder -> a run directory that `enco
                       re-ranked top-K's tail is shifted below it), so trec_eval, which sorts by score, agrees
     OUT/config.json   inputs and their sha256, settings
     OUT/rerank.tsv    with --rerank: query, doc, first_stage, reranker scores of every re-scored candidate (header)
+    OUT/dev-rerank.tsv  with --rerank-weight auto: the same for the dev queries the weight was chosen on
 
 Metrics are computed on our ranking (rank order), with trec_eval's definitions (index/metrics.py). Latency is wall
 time per query, one query at a time: embedding + search (+ re-ranking), what a user waits for.
@@ -19,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir, check_output, file_digest
 from encoderforge.index.bm25 import BM25Index
 from encoderforge.index.embedder import load_embedder
-from encoderforge.index.fusion import fuse
+from encoderforge.index.fusion import choose_weight, fuse
 from encoderforge.index.metrics import evaluate_run
-from encoderforge.index.readers import read_docs, read_qrels
+from encoderforge.index.readers import Doc, read_docs, read_qrels
 from encoderforge.index.retrievers import BM25Retriever, Retriever, exact_retriever, open_index
 from encoderforge.recipes.index_build import model_dir_of
 from encoderforge.recipes.predict import Predictor
@@ -58,11 +59,13 @@ def eval_retrieval(
     k: int = 100,
     rerank: str | Path | None = None,
     rerank_depth: int = 100,
-    rerank_weight: float = 1.0,
+    rerank_weight: float | str = 1.0,
     overwrite: bool = False,
     threads: int | None = None,
     dims: int | None = None,
     layers: int | None = None,
+    dev_queries: str | Path | None = None,
+    dev_qrels: str | Path | None = None,
 ) -> RetrievalEval:
     """Evaluate one retriever on judged queries and write a run directory.
 
@@ -79,7 +82,10 @@ def eval_retrieval(
         rerank: a fine-tuned cross-encoder run: `rerank`, `classify` on text pairs with labels "0"/"1", or `regress`.
         rerank_depth: how many of the top documents it re-scores.
         rerank_weight: 1 = order them by the re-ranker alone; below 1, by w * z(re-ranker) + (1 - w) * z(first
-            stage) (index/fusion.py); OUT/rerank.tsv keeps both scores of every re-ranked candidate.
+            stage) (index/fusion.py); OUT/rerank.tsv keeps both scores of every re-ranked candidate. "auto":
+            the weight of 0, 0.1, ..., 1 with the best nDCG@10 on `dev_queries` (their candidates re-scored once;
+            OUT/dev-rerank.tsv), recorded with its curve in metrics.json.
+        dev_queries, dev_qrels: judged dev queries for `rerank_weight="auto"` (never the test queries).
         dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
         layers: with `model` and no index, embed with its first `layers` layers only (2D Matryoshka).
         overwrite: replace an existing OUT.
@@ -94,10 +100,8 @@ def eval_retrieval(
         raise EncoderforgeError("--model and --bm25 search a corpus: pass --corpus FILE")
     if k < 1 or rerank_depth < 1:
         raise EncoderforgeError(f"-k and --rerank-depth must be >= 1 (got {k}, {rerank_depth})")
-    fuse([], [], rerank_weight)  # the weight's range, checked before any work
-    if rerank_weight != 1 and rerank is None:
-        raise EncoderforgeError(f"--rerank-weight {rerank_weight} fuses a re-ranker's scores: pass --rerank RUN too")
-    inputs = [queries, qrels, corpus, index, rerank, model_dir_of(model) if model else None]
+    weight = _weight(rerank_weight, rerank, dev_queries, dev_qrels)
+    inputs = [queries, qrels, corpus, index, rerank, model_dir_of(model) if model else None, dev_queries, dev_qrels]
     check_output(out, inputs, expect="dir")
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
         raise EncoderforgeError(f"{out}: already exists; pass --overwrite or choose another --out")
@@ -122,6 +126,8 @@ def eval_retrieval(
                 overwrite=overwrite,
                 dims=dims,
                 layers=layers,
+                dev_queries=dev_queries,
+                dev_qrels=dev_qrels,
             )
         finally:
             torch.set_num_threads(before)
@@ -138,21 +144,18 @@ def eval_retrieval(
     retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length, dims=dims)
     texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
     reranker = _reranker(rerank, texts) if rerank is not None else None
-    run: dict[str, list[tuple[str, float]]] = {}
-    both: list[tuple[str, str, float, float]] = []  # (query, doc, first-stage score, re-ranker score)
-    latency = []
-    for q in qs:
-        t0 = time.perf_counter()
-        hits = retriever.search([q.text], max(k, rerank_depth if reranker else 0))
-        ranked = list(zip(hits.ids[0], hits.scores[0]))
-        if reranker is not None:
-            top = ranked[:rerank_depth]
-            scores = reranker(q.text, [d for d, _ in top])
-            fused = fuse([s for _, s in top], scores, rerank_weight)
-            ranked = below(sorted(zip([d for d, _ in top], fused.tolist()), key=lambda x: -x[1]), ranked[rerank_depth:])
-            both += [(q.id, d, s, r) for (d, s), r in zip(top, scores)]
-        run[q.id] = ranked[:k]
-        latency.append(time.perf_counter() - t0)
+    chosen = None
+    if weight is None:  # "auto": re-score the dev queries' candidates once, then pick the weight on them
+        dev_judged = read_qrels(cast(Path, dev_qrels))
+        dev_qs = [q for q in read_docs(cast(Path, dev_queries), what="dev queries") if q.id in dev_judged]
+        dev_both = _search(dev_qs, retriever, reranker, rerank_depth, rerank_depth, 1.0)[1]
+        cands: dict[str, list[tuple[str, float, float]]] = {}
+        for qid, d, a, b in dev_both:
+            cands.setdefault(qid, []).append((d, a, b))
+        weight, curve = choose_weight(cands, dev_judged)
+        chosen = {"queries": len(cands), "dev_queries": str(dev_queries), "weights": [w for w, _ in curve],
+                  "ndcg@10": [round(n, 6) for _, n in curve]}  # fmt: skip
+    run, both, latency = _search(qs, retriever, reranker, k, rerank_depth, weight)
     by_rank = {q: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for q, r in run.items()}
     m = evaluate_run(by_rank, {q.id: judged[q.id] for q in qs})
     lat = np.array(latency) * 1000
@@ -166,7 +169,9 @@ def eval_retrieval(
         "skipped_queries": len(all_q) - len(qs),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
         "retriever": desc,
-        "rerank": None if rerank is None else {"run": str(rerank), "depth": rerank_depth, "weight": rerank_weight},
+        "rerank": None
+        if rerank is None
+        else {"run": str(rerank), "depth": rerank_depth, "weight": weight} | ({"chosen_on": chosen} if chosen else {}),
         "k": k,
         "dims": dims,
         "layers": layers,
@@ -182,6 +187,8 @@ def eval_retrieval(
         "rerank": None if rerank is None else str(rerank),
         "rerank_depth": rerank_depth,
         "rerank_weight": rerank_weight,
+        "dev_queries": None if dev_queries is None else str(dev_queries),
+        "dev_qrels": None if dev_qrels is None else str(dev_qrels),
     }
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -190,11 +197,57 @@ def eval_retrieval(
         with open(tmp / "run.tsv", "w", encoding="utf-8") as f:
             for qid, ranked in run.items():
                 f.writelines(f"{qid}\t{d}\t{r}\t{s:.6f}\n" for r, (d, s) in enumerate(ranked, 1))
-        if both:
-            with open(tmp / "rerank.tsv", "w", encoding="utf-8") as f:
-                f.write("query\tdoc\tfirst_stage\treranker\n")
-                f.writelines(f"{q}\t{d}\t{a:.6f}\t{b:.6f}\n" for q, d, a, b in both)
+        for name, rows in (("rerank.tsv", both), ("dev-rerank.tsv", dev_both if chosen else [])):
+            if rows:
+                with open(tmp / name, "w", encoding="utf-8") as f:
+                    f.write("query\tdoc\tfirst_stage\treranker\n")
+                    f.writelines(f"{q}\t{d}\t{a:.6f}\t{b:.6f}\n" for q, d, a, b in rows)
     return RetrievalEval(Path(out), metrics)
+
+
+def _weight(value: float | str, rerank: object, dev_queries: object, dev_qrels: object) -> float | None:
+    """The fusion weight the flags ask for, None for "auto" (chosen on dev queries); one-line errors otherwise."""
+    if value == "auto":
+        if rerank is None:
+            raise EncoderforgeError("--rerank-weight auto fuses a re-ranker's scores: pass --rerank RUN too")
+        if dev_queries is None or dev_qrels is None:
+            raise EncoderforgeError(
+                "--rerank-weight auto chooses the weight on dev queries: pass --dev-queries FILE and --dev-qrels FILE"
+            )
+        return None
+    if dev_queries is not None or dev_qrels is not None:
+        raise EncoderforgeError("--dev-queries / --dev-qrels choose --rerank-weight auto; pass --rerank-weight auto or drop them")
+    try:
+        w = float(value)
+    except ValueError:
+        raise EncoderforgeError(f"--rerank-weight must be a number in [0, 1] or auto, got {value!r}") from None
+    fuse([], [], w)  # the weight's range, checked before any work
+    if w != 1 and rerank is None:
+        raise EncoderforgeError(f"--rerank-weight {value} fuses a re-ranker's scores: pass --rerank RUN too")
+    return w
+
+
+def _search(
+    qs: Sequence[Doc], retriever: Retriever, reranker: Callable | None, k: int, depth: int, weight: float
+) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, str, float, float]], list[float]]:
+    """Each query's top k (re-ranked top `depth` fused at `weight`), both scores of every re-ranked candidate, and
+    the seconds each query took."""
+    run: dict[str, list[tuple[str, float]]] = {}
+    both: list[tuple[str, str, float, float]] = []  # (query, doc, first-stage score, re-ranker score)
+    latency = []
+    for q in qs:
+        t0 = time.perf_counter()
+        hits = retriever.search([q.text], max(k, depth if reranker else 0))
+        ranked = list(zip(hits.ids[0], hits.scores[0]))
+        if reranker is not None:
+            top = ranked[:depth]
+            scores = reranker(q.text, [d for d, _ in top])
+            fused = fuse([s for _, s in top], scores, weight)
+            ranked = below(sorted(zip([d for d, _ in top], fused.tolist()), key=lambda x: -x[1]), ranked[depth:])
+            both += [(q.id, d, s, r) for (d, s), r in zip(top, scores)]
+        run[q.id] = ranked[:k]
+        latency.append(time.perf_counter() - t0)
+    return run, both, latency
 
 
 def _retriever(  # noqa: ANN001

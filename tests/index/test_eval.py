@@ -226,3 +226,44 @@ def test_layers_embeds_with_the_first_layers_only(judged, tiny_model, tmp_path):
     assert r.metrics["layers"] == 1 and r.metrics["dims"] == 64
     with pytest.raises(EncoderforgeError, match=r"--layers=5 must be in 1..2"):
         load_embedder(str(tiny_model), layers=5)
+
+
+def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_encoder, tmp_path):
+    from encoderforge.index.fusion import choose_weight
+    from encoderforge.index.readers import read_qrels
+
+    ix = tmp_path / "ix"
+    assert CliRunner().invoke(app, ["index", "build", str(judged / "corpus.jsonl"), str(ix), "--kind", "bm25"]).exit_code == 0
+    # dev = the first five judged queries, test = all of them (a real split would not overlap; the check is the same)
+    dev_q = tmp_path / "dev.jsonl"
+    dev_q.write_text("".join((judged / "queries.jsonl").read_text().splitlines(keepends=True)[:5]), encoding="utf-8")
+    base = ["eval-retrieval", "--queries", str(judged / "queries.jsonl"), "--qrels", str(judged / "qrels.tsv")]
+    base += ["--index", str(ix), "--rerank", str(cross_encoder), "--rerank-depth", "10", "-k", "20"]
+    dev = ["--dev-queries", str(dev_q), "--dev-qrels", str(judged / "qrels.tsv")]
+    r = CliRunner().invoke(app, [*base, "--rerank-weight", "auto", *dev, "--out", str(tmp_path / "auto")])
+    assert r.exit_code == 0, r.output
+    assert "weight chosen on 5 dev queries" in r.stdout
+    m = check_against_trec_eval(tmp_path / "auto", judged)
+    cands: dict[str, list] = {}
+    for line in (tmp_path / "auto" / "dev-rerank.tsv").read_text().splitlines()[1:]:
+        q, d, a, b = line.split("\t")
+        cands.setdefault(q, []).append((d, float(a), float(b)))
+    assert sorted(cands) == ["q0", "q12", "q16", "q4", "q8"] and all(
+        0 < len(c) <= 10 for c in cands.values()
+    )  # BM25: matching docs only
+    best, curve = choose_weight(cands, read_qrels(judged / "qrels.tsv"))
+    assert m["rerank"]["weight"] == best and m["rerank"]["chosen_on"]["queries"] == 5
+    assert m["rerank"]["chosen_on"]["ndcg@10"] == pytest.approx([n for _, n in curve], abs=1e-6)
+    # the test run is the one an explicit --rerank-weight of that value gives
+    r = CliRunner().invoke(app, [*base, "--rerank-weight", str(best), "--out", str(tmp_path / "fixed")])
+    assert r.exit_code == 0, r.output
+    assert _order(tmp_path / "auto") == _order(tmp_path / "fixed")
+    # bad combinations: one-line errors, nothing written
+    for extra, msg in [
+        (["--rerank-weight", "auto"], "--rerank-weight auto chooses the weight on dev queries: pass --dev-queries"),
+        ([*dev], "--dev-queries / --dev-qrels choose --rerank-weight auto"),
+        (["--rerank-weight", "half"], "--rerank-weight must be a number in [0, 1] or auto, got 'half'"),
+    ]:
+        r = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / "bad")])
+        assert r.exit_code != 0 and msg in r.stderr, r.output
+        assert not (tmp_path / "bad").exists()

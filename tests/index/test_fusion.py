@@ -19,3 +19,26 @@ def test_fusion_mixes_standardised_scores():
     for w in (-0.1, 1.01):
         with pytest.raises(EncoderforgeError, match=r"^--rerank-weight must be in \[0, 1\]"):
             fuse(first, rerank, w)
+
+
+def test_choose_weight_scores_every_weight_on_dev_and_takes_the_best():
+    from encoderforge.index.fusion import choose_weight
+    from encoderforge.index.metrics import evaluate_run
+
+    # q1: the first stage ranks its relevant doc last, the re-ranker first; q2: both rank it first
+    cands = {
+        "q1": [("a", 3.0, 0.1), ("b", 2.0, 0.2), ("c", 1.0, 0.9)],
+        "q2": [("x", 3.0, 0.8), ("y", 2.0, 0.5), ("z", 1.0, 0.1)],
+    }
+    qrels = {"q1": {"c": 1}, "q2": {"x": 1}}
+    best, curve = choose_weight(cands, qrels)
+    assert [w for w, _ in curve] == pytest.approx([i / 10 for i in range(11)])
+    for w, ndcg in curve:  # each point = nDCG@10 of the run fused at that weight
+        run = {q: dict(zip([d for d, _, _ in c], fuse([f for _, f, _ in c], [r for _, _, r in c], w))) for q, c in cands.items()}
+        assert ndcg == pytest.approx(evaluate_run(run, qrels).mean["ndcg@10"])
+    assert curve[0][1] < curve[-1][1] and best == 1.0  # ties at the top go to the larger weight
+    # a re-ranker that only hurts gets weight 0
+    worse = {"q2": [("x", 3.0, -0.8), ("y", 2.9, -0.5), ("z", 1.0, -0.1)]}
+    assert choose_weight(worse, qrels)[0] == 0.0
+    with pytest.raises(EncoderforgeError, match="no dev query has judged candidates"):
+        choose_weight({"q9": cands["q1"]}, qrels)
