@@ -32,6 +32,19 @@ from encoderforge.index.readers import Doc, check_docs, iter_docs, read_docs
 
 SHARD_SIZE = 10_000
 PARTIAL = ".partial"
+
+
+def check_build_target(out: Path, shard_size: int, overwrite: bool) -> None:
+    """Refuse before any work: a bad shard size, an existing index without `overwrite`, or a directory that is not
+    an index (or a resumable build's leftovers) — never deleted."""
+    if shard_size < 1:
+        raise EncoderforgeError(f"--shard-size must be >= 1, got {shard_size}")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise EncoderforgeError(f"{out}: already holds an index; pass --overwrite to rebuild it or choose another output")
+    if out.is_dir() and any(p.name not in (PARTIAL, MANIFEST) for p in out.iterdir()) and not (out / MANIFEST).exists():
+        raise EncoderforgeError(f"{out}: exists and is not an index; encoderforge never deletes it — choose another output")
+
+
 IVF_TRAIN_MAX = 100_000  # training sample for ivfpq: enough for ~1,000 lists x 39 points and every PQ codebook
 
 
@@ -73,12 +86,7 @@ def build_index(
         BuildResult.
     """
     t0, out = time.perf_counter(), Path(out)
-    if shard_size < 1:
-        raise EncoderforgeError(f"--shard-size must be >= 1, got {shard_size}")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise EncoderforgeError(f"{out}: already holds an index; pass --overwrite to rebuild it or choose another output")
-    if out.is_dir() and any(p.name not in (PARTIAL, MANIFEST) for p in out.iterdir()) and not (out / MANIFEST).exists():
-        raise EncoderforgeError(f"{out}: exists and is not an index; encoderforge never deletes it — choose another output")
+    check_build_target(out, shard_size, overwrite)
     count = check_docs(corpus)
     if kind == "bm25":
         docs = read_docs(corpus)

@@ -20,10 +20,19 @@ import torch
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_file, file_digest
-from encoderforge.index.build import PARTIAL, BuildResult, chunks, doc_meta, read_shard, resume_point, write_shard
+from encoderforge.index.build import (
+    PARTIAL,
+    BuildResult,
+    check_build_target,
+    chunks,
+    doc_meta,
+    read_shard,
+    resume_point,
+    write_shard,
+)
 from encoderforge.index.embedder import WEIGHTS, weights_digest
 from encoderforge.index.late import KIND, LateIndex
-from encoderforge.index.manifest import MANIFEST, EmbedSpec
+from encoderforge.index.manifest import EmbedSpec
 from encoderforge.index.readers import check_docs, iter_docs
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.inference.precision import Precision
@@ -108,12 +117,7 @@ def build_late(
     each shard's token counts), then compress them all into a LateIndex saved atomically; rerun a killed build to
     resume at its first unfinished shard."""
     t0, out = time.perf_counter(), Path(out)
-    if shard_size < 1:
-        raise EncoderforgeError(f"--shard-size must be >= 1, got {shard_size}")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise EncoderforgeError(f"{out}: already holds an index; pass --overwrite to rebuild it or choose another output")
-    if out.is_dir() and any(p.name not in (PARTIAL, MANIFEST) for p in out.iterdir()) and not (out / MANIFEST).exists():
-        raise EncoderforgeError(f"{out}: exists and is not an index; encoderforge never deletes it — choose another output")
+    check_build_target(out, shard_size, overwrite)
     count, partial = check_docs(corpus), out / PARTIAL
     key = {"corpus": file_digest(corpus), "embed": asdict(embedder.spec), "shard_size": shard_size, "store_text": store_text}
     key["precision"] = embedder.engine.precision
