@@ -146,10 +146,15 @@ def write_shard(partial: Path, s: int, ids: list[str], meta: list[dict], vecs: n
         json.dump({"ids": ids, "meta": meta}, f, ensure_ascii=False)
 
 
+def read_shard_rows(partial: Path, s: int) -> tuple[list[str], list[dict]]:
+    """(ids, metadata) of shard `s`, without its vectors."""
+    rows = json.loads((partial / f"shard-{s:05d}.json").read_text(encoding="utf-8"))
+    return rows["ids"], rows["meta"]
+
+
 def read_shard(partial: Path, s: int) -> tuple[list[str], list[dict], np.ndarray]:
     """(ids, metadata, (S, D) vectors) of shard `s`."""
-    rows = json.loads((partial / f"shard-{s:05d}.json").read_text(encoding="utf-8"))
-    return rows["ids"], rows["meta"], np.load(partial / f"shard-{s:05d}.npy")
+    return *read_shard_rows(partial, s), np.load(partial / f"shard-{s:05d}.npy")
 
 
 def resume_point(partial: Path, key: dict) -> int:

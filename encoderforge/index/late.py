@@ -9,8 +9,9 @@ vectors, stored as a k-means centroid + a scalar-quantised residual (the ColBERT
 2. exact MaxSim (Khattab & Zaharia 2020, Eq. 3) of the query against each candidate's decompressed token vectors,
    with the one `maxsim` kernel training uses; the top k come back.
 
-Compression: a faiss IndexIVFScalarQuantizer trained on all token vectors is the codec: its coarse quantizer (an
-IndexFlatL2 of `nlist` k-means centroids) is the IVF, and its by-residual scalar quantizer stores each token's
+Compression: a faiss IndexIVFScalarQuantizer trained on the token vectors is the codec (`train_codec`; `index
+build` trains it on a seeded sample of at most 2^18 tokens and encodes shard by shard, index/late_model.py): its
+coarse quantizer (an IndexFlatL2 of `nlist` k-means centroids) is the IVF, and its by-residual scalar quantizer stores each token's
 residual from its centroid in 8 (or 4) bits per dimension with per-dimension ranges learnt on the residuals. Why
 this and not ColBERTv2's 1-2 bit bucketed residuals: faiss encodes and decodes it in vectorised C++ (`sa_encode` /
 `sa_decode`) with no packing code of ours, and 8 bits keep the decompressed MaxSim within ~1e-3 of the float one so
@@ -52,6 +53,20 @@ LATE_REBUILD = "rebuild it with `encoderforge index build CORPUS DIR --model COL
 
 def _faiss() -> Any:
     return require("faiss", "index")
+
+
+def train_codec(x: np.ndarray, *, bits: int, nlist: int, seed: int = 0) -> Any:
+    """The codec of (N, D) unit token vectors: an IVF-SQ index whose k-means centroids (`nlist`) and residual ranges
+    are learnt from `x` (faiss samples 256 points per centroid at most); `sa_encode` then compresses any token."""
+    faiss = _faiss()
+    if not 1 <= nlist <= len(x):
+        raise EncoderforgeError(f"LateIndex.build: nlist={nlist} must be in 1..{len(x)} (the number of tokens)")
+    dim = int(x.shape[1])
+    qtype = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_4bit
+    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist, qtype, faiss.METRIC_L2, True)
+    ivf.cp.seed = seed
+    ivf.train(x)
+    return ivf
 
 
 def default_nlist(tokens: int) -> int:
@@ -124,7 +139,6 @@ class LateIndex:
         Returns:
             the LateIndex.
         """
-        faiss = _faiss()
         if len(ids) != len(docs) or (metadata is not None and len(metadata) != len(ids)):
             raise EncoderforgeError(
                 f"LateIndex.build: {len(ids)} ids, {len(docs)} token matrices, {len(metadata or ids)} metadata rows; "
@@ -140,20 +154,32 @@ class LateIndex:
         dim = int(np.shape(docs[0])[-1]) if np.ndim(docs[0]) == 2 else 0
         if dim < 1:
             raise EncoderforgeError(f"LateIndex.build: document {ids[0]!r} is not an (L, D) token matrix: {np.shape(docs[0])}")
-        mats = [_tokens(d, dim, f"document {ids[i]!r}") for i, d in enumerate(docs)]
+        mats = [unit_tokens(d, dim, f"document {ids[i]!r}") for i, d in enumerate(docs)]
         x = np.concatenate(mats)  # (N, D)
-        n_list = nlist or default_nlist(len(x))
-        if not 1 <= n_list <= len(x):
-            raise EncoderforgeError(f"LateIndex.build: nlist={n_list} must be in 1..{len(x)} (the number of tokens)")
-        qtype = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_4bit
-        ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, n_list, qtype, faiss.METRIC_L2, True)
-        ivf.cp.seed = seed
-        ivf.train(x)  # k-means on the tokens (faiss samples 256 per centroid at most), then residual ranges
-        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(m) for m in mats])
+        ivf = train_codec(x, bits=bits, nlist=nlist or default_nlist(len(x)), seed=seed)
+        lengths = np.array([len(m) for m in mats], dtype=np.int64)
+        return cls.from_codes(ivf, ivf.sa_encode(x), lengths, ids, metadata, bits=bits, spec=spec)
+
+    @classmethod
+    def from_codes(
+        cls,
+        ivf: Any,
+        codes: np.ndarray,
+        lengths: np.ndarray,
+        ids: Sequence[str],
+        metadata: Sequence[dict] | None = None,
+        *,
+        bits: int,
+        spec: EmbedSpec | None = None,
+        extra: dict | None = None,
+    ) -> "LateIndex":
+        """An index from a trained codec (`train_codec`) and every token's code, documents back to back with
+        `lengths` (n,) tokens each; `extra` goes into the saved params."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(lengths)
         meta = [dict(m) for m in metadata] if metadata is not None else [{} for _ in ids]
-        params = {"dim": dim, "nlist": n_list, "bits": bits}
-        return cls(ivf, ivf.sa_encode(x), offsets, list(ids), meta, params, spec)
+        params = {"dim": int(ivf.d), "nlist": int(ivf.nlist), "bits": bits, **(extra or {})}
+        return cls(ivf, codes, offsets, list(ids), meta, params, spec)
 
     def _cell_documents(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """(N,) each token's centroid number, and the IVF: (nlist + 1,) offsets into (M,) document numbers, each
@@ -228,7 +254,7 @@ class LateIndex:
             raise EncoderforgeError(f"ndocs must be >= k ({k}), got {keep}")
         out = Hits([], [])
         for n, raw in enumerate(queries):
-            q = _tokens(raw, self.dim, f"query {n}")
+            q = unit_tokens(raw, self.dim, f"query {n}")
             cand = self.prune(q, self.candidates(q, probe), keep)
             scores = self.score(q, cand)
             top = np.argsort(-scores, kind="stable")[:k]
@@ -271,7 +297,7 @@ class LateIndex:
         return cls(ivf, codes, offsets, [r["id"] for r in rows], [r["meta"] for r in rows], params, m.embed)
 
 
-def _tokens(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+def unit_tokens(x: np.ndarray, dim: int, what: str) -> np.ndarray:
     """(L, D) float32 C-contiguous unit rows; checks the shape (one line that names the fix) and finiteness."""
     a = np.array(x, dtype=np.float32, copy=True, order="C")
     if a.ndim != 2 or a.shape[1] != dim or not len(a):

@@ -27,11 +27,12 @@ from encoderforge.index.build import (
     chunks,
     doc_meta,
     read_shard,
+    read_shard_rows,
     resume_point,
     write_shard,
 )
 from encoderforge.index.embedder import WEIGHTS, weights_digest
-from encoderforge.index.late import KIND, LateIndex
+from encoderforge.index.late import KIND, LateIndex, default_nlist, train_codec, unit_tokens
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.index.readers import check_docs, iter_docs
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
@@ -103,6 +104,30 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
     return LateEmbedder(engine, head, spec)
 
 
+# token vectors the codec is trained on at most: 2^18 x 128-d float32 = 128 MiB, and k-means over them stays minutes
+# on 2 cores; ColBERTv2 likewise trains its centroids on a sample of the corpus' embeddings
+TRAIN_TOKENS = 2**18
+
+
+def _token_sample(partial: Path, shards: int, total: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n, D) unit token vectors: every token in corpus order when n == total, else a seeded uniform draw of n."""
+    if n >= total:
+        return np.concatenate([_shard_tokens(partial, s) for s in range(shards)])
+    pick = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))  # global token numbers
+    parts, start = [], 0
+    for s in range(shards):
+        x = _shard_tokens(partial, s)
+        mine = pick[(pick >= start) & (pick < start + len(x))] - start
+        parts.append(x[mine])
+        start += len(x)
+    return np.concatenate(parts)
+
+
+def _shard_tokens(partial: Path, s: int, dim: int | None = None) -> np.ndarray:
+    x = read_shard(partial, s)[2]
+    return unit_tokens(x, dim or x.shape[1], f"{partial}/shard {s}")
+
+
 def build_late(
     corpus: str | Path,
     out: str | Path,
@@ -112,12 +137,16 @@ def build_late(
     store_text: bool = True,
     overwrite: bool = False,
     shard_size: int = SHARD_SIZE,
+    train_tokens: int = TRAIN_TOKENS,
 ) -> BuildResult:
     """Encode every document of a corpus JSONL in resumable shards (as the dense build: index/build.py's layout, plus
-    each shard's token counts), then compress them all into a LateIndex saved atomically; rerun a killed build to
-    resume at its first unfinished shard."""
+    each shard's token counts), train the codec on `train_tokens` token vectors drawn from them (all when the corpus
+    has fewer), then compress shard by shard into a LateIndex saved atomically: the float vectors of the whole corpus
+    are never in memory at once. Rerun a killed build to resume at its first unfinished shard."""
     t0, out = time.perf_counter(), Path(out)
     check_build_target(out, shard_size, overwrite)
+    if train_tokens < 39:
+        raise EncoderforgeError(f"train_tokens must be >= 39 (k-means wants 39 points per centroid), got {train_tokens}")
     count, partial = check_docs(corpus), out / PARTIAL
     key = {"corpus": file_digest(corpus), "embed": asdict(embedder.spec), "shard_size": shard_size, "store_text": store_text}
     key["precision"] = embedder.engine.precision
@@ -135,13 +164,18 @@ def build_late(
         embedded += 1
     ids: list[str] = []
     metas: list[dict] = []
-    mats_all: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
     for s in range(shards):
-        shard_ids, shard_meta, tokens = read_shard(partial, s)
-        lengths = np.load(partial / f"shard-{s:05d}.lengths.npy")
-        ids += shard_ids
-        metas += shard_meta
-        mats_all += np.split(tokens, np.cumsum(lengths)[:-1])
-    LateIndex.build(ids, mats_all, metas, bits=bits, spec=embedder.spec).save(out)  # the rename drops .partial/
+        shard_ids, shard_meta = read_shard_rows(partial, s)
+        ids, metas = ids + shard_ids, metas + shard_meta
+        lengths.append(np.load(partial / f"shard-{s:05d}.lengths.npy"))
+    total = int(sum(x.sum() for x in lengths))
+    n_train = min(total, train_tokens)
+    ivf = train_codec(
+        _token_sample(partial, shards, total, n_train), bits=bits, nlist=max(1, min(default_nlist(total), n_train // 39))
+    )
+    codes = np.concatenate([ivf.sa_encode(_shard_tokens(partial, s, ivf.d)) for s in range(shards)])  # one shard at a time
+    extra = {"train_tokens": n_train}
+    LateIndex.from_codes(ivf, codes, np.concatenate(lengths), ids, metas, bits=bits, spec=embedder.spec, extra=extra).save(out)
     e = embedder.engine
     return BuildResult(out, count, KIND, shards, embedded, time.perf_counter() - t0, e.precision, "; ".join(e.notes))

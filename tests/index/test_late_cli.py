@@ -162,3 +162,32 @@ def test_a_killed_colbert_build_resumes_at_its_first_unfinished_shard(late, tmp_
     assert a.ids == b.ids and a.meta_rows == b.meta_rows
     np.testing.assert_array_equal(a.offsets, b.offsets)
     np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_a_colbert_build_compresses_shard_by_shard_from_a_token_sample(late, tmp_path):
+    """The codec (centroids + residual ranges) is trained on at most `train_tokens` token vectors drawn from the
+    shards, then each shard is encoded on its own, so the float vectors of the whole corpus are never in memory at
+    once. With a sample as large as the corpus the index equals LateIndex.build over every token matrix; with a
+    smaller one it still finds what exhaustive MaxSim finds."""
+    from encoderforge.index.late import LateIndex
+    from encoderforge.index.late_model import build_late
+
+    d, docs, pairs = late
+    emb = load_late_embedder(d / "run")
+    texts = [x["text"] for x in docs]
+    mats = [m for i in range(0, len(texts), 16) for m in emb.encode(texts[i : i + 16])]  # as the build's shards
+    total = sum(len(m) for m in mats)
+    whole = build_late(d / "corpus.jsonl", tmp_path / "all", emb, shard_size=16, train_tokens=total)
+    ref = LateIndex.build([x["id"] for x in docs], mats, spec=emb.spec)
+    got = LateIndex.load(whole.out)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)
+    np.testing.assert_array_equal(got.codes, ref.codes)
+    assert got.params["train_tokens"] == total and got.nlist == ref.nlist
+    small = LateIndex.load(build_late(d / "corpus.jsonl", tmp_path / "few", emb, shard_size=16, train_tokens=400).out)
+    assert small.params["train_tokens"] == 400 and small.nlist <= 400 // 39
+    np.testing.assert_array_equal(small.offsets, ref.offsets)
+    queries = emb.encode([p["query"] for p in pairs[::4]])
+    exact = [ids[0] for ids in small.search(queries, k=1, nprobe=small.nlist, ndocs=len(small)).ids]
+    assert [ids[0] for ids in small.search(queries, k=1).ids] == exact
+    with pytest.raises(EncoderforgeError, match="train_tokens must be >= 39"):
+        build_late(d / "corpus.jsonl", tmp_path / "bad", emb, shard_size=16, train_tokens=10)
