@@ -144,7 +144,7 @@ def eval_retrieval(
     retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length, dims=dims)
     texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
     reranker = _reranker(rerank, texts) if rerank is not None else None
-    chosen = None
+    chosen, dev_both = None, []
     if weight is None:  # "auto": re-score the dev queries' candidates once, then pick the weight on them
         dev_judged = read_qrels(cast(Path, dev_qrels))
         dev_qs = [q for q in read_docs(cast(Path, dev_queries), what="dev queries") if q.id in dev_judged]
@@ -197,7 +197,7 @@ def eval_retrieval(
         with open(tmp / "run.tsv", "w", encoding="utf-8") as f:
             for qid, ranked in run.items():
                 f.writelines(f"{qid}\t{d}\t{r}\t{s:.6f}\n" for r, (d, s) in enumerate(ranked, 1))
-        for name, rows in (("rerank.tsv", both), ("dev-rerank.tsv", dev_both if chosen else [])):
+        for name, rows in (("rerank.tsv", both), ("dev-rerank.tsv", dev_both)):
             if rows:
                 with open(tmp / name, "w", encoding="utf-8") as f:
                     f.write("query\tdoc\tfirst_stage\treranker\n")
