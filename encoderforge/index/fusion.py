@@ -45,14 +45,21 @@ def choose_weight(
 ) -> tuple[float, list[tuple[float, float]]]:
     """The fusion weight with the best mean nDCG@10 over judged dev queries, and the whole curve [(w, nDCG@10)].
 
-    `cands`: per query, its re-ranked candidates as (doc id, first-stage score, re-ranker score), in any order; only
-    the queries with judgements count. Ties go to the larger weight (more of the re-ranker). The re-ranked depth
-    should be >= 10, so that nDCG@10 depends on the candidates alone."""
+    `cands`: per query, its re-ranked candidates as (doc id, first-stage score, re-ranker score) in first-stage
+    order (as rerank.tsv lists them); each weight's ranking sorts the fused scores stably, so ties keep the
+    first-stage order exactly as `eval-retrieval --rerank-weight w` ranks them. Only the queries with judgements
+    count. Ties between weights go to the larger weight (more of the re-ranker). The re-ranked depth should be
+    >= 10, so that nDCG@10 depends on the candidates alone."""
     judged = {q: c for q, c in cands.items() if q in qrels and c}
     if not judged:
-        raise EncoderforgeError("choose the re-rank weight: no dev query has judged candidates; check the dev qrels' query ids")
+        raise EncoderforgeError(
+            "choose the re-rank weight: no dev query has judged candidates; check that --dev-qrels judges --dev-queries"
+        )
     curve = []
     for w in WEIGHTS:
-        run = {q: dict(zip([d for d, _, _ in c], fuse([f for _, f, _ in c], [r for _, _, r in c], w))) for q, c in judged.items()}
+        run = {}
+        for q, c in judged.items():
+            order = np.argsort(-fuse([f for _, f, _ in c], [r for _, _, r in c], w), kind="stable")
+            run[q] = {c[i][0]: float(len(c) - rank) for rank, i in enumerate(order)}  # scores = ranks: no ties left
         curve.append((w, evaluate_run(run, {q: qrels[q] for q in judged}).mean["ndcg@10"]))
     return max(curve, key=lambda p: (p[1], p[0]))[0], curve

@@ -141,7 +141,9 @@ def eval_retrieval(
         raise EncoderforgeError(
             "--dims truncates the vectors of --model (exact search); an index keeps the dims it was built with"
         )
-    retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length, dims=dims)
+    if layers is not None and (index is not None or model is None):
+        raise EncoderforgeError("--layers cuts the encoder of --model (exact search); an index keeps the model it was built with")
+    retriever = _retriever(index, model, bm25, docs, pooling=pooling, max_length=max_length, dims=dims, layers=layers)
     texts = {d.id: d.text for d in docs} or {i: m["text"] for i, m in retriever.meta.items() if "text" in m}
     reranker = _reranker(rerank, texts) if rerank is not None else None
     chosen, dev_both = None, []

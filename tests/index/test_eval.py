@@ -197,19 +197,24 @@ def test_dims_scores_on_the_first_coordinates(judged, tiny_model, tmp_path):
         model=str(tiny_model), dims=32,
     )  # fmt: skip
     assert r.metrics["dims"] == 32
-    full = load_embedder(str(tiny_model))
-    docs = [json.loads(x) for x in (judged / "corpus.jsonl").read_text().splitlines()]
-    q = [json.loads(x) for x in (judged / "queries.jsonl").read_text().splitlines()][0]
-    cut = lambda v: v[:, :32] / np.linalg.norm(v[:, :32], axis=1, keepdims=True)  # noqa: E731
-    scores = cut(full.embed([q["text"]])) @ cut(full.embed([d["text"] for d in docs])).T
-    want = [docs[i]["id"] for i in np.argsort(-scores[0], kind="stable")[:5]]
-    got = [
-        line.split("\t")[1] for line in (tmp_path / "d32" / "run.tsv").read_text().splitlines() if line.startswith(f"{q['id']}\t")
-    ][:5]
-    assert got == want
+    assert top5(tmp_path / "d32", judged) == exact_top5(load_embedder(str(tiny_model)), judged, dims=32)
     assert load_embedder(str(tiny_model), dims=32).spec.dim == 32
     with pytest.raises(EncoderforgeError, match="--dims: dims=999 must be in 1..128"):
         load_embedder(str(tiny_model), dims=999)
+
+
+def exact_top5(embedder, judged, dims: int) -> list[str]:
+    """The first query's top 5 by cosine on the first `dims` coordinates (re-normalised), computed directly."""
+    docs = [json.loads(x) for x in (judged / "corpus.jsonl").read_text().splitlines()]
+    q = [json.loads(x) for x in (judged / "queries.jsonl").read_text().splitlines()][0]
+    cut = lambda v: v[:, :dims] / np.linalg.norm(v[:, :dims], axis=1, keepdims=True)  # noqa: E731
+    scores = cut(embedder.embed([q["text"]])) @ cut(embedder.embed([d["text"] for d in docs])).T
+    return [docs[i]["id"] for i in np.argsort(-scores[0], kind="stable")[:5]]
+
+
+def top5(out, judged) -> list[str]:
+    q = json.loads((judged / "queries.jsonl").read_text().splitlines()[0])["id"]
+    return [line.split("\t")[1] for line in (out / "run.tsv").read_text().splitlines() if line.startswith(f"{q}\t")][:5]
 
 
 def test_layers_embeds_with_the_first_layers_only(judged, tiny_model, tmp_path):
@@ -224,6 +229,11 @@ def test_layers_embeds_with_the_first_layers_only(judged, tiny_model, tmp_path):
         model=str(tiny_model), layers=1, dims=64,
     )  # fmt: skip
     assert r.metrics["layers"] == 1 and r.metrics["dims"] == 64
+    assert top5(tmp_path / "l1", judged) == exact_top5(one, judged, dims=64)  # ranked by the one-layer model
+    assert top5(tmp_path / "l1", judged) != exact_top5(full, judged, dims=64)  # not by the full one
+    with pytest.raises(EncoderforgeError, match=r"^--layers cuts the encoder of --model"):
+        eval_retrieval(judged / "queries.jsonl", judged / "qrels.tsv", tmp_path / "l2", corpus=judged / "corpus.jsonl",
+                       bm25=True, layers=1)  # fmt: skip
     with pytest.raises(EncoderforgeError, match=r"--layers=5 must be in 1..2"):
         load_embedder(str(tiny_model), layers=5)
 
@@ -254,6 +264,13 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
     best, curve = choose_weight(cands, read_qrels(judged / "qrels.tsv"))
     assert m["rerank"]["weight"] == best and m["rerank"]["chosen_on"]["queries"] == 5
     assert m["rerank"]["chosen_on"]["ndcg@10"] == pytest.approx([n for _, n in curve], abs=1e-6)
+    # each point of the curve is what eval-retrieval itself scores on the dev queries at that weight
+    for w in (0.0, best):
+        on_dev = tmp_path / f"dev-{w}"
+        r = CliRunner().invoke(app, [*base[:2], str(dev_q), *base[3:], "--rerank-weight", str(w), "--out", str(on_dev)])
+        assert r.exit_code == 0, r.output
+        got = json.loads((on_dev / "metrics.json").read_text())["test"]["ndcg@10"]
+        assert got == pytest.approx(dict(curve)[w], abs=1e-6)
     # the test run is the one an explicit --rerank-weight of that value gives
     r = CliRunner().invoke(app, [*base, "--rerank-weight", str(best), "--out", str(tmp_path / "fixed")])
     assert r.exit_code == 0, r.output

@@ -42,3 +42,20 @@ def test_choose_weight_scores_every_weight_on_dev_and_takes_the_best():
     assert choose_weight(worse, qrels)[0] == 0.0
     with pytest.raises(EncoderforgeError, match="no dev query has judged candidates"):
         choose_weight({"q9": cands["q1"]}, qrels)
+
+
+def test_choose_weight_keeps_the_first_stage_order_among_tied_scores():
+    """A 0/1 classifier re-ranker ties its top documents: eval-retrieval keeps them in first-stage order (a stable
+    sort), so the curve must too — trec_eval's doc-id tie-break would put "b" first at w = 1."""
+    from encoderforge.index.fusion import choose_weight
+
+    cands = {"q": [("a", 5.0, 1.0), ("b", 4.0, 1.0), ("c", 3.0, 0.1)]}  # first-stage order
+    best, curve = choose_weight(cands, {"q": {"a": 1}})
+    assert all(n == pytest.approx(1.0) for _, n in curve)  # "a" ranks first at every weight
+    assert best == 1.0
+    # hand-computed: the relevant "c" (first stage 3rd) rises to 1st once the re-ranker's weight is large enough
+    cands = {"q": [("a", 3.0, 0.0), ("b", 2.0, 0.0), ("c", 1.0, 1.0)]}
+    best, curve = choose_weight(cands, {"q": {"c": 1}})
+    got = dict(curve)
+    assert got[0.0] == pytest.approx(0.5) and got[1.0] == pytest.approx(1.0)  # 1 / log2(4) at rank 3, 1 at rank 1
+    assert best == 1.0
