@@ -124,11 +124,22 @@ def write_marker(run: str | Path, kind: str, status: str, config: dict) -> None:
         json.dump({"kind": kind, "status": status, "config": config}, f, indent=2)
 
 
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
+def changed_keys(old: Any, new: Any, prefix: str = "", *, defaults: Any = None) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts. With `defaults` (the same nesting), a key
+    absent from `old` whose new value is its default is not a change: a field added to the config since the old
+    run was recorded, left as it was."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new)) for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+        out = []
+        for key in sorted(set(old) | set(new)):
+            d = defaults.get(key, _MISSING) if isinstance(defaults, dict) else _MISSING
+            if key not in old and d is not _MISSING and new[key] == d:
+                continue
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.", defaults=None if d is _MISSING else d)
+        return out
     return [] if old == new else [prefix.rstrip(".")]
+
+
+_MISSING = object()
 
 
 def prepare_run_dir(
@@ -139,6 +150,8 @@ def prepare_run_dir(
     inputs: Iterable[str | Path | None] = (),
     overwrite: bool = False,
     safe_changes: Iterable[str] = (),
+    defaults: dict | None = None,
+    finished_resumes: bool = True,
 ) -> str:
     """Decide what a run command does with its output directory, before any compute. Returns "new", "resume",
     "done" (a finished run of the same config: nothing to do) or "overwrite" (call `clear_run_dir` once the inputs
@@ -148,9 +161,12 @@ def prepare_run_dir(
     - our marker, same kind, unfinished: "resume" if the config is the same (keys in `safe_changes` may differ),
       else an error listing the changed keys;
     - our marker, same kind, finished: "overwrite" with `overwrite`, "done" with the same config, "resume" when
-      only `safe_changes` keys differ, else an error;
+      only `safe_changes` keys differ ("done" with `finished_resumes=False`: a run that keeps no checkpoint once
+      finished, whose safe keys cannot change its result), else an error;
     - anything else (a file, a directory of other files, another kind of run): an error, even with `overwrite`,
       which deletes only directories that carry our marker.
+    `defaults`: the config's default values (same nesting); a key the recorded config lacks is unchanged when it
+    is at its default (the run was written before that field existed).
     """
     run = Path(run)
     check_output(run, inputs, expect="dir")
@@ -164,15 +180,15 @@ def prepare_run_dir(
         )
     if marker.get("kind") != kind:
         raise EncoderforgeError(f"{run}: holds a {marker.get('kind')} run, not a {kind} run; choose another --out")
-    every = changed_keys(marker.get("config"), config)
+    every = changed_keys(marker.get("config"), config, defaults=defaults)
     changed = [k for k in every if k not in set(safe_changes)]
     if marker.get("status") == "finished":
         if overwrite:
             return "overwrite"
         if not every:
             return "done"
-        if not changed:
-            return "resume"  # only safe keys changed (e.g. more steps): continue from the last checkpoint
+        if not changed:  # only safe keys changed: more steps continue from the last checkpoint (pretraining);
+            return "resume" if finished_resumes else "done"  # else they cannot change the result: nothing to do
         raise EncoderforgeError(
             f"{run}: already holds a finished run (changed: {', '.join(changed[:6])}); pass "
             "--overwrite to replace it or choose another --out"

@@ -35,7 +35,7 @@ from encoderforge.fileio import atomic_file, clear_run_dir, file_digest, prepare
 from encoderforge.model import checkpoint
 from encoderforge.model.encoder import Encoder
 from encoderforge.model.zoo import resolve_model
-from encoderforge.recipes.finetune_config import FinetuneConfig
+from encoderforge.recipes.finetune_config import FinetuneConfig, finetune_config
 from encoderforge.tasks.registry import TASKS
 from encoderforge.tasks.sequences import steps_per_epoch
 from encoderforge.tokenization import load_tokenizer
@@ -128,7 +128,11 @@ def finetune(
     }
     if any(ds is not None for ds in (train, dev, test)):
         record["inputs"]["unverifiable"] = True  # in-memory data: a finished run can never be proven identical
-    action = prepare_run_dir(run, "finetune", record, inputs=[*files, model_dir], overwrite=overwrite, safe_changes=SAFE)
+    defaults = to_dict(finetune_config(cfg.task))  # fields added since an older run was recorded compare to these
+    action = prepare_run_dir(
+        run, "finetune", record, inputs=[*files, model_dir], overwrite=overwrite, safe_changes=SAFE, defaults=defaults,
+        finished_resumes=False,  # a finished run keeps no checkpoint: "resume" would retrain it from scratch
+    )  # fmt: skip
     if action == "done" and not record["inputs"].get("unverifiable"):
         return FinetuneResult(run, json.loads((run / "metrics.json").read_text(encoding="utf-8")), skipped=True)
     if action == "done":

@@ -106,6 +106,13 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_metrics(tiny_model, bbc_rows,
     same = run(command(tiny_model, data, out))
     assert same.returncode == 0 and "already finished" in same.stderr
     assert (out / "metrics.json").read_bytes() == before
+    # only settings that cannot change the result (threads, checkpoint spacing): still nothing to do — never a
+    # retrain from scratch (a finished run keeps no checkpoint) that would replace the finished results
+    log = (out / "metrics.jsonl").read_bytes()
+    threads = run(command(tiny_model, data, out, "--threads", "2", "--save-every", "5"))
+    assert threads.returncode == 0 and "already finished" in threads.stderr, threads.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == before and (out / "metrics.jsonl").read_bytes() == log
+    assert not (out / "checkpoints").exists()
     # another config: refused with the changed keys named, nothing touched
     other = run(command(tiny_model, data, out, "--seed", "1"))
     assert other.returncode == 1 and "train.seed" in other.stderr and "Traceback" not in other.stderr
