@@ -22,7 +22,8 @@ token costs 2 + 128 bytes (8-bit) or 2 + 64 (4-bit) instead of 512 as float32.
     DIR/codes.npy     (N, code_size) uint8: each token's faiss code (centroid number + residual code), in document order
     DIR/offsets.npy   (n + 1,) int64: document i's tokens are codes[offsets[i]:offsets[i + 1]]
     DIR/ids.jsonl     one {"id", "meta"} per document, in order
-    DIR/manifest.json kind "colbert", count, params (dim, nlist, bits, tokens, nprobe), sha256 of the files above
+    DIR/manifest.json kind "colbert", count, params (dim, nlist, bits, nprobe, tokens, train_tokens when built by `index
+                      build`), sha256 of the files above
 Shapes: n documents, N tokens in all, D the token vector size, Lq query tokens, C candidate documents, K results.
 """
 
@@ -59,8 +60,10 @@ def train_codec(x: np.ndarray, *, bits: int, nlist: int, seed: int = 0) -> Any:
     """The codec of (N, D) unit token vectors: an IVF-SQ index whose k-means centroids (`nlist`) and residual ranges
     are learnt from `x` (faiss samples 256 points per centroid at most); `sa_encode` then compresses any token."""
     faiss = _faiss()
+    if bits not in (4, 8):
+        raise EncoderforgeError(f"late index: bits must be 4 or 8, got {bits!r}")
     if not 1 <= nlist <= len(x):
-        raise EncoderforgeError(f"LateIndex.build: nlist={nlist} must be in 1..{len(x)} (the number of tokens)")
+        raise EncoderforgeError(f"late index: nlist={nlist} must be in 1..{len(x)} (the number of training tokens)")
     dim = int(x.shape[1])
     qtype = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_4bit
     ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist, qtype, faiss.METRIC_L2, True)

@@ -104,8 +104,8 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
     return LateEmbedder(engine, head, spec)
 
 
-# token vectors the codec is trained on at most: 2^18 x 128-d float32 = 128 MiB, and k-means over them stays minutes
-# on 2 cores; ColBERTv2 likewise trains its centroids on a sample of the corpus' embeddings
+# token vectors the codec is trained on when the corpus has more (2^18 x 128-d float32 = 128 MiB), or 39 per centroid
+# when its default centroid count needs more; ColBERTv2 likewise trains its centroids on a sample of the embeddings
 TRAIN_TOKENS = 2**18
 
 
@@ -137,15 +137,16 @@ def build_late(
     store_text: bool = True,
     overwrite: bool = False,
     shard_size: int = SHARD_SIZE,
-    train_tokens: int = TRAIN_TOKENS,
+    train_tokens: int | None = None,
 ) -> BuildResult:
     """Encode every document of a corpus JSONL in resumable shards (as the dense build: index/build.py's layout, plus
-    each shard's token counts), train the codec on `train_tokens` token vectors drawn from them (all when the corpus
-    has fewer), then compress shard by shard into a LateIndex saved atomically: the float vectors of the whole corpus
+    each shard's token counts), train the codec on `train_tokens` token vectors drawn from them (default: all of a
+    corpus of up to 2^18 tokens, else enough for ColBERTv2's number of centroids, 39 per centroid: `default_nlist`
+    of the whole corpus), then compress shard by shard into a LateIndex saved atomically: the float vectors of the whole corpus
     are never in memory at once. Rerun a killed build to resume at its first unfinished shard."""
     t0, out = time.perf_counter(), Path(out)
     check_build_target(out, shard_size, overwrite)
-    if train_tokens < 39:
+    if train_tokens is not None and train_tokens < 39:
         raise EncoderforgeError(f"train_tokens must be >= 39 (k-means wants 39 points per centroid), got {train_tokens}")
     count, partial = check_docs(corpus), out / PARTIAL
     key = {"corpus": file_digest(corpus), "embed": asdict(embedder.spec), "shard_size": shard_size, "store_text": store_text}
@@ -167,10 +168,12 @@ def build_late(
     lengths: list[np.ndarray] = []
     for s in range(shards):
         shard_ids, shard_meta = read_shard_rows(partial, s)
-        ids, metas = ids + shard_ids, metas + shard_meta
+        ids += shard_ids
+        metas += shard_meta
         lengths.append(np.load(partial / f"shard-{s:05d}.lengths.npy"))
     total = int(sum(x.sum() for x in lengths))
-    n_train = min(total, train_tokens)
+    want = max(TRAIN_TOKENS, 39 * default_nlist(total)) if train_tokens is None else train_tokens
+    n_train = min(total, want)
     ivf = train_codec(
         _token_sample(partial, shards, total, n_train), bits=bits, nlist=max(1, min(default_nlist(total), n_train // 39))
     )

@@ -136,6 +136,7 @@ def eval_retrieval(
     qs = [q for q in all_q if q.id in judged]
     if not qs:
         raise EncoderforgeError(f"none of the {len(all_q)} queries of {queries} has judgements in {qrels}; check the query ids")
+    dev_judged, dev_qs = _dev_queries(dev_queries, dev_qrels) if weight is None else ({}, [])
     docs = read_docs(corpus) if corpus is not None else []
     if dims is not None and (index is not None or model is None):
         raise EncoderforgeError(
@@ -148,8 +149,6 @@ def eval_retrieval(
     reranker = _reranker(rerank, texts) if rerank is not None else None
     chosen, dev_both = None, []
     if weight is None:  # "auto": re-score the dev queries' candidates once, then pick the weight on them
-        dev_judged = read_qrels(cast(Path, dev_qrels))
-        dev_qs = [q for q in read_docs(cast(Path, dev_queries), what="dev queries") if q.id in dev_judged]
         dev_both = _search(dev_qs, retriever, reranker, rerank_depth, rerank_depth, 1.0)[1]
         cands: dict[str, list[tuple[str, float, float]]] = {}
         for qid, d, a, b in dev_both:
@@ -179,7 +178,7 @@ def eval_retrieval(
         "layers": layers,
         "threads": torch.get_num_threads(),
     }
-    files = {"queries": queries, "qrels": qrels, "corpus": corpus}
+    files = {"queries": queries, "qrels": qrels, "corpus": corpus, "dev_queries": dev_queries, "dev_qrels": dev_qrels}
     config = {
         "inputs": {n: {"path": str(p), "sha256": file_digest(p)} for n, p in files.items() if p is not None},
         "index": None if index is None else str(index),
@@ -188,9 +187,8 @@ def eval_retrieval(
         "k": k,
         "rerank": None if rerank is None else str(rerank),
         "rerank_depth": rerank_depth,
-        "rerank_weight": rerank_weight,
-        "dev_queries": None if dev_queries is None else str(dev_queries),
-        "dev_qrels": None if dev_qrels is None else str(dev_qrels),
+        "rerank_weight": weight,
+        "rerank_weight_auto": chosen is not None,
     }
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -207,15 +205,19 @@ def eval_retrieval(
     return RetrievalEval(Path(out), metrics)
 
 
-def _weight(value: float | str, rerank: object, dev_queries: object, dev_qrels: object) -> float | None:
-    """The fusion weight the flags ask for, None for "auto" (chosen on dev queries); one-line errors otherwise."""
-    if value == "auto":
+def _weight(value: float | str, rerank: object, dev_queries: str | Path | None, dev_qrels: str | Path | None) -> float | None:
+    """The fusion weight the flags ask for, None for "auto" (chosen on dev queries); one-line errors otherwise,
+    before any model loads."""
+    if str(value).strip().lower() == "auto":
         if rerank is None:
             raise EncoderforgeError("--rerank-weight auto fuses a re-ranker's scores: pass --rerank RUN too")
         if dev_queries is None or dev_qrels is None:
             raise EncoderforgeError(
                 "--rerank-weight auto chooses the weight on dev queries: pass --dev-queries FILE and --dev-qrels FILE"
             )
+        for path, flag in ((dev_queries, "--dev-queries"), (dev_qrels, "--dev-qrels")):
+            if not Path(path).is_file():
+                raise EncoderforgeError(f"{flag} {path}: no such file; pass the dev split's queries JSONL / qrels TSV")
         return None
     if dev_queries is not None or dev_qrels is not None:
         raise EncoderforgeError("--dev-queries / --dev-qrels choose --rerank-weight auto; pass --rerank-weight auto or drop them")
@@ -223,10 +225,24 @@ def _weight(value: float | str, rerank: object, dev_queries: object, dev_qrels: 
         w = float(value)
     except ValueError:
         raise EncoderforgeError(f"--rerank-weight must be a number in [0, 1] or auto, got {value!r}") from None
-    fuse([], [], w)  # the weight's range, checked before any work
+    if not 0 <= w <= 1:
+        raise EncoderforgeError(f"--rerank-weight must be in [0, 1] (1 = the re-ranker alone) or auto, got {value}")
     if w != 1 and rerank is None:
         raise EncoderforgeError(f"--rerank-weight {value} fuses a re-ranker's scores: pass --rerank RUN too")
     return w
+
+
+def _dev_queries(dev_queries: str | Path | None, dev_qrels: str | Path | None) -> tuple[dict, list[Doc]]:
+    """The dev qrels and the dev queries judged in them (an error when none is)."""
+    judged = read_qrels(cast(Path, dev_qrels))
+    every = read_docs(cast(Path, dev_queries), what="dev queries")
+    qs = [q for q in every if q.id in judged]
+    if not qs:
+        raise EncoderforgeError(
+            f"none of the {len(every)} queries of --dev-queries {dev_queries} has judgements in --dev-qrels {dev_qrels}; "
+            "check the query ids"
+        )
+    return judged, qs
 
 
 def _search(

@@ -13,6 +13,7 @@ setting those four in a fine-tuning config is an error that says which field to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -202,13 +203,15 @@ class EmbedArgs:
         twice = [d for i, d in enumerate(self.dims) if d in self.dims[:i]]
         if twice:
             raise EncoderforgeError(f"embed.dims: {twice[0]} appears twice; list each width once")
+        if self.dim_weights and not self.dims:
+            raise EncoderforgeError("embed.dim_weights weighs the Matryoshka widths: set embed.dims too (--dims 192,96,48)")
         if self.dim_weights and len(self.dim_weights) != len(self.dims):
             n = len(self.dim_weights)
             raise EncoderforgeError(
                 f"embed.dim_weights: {n} weight{'s' if n != 1 else ''} for {len(self.dims)} widths in embed.dims "
                 f"{self.dims}; give one weight per width, in the same order"
             )
-        neg = [w for w in self.dim_weights if not isinstance(w, (int, float)) or not w > 0]
+        neg = [w for w in self.dim_weights if not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0)]
         if neg:
             raise EncoderforgeError(
                 f"embed.dim_weights: {neg[0]!r} is not a positive weight; e.g. --set embed.dim_weights=[1,2,1]"

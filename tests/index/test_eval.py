@@ -263,6 +263,9 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
     )  # BM25: matching docs only
     best, curve = choose_weight(cands, read_qrels(judged / "qrels.tsv"))
     assert m["rerank"]["weight"] == best and m["rerank"]["chosen_on"]["queries"] == 5
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert config["rerank_weight"] == best and config["rerank_weight_auto"] is True
+    assert config["inputs"]["dev_queries"]["sha256"] and config["inputs"]["dev_qrels"]["path"] == str(judged / "qrels.tsv")
     assert m["rerank"]["chosen_on"]["ndcg@10"] == pytest.approx([n for _, n in curve], abs=1e-6)
     # each point of the curve is what eval-retrieval itself scores on the dev queries at that weight
     for w in (0.0, best):
@@ -280,6 +283,12 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
         (["--rerank-weight", "auto"], "--rerank-weight auto chooses the weight on dev queries: pass --dev-queries"),
         ([*dev], "--dev-queries / --dev-qrels choose --rerank-weight auto"),
         (["--rerank-weight", "half"], "--rerank-weight must be a number in [0, 1] or auto, got 'half'"),
+        (["--rerank-weight", "1.5"], "--rerank-weight must be in [0, 1] (1 = the re-ranker alone) or auto, got 1.5"),
+        (["--rerank-weight", "auto", "--dev-queries", str(tmp_path / "none.jsonl"), *dev[2:]], "--dev-queries"),
+        (
+            ["--rerank-weight", "AUTO", "--dev-queries", str(judged / "corpus.jsonl"), *dev[2:]],
+            "none of the 40 queries of --dev-queries",
+        ),
     ]:
         r = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / "bad")])
         assert r.exit_code != 0 and msg in r.stderr, r.output

@@ -105,6 +105,11 @@ def test_embed_bad_settings_are_one_line_errors(minilm_path, license_pairs, tmp_
     with pytest.raises(EncoderforgeError, match=r"embed.dim_weights: -1.0 is not a positive weight"):
         finetune(ft_config("embed", minilm_path, tmp_path / "v", {"data.train": str(train), "embed.dims": [96],
                                                                  "embed.dim_weights": [-1.0]}))  # fmt: skip
+    with pytest.raises(EncoderforgeError, match=r"embed.dim_weights\[0\]: must be a finite number, got inf"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "i", {"data.train": str(train), "embed.dims": [96],
+                                                                 "embed.dim_weights": [float("inf")]}))  # fmt: skip
+    with pytest.raises(EncoderforgeError, match=r"embed.dim_weights weighs the Matryoshka widths: set embed.dims"):
+        finetune(ft_config("embed", minilm_path, tmp_path / "n", {"data.train": str(train), "embed.dim_weights": [2.0]}))
     with pytest.raises(EncoderforgeError, match=r"embed.dims: 96 appears twice"):
         finetune(ft_config("embed", minilm_path, tmp_path / "u", {"data.train": str(train), "embed.dims": [96, 96]}))
     with pytest.raises(EncoderforgeError, match=r"embed loss 'cosent' needs every row's negatives/score field to be a number"):
