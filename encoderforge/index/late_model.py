@@ -141,9 +141,9 @@ def build_late(
 ) -> BuildResult:
     """Encode every document of a corpus JSONL in resumable shards (as the dense build: index/build.py's layout, plus
     each shard's token counts), train the codec on `train_tokens` token vectors drawn from them (default: all of a
-    corpus of up to 2^18 tokens, else enough for ColBERTv2's number of centroids, 39 per centroid: `default_nlist`
-    of the whole corpus), then compress shard by shard into a LateIndex saved atomically: the float vectors of the whole corpus
-    are never in memory at once. Rerun a killed build to resume at its first unfinished shard."""
+    corpus of up to 2^18 tokens, else 39 per centroid of `default_nlist` for the whole corpus, ColBERTv2's count),
+    then compress shard by shard into a LateIndex saved atomically: a large corpus' float vectors are never all in
+    memory at once. Rerun a killed build to resume at its first unfinished shard."""
     t0, out = time.perf_counter(), Path(out)
     check_build_target(out, shard_size, overwrite)
     if train_tokens is not None and train_tokens < 39:
