@@ -29,7 +29,7 @@ from encoderforge.tasks.masked import MLMTask
 from encoderforge.tasks.objectives import OBJECTIVES, Objective, ObjectiveArgs, PretrainModel
 from encoderforge.tokenization import load_tokenizer
 from encoderforge.training.args import TrainArgs
-from encoderforge.training.distributed import setup, teardown
+from encoderforge.training.distributed import barrier, setup, teardown
 from encoderforge.training.fast_linear import use_training_linears
 from encoderforge.training.loop import train
 
@@ -261,6 +261,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if dist.main:
             checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=_heads(model))
             write_marker(run, "pretrain", "finished", record)
+        # every rank leaves together: a rank that tore its gloo group down while rank 0 was still saving was seen to
+        # abort at exit ("terminate called without an active exception", fresh-clone CI on a loaded box)
+        barrier(dist)
         return final
     finally:
         teardown(dist)
