@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import read_losses
+from run_helpers import read_losses, run_pretrain_torchrun
 
 from encoderforge.recipes.pretrain import load_config, pretrain
 
 
 def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert torchrun, "torchrun ships with torch"
     # dropout off: each process draws its own dropout masks, so only a dropout-free curve can match exactly
     over = {
         "train.steps": 6,
@@ -32,18 +25,7 @@ def test_two_process_ddp_matches_single_process(tiny_overrides, tmp_path):
         pretrain(load_config(None, tiny_overrides(tmp_path / "single", **over)))
     finally:
         torch.set_num_threads(n)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        torchrun,
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "encoderforge.cli.pretrain",
-        *[x for kv in tiny_overrides(tmp_path / "ddp", **over) for x in ("--set", kv)],
-    ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_pretrain_torchrun(tiny_overrides(tmp_path / "ddp", **over), tmp_path / "ddp")
     single, ddp = read_losses(tmp_path / "single"), read_losses(tmp_path / "ddp")
     assert sorted(single) == sorted(ddp) == list(range(1, 7))
     for s in single:
