@@ -41,24 +41,26 @@ def fuse(first: Sequence[float], rerank: Sequence[float], weight: float) -> np.n
 
 
 def choose_weight(
-    cands: Mapping[str, Sequence[tuple[str, float, float]]], qrels: Mapping[str, Mapping[str, int]]
+    cands: Mapping[str, Sequence[tuple[str, float, float]]],
+    qrels: Mapping[str, Mapping[str, int]],
+    queries: Sequence[str] | None = None,
 ) -> tuple[float, list[tuple[float, float]]]:
     """The fusion weight with the best mean nDCG@10 over judged dev queries, and the whole curve [(w, nDCG@10)].
 
     `cands`: per query, its re-ranked candidates as (doc id, first-stage score, re-ranker score) in first-stage
     order (as rerank.tsv lists them); each weight's ranking sorts the fused scores stably, so ties keep the
-    first-stage order exactly as `eval-retrieval --rerank-weight w` ranks them. Only the queries with judgements
-    count. Ties between weights go to the larger weight (more of the re-ranker). The re-ranked depth should be
+    first-stage order exactly as `eval-retrieval --rerank-weight w` ranks them. `queries`: the dev queries scored
+    (default: those of `cands`); only those with judgements count, and one the first stage found nothing for scores
+    0 at every weight, as `eval-retrieval` scores it. Ties between weights go to the larger weight (more of the re-ranker). The re-ranked depth should be
     >= 10, so that nDCG@10 depends on the candidates alone."""
-    judged = {q: c for q, c in cands.items() if q in qrels and c}
+    judged = [q for q in (cands if queries is None else queries) if q in qrels]
     if not judged:
-        raise EncoderforgeError(
-            "choose the re-rank weight: no dev query has judged candidates; check that --dev-qrels judges --dev-queries"
-        )
+        raise EncoderforgeError("choose the re-rank weight: none of the dev queries has judgements in --dev-qrels")
     curve = []
     for w in WEIGHTS:
         run = {}
-        for q, c in judged.items():
+        for q in judged:
+            c = cands.get(q, ())
             order = np.argsort(-fuse([f for _, f, _ in c], [r for _, _, r in c], w), kind="stable")
             run[q] = {c[i][0]: float(len(c) - rank) for rank, i in enumerate(order)}  # scores = ranks: no ties left
         curve.append((w, evaluate_run(run, {q: qrels[q] for q in judged}).mean["ndcg@10"]))

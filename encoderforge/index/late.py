@@ -10,7 +10,9 @@ vectors, stored as a k-means centroid + a scalar-quantised residual (the ColBERT
    with the one `maxsim` kernel training uses; the top k come back.
 
 Compression: a faiss IndexIVFScalarQuantizer trained on the token vectors is the codec (`train_codec`; `index
-build` trains it on a seeded sample of at most 2^18 tokens and encodes shard by shard, index/late_model.py): its
+build` trains it on a seeded sample: every token of a corpus of up to 2^18, else max(2^18, 39 per default
+centroid) — the sample grows with sqrt(corpus), ~5M tokens (2.6 GB at 128-d) for 100M — and encodes shard by shard,
+index/late_model.py): its
 coarse quantizer (an IndexFlatL2 of `nlist` k-means centroids) is the IVF, and its by-residual scalar quantizer stores each token's
 residual from its centroid in 8 (or 4) bits per dimension with per-dimension ranges learnt on the residuals. Why
 this and not ColBERTv2's 1-2 bit bucketed residuals: faiss encodes and decodes it in vectorised C++ (`sa_encode` /

@@ -148,6 +148,8 @@ def build_late(
     check_build_target(out, shard_size, overwrite)
     if train_tokens is not None and train_tokens < 39:
         raise EncoderforgeError(f"train_tokens must be >= 39 (k-means wants 39 points per centroid), got {train_tokens}")
+    if bits not in (4, 8):  # train_codec checks it too, but only after the whole corpus is encoded
+        raise EncoderforgeError(f"late index: bits must be 4 or 8, got {bits!r}")
     count, partial = check_docs(corpus), out / PARTIAL
     key = {"corpus": file_digest(corpus), "embed": asdict(embedder.spec), "shard_size": shard_size, "store_text": store_text}
     key["precision"] = embedder.engine.precision

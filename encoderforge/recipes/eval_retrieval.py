@@ -85,7 +85,8 @@ def eval_retrieval(
             stage) (index/fusion.py); OUT/rerank.tsv keeps both scores of every re-ranked candidate. "auto":
             the weight of 0, 0.1, ..., 1 with the best nDCG@10 on `dev_queries` (their candidates re-scored once;
             OUT/dev-rerank.tsv), recorded with its curve in metrics.json.
-        dev_queries, dev_qrels: judged dev queries for `rerank_weight="auto"` (never the test queries).
+        dev_queries, dev_qrels: judged dev queries for `rerank_weight="auto"` (refused when they share ids with the
+            test queries).
         dims: with `model` and no index, score on the first `dims` coordinates only (Matryoshka truncation).
         layers: with `model` and no index, embed with its first `layers` layers only (2D Matryoshka).
         overwrite: replace an existing OUT.
@@ -137,6 +138,12 @@ def eval_retrieval(
     if not qs:
         raise EncoderforgeError(f"none of the {len(all_q)} queries of {queries} has judgements in {qrels}; check the query ids")
     dev_judged, dev_qs = _dev_queries(dev_queries, dev_qrels) if weight is None else ({}, [])
+    shared = sorted({q.id for q in dev_qs} & {q.id for q in qs})
+    if shared:
+        raise EncoderforgeError(
+            f"--dev-queries {dev_queries}: {len(shared)} of its judged queries are also test queries of {queries} "
+            f"(e.g. {shared[0]!r}); choose the weight on held-out queries (the dev split), never on the test split"
+        )
     docs = read_docs(corpus) if corpus is not None else []
     if dims is not None and (index is not None or model is None):
         raise EncoderforgeError(
@@ -153,8 +160,8 @@ def eval_retrieval(
         cands: dict[str, list[tuple[str, float, float]]] = {}
         for qid, d, a, b in dev_both:
             cands.setdefault(qid, []).append((d, a, b))
-        weight, curve = choose_weight(cands, dev_judged)
-        chosen = {"queries": len(cands), "dev_queries": str(dev_queries), "weights": [w for w, _ in curve],
+        weight, curve = choose_weight(cands, dev_judged, [q.id for q in dev_qs])
+        chosen = {"queries": len(dev_qs), "dev_queries": str(dev_queries), "weights": [w for w, _ in curve],
                   "ndcg@10": [round(n, 6) for _, n in curve]}  # fmt: skip
     run, both, latency = _search(qs, retriever, reranker, k, rerank_depth, weight)
     by_rank = {q: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for q, r in run.items()}

@@ -261,8 +261,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if dist.main:
             checkpoint.save(model.encoder, run / "model", tokenizer_dir=tok_dir, extra=_heads(model))
             write_marker(run, "pretrain", "finished", record)
-        # every rank leaves together: a rank that tore its gloo group down while rank 0 was still saving was seen to
-        # abort at exit ("terminate called without an active exception", fresh-clone CI on a loaded box)
+        # every rank leaves together, after rank 0 has saved. (A rare SIGABRT of a rank at exit in torch's gloo
+        # teardown, "terminate called without an active exception", was seen in CI before and after this barrier:
+        # it comes after every output is written; tests/training/run_helpers.py names it.)
         barrier(dist)
         return final
     finally:

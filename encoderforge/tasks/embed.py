@@ -123,8 +123,11 @@ class EmbedTask:
             need = "a number (the similarity score)" if loss == "cosent" else "a list of negatives (or nothing)"
             raise EncoderforgeError(f"embed loss {loss!r} needs every row's negatives/score field to be {need}")
         self.loss_kind, self.scale, self.symmetric, self.dims = loss, scale, symmetric, sorted(set(dims), reverse=True)
-        if dim_weights and len(dim_weights) != len(dims):
-            raise EncoderforgeError(f"embed.dim_weights: {len(dim_weights)} weights for the {len(dims)} widths {list(dims)}")
+        if dim_weights and (len(dim_weights) != len(dims) or len(set(dims)) != len(dims)):
+            raise EncoderforgeError(
+                f"embed.dim_weights: {len(dim_weights)} weights for the widths {list(dims)}; give distinct widths and "
+                "one weight per width, in the same order"
+            )
         self.dim_weight = dict(zip(dims, dim_weights))  # width -> Matryoshka loss weight (absent: 1)
         self.primary = "spearman" if self.graded else "ndcg@10"
         self.texts: list[str] = []

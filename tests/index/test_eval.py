@@ -244,10 +244,12 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
 
     ix = tmp_path / "ix"
     assert CliRunner().invoke(app, ["index", "build", str(judged / "corpus.jsonl"), str(ix), "--kind", "bm25"]).exit_code == 0
-    # dev = the first five judged queries, test = all of them (a real split would not overlap; the check is the same)
-    dev_q = tmp_path / "dev.jsonl"
-    dev_q.write_text("".join((judged / "queries.jsonl").read_text().splitlines(keepends=True)[:5]), encoding="utf-8")
-    base = ["eval-retrieval", "--queries", str(judged / "queries.jsonl"), "--qrels", str(judged / "qrels.tsv")]
+    # dev = the first five judged queries, test = the other five (and the unjudged one)
+    lines = (judged / "queries.jsonl").read_text().splitlines(keepends=True)
+    dev_q, test_q = tmp_path / "dev.jsonl", tmp_path / "test.jsonl"
+    dev_q.write_text("".join(lines[:5]), encoding="utf-8")
+    test_q.write_text("".join(lines[5:]), encoding="utf-8")
+    base = ["eval-retrieval", "--queries", str(test_q), "--qrels", str(judged / "qrels.tsv")]
     base += ["--index", str(ix), "--rerank", str(cross_encoder), "--rerank-depth", "10", "-k", "20"]
     dev = ["--dev-queries", str(dev_q), "--dev-qrels", str(judged / "qrels.tsv")]
     r = CliRunner().invoke(app, [*base, "--rerank-weight", "auto", *dev, "--out", str(tmp_path / "auto")])
@@ -261,7 +263,7 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
     assert sorted(cands) == ["q0", "q12", "q16", "q4", "q8"] and all(
         0 < len(c) <= 10 for c in cands.values()
     )  # BM25: matching docs only
-    best, curve = choose_weight(cands, read_qrels(judged / "qrels.tsv"))
+    best, curve = choose_weight(cands, read_qrels(judged / "qrels.tsv"), ["q0", "q4", "q8", "q12", "q16"])
     assert m["rerank"]["weight"] == best and m["rerank"]["chosen_on"]["queries"] == 5
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert config["rerank_weight"] == best and config["rerank_weight_auto"] is True
@@ -284,10 +286,14 @@ def test_rerank_weight_auto_is_chosen_on_dev_queries(judged, tiny_model, cross_e
         ([*dev], "--dev-queries / --dev-qrels choose --rerank-weight auto"),
         (["--rerank-weight", "half"], "--rerank-weight must be a number in [0, 1] or auto, got 'half'"),
         (["--rerank-weight", "1.5"], "--rerank-weight must be in [0, 1] (1 = the re-ranker alone) or auto, got 1.5"),
-        (["--rerank-weight", "auto", "--dev-queries", str(tmp_path / "none.jsonl"), *dev[2:]], "--dev-queries"),
+        (["--rerank-weight", "auto", "--dev-queries", str(tmp_path / "none.jsonl"), *dev[2:]], "none.jsonl: no such file"),
         (
             ["--rerank-weight", "AUTO", "--dev-queries", str(judged / "corpus.jsonl"), *dev[2:]],
             "none of the 40 queries of --dev-queries",
+        ),
+        (
+            ["--rerank-weight", "auto", "--dev-queries", str(judged / "queries.jsonl"), *dev[2:]],
+            "5 of its judged queries are also test queries",
         ),
     ]:
         r = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / "bad")])

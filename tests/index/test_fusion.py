@@ -40,8 +40,13 @@ def test_choose_weight_scores_every_weight_on_dev_and_takes_the_best():
     # a re-ranker that only hurts gets weight 0
     worse = {"q2": [("x", 3.0, -0.8), ("y", 2.9, -0.5), ("z", 1.0, -0.1)]}
     assert choose_weight(worse, qrels)[0] == 0.0
-    with pytest.raises(EncoderforgeError, match="no dev query has judged candidates"):
+    with pytest.raises(EncoderforgeError, match="none of the dev queries has judgements"):
         choose_weight({"q9": cands["q1"]}, qrels)
+    # a judged dev query the first stage found nothing for scores 0 at every weight, as eval-retrieval scores it
+    halved = choose_weight({"q1": cands["q1"]}, {**qrels, "q3": {"d": 1}}, ["q1", "q3"])[1]
+    alone = choose_weight({"q1": cands["q1"]}, qrels, ["q1"])[1]
+    assert [n for _, n in halved] == pytest.approx([n / 2 for _, n in alone])
+    assert choose_weight({}, {"q3": {"d": 1}}, ["q3"])[1] == [(w, 0.0) for w, _ in alone]
 
 
 def test_choose_weight_keeps_the_first_stage_order_among_tied_scores():

@@ -191,3 +191,6 @@ def test_a_colbert_build_compresses_shard_by_shard_from_a_token_sample(late, tmp
     assert [ids[0] for ids in small.search(queries, k=1).ids] == exact
     with pytest.raises(EncoderforgeError, match="train_tokens must be >= 39"):
         build_late(d / "corpus.jsonl", tmp_path / "bad", emb, shard_size=16, train_tokens=10)
+    with pytest.raises(EncoderforgeError, match="bits must be 4 or 8, got 3"):  # before any shard is encoded
+        build_late(d / "corpus.jsonl", tmp_path / "bad", emb, shard_size=16, bits=3)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()

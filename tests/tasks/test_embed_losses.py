@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from encoderforge import EncoderforgeError
 from encoderforge.tasks.embed_losses import cosent, matryoshka, mnrl
 
 st = pytest.importorskip("sentence_transformers")
@@ -98,3 +99,15 @@ def test_task_loss_equals_sentence_transformers_end_to_end(st_model, minilm_path
     with torch.no_grad():
         want = float(ref(feats, labels))
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_embed_task_refuses_weights_that_do_not_pair_one_to_one_with_widths(minilm_path):
+    """The Python API checks what the config layer checks: duplicate widths would silently keep the last weight."""
+    from encoderforge.tasks.embed import EmbedTask
+    from encoderforge.tokenization import load_tokenizer
+
+    rows = [(("a query", "its document"), []), (("another query", "another document"), [])]
+    tok = load_tokenizer(minilm_path)
+    for dims, weights in [((96, 96), (1.0, 3.0)), ((192, 96), (1.0,))]:
+        with pytest.raises(EncoderforgeError, match=r"^embed.dim_weights: .* give distinct widths and one weight per width"):
+            EmbedTask(tok, rows, rows, max_length=32, batch_rows=2, dims=dims, dim_weights=weights)
