@@ -299,7 +299,8 @@ def linear_probe(cfg: FinetuneConfig, net: torch.nn.Module, job: Any, dev: Datas
     from encoderforge.tasks.probe import probe_run
 
     random_head = {k: v.clone() for k, v in net.head.state_dict().items()}  # type: ignore[union-attr, operator]
-    _, report = probe_run(cfg.task, net, job, rows(dev), rows(test) if test is not None else None, cfg.train.seed)
+    test_rows = rows(test) if test is not None else None
+    _, report = probe_run(cfg.task, net, job, rows(dev), test_rows, cfg.train.seed, c=f.probe_c or None)
     if init == "random":
         net.head.load_state_dict(random_head)  # type: ignore[union-attr, operator]
     return report

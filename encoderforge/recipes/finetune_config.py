@@ -123,6 +123,8 @@ class FinetuneArgs:
             start fine-tuning from the probe's head (Kumar et al. 2022); measured on classification tasks in
             docs/results.md ("Defaults").
         head_lr_scale: the head's learning rate as a multiple of train.lr (the encoder keeps train.lr).
+        probe_c: the probe's inverse regularisation strength C (0 = the best of 0.1, 1, 10, 100 on dev: with dev
+            = the training file that is the least regularised, so fix C there).
         lr_auto: pick the peak LR by a learning-rate range test on the training data instead of train.lr
             (`--lr auto`, or `lr: auto` in the train section); the curve and the choice go to config.json.
     """
@@ -146,11 +148,14 @@ class FinetuneArgs:
     probe: bool = True
     head_init: Literal["auto", "random", "probe"] = "auto"
     head_lr_scale: float = 1.0
+    probe_c: float = 0.0
     lr_auto: bool = False
 
     def __post_init__(self) -> None:
         if not self.head_lr_scale > 0:
             raise EncoderforgeError(f"--head-lr-scale must be positive, got {self.head_lr_scale}")
+        if not (self.probe_c >= 0 and math.isfinite(self.probe_c)):
+            raise EncoderforgeError(f"finetune.probe_c must be > 0 (or 0 = chosen on dev), got {self.probe_c}")
         for name in ("max_length", "max_chunks", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise EncoderforgeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -95,8 +95,8 @@ def entity_f1(job: Any, logits: np.ndarray) -> float:
 
 
 def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_dev: np.ndarray, score: Score, num_labels: int,
-              seed: int = 0) -> Probe:  # fmt: skip
-    """Fit the probe at every C of GRID and keep the best `score` of its dev logits.
+              seed: int = 0, c: float | None = None) -> Probe:  # fmt: skip
+    """Fit the probe at every C of GRID (or at `c` alone) and keep the best `score` of its dev logits.
 
     Args:
         kind: "classify" (y: (D,) class ids), "ner" (y: (W,) tag ids of words) or "multilabel" (y: (D, L) multi-hot).
@@ -107,11 +107,11 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_dev: np.nda
     t0 = time.perf_counter()
     best: Probe | None = None
     with threadpool_limits(torch.get_num_threads(), user_api="blas"):  # finetune.threads, not a thread per core
-        for c in NER_GRID if kind == "ner" else GRID:
-            w, b = _fit(kind, c, x_train, y_train, num_labels, seed)
+        for ci in (c,) if c else NER_GRID if kind == "ner" else GRID:
+            w, b = _fit(kind, ci, x_train, y_train, num_labels, seed)
             dev = score(x_dev @ w.T + b)
             if best is None or dev > best.dev_score:
-                best = Probe(w, b, c, dev, 0.0)
+                best = Probe(w, b, ci, dev, 0.0)
     assert best is not None
     best.fit_s = round(time.perf_counter() - t0, 2)
     return best
@@ -184,12 +184,12 @@ def probe_data(kind: str, model: nn.Module, job: Any) -> tuple[np.ndarray, np.nd
 
 
 def probe_run(
-    kind: str, model: nn.Module, job: Any, dev_rows: Sequence, test_rows: Sequence | None, seed: int
+    kind: str, model: nn.Module, job: Any, dev_rows: Sequence, test_rows: Sequence | None, seed: int, c: float | None = None
 ) -> tuple[Probe, dict[str, Any]]:
     """Fit the probe on the frozen model's features and score it with the task's own `evaluate` on dev (and test).
     The model's head is left holding the probe; the caller keeps or replaces it."""
     x_train, y_train, x_dev, score = probe_data(kind, model, job)
-    probe = fit_probe(kind, x_train, y_train, x_dev, score, len(job.labels), seed)
+    probe = fit_probe(kind, x_train, y_train, x_dev, score, len(job.labels), seed, c)
     set_head(model, probe)
     report: dict[str, Any] = {"C": probe.c, "fit_s": probe.fit_s, "dev": job.evaluate(model, dev_rows)}
     if test_rows is not None:

@@ -80,6 +80,16 @@ def test_lpft_head_equals_a_logistic_fit_on_the_same_features(tiny_model, bbc_ro
     xd = features(tiny_model, [t for t, _ in recs[70:]], 64)
     yd = np.array([labels.index(lab) for _, lab in recs[70:]])
     assert report["dev"]["accuracy"] == pytest.approx(float((lr.predict(xd) == yd).mean()))
+    # finetune.probe_c fixes C (dev then only scores it): the head is the regression at that C
+    other = 0.1 if report["C"] != 0.1 else 10.0
+    cfg, net, job, labels = built("classify", tiny_model, train, dev, ft_config, tmp_path / "fixed",
+                                  {"finetune.head_init": "probe", "finetune.max_length": 64, "finetune.probe_c": other})  # fmt: skip
+    fixed = linear_probe(cfg, net, job, dev, None)
+    assert fixed is not None and fixed["C"] == other
+    lr = LogisticRegression(C=other, max_iter=5000, tol=1e-6, random_state=0).fit(x, y)
+    np.testing.assert_allclose(net.head.out.weight.detach().numpy(), lr.coef_, rtol=1e-3, atol=1e-3)
+    with pytest.raises(EncoderforgeError, match=r"^finetune.probe_c must be > 0 \(or 0 = chosen on dev\), got -1"):
+        built("classify", tiny_model, train, dev, ft_config, tmp_path / "bad", {"finetune.probe_c": -1})
 
 
 def test_multilabel_probe_is_one_regression_per_label(tiny_model, license_rule_rows, ft_config, tmp_path) -> None:
