@@ -51,8 +51,8 @@ def choose_weight(
     order (as rerank.tsv lists them); each weight's ranking sorts the fused scores stably, so ties keep the
     first-stage order exactly as `eval-retrieval --rerank-weight w` ranks them. `queries`: the dev queries scored
     (default: those of `cands`); only those with judgements count, and one the first stage found nothing for scores
-    0 at every weight, as `eval-retrieval` scores it. Ties between weights go to the larger weight (more of the re-ranker). The re-ranked depth should be
-    >= 10, so that nDCG@10 depends on the candidates alone."""
+    0 at every weight, as `eval-retrieval` scores it. Ties between weights go to the larger weight (more of the
+    re-ranker). The re-ranked depth should be >= 10, so that nDCG@10 depends on the candidates alone."""
     judged = [q for q in (cands if queries is None else queries) if q in qrels]
     if not judged:
         raise EncoderforgeError("choose the re-rank weight: none of the dev queries has judgements in --dev-qrels")
