@@ -49,12 +49,12 @@ GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
 def run_pretrain_torchrun(overrides: list[str], run: Path, *, nproc: int = 2):
-    """`torchrun --standalone` a 2-process `pretrain` with `overrides` (one thread each) and return the completed
-    process, failing the test on a non-zero exit — except torch's gloo teardown abort of a rank at exit
-    (GLOO_EXIT_ABORT, SIGABRT), seen in 2 of 5 fresh-clone CI runs (once in this file's MLM test, once in ELECTRA's)
-    and never in 15 back-to-back local runs under load: accepted only when rank 0 had already marked `run` finished, i.e. after every
-    output was written (the caller still checks them all). PYTHONFAULTHANDLER makes such an abort print the Python
-    stack it came from (in stderr)."""
+    """`torchrun --standalone` an `nproc`-process `pretrain` with `overrides` (one thread each) and return the
+    completed process, failing the test on a non-zero exit — except torch's gloo teardown abort of a rank at exit
+    (GLOO_EXIT_ABORT, SIGABRT), seen in 2 of 5 fresh-clone CI runs (once in test_ddp's MLM test, once in
+    test_electra's) and never in 15 back-to-back local runs under load: accepted only when rank 0 had already marked
+    `run` finished, i.e. after every output was written (the caller still checks them all). PYTHONFAULTHANDLER makes
+    such an abort print the Python stack it came from (in stderr)."""
     import json
     import os
     import shutil
