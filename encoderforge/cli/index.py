@@ -1,4 +1,4 @@
-"""`encoderforge index build|add|delete|search` and `encoderforge eval-retrieval`: thin commands over
+"""`encoderforge index build|add|delete|search|mine|rotate` and `encoderforge eval-retrieval`: thin commands over
 encoderforge.recipes.index_build and encoderforge.recipes.eval_retrieval (recipes import lazily: `--help` stays fast)."""
 
 from __future__ import annotations
@@ -165,6 +165,31 @@ def mine(
     if r.dropped:
         short += f"; left out {r.dropped} pairs whose positive is not among the top {sample_depth} (--found-only)"
     typer.echo(f"mined negatives for {r.rows} pairs ({r.queries} queries) into {r.out}{short}")
+
+
+@app.command()
+def rotate(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    corpus: Path = typer.Argument(..., help="Corpus JSONL: the documents the index will hold (the rotation is fitted on them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The rotated run's directory (never overwritten)."),
+    dims: Optional[int] = typer.Option(None, help="Cut the rotated vectors to their first DIMS coordinates by default."),
+    sample: int = typer.Option(100_000, help="Documents embedded for the fit at most (a seeded sample)."),
+    pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder (an embed run sets its own)."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the run's, or 256)."),
+    threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+) -> None:
+    """Rotate a model's vectors to a corpus's principal directions (orthogonal: full-width scores unchanged), so a
+    Matryoshka cut to --dims keeps more; writes a new embed run that index build, eval-retrieval and serve use."""
+    from encoderforge.recipes.index_rotate import index_rotate
+
+    with fail_on_error():
+        r = index_rotate(
+            model, corpus, out, dims=dims, sample=sample, pooling=pooling.value, max_length=max_length, threads=threads
+        )
+    kept = ", ".join(f"{w}: {r.kept[w]:.1%} (unrotated {r.kept_before[w]:.1%})" for w in sorted(r.kept))
+    cut = f", cut to {r.dims} dims by default" if r.dims else ""
+    typer.echo(f"rotated {r.dim}-dim vectors on {r.sampled} documents into {r.out}{cut} in {r.seconds:.1f}s; "
+               f"share of the vectors kept by the first N coordinates: {kept}")  # fmt: skip
 
 
 def eval_retrieval(

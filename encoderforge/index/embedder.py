@@ -18,6 +18,7 @@ import numpy as np
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import file_digest
 from encoderforge.index.manifest import EmbedSpec
+from encoderforge.index.rotation import load_rotation
 from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
@@ -40,16 +41,13 @@ class Embedder:
 
     engine: Engine
     spec: EmbedSpec
+    rotation: np.ndarray | None = None  # (hidden, hidden) orthogonal, applied before the cut (index/rotation.py)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), spec.dim) float32 vectors in input order."""
         s = self.spec
         vecs = self.engine.embed(texts, pooling=cast(Literal["mean", "cls"], s.pooling), normalize=s.normalize)
-        if s.dims:  # Matryoshka: the first `dims` values carry the most; re-normalise the cut vector
-            vecs = np.ascontiguousarray(vecs[:, : s.dims])
-            if s.normalize:
-                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return vecs
+        return shape_vectors(vecs, rotation=self.rotation, dims=s.dims, normalize=s.normalize)
 
 
 def load_embedder(
@@ -79,7 +77,7 @@ def load_embedder(
     if pooling not in ("mean", "cls"):
         raise EncoderforgeError(f"--pooling must be mean or cls, got {pooling!r}")
     path = resolve_model(model)
-    asked = dims
+    asked, run_dir, meta = dims, cast(Path | None, None), cast(dict, {})
     task = path / "task.json"
     if task.is_file():
         meta = json.loads(task.read_text(encoding="utf-8"))
@@ -89,6 +87,7 @@ def load_embedder(
             )
         pooling, normalize = meta.get("pooling", "mean"), bool(meta.get("normalize", True))
         max_length, dims = meta.get("max_length"), meta.get("dims")
+        run_dir = path
         path = path / "model"
     dims = asked or dims
     if not path.is_dir():
@@ -110,16 +109,40 @@ def load_embedder(
         raise EncoderforgeError(
             f"{task if not asked else '--dims'}: dims={dims} must be in 1..{hidden} (the model's hidden size)"
         )
+    rotation, rotated = run_rotation(run_dir, meta, hidden) if run_dir else (None, "")
+    model_hash = weights_digest(str(weights)) + (f":layers={layers}" if layers else "") + rotated  # another model
     spec = EmbedSpec(
         model=str(model) if str(model) in ZOO else str(Path(model).resolve()),  # found again from any directory
-        model_hash=weights_digest(str(weights)) + (f":layers={layers}" if layers else ""),  # a cut model is another model
+        model_hash=model_hash,
         dim=int(dims or hidden),
         pooling=pooling,
         normalize=normalize,
         max_length=length,
         dims=int(dims) if dims else None,
     )
-    return Embedder(engine=engine, spec=spec)
+    return Embedder(engine=engine, spec=spec, rotation=rotation)
+
+
+def shape_vectors(vecs: np.ndarray, *, rotation: np.ndarray | None, dims: int | None, normalize: bool) -> np.ndarray:
+    """Pooled rows -> the vectors a model stands for: its rotation (if any; orthogonal, so full-width scores are
+    unchanged), then the Matryoshka cut to the first `dims` values, re-normalised. The one place this is done
+    (`Embedder.embed` and the server's /v1/embeddings both call it)."""
+    if rotation is not None:
+        vecs = np.asarray(vecs, dtype=np.float32) @ rotation
+    if dims:
+        vecs = np.ascontiguousarray(vecs[:, :dims])
+        if normalize:
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return vecs
+
+
+def run_rotation(run_dir: Path, meta: dict, hidden: int) -> tuple[np.ndarray | None, str]:
+    """An embed run's rotation (task.json "rotation", from `index rotate`) and what it adds to the model hash: a
+    rotated model makes other truncated vectors, so its index must refuse the unrotated model's queries."""
+    if not meta.get("rotation"):
+        return None, ""
+    f = run_dir / meta["rotation"]
+    return load_rotation(f, hidden), f":rotation={(file_digest(f) or '')[:16]}"
 
 
 def check_compatible(index_spec: EmbedSpec, query_spec: EmbedSpec, where: str) -> None:

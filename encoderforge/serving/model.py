@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.index.embedder import WEIGHTS, weights_digest
+from encoderforge.index.embedder import WEIGHTS, run_rotation, shape_vectors, weights_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
 from encoderforge.inference.precision import Precision
@@ -40,6 +40,8 @@ class Served:
     dims: int | None = None
     ref: str = ""
     weights: Path | None = None
+    rotation: np.ndarray | None = None  # an `index rotate` run's, applied before the cut
+    rotated: str = ""  # what the rotation adds to the model hash
 
     @property
     def kind(self) -> str | None:
@@ -61,14 +63,10 @@ class Served:
 
     def embed_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Token id lists (already truncated, with [CLS]/[SEP]) -> pooled float32 rows, made exactly as
-        index/embedder.py's `Embedder.embed` makes them (pooling, normalisation, Matryoshka cut + re-normalisation)."""
+        index/embedder.py's `Embedder.embed` makes them (pooling, normalisation, rotation, Matryoshka cut)."""
         enc = EncodedTexts(ids=[list(x) for x in ids], truncated=[])
         vecs = self.engine.embed_encoded(enc, pooling=self.pooling, normalize=self.normalize)
-        if self.dims:
-            vecs = np.ascontiguousarray(vecs[:, : self.dims])
-            if self.normalize:
-                vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return vecs
+        return shape_vectors(vecs, rotation=self.rotation, dims=self.dims, normalize=self.normalize)
 
     def embed_spec(self) -> EmbedSpec:
         """How this server's vectors are made, in an index manifest's terms (hashes the weights: call it once, at
@@ -77,7 +75,7 @@ class Served:
             raise EncoderforgeError(f"{self.ref or self.name}: no weights file ({WEIGHTS[0]}) to check an index against")
         return EmbedSpec(
             model=self.ref,
-            model_hash=weights_digest(str(self.weights)),  # the same cached sha256 the index build recorded
+            model_hash=weights_digest(str(self.weights)) + self.rotated,  # the same cached sha256 the index recorded
             dim=self.dim,
             pooling=self.pooling,
             normalize=self.normalize,
@@ -117,6 +115,7 @@ def load_served(path: str | Path, *, max_tokens: int = 16384, precision: Precisi
             served.pooling = "cls" if meta.get("pooling") == "cls" else "mean"
             served.normalize = bool(meta.get("normalize", True))
             served.dims = int(meta["dims"]) if meta.get("dims") else None
+            served.rotation, served.rotated = run_rotation(p, meta, embed.encoder.cfg.hidden_size)
         return served
     resolved = resolve_model(str(path))
     if not Path(resolved).is_dir():

@@ -210,6 +210,27 @@ def test_an_embed_runs_index_matches_its_server_and_a_plain_one_does_not(
         check_index(dense_index, served)
 
 
+def test_a_rotated_run_is_served_rotated_and_its_index_refuses_the_unrotated_one(
+    start_server, embed_run: Path, corpus: Path, bbc_rows
+) -> None:
+    from encoderforge.recipes.index_rotate import index_rotate
+
+    rot = index_rotate(embed_run, corpus, corpus.parent / "tiny-embed-rot", dims=32, threads=1).out
+    texts = [text[:300] for _, text in bbc_rows[:4]]
+    want = load_embedder(rot).embed(texts)
+    plain = load_embedder(embed_run, dims=32).embed(texts)
+    assert want.shape == (4, 32) and np.abs(want - plain).max() > 1e-2  # the rotation changes the cut vectors
+    server = start_server(rot)
+    r = post(server, "/v1/embeddings", json={"input": texts})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32), want, atol=1e-5)
+    served = load_served(rot)
+    assert check_index(index_build(corpus, corpus.parent / "ix-rot", model=str(rot), threads=1).out, served)
+    unrotated = index_build(corpus, corpus.parent / "ix-unrot", model=str(embed_run), threads=1).out
+    with pytest.raises(EncoderforgeError, match=r"model_hash"):
+        check_index(unrotated, served)
+
+
 def test_a_bm25_index_under_two_workers(start_server, tiny_model: Path, corpus: Path) -> None:
     pytest.importorskip("bm25s")
     ix = index_build(corpus, corpus.parent / "ix-bm25", kind="bm25").out

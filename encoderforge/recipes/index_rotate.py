@@ -1,0 +1,111 @@
+"""`encoderforge index rotate`: a copy of an embedding model whose vectors are rotated to a corpus's principal
+directions (index/rotation.py), so that cutting them to their first `dims` coordinates loses less.
+
+    encoderforge index rotate runs/embed/wordnet corpus.jsonl --out runs/embed/wordnet-rot --dims 96
+    encoderforge index build corpus.jsonl runs/ix96 --model runs/embed/wordnet-rot        # a 96-dim index
+
+The output is an `embed` run (model/, task.json with "rotation" and "dims", rotation.safetensors, rotation.json with
+what was fitted): everything that loads a model (index build/search, eval-retrieval, serve) applies the rotation,
+and its weights hash differs from the source's, so an index built with one refuses queries from the other.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from encoderforge import EncoderforgeError
+from encoderforge.fileio import atomic_dir, file_digest
+from encoderforge.index.embedder import load_embedder
+from encoderforge.index.readers import read_docs
+from encoderforge.index.rotation import ROTATION_FILE, fit_rotation, save_rotation
+from encoderforge.model.zoo import resolve_model
+
+SAMPLE = 100_000  # documents embedded to fit the rotation: a d x d fit (d <= 1024) is stable long before this
+
+
+@dataclass
+class RotateResult:
+    out: Path
+    sampled: int
+    dim: int
+    dims: int | None
+    kept: dict[int, float]  # width -> share of the sample's squared norm its first coordinates keep, rotated
+    kept_before: dict[int, float]  # the same without the rotation
+    seconds: float
+
+
+def index_rotate(
+    model: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    dims: int | None = None,
+    sample: int = SAMPLE,
+    seed: int = 0,
+    pooling: str = "mean",
+    max_length: int | None = None,
+    threads: int | None = None,
+) -> RotateResult:
+    """Fit the rotation on (a seeded sample of) `corpus` embedded by `model` and write the rotated run to `out`.
+
+    Args:
+        model: an `embed` run, a checkpoint directory or a zoo name.
+        corpus: JSONL of {"id", "text"}: the documents the index will hold.
+        out: the new run directory (never overwritten).
+        dims: the run's default cut (task.json "dims"); None keeps the source's.
+        sample: documents embedded for the fit at most.
+        pooling, max_length: for a plain encoder (an embed run keeps its own).
+        threads: torch intra-op threads.
+    """
+    t0, out = time.perf_counter(), Path(out)
+    if out.exists():
+        raise EncoderforgeError(f"{out}: already exists; encoderforge never overwrites it — choose another --out")
+    if sample < 2:
+        raise EncoderforgeError(f"--sample must be >= 2, got {sample}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    emb = load_embedder(model, pooling=pooling, max_length=max_length)
+    src = resolve_model(model)
+    task_file = src / "task.json"
+    task = json.loads(task_file.read_text(encoding="utf-8")) if task_file.is_file() else {}
+    if task.get("rotation"):
+        raise EncoderforgeError(f"{task_file}: this run is already rotated; rotate its source model instead")
+    hidden = emb.engine.encoder.cfg.hidden_size
+    if dims is not None and not 0 < dims <= hidden:
+        raise EncoderforgeError(f"--dims={dims} must be in 1..{hidden} (the model's hidden size)")
+    emb.spec = replace(emb.spec, dims=None, dim=hidden)  # fit on full-width vectors
+    docs = read_docs(corpus)
+    pick = np.sort(np.random.default_rng(seed).choice(len(docs), size=min(sample, len(docs)), replace=False))
+    x = emb.embed([docs[i].text for i in pick])
+    rotation, _ = fit_rotation(x)
+    widths = sorted({w for w in (dims, hidden // 2, hidden // 4, hidden // 8) if w})
+    energy = float(np.sum(x * x))
+    rotated = x @ rotation
+    kept = {w: float(np.sum(rotated[:, :w] ** 2) / energy) for w in widths}
+    kept_before = {w: float(np.sum(x[:, :w] ** 2) / energy) for w in widths}
+    with atomic_dir(out, overwrite=False) as tmp:
+        shutil.copytree(src / "model" if task else src, tmp / "model")
+        save_rotation(tmp / ROTATION_FILE, rotation)
+        s = emb.spec
+        task = task or {"kind": "embed", "pooling": s.pooling, "normalize": s.normalize, "max_length": s.max_length}
+        task.update(rotation=ROTATION_FILE, dims=dims if dims is not None else task.get("dims"), source_model=str(model))
+        (tmp / "task.json").write_text(json.dumps(task, indent=2), encoding="utf-8")
+        info = {
+            "source": str(model),
+            "corpus": str(corpus),
+            "corpus_sha256": file_digest(corpus),
+            "documents": len(docs),
+            "sampled": len(pick),
+            "seed": seed,
+            "energy_kept": {"rotated": kept, "unrotated": kept_before},
+        }
+        (tmp / "rotation.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return RotateResult(out, len(pick), hidden, task["dims"], kept, kept_before, time.perf_counter() - t0)

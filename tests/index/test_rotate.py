@@ -1,0 +1,108 @@
+"""`encoderforge index rotate`: the rotation is orthogonal and spans the corpus's top principal subspace (checked
+against numpy's SVD), the rotated run leaves full-width scores unchanged and keeps more in its cut, every loader
+applies it, and an index built with it refuses the source model's queries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from encoderforge import EncoderforgeError
+from encoderforge.cli.app import app
+from encoderforge.index.embedder import check_compatible, load_embedder
+from encoderforge.index.rotation import fit_rotation
+
+runner = CliRunner()
+
+
+def test_the_rotation_is_orthogonal_and_spans_the_top_singular_directions():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)) * np.linspace(3, 0.1, 16) @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    r, share = fit_rotation(x)
+    assert np.allclose(r.T @ r, np.eye(16), atol=1e-5)
+    assert np.all(np.diff(share) <= 1e-12) and share.sum() == pytest.approx(1.0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)  # the reference: right singular vectors of X, uncentred
+    for k in (1, 4, 8):
+        ours, ref = r[:, :k] @ r[:, :k].T, vt[:k].T @ vt[:k]  # projections onto the two k-dim subspaces
+        assert np.allclose(ours, ref, atol=1e-4), k
+        assert share[:k].sum() == pytest.approx(float(np.sum(s[:k] ** 2) / np.sum(s**2)), rel=1e-6)
+    kept = np.sum((x @ r)[:, :4] ** 2)
+    assert kept > np.sum(x[:, :4] ** 2) and kept == pytest.approx(np.sum(s[:4] ** 2), rel=1e-4)
+
+
+def test_a_rotation_needs_two_vectors():
+    with pytest.raises(EncoderforgeError, match="at least 2 vectors"):
+        fit_rotation(np.ones((1, 8)))
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory, tiny_model, bbc_docs):
+    d = tmp_path_factory.mktemp("rot")
+    (d / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bbc_docs[:40]), encoding="utf-8")
+    r = runner.invoke(app, ["index", "rotate", str(tiny_model), str(d / "corpus.jsonl"), "--out", str(d / "rot"), "--dims", "32"])
+    assert r.exit_code == 0, r.output
+    assert "rotated 128-dim vectors on 40 documents" in r.stdout and "cut to 32 dims by default" in r.stdout
+    return d
+
+
+def test_full_width_scores_are_unchanged_and_the_cut_keeps_more(rotated, tiny_model, bbc_docs):
+    texts = [r["text"] for r in bbc_docs[:40]]
+    src = load_embedder(tiny_model).embed(texts)
+    full = load_embedder(rotated / "rot", dims=128).embed(texts)
+    assert np.allclose(full @ full.T, src @ src.T, atol=1e-5)  # an orthogonal rotation: every cosine as before
+    assert not np.allclose(full, src, atol=1e-3)
+    cut = load_embedder(rotated / "rot")  # task.json's default cut
+    assert cut.spec.dim == 32 and cut.spec.dims == 32
+    assert np.allclose(cut.embed(texts), full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True), atol=1e-6)
+    assert np.sum(full[:, :32] ** 2) > np.sum(src[:, :32] ** 2)  # the rotated cut keeps more of the corpus's vectors
+    info = json.loads((rotated / "rot" / "rotation.json").read_text())
+    assert info["sampled"] == 40 and info["energy_kept"]["rotated"]["32"] > info["energy_kept"]["unrotated"]["32"]
+
+
+def test_an_index_of_the_rotated_run_refuses_the_source_models_queries(rotated, tiny_model):
+    rot, src = load_embedder(rotated / "rot", dims=32), load_embedder(tiny_model, dims=32)
+    assert rot.spec.dim == src.spec.dim and rot.spec.model_hash != src.spec.model_hash
+    with pytest.raises(EncoderforgeError, match="model_hash"):
+        check_compatible(rot.spec, src.spec, "manifest.json")
+
+
+def test_index_build_and_eval_retrieval_apply_the_rotation(rotated, tmp_path, bbc_docs):
+    corpus = rotated / "corpus.jsonl"
+    r = runner.invoke(app, ["index", "build", str(corpus), str(tmp_path / "ix"), "--model", str(rotated / "rot")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["embed"]["dim"] == 32 and ":rotation=" in manifest["embed"]["model_hash"]
+    r = runner.invoke(app, ["index", "search", str(tmp_path / "ix"), bbc_docs[3]["text"], "-k", "1"])
+    assert r.exit_code == 0 and "bbc-003" in r.stdout.splitlines()[0], r.output  # a document finds itself
+
+
+@pytest.mark.parametrize(
+    "case, argv, needle",
+    [
+        ("out-exists", ["{model}", "{corpus}", "--out", "{dir}"], "already exists; encoderforge never overwrites it"),
+        ("dims-too-big", ["{model}", "{corpus}", "--out", "{dir}/x", "--dims", "999"], "--dims=999 must be in 1..128"),
+        ("already-rotated", ["{dir}/rot", "{corpus}", "--out", "{dir}/x"], "already rotated; rotate its source model"),
+        ("sample", ["{model}", "{corpus}", "--out", "{dir}/x", "--sample", "1"], "--sample must be >= 2"),
+    ],
+    ids=lambda c: c if isinstance(c, str) else None,
+)
+def test_bad_inputs_are_one_line_errors(case, argv, needle, rotated, tiny_model):
+    before = sorted(p.name for p in rotated.iterdir())
+    paths = {"model": tiny_model, "corpus": rotated / "corpus.jsonl", "dir": rotated}
+    r = runner.invoke(app, ["index", "rotate", *[a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]])
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.output
+    assert sorted(p.name for p in rotated.iterdir()) == before  # nothing written, nothing removed
+
+
+def test_a_corrupt_rotation_file_is_a_one_line_error(rotated, tmp_path):
+    import shutil
+
+    shutil.copytree(rotated / "rot", tmp_path / "rot")
+    (tmp_path / "rot" / "rotation.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(EncoderforgeError, match="not a rotation file.*index rotate"):
+        load_embedder(tmp_path / "rot")
