@@ -106,8 +106,9 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_dev: np.nda
 
     t0 = time.perf_counter()
     best: Probe | None = None
+    grid = (c,) if c else (NER_GRID if kind == "ner" else GRID)  # a fixed C, or the best on dev
     with threadpool_limits(torch.get_num_threads(), user_api="blas"):  # finetune.threads, not a thread per core
-        for ci in (c,) if c else NER_GRID if kind == "ner" else GRID:
+        for ci in grid:
             w, b = _fit(kind, ci, x_train, y_train, num_labels, seed)
             dev = score(x_dev @ w.T + b)
             if best is None or dev > best.dev_score:
