@@ -169,7 +169,7 @@ def mine(
 
 @app.command()
 def rotate(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = typer.Argument(..., help="An `embed` run directory, a checkpoint directory or a zoo name."),
     corpus: Path = typer.Argument(..., help="Corpus JSONL: the documents the index will hold (the rotation is fitted on them)."),
     out: Path = typer.Option(..., "--out", "-o", help="The rotated run's directory (never overwritten)."),
     dims: Optional[int] = typer.Option(None, help="Cut the rotated vectors to their first DIMS coordinates by default."),
