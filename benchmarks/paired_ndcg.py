@@ -3,6 +3,7 @@ trec_eval's conventions, asserted against pytrec_eval in tests/index/test_metric
 in which B is not better — so a gain of a few thousandths is read against its noise, not by eye.
 
     python benchmarks/paired_ndcg.py QRELS RUN_A_DIR RUN_B_DIR [--rounds 10000]
+    python benchmarks/paired_ndcg.py QRELS FULL_WIDTH_RUN CUT_RUN --ratio 0.97   # B / A (a Matryoshka cut's share)
 """
 
 from __future__ import annotations
@@ -31,12 +32,24 @@ def main() -> None:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--rounds", type=int, default=10000)
+    ap.add_argument("--ratio", type=float, default=None, help="report mean B / mean A and how often it falls below this")
     args = ap.parse_args()
     qrels = read_qrels(args.qrels)
     a, b = per_query(qrels, args.a), per_query(qrels, args.b)
     queries = sorted(set(a) | set(b))  # a query a run retrieved nothing relevant for scores 0
-    d = np.array([b.get(q, 0.0) - a.get(q, 0.0) for q in queries])
-    boot = d[np.random.default_rng(0).integers(0, len(d), (args.rounds, len(d)))].mean(1)
+    va, vb = np.array([a.get(q, 0.0) for q in queries]), np.array([b.get(q, 0.0) for q in queries])
+    idx = np.random.default_rng(0).integers(0, len(queries), (args.rounds, len(queries)))
+    if args.ratio is not None:
+        r = vb[idx].mean(1) / np.maximum(va[idx].mean(1), 1e-12)
+        lo, hi = np.percentile(r, [2.5, 97.5])
+        print(
+            f"{args.b.name} / {args.a.name}: nDCG@10 {vb.mean():.4f} / {va.mean():.4f} = {vb.mean() / va.mean():.4f} over "
+            f"{len(queries)} queries (95% bootstrap {lo:.4f} .. {hi:.4f}; below {args.ratio} in {(r < args.ratio).mean():.1%} "
+            "of resamples)"
+        )
+        return
+    d = vb - va
+    boot = d[idx].mean(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     print(
         f"{args.b.name} - {args.a.name}: nDCG@10 {d.mean():+.4f} over {len(d)} queries "
