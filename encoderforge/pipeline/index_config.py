@@ -3,6 +3,7 @@ code in index_stage.py imports config.py, so the dataclass cannot live there wit
 
     index: {corpus: licensedcode-texts, max_docs: 400, max_length: 128}             # queries: the data stage's test split
     index: {corpus: docs.jsonl, queries: q.jsonl, qrels: qrels.tsv, bm25: true}    # your own search task
+    index: {dims: 96}      # also search the fine-tuned model's first 96 coordinates, rotated to the corpus
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class IndexStage:
         threads: torch intra-op threads while embedding and searching (0 = torch's default); latency is measured one
             query at a time, where one thread is often as fast and a busy machine makes more threads spin.
         seed: the sample a `max_docs` cap keeps.
+        dims: also rotate the fine-tuned model to the corpus (`encoderforge index rotate`, orthogonal: full-width
+            scores unchanged) and search its first `dims` coordinates, exactly: what a smaller index keeps (0 = off).
     """
 
     corpus: str = LICENSE_CORPUS
@@ -51,8 +54,11 @@ class IndexStage:
     k: int = 100
     threads: int = 0
     seed: int = 0
+    dims: int = 0
 
     def __post_init__(self) -> None:
+        if self.dims < 0:
+            raise EncoderforgeError(f"index.dims must be >= 0 (0 = off), got {self.dims}; e.g. 96 for a quarter of 384")
         if self.max_docs < 0:
             raise EncoderforgeError(f"index.max_docs must be >= 0 (0 = all), got {self.max_docs}")
         if self.max_length < 8:

@@ -5,7 +5,8 @@ beats BM25 and the untrained base model on the same judged queries (config: pipe
     RUN/index/queries.jsonl  the judged queries ({"id", "text"}); RUN/index/qrels.tsv their judgements
     RUN/index/dense/         the fine-tuned model's faiss index (`encoderforge index search RUN/index/dense "..."`)
     RUN/index/dense.json     what dense/ was built from (corpus sha256, EmbedSpec, kind): a rerun reuses a match
-    RUN/index/eval/<name>/   one `eval-retrieval` run per retriever: finetuned, base, bm25
+    RUN/index/rotated/       with index.dims: the fine-tuned model rotated to the corpus (`index rotate`), cut to dims
+    RUN/index/eval/<name>/   one `eval-retrieval` run per retriever: finetuned, finetuned-cut (index.dims), base, bm25
 
 The stage's metrics.json copies each run's test metrics and latency, so the report and these runs cannot disagree.
 """
@@ -141,6 +142,35 @@ def build_dense(cfg: PipelineConfig, stage_dir: Path, corpus: Path) -> dict[str,
     }
 
 
+def rotate_finetuned(cfg: PipelineConfig, stage_dir: Path, corpus: Path) -> Path:
+    """The fine-tuned model rotated to the corpus and cut to index.dims (recipes/index_rotate.py), in the stage's own
+    RUN/index/rotated/: reused while rotation.json names the same corpus, model and dims, else made again."""
+    import shutil
+
+    from encoderforge.recipes.index_rotate import index_rotate
+
+    ix, ft = cfg.index, cfg.finetune
+    assert ix is not None and ft is not None  # load_pipeline checked
+    run = cfg.run_dir / "finetune"
+    model = run if ft.task == "embed" else run / "model"
+    out = stage_dir / "rotated"
+    info = json.loads((out / "rotation.json").read_text(encoding="utf-8")) if (out / "rotation.json").is_file() else {}
+    task = json.loads((out / "task.json").read_text(encoding="utf-8")) if (out / "task.json").is_file() else {}
+    same = info.get("corpus_sha256") == file_digest(corpus) and info.get("source") == str(model) and task.get("dims") == ix.dims
+    if same and info.get("model_hash") == _weights_hash(model):
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # the stage's own output, made again from this run's model
+    return index_rotate(model, corpus, out, dims=ix.dims, pooling=ix.pooling, max_length=ix.max_length).out
+
+
+def _weights_hash(model: Path) -> str | None:
+    """The model hash `index rotate` records for an unrotated model: its weights file's sha256."""
+    from encoderforge.index.embedder import WEIGHTS, weights_digest
+
+    d = model / "model" if (model / "task.json").is_file() else model
+    return next((weights_digest(str(d / w)) for w in WEIGHTS if (d / w).is_file()), None)
+
+
 def run_index(cfg: PipelineConfig, stage_dir: Path) -> dict[str, Any]:
     """Write the stage's inputs, build the fine-tuned index and evaluate every retriever (module docstring); torch's
     thread count is restored afterwards (eval-retrieval sets it process-wide).
@@ -174,6 +204,9 @@ def _run_index(cfg: PipelineConfig, stage_dir: Path) -> dict[str, Any]:
     index = build_dense(cfg, stage_dir, corpus)
     base = Path(cfg.base_model).name or cfg.base_model
     runs: list[tuple[str, str, dict[str, Any]]] = [("fine-tuned", "finetuned", {"index": stage_dir / "dense"})]
+    if ix.dims:  # exact search over the rotated, cut vectors: what a smaller index of them would find
+        name = f"fine-tuned, first {ix.dims} of {index['dim']} dims (rotated)"
+        runs.append((name, "finetuned-cut", {"corpus": corpus, "model": str(rotate_finetuned(cfg, stage_dir, corpus))}))
     if ix.base:  # exact search, as eval-retrieval scores any model without an index
         base_kw = {"corpus": corpus, "model": cfg.base_model, "pooling": ix.pooling, "max_length": ix.max_length}
         runs.append((f"base model ({base})", "base", base_kw))

@@ -138,7 +138,8 @@ def search_verdict(rows: list[SearchRow], documents: int, queries: int) -> str:
     """Did the fine-tuned model's index beat each other retriever on nDCG@10: 'beat', 'did NOT beat', or within a
     point either way (one test set, no seeds: smaller gaps are noise), and which retriever is best."""
     ft = next((r for r in rows if r.role == "finetuned"), None)
-    others = [r for r in rows if r.role != "finetuned" and r.ndcg is not None]
+    cut = next((r for r in rows if r.role == "finetuned-cut" and r.ndcg is not None), None)  # index.dims: the same model
+    others = [r for r in rows if r.role not in ("finetuned", "finetuned-cut") and r.ndcg is not None]
     if ft is None or ft.ndcg is None or not others:
         return "No search verdict: the index stage has no fine-tuned row or nothing to compare it with."
     parts = []
@@ -154,7 +155,9 @@ def search_verdict(rows: list[SearchRow], documents: int, queries: int) -> str:
         else:
             parts.append(f"{'beat' if diff > 0 else 'did NOT beat'} {o.name} ({gap})")
     head = f"Search (nDCG@10 over {queries} queries, {documents} documents): the fine-tuned model's index " + " and ".join(parts)
-    best = rows[0]
+    if cut is not None and cut.ndcg is not None and ft.ndcg:
+        head += f". Its {cut.name.removeprefix('fine-tuned, ')} keep {cut.ndcg / ft.ndcg:.1%} of its nDCG@10"
+    best = next(r for r in rows if r.role != "finetuned-cut")
     if best.role != "finetuned":
         name = best.name[:1].upper() + best.name[1:]  # it starts a sentence
         return f"{head}. {name} is the best retriever here; search with it, not with the fine-tuned model."

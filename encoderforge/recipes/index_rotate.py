@@ -80,7 +80,7 @@ def index_rotate(
         raise EncoderforgeError(f"{task_file}: this run is already rotated; rotate its source model instead")
     hidden = emb.engine.encoder.cfg.hidden_size
     if dims is not None and not 0 < dims <= hidden:
-        raise EncoderforgeError(f"--dims={dims} must be in 1..{hidden} (the model's hidden size)")
+        raise EncoderforgeError(f"dims={dims} must be in 1..{hidden} (the model's hidden size); lower --dims (index.dims)")
     emb.spec = replace(emb.spec, dims=None, dim=hidden)  # fit on full-width vectors
     docs = read_docs(corpus)
     pick = np.sort(np.random.default_rng(seed).choice(len(docs), size=min(sample, len(docs)), replace=False))
@@ -100,6 +100,7 @@ def index_rotate(
         (tmp / "task.json").write_text(json.dumps(task, indent=2), encoding="utf-8")
         info = {
             "source": str(model),
+            "model_hash": s.model_hash,  # the source's weights: a run made from other weights is another rotation
             "corpus": str(corpus),
             "corpus_sha256": file_digest(corpus),
             "documents": len(docs),

@@ -83,7 +83,11 @@ def test_index_build_and_eval_retrieval_apply_the_rotation(rotated, tmp_path, bb
     "case, argv, needle",
     [
         ("out-exists", ["{model}", "{corpus}", "--out", "{dir}"], "already exists; encoderforge never overwrites it"),
-        ("dims-too-big", ["{model}", "{corpus}", "--out", "{dir}/x", "--dims", "999"], "--dims=999 must be in 1..128"),
+        (
+            "dims-too-big",
+            ["{model}", "{corpus}", "--out", "{dir}/x", "--dims", "999"],
+            "dims=999 must be in 1..128 (the model's hidden size); lower --dims",
+        ),
         ("already-rotated", ["{dir}/rot", "{corpus}", "--out", "{dir}/x"], "already rotated; rotate its source model"),
         ("sample", ["{model}", "{corpus}", "--out", "{dir}/x", "--sample", "1"], "--sample must be >= 2"),
     ],

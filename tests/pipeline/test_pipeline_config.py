@@ -50,6 +50,7 @@ BAD = {
         "data: {}\n" + GOOD_FT + "index: {qrels: p.yaml}\n",
         "index.qrels='p.yaml' is set without index.queries",
     ),
+    "index bad dims": ("data: {}\n" + GOOD_FT + "index: {dims: -1}\n", "index.dims must be >= 0 (0 = off), got -1"),
     "index without finetune": ("data: {}\nindex: {}\n", "index needs the finetune stage's model but finetune is off"),
     "index without queries": (
         "finetune: {task: classify, data: {train: p.yaml}}\nindex: {}\n",

@@ -105,6 +105,37 @@ def test_search_verdict_says_when_the_fine_tuned_model_loses() -> None:
     assert "did NOT beat BM25 (tied at 0.600)" in v
 
 
+def test_the_cut_row_is_the_fine_tuned_model_not_a_competitor() -> None:
+    def row(name: str, role: str, ndcg: float) -> SearchRow:
+        return SearchRow(name, role, ndcg, None, None, None, None)
+
+    cut = row("fine-tuned, first 96 of 384 dims (rotated)", "finetuned-cut", 0.62)  # ranked above its own full width
+    v = search_verdict([cut, row("fine-tuned", "finetuned", 0.6), row("BM25", "bm25", 0.5)], 400, 250)
+    assert "beat BM25 (0.600 vs 0.500" in v and "first 96 of 384 dims (rotated) keep 103.3% of its nDCG@10" in v
+    assert "best retriever here" not in v and "did NOT" not in v
+
+
+def test_index_dims_searches_the_rotated_cut_beside_the_full_width(tmp_path: Path, tiny_model: Path) -> None:
+    from encoderforge.recipes.eval_retrieval import eval_retrieval
+
+    res = pipeline(tmp_path, tiny_model, ["index.dims=32", "index.base=false"])
+    assert res.ran == ["data", "finetune", "index", "report"]
+    stage = tmp_path / "run" / "index"
+    rows = read(stage / "metrics.json")["retrievers"]
+    cut = rows["fine-tuned, first 32 of 128 dims (rotated)"]
+    assert cut["role"] == "finetuned-cut" and "dim 32" in cut["retriever"]
+    assert read(stage / "rotated" / "task.json")["dims"] == 32
+    own = eval_retrieval(stage / "queries.jsonl", stage / "qrels.tsv", tmp_path / "cut", corpus=stage / "corpus.jsonl",
+                         model=str(stage / "rotated")).metrics["test"]  # fmt: skip
+    assert own["ndcg@10"] == cut["ndcg@10"]
+    s = summarize(tmp_path / "run").search
+    assert s is not None and "first 32 of 128 dims (rotated) keep" in s.verdict
+    made = (stage / "rotated" / "rotation.json").stat().st_mtime_ns
+    assert pipeline(tmp_path, tiny_model, ["index.dims=32", "index.base=false", "index.max_docs=30"]).ran == ["index", "report"]
+    assert (stage / "rotated" / "rotation.json").stat().st_mtime_ns != made  # another corpus: fitted again
+    assert read(stage / "rotated" / "rotation.json")["documents"] == 30
+
+
 def test_cap_keeps_every_relevant_document_then_a_seeded_sample() -> None:
     docs = [Doc(id=f"d{i:02d}", text="x") for i in range(50)]
     kept = cap_corpus(docs, {"d03", "d41"}, 10, seed=0)
