@@ -31,6 +31,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
+    if path.exists() and not overwrite:  # made by someone else while we wrote: keep theirs, drop ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EncoderforgeError(f"{path}: appeared while this output was written; it was left as is — choose another output path")
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)

@@ -37,3 +37,16 @@ def test_a_run_from_before_the_key_existed_is_done_or_resumes(tmp_path, status, 
     changed = {"embed": {"dims": [96], "dim_weights": [3.0]}, "train": {"lr": 1e-4}}
     with pytest.raises(EncoderforgeError, match=r"changed: embed.dim_weights"):
         prepare_run_dir(tmp_path, "finetune", changed, defaults=DEFAULTS)
+
+
+def test_atomic_dir_without_overwrite_keeps_a_directory_that_appeared_meanwhile(tmp_path):
+    from encoderforge.fileio import atomic_dir
+
+    out = tmp_path / "out"
+    with pytest.raises(EncoderforgeError, match="appeared while this output was written; it was left as is"):
+        with atomic_dir(out, overwrite=False) as tmp:
+            (tmp / "ours.txt").write_text("ours")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")  # another process made it while we wrote
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # our temporary directory is gone too

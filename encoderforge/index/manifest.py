@@ -35,8 +35,18 @@ class EmbedSpec:
         """`field: ours vs theirs` for each field that changes the vectors (max_length only cuts long texts)."""
         keys = ("model_hash", "dim", "pooling", "normalize", "dims")
         return [
-            f"{k} {getattr(self, k)!s:.12} vs {getattr(other, k)!s:.12}" for k in keys if getattr(self, k) != getattr(other, k)
+            f"{k} {_short(getattr(self, k))} vs {_short(getattr(other, k))}"
+            for k in keys
+            if getattr(self, k) != getattr(other, k)
         ]
+
+
+def _short(value: object) -> str:
+    """A field for a message: a model hash as its first 12 hex digits plus what follows the weights' digest
+    (":rotation=...", ":layers=..."), so two hashes of the same weights read differently; anything else as is."""
+    text = str(value)
+    digest, sep, rest = text.partition(":")
+    return f"{digest[:12]}{sep}{rest}" if len(digest) == 64 else text[:12]
 
 
 @dataclass

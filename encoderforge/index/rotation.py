@@ -3,7 +3,7 @@ the corpus's vectors as any k directions can (PCA without centering: the eigenve
 
 Why: a Matryoshka model is trained so that its first coordinates carry the most, but what it learns is only a
 tendency; rotating the space to the corpus's principal directions before the cut keeps more of what separates
-*these* documents (docs/results.md, issue 17, nineteenth session: wordnet at 96 of 384 dims 93.9% -> 97.2% of the
+*these* documents (docs/results.md, issue 17, nineteenth session: wordnet at 96 of 384 dims 93.9% -> 97.3% of the
 full width's nDCG@10). The rotation is orthogonal and not centred, so dot products and cosines at full width are
 unchanged: only truncated vectors differ. Fitted with numpy (eigh of a d x d matrix); faiss's PCAMatrix would centre
 the vectors (changing full-width scores), so it is not used here.

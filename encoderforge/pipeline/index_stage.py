@@ -156,8 +156,9 @@ def rotate_finetuned(cfg: PipelineConfig, stage_dir: Path, corpus: Path) -> Path
     out = stage_dir / "rotated"
     info = json.loads((out / "rotation.json").read_text(encoding="utf-8")) if (out / "rotation.json").is_file() else {}
     task = json.loads((out / "task.json").read_text(encoding="utf-8")) if (out / "task.json").is_file() else {}
-    same = info.get("corpus_sha256") == file_digest(corpus) and info.get("source") == str(model) and task.get("dims") == ix.dims
-    if same and info.get("model_hash") == _weights_hash(model):
+    asked = {"pooling": ix.pooling, "max_length": ix.max_length}
+    same = info.get("corpus_sha256") == file_digest(corpus) and info.get("source") == str(model.resolve())
+    if same and task.get("dims") == ix.dims and info.get("asked") == asked and info.get("model_hash") == _weights_hash(model):
         return out
     shutil.rmtree(out, ignore_errors=True)  # the stage's own output, made again from this run's model
     return index_rotate(model, corpus, out, dims=ix.dims, pooling=ix.pooling, max_length=ix.max_length).out

@@ -168,6 +168,7 @@ def eval_retrieval(
     m = evaluate_run(by_rank, {q.id: judged[q.id] for q in qs})
     lat = np.array(latency) * 1000
     desc = retriever.describe()
+    spec = getattr(getattr(retriever, "embedder", None), "spec", None)  # a dense retriever's EmbedSpec
     metrics = {
         "task": "retrieval",
         "model": desc,
@@ -181,7 +182,8 @@ def eval_retrieval(
         if rerank is None
         else {"run": str(rerank), "depth": rerank_depth, "weight": weight} | ({"chosen_on": chosen} if chosen else {}),
         "k": k,
-        "dims": dims,
+        "dims": spec.dims if spec is not None else dims,  # a run's own cut (task.json) too, not only --dims
+        "rotated": spec is not None and ":rotation=" in spec.model_hash,  # an `index rotate` run
         "layers": layers,
         "threads": torch.get_num_threads(),
     }

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from encoderforge import EncoderforgeError
-from encoderforge.fileio import atomic_dir, file_digest
+from encoderforge.fileio import atomic_dir, check_output, file_digest
 from encoderforge.index.embedder import load_embedder
-from encoderforge.index.readers import read_docs
+from encoderforge.index.readers import check_docs, read_docs
 from encoderforge.index.rotation import ROTATION_FILE, fit_rotation, save_rotation
-from encoderforge.model.zoo import resolve_model
+from encoderforge.model.zoo import ZOO, resolve_model
 
 SAMPLE = 100_000  # documents embedded to fit the rotation: a d x d fit (d <= 1024) is stable long before this
 
@@ -58,7 +58,7 @@ def index_rotate(
         model: an `embed` run, a checkpoint directory or a zoo name.
         corpus: JSONL of {"id", "text"}: the documents the index will hold.
         out: the new run directory (never overwritten).
-        dims: the run's default cut (task.json "dims"); None keeps the source's.
+        dims: the run's default cut (task.json "dims"); None keeps the source's (required when it has none).
         sample: documents embedded for the fit at most.
         pooling, max_length: for a plain encoder (an embed run keeps its own).
         threads: torch intra-op threads.
@@ -68,16 +68,23 @@ def index_rotate(
         raise EncoderforgeError(f"{out}: already exists; encoderforge never overwrites it — choose another --out")
     if sample < 2:
         raise EncoderforgeError(f"--sample must be >= 2, got {sample}")
+    src = resolve_model(model)
+    check_output(out, [corpus, src], expect="dir")
+    if check_docs(corpus) < 2:
+        raise EncoderforgeError(f"{corpus}: a rotation is fitted on at least 2 documents; give the corpus the index will hold")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    emb = load_embedder(model, pooling=pooling, max_length=max_length)
-    src = resolve_model(model)
     task_file = src / "task.json"
     task = json.loads(task_file.read_text(encoding="utf-8")) if task_file.is_file() else {}
     if task.get("rotation"):
         raise EncoderforgeError(f"{task_file}: this run is already rotated; rotate its source model instead")
+    if dims is None and not task.get("dims"):
+        raise EncoderforgeError(
+            "--dims is needed: the rotation changes nothing at full width, only the cut (e.g. --dims 96 for 384-dim vectors)"
+        )
+    emb = load_embedder(model, pooling=pooling, max_length=max_length)
     hidden = emb.engine.encoder.cfg.hidden_size
     if dims is not None and not 0 < dims <= hidden:
         raise EncoderforgeError(f"dims={dims} must be in 1..{hidden} (the model's hidden size); lower --dims (index.dims)")
@@ -85,12 +92,11 @@ def index_rotate(
     docs = read_docs(corpus)
     pick = np.sort(np.random.default_rng(seed).choice(len(docs), size=min(sample, len(docs)), replace=False))
     x = emb.embed([docs[i].text for i in pick])
-    rotation, _ = fit_rotation(x)
+    rotation, share = fit_rotation(x)
     widths = sorted({w for w in (dims, hidden // 2, hidden // 4, hidden // 8) if w})
-    energy = float(np.sum(x * x))
-    rotated = x @ rotation
-    kept = {w: float(np.sum(rotated[:, :w] ** 2) / energy) for w in widths}
-    kept_before = {w: float(np.sum(x[:, :w] ** 2) / energy) for w in widths}
+    before = np.cumsum(np.sum(x.astype(np.float64) ** 2, axis=0))
+    kept = {w: float(share[:w].sum()) for w in widths}  # the rotated first w coordinates' share of the sample's norm
+    kept_before = {w: float(before[w - 1] / before[-1]) for w in widths}
     with atomic_dir(out, overwrite=False) as tmp:
         shutil.copytree(src / "model" if task else src, tmp / "model")
         save_rotation(tmp / ROTATION_FILE, rotation)
@@ -99,9 +105,10 @@ def index_rotate(
         task.update(rotation=ROTATION_FILE, dims=dims if dims is not None else task.get("dims"), source_model=str(model))
         (tmp / "task.json").write_text(json.dumps(task, indent=2), encoding="utf-8")
         info = {
-            "source": str(model),
+            "source": str(model) if str(model) in ZOO else str(Path(model).resolve()),
             "model_hash": s.model_hash,  # the source's weights: a run made from other weights is another rotation
-            "corpus": str(corpus),
+            "asked": {"pooling": pooling, "max_length": max_length},  # a plain encoder's; an embed run keeps its own
+            "corpus": str(Path(corpus).resolve()),
             "corpus_sha256": file_digest(corpus),
             "documents": len(docs),
             "sampled": len(pick),

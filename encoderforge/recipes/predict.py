@@ -60,6 +60,10 @@ class Predictor:
             max_length=meta["max_length"],
             precision=precision,
         )
+        if meta.get("rotation"):  # an `index rotate` run: its vectors are rotated before the cut (index/embedder.py)
+            from encoderforge.index.embedder import run_rotation
+
+            meta = {**meta, "rotation_matrix": run_rotation(run, meta, loaded.encoder.cfg.hidden_size)[0]}
         return cls(engine=engine, head=head, meta=meta)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:

@@ -350,11 +350,17 @@ def _task_json(args: TaskArgs) -> Meta:
 
 @torch.inference_mode()
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
-    """One text per line -> {"embedding": [...]}: the L2-normalised pooled vector (truncated to meta["dims"])."""
+    """One text per line -> {"embedding": [...]}: the pooled vector as `load_embedder(RUN).embed` makes it (L2-normalised
+    unless the run says not; rotated and cut to meta["dims"] for an `index rotate` run)."""
+    from encoderforge.index.embedder import shape_vectors
+
     ids = encode_texts(engine.tokenizer, [(t,) for t in texts], meta["max_length"]).ids
     out: list[Any] = [None] * len(ids)
+    norm = bool(meta.get("normalize", True))
     for b in engine.forward_batches(ids):
-        vec = F.normalize(head(b.hidden, b.mask).float()[:, : meta.get("dims") or None], dim=-1)
+        pooled = head(b.hidden, b.mask).float()
+        pooled = F.normalize(pooled, dim=-1) if norm else pooled
+        vec = shape_vectors(pooled.numpy(), rotation=meta.get("rotation_matrix"), dims=meta.get("dims"), normalize=norm)
         for i, v in zip(b.index, vec):
             out[i] = {"embedding": [round(float(x), 6) for x in v]}
     return out

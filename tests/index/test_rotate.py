@@ -65,18 +65,46 @@ def test_full_width_scores_are_unchanged_and_the_cut_keeps_more(rotated, tiny_mo
 def test_an_index_of_the_rotated_run_refuses_the_source_models_queries(rotated, tiny_model):
     rot, src = load_embedder(rotated / "rot", dims=32), load_embedder(tiny_model, dims=32)
     assert rot.spec.dim == src.spec.dim and rot.spec.model_hash != src.spec.model_hash
-    with pytest.raises(EncoderforgeError, match="model_hash"):
-        check_compatible(rot.spec, src.spec, "manifest.json")
+    with pytest.raises(EncoderforgeError, match=r"model_hash [0-9a-f]{12}:rotation=[0-9a-f]{16} vs [0-9a-f]{12} "):
+        check_compatible(rot.spec, src.spec, "manifest.json")  # the message shows what differs: the rotation
 
 
-def test_index_build_and_eval_retrieval_apply_the_rotation(rotated, tmp_path, bbc_docs):
-    corpus = rotated / "corpus.jsonl"
+def test_index_build_add_eval_retrieval_and_predict_apply_the_rotation_once(rotated, tmp_path, bbc_docs, write_jsonl):
+    from encoderforge.index.dense import DenseIndex
+    from encoderforge.recipes.predict import Predictor
+
+    rot, corpus = load_embedder(rotated / "rot"), rotated / "corpus.jsonl"
     r = runner.invoke(app, ["index", "build", str(corpus), str(tmp_path / "ix"), "--model", str(rotated / "rot")])
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
     assert manifest["embed"]["dim"] == 32 and ":rotation=" in manifest["embed"]["model_hash"]
-    r = runner.invoke(app, ["index", "search", str(tmp_path / "ix"), bbc_docs[3]["text"], "-k", "1"])
-    assert r.exit_code == 0 and "bbc-003" in r.stdout.splitlines()[0], r.output  # a document finds itself
+    new = write_jsonl(tmp_path / "new.jsonl", [{"id": "new-0", "text": bbc_docs[50]["text"]}])
+    assert runner.invoke(app, ["index", "add", str(tmp_path / "ix"), str(new)]).exit_code == 0
+    ix = DenseIndex.load(tmp_path / "ix")
+    want = rot.embed([bbc_docs[3]["text"], bbc_docs[50]["text"]])
+    assert np.allclose(ix.reconstruct(["bbc-003", "new-0"]), want, atol=1e-5)  # stored = rotated once, then cut
+    preds = Predictor.load(rotated / "rot").predict([bbc_docs[3]["text"]])  # `encoderforge predict` on the run
+    assert np.allclose(np.array(preds[0]["embedding"]), want[0], atol=1e-5)
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("q1\tbbc-003\t1\n", encoding="utf-8")
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "text": bbc_docs[3]["text"]}])
+    out = tmp_path / "ev"
+    argv = [
+        "eval-retrieval",
+        "--queries",
+        queries,
+        "--qrels",
+        qrels,
+        "--corpus",
+        corpus,
+        "--model",
+        rotated / "rot",
+        "--out",
+        out,
+    ]
+    assert runner.invoke(app, [str(a) for a in argv]).exit_code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dims"] == 32 and m["rotated"] is True and m["test"]["ndcg@10"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -90,17 +118,26 @@ def test_index_build_and_eval_retrieval_apply_the_rotation(rotated, tmp_path, bb
         ),
         ("already-rotated", ["{dir}/rot", "{corpus}", "--out", "{dir}/x"], "already rotated; rotate its source model"),
         ("sample", ["{model}", "{corpus}", "--out", "{dir}/x", "--sample", "1"], "--sample must be >= 2"),
+        ("no-dims", ["{model}", "{corpus}", "--out", "{dir}/x"], "--dims is needed: the rotation changes nothing at full"),
+        (
+            "one-doc",
+            ["{model}", "{dir}/one.jsonl", "--out", "{dir}/x", "--dims", "8"],
+            "one.jsonl: a rotation is fitted on at least 2",
+        ),
+        ("out-in-model", ["{model}", "{corpus}", "--out", "{model}/x", "--dims", "8"], "lies inside the input directory"),
     ],
     ids=lambda c: c if isinstance(c, str) else None,
 )
 def test_bad_inputs_are_one_line_errors(case, argv, needle, rotated, tiny_model):
-    before = sorted(p.name for p in rotated.iterdir())
+    (rotated / "one.jsonl").write_text('{"id": "a", "text": "just one"}\n', encoding="utf-8")
+    before, model_files = sorted(p.name for p in rotated.iterdir()), sorted(p.name for p in tiny_model.iterdir())
     paths = {"model": tiny_model, "corpus": rotated / "corpus.jsonl", "dir": rotated}
     r = runner.invoke(app, ["index", "rotate", *[a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]])
     assert r.exit_code != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.output
     assert sorted(p.name for p in rotated.iterdir()) == before  # nothing written, nothing removed
+    assert sorted(p.name for p in tiny_model.iterdir()) == model_files
 
 
 def test_a_corrupt_rotation_file_is_a_one_line_error(rotated, tmp_path):
