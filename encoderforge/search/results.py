@@ -48,6 +48,8 @@ def rows(study: Any, space: SearchSpace, primary: str) -> list[dict[str, Any]]:
 def note(u: dict[str, Any]) -> str:
     if "stopped_by_budget_at_epoch" in u:
         return f"stopped by the budget at epoch {u['stopped_by_budget_at_epoch']}"
+    if u.get("interrupted"):
+        return "interrupted by a kill; the budget was spent before it could run again"
     return f"rerun of interrupted trial {u['requeued_from']}" if "requeued_from" in u else ""
 
 

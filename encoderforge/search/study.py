@@ -80,6 +80,12 @@ def search(space_path: str | Path, out: str | Path, budget_s: float, *, workers:
     left = budget_s - spent
     if left <= 0:
         print(f"{run}: the budget is spent ({spent:.0f} s of {budget_s:.0f} s); writing the results", file=sys.stderr)
+        lock = hold_lock(run)  # no search may be running here while its trials are called interrupted
+        try:
+            mark_interrupted(open_study(run, space))
+            return write_results(run, space, open_study(run, space), budget_s, spent)
+        finally:
+            lock.close()
     else:
         fresh = not (run / "space.yaml").is_file()
         if fresh:
@@ -98,7 +104,6 @@ def search(space_path: str | Path, out: str | Path, budget_s: float, *, workers:
         finally:  # even when a worker failed: the table and best.yaml describe every trial that ran
             summary = write_results(run, space, open_study(run, space), budget_s, spent)
         return summary
-    return write_results(run, space, open_study(run, space), budget_s, spent)
 
 
 def hold_lock(run: Path) -> Any:
@@ -124,6 +129,18 @@ def requeue_interrupted(study: Any) -> list[int]:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         params = {**t.system_attrs.get("fixed_params", {}), **t.params}
         study.enqueue_trial(params, user_attrs={**t.user_attrs, "requeued_from": t.number})
+    return [t.number for t in stale]
+
+
+def mark_interrupted(study: Any) -> list[int]:
+    """Trials left RUNNING by a killed search when no budget is left to rerun them: failed, noted as interrupted (a
+    results table must not show a dead trial as running)."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return [t.number for t in stale]
 
 

@@ -161,6 +161,22 @@ def test_a_search_killed_mid_way_resumes_without_repeating_finished_trials(tmp_p
     assert json.loads((out / "budget.json").read_text())["spent_s"] > spent  # the budget adds up over the resume
 
 
+def test_a_trial_killed_as_the_budget_ran_out_reads_as_interrupted_not_running(tmp_path, tiny_model, data) -> None:
+    from encoderforge.search.study import open_study, search
+
+    space_file, out = write_space(tmp_path / "space.yaml", tiny_model, data), tmp_path / "s"
+    out.mkdir()
+    (out / "space.yaml").write_text(space_file.read_text())
+    (out / "budget.json").write_text(json.dumps({"spent_s": 61.0}))
+    study = open_study(out, load_space(space_file))
+    dead = study.ask().number  # RUNNING in the journal, its worker gone: what a kill at the deadline leaves
+    summary = search(space_file, out, 60.0)
+    assert summary["trials"]["running"] == 0 and summary["trials"]["fail"] == 1
+    after = trials(out)[dead]
+    assert after.state.name == "FAIL" and after.user_attrs["interrupted"] is True
+    assert "interrupted by a kill; the budget was spent" in (out / "results.md").read_text()
+
+
 def test_the_last_dev_evaluation_of_a_fractional_epoch_run_reports_its_full_epochs(tmp_path, tiny_model, data) -> None:
     """epochs x steps per epoch rounds to the run's steps (1.25 x 9 -> 11 steps = 1.22 epochs): the final evaluation
     must still read as the run's end, or a search trial that finished is stopped ("by the budget") and loses its score."""
