@@ -102,10 +102,12 @@ def index_rotate(
         save_rotation(tmp / ROTATION_FILE, rotation)
         s = emb.spec
         task = task or {"kind": "embed", "pooling": s.pooling, "normalize": s.normalize, "max_length": s.max_length}
-        task.update(rotation=ROTATION_FILE, dims=dims if dims is not None else task.get("dims"), source_model=str(model))
+        source = str(model) if str(model) in ZOO else str(Path(model).resolve())
+        task.update(rotation=ROTATION_FILE, dims=dims if dims is not None else task.get("dims"), rotated_from=source)
+        task.setdefault("source_model", source)
         (tmp / "task.json").write_text(json.dumps(task, indent=2), encoding="utf-8")
         info = {
-            "source": str(model) if str(model) in ZOO else str(Path(model).resolve()),
+            "source": source,
             "model_hash": s.model_hash,  # the source's weights: a run made from other weights is another rotation
             "asked": {"pooling": pooling, "max_length": max_length},  # a plain encoder's; an embed run keeps its own
             "corpus": str(Path(corpus).resolve()),
