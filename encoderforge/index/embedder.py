@@ -24,6 +24,7 @@ from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
 from encoderforge.model.surgery import remove_layers
 from encoderforge.model.zoo import ZOO, resolve_model
+from encoderforge.tasks.embed_model import shape_vectors
 from encoderforge.tokenization import load_tokenizer
 
 DEFAULT_MAX_LENGTH = 256
@@ -121,19 +122,6 @@ def load_embedder(
         dims=int(dims) if dims else None,
     )
     return Embedder(engine=engine, spec=spec, rotation=rotation)
-
-
-def shape_vectors(vecs: np.ndarray, *, rotation: np.ndarray | None, dims: int | None, normalize: bool) -> np.ndarray:
-    """Pooled rows -> the vectors a model stands for: its rotation (if any; orthogonal, so full-width scores are
-    unchanged), then the Matryoshka cut to the first `dims` values, re-normalised. The one place this is done
-    (`Embedder.embed` and the server's /v1/embeddings both call it)."""
-    if rotation is not None:
-        vecs = np.asarray(vecs, dtype=np.float32) @ rotation
-    if dims:
-        vecs = np.ascontiguousarray(vecs[:, :dims])
-        if normalize:
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    return vecs
 
 
 def run_rotation(run_dir: Path, meta: dict, hidden: int) -> tuple[np.ndarray | None, str]:

@@ -14,12 +14,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.index.embedder import WEIGHTS, run_rotation, shape_vectors, weights_digest
+from encoderforge.index.embedder import WEIGHTS, run_rotation, weights_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.model.zoo import ZOO, resolve_model
 from encoderforge.recipes.predict import Predictor
+from encoderforge.tasks.embed_model import shape_vectors
 from encoderforge.tasks.registry import TASKS
 
 

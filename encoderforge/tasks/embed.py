@@ -29,7 +29,7 @@ from encoderforge.model.encoder import Encoder
 from encoderforge.tasks import LossSum
 from encoderforge.tasks.embed_losses import cos_matrix, cosent, gather_rows, matryoshka, mnrl
 from encoderforge.tasks.embed_metrics import correlations, ranking_metrics
-from encoderforge.tasks.embed_model import EmbedHead, EmbedModel, length_groups
+from encoderforge.tasks.embed_model import EmbedHead, EmbedModel, length_groups, shape_vectors
 from encoderforge.tasks.sequences import encode_texts, steps_per_epoch
 from encoderforge.tasks.spec import HiddenStates, Meta, Rows, TaskArgs, TaskSpec
 
@@ -352,8 +352,6 @@ def _task_json(args: TaskArgs) -> Meta:
 def _predict(engine: HiddenStates, head: nn.Module, meta: Meta, texts: Sequence[str]) -> list[dict]:
     """One text per line -> {"embedding": [...]}: the pooled vector as `load_embedder(RUN).embed` makes it (L2-normalised
     unless the run says not; rotated and cut to meta["dims"] for an `index rotate` run)."""
-    from encoderforge.index.embedder import shape_vectors
-
     ids = encode_texts(engine.tokenizer, [(t,) for t in texts], meta["max_length"]).ids
     out: list[Any] = [None] * len(ids)
     norm = bool(meta.get("normalize", True))

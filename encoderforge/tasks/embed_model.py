@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,3 +92,16 @@ def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
     if best > whole * 2 / 3:
         return [order]
     return [order[:cut], order[cut:]]
+
+
+def shape_vectors(vecs: np.ndarray, *, rotation: np.ndarray | None, dims: int | None, normalize: bool) -> np.ndarray:
+    """Pooled rows -> the vectors a model stands for: its rotation (if any, from `index rotate`; orthogonal, so
+    full-width scores are unchanged), then the Matryoshka cut to the first `dims` values, re-normalised. The one place
+    this is done: index.embedder's `Embedder.embed`, the server's /v1/embeddings and `predict` on an embed run."""
+    if rotation is not None:
+        vecs = np.asarray(vecs, dtype=np.float32) @ rotation
+    if dims:
+        vecs = np.ascontiguousarray(vecs[:, :dims])
+        if normalize:
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return vecs
