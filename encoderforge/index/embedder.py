@@ -78,7 +78,9 @@ def load_embedder(
     if pooling not in ("mean", "cls"):
         raise EncoderforgeError(f"--pooling must be mean or cls, got {pooling!r}")
     path = resolve_model(model)
-    asked, run_dir, meta = dims, cast(Path | None, None), cast(dict, {})
+    asked = dims
+    run_dir: Path | None = None  # an embed run's directory (its task.json may name a rotation)
+    meta: dict = {}
     task = path / "task.json"
     if task.is_file():
         meta = json.loads(task.read_text(encoding="utf-8"))
