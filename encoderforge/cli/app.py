@@ -44,7 +44,11 @@ class Format(str, Enum):
 def embed(
     input: str = typer.Argument("-", help="UTF-8 text file, one text per line; '-' reads stdin."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: .npy (float32 matrix) or .jsonl ({text, vector})."),
-    model: str = typer.Option("minilm-l6", help="Checkpoint directory (encoderforge or HF BERT) or zoo name."),
+    model: str = typer.Option(
+        "minilm-l6",
+        help="Checkpoint directory (encoderforge or HF BERT), zoo name, or an `embed` run (its own pooling, length, "
+        "rotation and Matryoshka dims replace --pooling, --normalize and --max-length).",
+    ),
     pooling: Pooling = typer.Option(Pooling.mean, help="mean (sentence-transformers) or cls."),
     normalize: bool = typer.Option(True, help="L2-normalize the vectors."),
     max_tokens: int = typer.Option(2048, help="Token budget per forward pass (caps memory)."),

@@ -19,7 +19,7 @@ from encoderforge import EncoderforgeError
 from encoderforge.fileio import file_digest
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.index.rotation import load_rotation
-from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, Engine
+from encoderforge.inference.engine import DEFAULT_MAX_TOKENS, EncodedTexts, Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.model import checkpoint
 from encoderforge.model.surgery import remove_layers
@@ -46,8 +46,12 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), spec.dim) float32 vectors in input order."""
+        return self.embed_encoded(self.engine.tokenize(texts))
+
+    def embed_encoded(self, encoded: EncodedTexts) -> np.ndarray:
+        """Like `embed`, for texts already passed through `engine.tokenize`."""
         s = self.spec
-        vecs = self.engine.embed(texts, pooling=cast(Literal["mean", "cls"], s.pooling), normalize=s.normalize)
+        vecs = self.engine.embed_encoded(encoded, pooling=cast(Literal["mean", "cls"], s.pooling), normalize=s.normalize)
         return shape_vectors(vecs, rotation=self.rotation, dims=s.dims, normalize=s.normalize)
 
 
@@ -79,23 +83,17 @@ def load_embedder(
         raise EncoderforgeError(f"--pooling must be mean or cls, got {pooling!r}")
     path = resolve_model(model)
     asked = dims
-    run_dir: Path | None = None  # an embed run's directory (its task.json may name a rotation)
-    meta: dict = {}
     task = path / "task.json"
-    if task.is_file():
-        meta = json.loads(task.read_text(encoding="utf-8"))
-        if meta.get("kind") != "embed":
-            raise EncoderforgeError(
-                f"{task}: a {meta.get('kind')!r} run, not an embedding model; pass an `embed` run or a plain encoder"
-            )
+    meta = embed_run_meta(path) or {}
+    run_dir: Path | None = path if meta else None  # an embed run's directory (its task.json may name a rotation)
+    if meta:
         pooling, normalize = meta.get("pooling", "mean"), bool(meta.get("normalize", True))
         max_length, dims = meta.get("max_length"), meta.get("dims")
-        run_dir = path
         path = path / "model"
     dims = asked or dims
     if not path.is_dir():
         raise EncoderforgeError(f"{path}: no such model directory; pass a zoo name ('minilm-l6'), a checkpoint or an embed run")
-    weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
+    weights = weights_file(path)
     if weights is None:
         raise EncoderforgeError(f"{path}: no {WEIGHTS[0]}; pass a checkpoint directory")
     loaded = checkpoint.load(path)
@@ -124,6 +122,46 @@ def load_embedder(
         dims=int(dims) if dims else None,
     )
     return Embedder(engine=engine, spec=spec, rotation=rotation)
+
+
+def embed_run_meta(path: Path) -> dict | None:
+    """An `embed` run's task.json (pooling, max_length, normalize, dims, rotation), or None for a checkpoint directory
+    or zoo model; another run kind is an error (its model/ is the encoder, not an embedding model)."""
+    task = path / "task.json"
+    if not task.is_file():
+        return None
+    meta = json.loads(task.read_text(encoding="utf-8"))
+    if meta.get("kind") != "embed":
+        raise EncoderforgeError(
+            f"{task}: a {meta.get('kind')!r} run, not an embedding model; pass an `embed` run, a plain encoder, or "
+            f"{path / 'model'} for its fine-tuned encoder's own vectors"
+        )
+    return meta
+
+
+def weights_file(path: Path) -> Path | None:
+    """The checkpoint's weights file (safetensors first), None when the directory has none."""
+    return next((path / w for w in WEIGHTS if (path / w).is_file()), None)
+
+
+def run_vectors_note(checkpoint_dir: Path) -> str:
+    """A note when a checkpoint is the model/ of an `embed` run whose vectors are rotated or cut: the encoder alone
+    makes full-width, unrotated vectors, which that run's indexes and servers do not use ("" otherwise)."""
+    run = checkpoint_dir.resolve().parent
+    try:
+        meta = embed_run_meta(run) if checkpoint_dir.resolve().name == "model" else None
+    except EncoderforgeError:
+        return ""  # another kind of run: its encoder's vectors are what it stands for
+    if not meta or not (meta.get("rotation") or meta.get("dims")):
+        return ""
+    how = "rotated" if meta.get("rotation") else ""
+    if meta.get("dims"):
+        how = f"{how} and cut" if how else "cut"
+        how += f" to {meta['dims']} dims"
+    return (
+        f"{checkpoint_dir} is the encoder of the embed run {run}, whose vectors are {how}; these are the encoder's own "
+        f"full-width vectors — for the run's, pass --model {run}"
+    )
 
 
 def run_rotation(run_dir: Path, meta: dict, hidden: int) -> tuple[np.ndarray | None, str]:

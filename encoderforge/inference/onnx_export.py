@@ -47,19 +47,34 @@ SAMPLE_TEXTS = (
 
 
 class _ExportGraph(nn.Module):
-    """What the ONNX graph computes: encoder, then optional pooling (pooling is written once, in heads.pool)."""
+    """What the ONNX graph computes: encoder, then optional pooling (pooling is written once, in heads.pool), then
+    an embed run's projection (its rotation's first `dims` columns) and L2 normalisation, when asked."""
 
-    def __init__(self, encoder: Encoder, pooling: OnnxPooling):
+    def __init__(self, encoder: Encoder, pooling: OnnxPooling, project: torch.Tensor | None = None, normalize: bool = False):
         super().__init__()
-        self.encoder, self.pooling = encoder, pooling
+        self.encoder, self.pooling, self.normalize = encoder, pooling, normalize
+        self.project: torch.Tensor | None
+        self.register_buffer("project", project, persistent=False)  # (C, d) or None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, C)
-        return hidden if self.pooling == "none" else pool(hidden, attention_mask, self.pooling)  # (B, C)
+        if self.pooling == "none":
+            return hidden
+        vec = pool(hidden, attention_mask, self.pooling)  # (B, C)
+        if self.project is not None:
+            vec = vec @ self.project  # (B, d)
+        return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
 
 
 def export_onnx(
-    encoder: Encoder, out_path: str | Path, *, pooling: OnnxPooling = "none", opset: int = 17, int8: bool = False
+    encoder: Encoder,
+    out_path: str | Path,
+    *,
+    pooling: OnnxPooling = "none",
+    opset: int = 17,
+    int8: bool = False,
+    project: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> Path:
     """Export `encoder` to an ONNX file, atomically (no half-written file is ever left at `out_path`).
 
@@ -69,6 +84,8 @@ def export_onnx(
         pooling: "none" -> output `last_hidden_state` (B, T, C); "mean" / "cls" -> output `pooled` (B, C).
         opset: ONNX opset (17 has LayerNormalization).
         int8: also apply ONNX Runtime dynamic int8 quantization (see `compression.quantize.quantize_onnx`).
+        project: (C, d) matrix applied to the pooled vector (an embed run's rotation and Matryoshka cut); pooled only.
+        normalize: L2-normalise the pooled (projected) vector; pooled only.
     Returns:
         the written path.
     Example:
@@ -78,6 +95,8 @@ def export_onnx(
 
     if pooling not in ("none", "mean", "cls"):
         raise EncoderforgeError(f"pooling={pooling!r} is not supported; use 'none', 'mean' or 'cls'")
+    if pooling == "none" and (project is not None or normalize):
+        raise EncoderforgeError("a projection or normalisation applies to pooled vectors; pass pooling 'mean' or 'cls'")
     out = check_output_path(out_path)
     output_name = "last_hidden_state" if pooling == "none" else "pooled"
     out_axes = {0: "batch", 1: "sequence"} if pooling == "none" else {0: "batch"}
@@ -91,7 +110,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             fp32 = tmp / "model.onnx"
             torch.onnx.export(
-                _ExportGraph(encoder, pooling).eval(),
+                _ExportGraph(encoder, pooling, None if project is None else project.to(device), normalize).eval(),
                 (ids, mask),
                 str(fp32),
                 dynamo=False,

@@ -166,10 +166,10 @@ def rotate_finetuned(cfg: PipelineConfig, stage_dir: Path, corpus: Path) -> Path
 
 def _weights_hash(model: Path) -> str | None:
     """The model hash `index rotate` records for an unrotated model: its weights file's sha256."""
-    from encoderforge.index.embedder import WEIGHTS, weights_digest
+    from encoderforge.index.embedder import weights_digest, weights_file
 
-    d = model / "model" if (model / "task.json").is_file() else model
-    return next((weights_digest(str(d / w)) for w in WEIGHTS if (d / w).is_file()), None)
+    w = weights_file(model / "model" if (model / "task.json").is_file() else model)
+    return weights_digest(str(w)) if w else None
 
 
 def run_index(cfg: PipelineConfig, stage_dir: Path) -> dict[str, Any]:

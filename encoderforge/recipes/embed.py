@@ -8,6 +8,7 @@ from typing import Literal
 
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import check_output
+from encoderforge.index.embedder import embed_run_meta, load_embedder, run_vectors_note
 from encoderforge.inference.engine import Engine
 from encoderforge.inference.precision import Precision
 from encoderforge.inference.textio import read_lines, write_vectors
@@ -39,7 +40,8 @@ def embed_file(
     """Embed every line of `input` (or stdin for '-') with `model` and write .npy or JSONL to `out`.
 
     Args:
-        model: a checkpoint directory (ours or Hugging Face BERT) or a zoo name such as 'minilm-l6'.
+        model: a checkpoint directory (ours or Hugging Face BERT), a zoo name such as 'minilm-l6', or an `embed` run
+            (its task.json's pooling, max_length, normalisation, rotation and dims replace the flags below).
         pooling: 'mean' (sentence-transformers' default) or 'cls'.
         normalize: L2-normalize the vectors.
         max_tokens: token budget per forward pass (caps memory).
@@ -51,10 +53,17 @@ def embed_file(
         raise EncoderforgeError(f"--max-tokens must be >= 1 and --max-length >= 2 (got {max_tokens}, {max_length})")
     model_dir = resolve_model(model)
     check_output(out, [input, model_dir])  # before any compute: never replace the input or write into the model
+    run = embed_run_meta(model_dir)  # an `embed` run: its own pooling, length, normalisation, rotation and dims
+    notes = [] if run else [run_vectors_note(model_dir)]
     texts = read_lines(input)
-    engine = Engine.from_pretrained(model_dir, max_tokens=max_tokens, max_length=max_length, precision=precision)
-    encoded = engine.tokenize(texts)
-    vectors = engine.embed_encoded(encoded, pooling=pooling, normalize=normalize)
+    if run:
+        embedder = load_embedder(model_dir, max_tokens=max_tokens, precision=precision)
+        engine, encoded = embedder.engine, embedder.engine.tokenize(texts)
+        vectors = embedder.embed_encoded(encoded)
+    else:
+        engine = Engine.from_pretrained(model_dir, max_tokens=max_tokens, max_length=max_length, precision=precision)
+        encoded = engine.tokenize(texts)
+        vectors = engine.embed_encoded(encoded, pooling=pooling, normalize=normalize)
     write_vectors(out, vectors, texts)
     return EmbedResult(
         out=Path(out),
@@ -63,5 +72,5 @@ def embed_file(
         truncated=len(encoded.truncated),
         precision=engine.precision,
         kernel=engine.kernel,
-        note="; ".join(engine.notes),
+        note="; ".join(n for n in [*engine.notes, *notes] if n),
     )

@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from encoderforge import EncoderforgeError
-from encoderforge.index.embedder import WEIGHTS, run_rotation, weights_digest
+from encoderforge.index.embedder import WEIGHTS, run_rotation, weights_digest, weights_file
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.inference.engine import EncodedTexts, Engine
 from encoderforge.inference.precision import Precision
@@ -111,7 +111,7 @@ def load_served(path: str | Path, *, max_tokens: int = 16384, precision: Precisi
         embed = copy.copy(pred.engine)  # the same encoder module (forwards all run on the one model thread)
         embed.tokenizer = Tokenizer.from_str(pred.engine.tokenizer.to_str())  # with the engine's truncation settings
         name = p.resolve().parent.name if p.name == "finetune" else p.name
-        served = Served(name=name, engine=embed, predictor=pred, ref=str(p.resolve()), weights=_weights(p / "model"))
+        served = Served(name=name, engine=embed, predictor=pred, ref=str(p.resolve()), weights=weights_file(p / "model"))
         if meta["kind"] == "embed":  # an embedding run embeds its own way (task.json), not with mean pooling
             served.pooling = "cls" if meta.get("pooling") == "cls" else "mean"
             served.normalize = bool(meta.get("normalize", True))
@@ -125,10 +125,5 @@ def load_served(path: str | Path, *, max_tokens: int = 16384, precision: Precisi
         name=Path(resolved).name,
         engine=Engine.from_pretrained(resolved, max_tokens=max_tokens, precision=precision),
         ref=str(path) if str(path) in ZOO else str(Path(path).resolve()),  # as `index build` records it
-        weights=_weights(Path(resolved)),
+        weights=weights_file(Path(resolved)),
     )
-
-
-def _weights(model_dir: Path) -> Path | None:
-    """The weights file whose hash identifies the model (the first of WEIGHTS present, as in index/embedder.py)."""
-    return next((model_dir / w for w in WEIGHTS if (model_dir / w).is_file()), None)

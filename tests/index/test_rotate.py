@@ -147,3 +147,44 @@ def test_a_corrupt_rotation_file_is_a_one_line_error(rotated, tmp_path):
     (tmp_path / "rot" / "rotation.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(EncoderforgeError, match="not a rotation file.*index rotate"):
         load_embedder(tmp_path / "rot")
+
+
+def test_embed_and_export_onnx_on_the_run_give_the_runs_vectors(rotated, tmp_path, bbc_docs):
+    """`encoderforge embed` and `export onnx` take the run itself (before: "config.json: missing"), and pointed at
+    the run's model/ directory `embed` says that those are not the run's vectors."""
+    from encoderforge.inference.onnx_export import encode_padded, onnx_session, run_onnx
+    from encoderforge.tokenization import load_tokenizer
+
+    texts = [r["text"][:300] for r in bbc_docs[:6]]
+    src = tmp_path / "texts.txt"
+    src.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+    texts = src.read_text(encoding="utf-8").splitlines()
+    run = load_embedder(rotated / "rot")
+    want = run.embed(texts)
+    r = runner.invoke(app, ["embed", str(src), "--model", str(rotated / "rot"), "--out", str(tmp_path / "run.npy")])
+    assert r.exit_code == 0, r.output
+    assert "wrote 6 vectors of dim 32" in r.stdout and "note:" not in r.stderr
+    assert np.allclose(np.load(tmp_path / "run.npy"), want, atol=1e-5)
+
+    argv = ["embed", str(src), "--model", str(rotated / "rot" / "model"), "--out", str(tmp_path / "m.npy"), "--max-length", "128"]
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "m.npy").shape == (6, 128)  # the encoder's own vectors, as asked
+    note = r.stderr.strip()
+    assert note.startswith("note: ") and "rotated and cut to 32 dims" in note and f"--model {rotated / 'rot'}" in note
+
+    out = tmp_path / "run.onnx"
+    r = runner.invoke(app, ["export", "onnx", "--model", str(rotated / "rot"), "--out", str(out), "--pooling", "mean"])
+    assert r.exit_code == 0, r.output  # the run's own pooling may be named
+    assert "the run's vectors: mean pooling, rotated, first 32 dims, normalised" in r.stdout
+    ids, mask = encode_padded(load_tokenizer(rotated / "rot" / "model"), texts, max_length=run.spec.max_length)
+    got = run_onnx(onnx_session(out), ids, mask)
+    assert got.shape == (6, 32) and np.allclose(got, want, atol=1e-4)
+
+
+def test_export_onnx_of_a_run_refuses_another_pooling(rotated, tmp_path):
+    out = tmp_path / "x.onnx"
+    r = runner.invoke(app, ["export", "onnx", "--model", str(rotated / "rot"), "--out", str(out), "--pooling", "none"])
+    assert r.exit_code != 0 and not out.exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--pooling none" in lines[0] and "export its model/ directory" in lines[0], r.output

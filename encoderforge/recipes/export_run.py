@@ -1,0 +1,86 @@
+"""`encoderforge export onnx --model RUN` for an `embed` run: a graph that outputs the run's own vectors.
+
+An embed run's vectors are its encoder's pooled vectors, rotated (`index rotate`) and cut to its Matryoshka `dims`,
+then L2-normalised; exporting RUN/model alone would give full-width, unrotated vectors that the run's indexes and
+servers do not use. The graph folds the rotation's first `dims` columns (or the identity's) into one (C, d) matmul
+after pooling, and the parity check compares ONNX Runtime with `Embedder.embed`, the loader every index and server
+uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+
+from encoderforge import EncoderforgeError, require
+from encoderforge.compression.onnx_files import check_output_path
+from encoderforge.compression.quantize import int8_fidelity
+from encoderforge.index.embedder import Embedder, embed_run_meta, load_embedder
+from encoderforge.inference.onnx_export import (
+    SAMPLE_TEXTS,
+    ExportReport,
+    OnnxPooling,
+    encode_padded,
+    export_onnx,
+    onnx_session,
+    run_onnx,
+)
+from encoderforge.model import checkpoint
+
+
+def is_embed_run(model: str | Path) -> bool:
+    """True for an `embed` run directory (task.json of kind embed); other run kinds raise, checkpoints are False."""
+    return Path(model).is_dir() and embed_run_meta(Path(model)) is not None
+
+
+def describe(e: Embedder) -> str:
+    """'mean pooling, rotated, first 32 dims, normalised': what the exported vectors are."""
+    s = e.spec
+    parts = [f"{s.pooling} pooling", *(["rotated"] if e.rotation is not None else [])]
+    parts += [f"first {s.dims} dims"] if s.dims else []
+    return ", ".join(parts + (["normalised"] if s.normalize else []))
+
+
+def projection(e: Embedder) -> torch.Tensor | None:
+    """The (C, d) matrix after pooling: the rotation's first d columns, the identity's for a plain cut, or None."""
+    hidden = e.engine.encoder.cfg.hidden_size
+    d = e.spec.dims or hidden
+    if e.rotation is None and d == hidden:
+        return None
+    r = e.rotation if e.rotation is not None else np.eye(hidden, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(r[:, :d], dtype=np.float32))
+
+
+def export_embed_run(run: str | Path, out_path: str | Path, *, int8: bool = False, opset: int = 17) -> tuple[ExportReport, str]:
+    """Export an embed run's vectors to ONNX and check ONNX Runtime against `Embedder.embed` on the sample texts.
+
+    Returns:
+        the ExportReport and a description of the vectors ('mean pooling, rotated, first 96 dims, normalised').
+    """
+    check_output_path(out_path)
+    for dep in ("onnx", "onnxruntime"):
+        require(dep, "onnx")
+    e = load_embedder(run)
+    if e.spec.pooling not in ("mean", "cls"):
+        raise EncoderforgeError(f"{Path(run) / 'task.json'}: pooling {e.spec.pooling!r} cannot be exported; mean or cls")
+    encoder = checkpoint.load(Path(run) / "model").encoder  # a fresh copy: the engine's may hold packed kernels
+    pooling = cast(OnnxPooling, e.spec.pooling)
+    out = export_onnx(
+        encoder, out_path, pooling=pooling, opset=opset, int8=int8, project=projection(e), normalize=e.spec.normalize
+    )
+    ids, mask = encode_padded(e.engine.tokenizer, SAMPLE_TEXTS, max_length=e.spec.max_length)
+    want = torch.from_numpy(e.embed(list(SAMPLE_TEXTS)))
+    got = torch.from_numpy(run_onnx(onnx_session(out), ids, mask))
+    fid = int8_fidelity(want, got)
+    report = ExportReport(
+        path=out,
+        size_bytes=out.stat().st_size,
+        n_texts=len(SAMPLE_TEXTS),
+        max_abs_diff=float((got - want).abs().max()),
+        mean_cosine=fid["mean_cosine"],
+        min_cosine=fid["min_cosine"],
+    )
+    return report, describe(e)
