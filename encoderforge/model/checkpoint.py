@@ -47,16 +47,10 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
         Loaded with the encoder in eval mode.
     """
     path = resolve_model(path)
-    raw = _read_config(path)
-    if raw.get("format") == FORMAT:
-        cfg = EncoderConfig.from_dict(raw["model"], source=f"{path / 'config.json'}: field 'model'")
-        state = _read_weights(path)
-        source, unused = FORMAT, []
-    else:
-        cfg = hf_config_to_ours(raw, source=str(path / "config.json"))
-        hf = _read_weights(path)
-        state = hf_state_to_ours(hf, cfg)
-        source, unused = "huggingface", _hf_unused(hf, state)
+    cfg, ours = read_encoder_config(path), _read_config(path).get("format") == FORMAT
+    hf = {} if ours else _read_weights(path)
+    state = _read_weights(path) if ours else hf_state_to_ours(hf, cfg)
+    source, unused = (FORMAT, []) if ours else ("huggingface", _hf_unused(hf, state))
     if attention is not None:
         cfg = EncoderConfig.from_dict({**cfg.to_dict(), "attention": attention})
     _check_tensors(path, state, cfg, hf_names=source != FORMAT, unused=unused)
@@ -72,6 +66,15 @@ def load(path: str | Path, *, attention: str | None = None) -> Loaded:
             "the checkpoint is incomplete or its config.json belongs to another model"
         )
     return Loaded(encoder=enc.eval(), extra=extra, path=path, source=source)
+
+
+def read_encoder_config(path: str | Path) -> EncoderConfig:
+    """A checkpoint's encoder shape from its config.json alone (ours or Hugging Face BERT), without its weights."""
+    path = resolve_model(path)
+    raw = _read_config(path)
+    if raw.get("format") == FORMAT:
+        return EncoderConfig.from_dict(raw["model"], source=f"{path / 'config.json'}: field 'model'")
+    return hf_config_to_ours(raw, source=str(path / "config.json"))
 
 
 def check_tokenizer_fits(model_dir: str | Path, rows: int) -> None:

@@ -27,7 +27,7 @@ import yaml
 
 from encoderforge import EncoderforgeError
 from encoderforge.config import from_dict, merge, read_yaml, set_key
-from encoderforge.pipeline.index_config import IndexStage, check_index
+from encoderforge.pipeline.index_config import IndexStage, check_index, check_index_dims
 from encoderforge.recipes.finetune_config import DERIVED, FinetuneConfig, finetune_config
 
 # index sits beside evaluate (both judge the model's quality; it reads only data and finetune) and before bench, so
@@ -378,6 +378,7 @@ def _check_dependencies(cfg: PipelineConfig, where: str) -> None:
                 )
     if cfg.index is not None:
         check_index(cfg.index, data_on=cfg.data is not None, finetune_on=cfg.finetune is not None, where=where)
+        check_index_dims(cfg.index, cfg.base_model, where)
     if cfg.report is not None and not any(getattr(cfg, s) is not None for s in ("finetune", "evaluate", "bench")):
         raise EncoderforgeError(f"{where}: report needs a finetune, evaluate or bench stage to report on; add one")
     if cfg.evaluate is not None and cfg.finetune is not None and not cfg.finetune.data.test and cfg.data is None:

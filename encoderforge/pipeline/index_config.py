@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from encoderforge import EncoderforgeError
+from encoderforge.model.checkpoint import read_encoder_config
 
 LICENSE_CORPUS = "licensedcode-texts"
 
@@ -95,4 +96,19 @@ def check_index(cfg: IndexStage, *, data_on: bool, finetune_on: bool, where: str
     if cfg.queries is None and not data_on:
         raise EncoderforgeError(
             f"{where}: index needs queries: set index.queries and index.qrels, or turn on the data stage (its test split)"
+        )
+
+
+def check_index_dims(cfg: IndexStage, model: str, where: str) -> None:
+    """index.dims must fit the start model's width (fine-tuning keeps it): said now, not after fine-tuning."""
+    if not cfg.dims:
+        return
+    try:
+        hidden = read_encoder_config(model).hidden_size
+    except EncoderforgeError:
+        return  # the finetune stage names a missing or broken start model in its own words
+    if cfg.dims > hidden:
+        raise EncoderforgeError(
+            f"{where}: index.dims={cfg.dims} is wider than the model ({model}: {hidden} dims); "
+            f"use at most {hidden}, e.g. {hidden // 4} for a quarter"
         )

@@ -51,6 +51,10 @@ BAD = {
         "index.qrels='p.yaml' is set without index.queries",
     ),
     "index bad dims": ("data: {}\n" + GOOD_FT + "index: {dims: -1}\n", "index.dims must be >= 0 (0 = off), got -1"),
+    "index dims wider than the model": (
+        "data: {}\n" + GOOD_FT + "index: {dims: 999}\n",
+        "index.dims=999 is wider than the model (minilm-l6: 384 dims); use at most 384, e.g. 96 for a quarter",
+    ),
     "index without finetune": ("data: {}\nindex: {}\n", "index needs the finetune stage's model but finetune is off"),
     "index without queries": (
         "finetune: {task: classify, data: {train: p.yaml}}\nindex: {}\n",
