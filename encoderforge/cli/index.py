@@ -177,6 +177,9 @@ def rotate(
     pooling: Pooling = typer.Option(Pooling.mean, help="For a plain encoder (an embed run sets its own)."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the run's, or 256)."),
     threads: Optional[int] = typer.Option(None, help="Torch intra-op threads."),
+    precision: PrecisionOpt = typer.Option(
+        PrecisionOpt.fp32, help="GEMM precision for embedding the sample: fp32, bf16 (AVX512-BF16/AMX, fidelity-gated), auto."
+    ),
 ) -> None:
     """Rotate a model's vectors to a corpus's principal directions (orthogonal: full-width scores unchanged), so a
     Matryoshka cut to --dims keeps more; writes a new embed run that index build, eval-retrieval and serve use."""
@@ -184,7 +187,15 @@ def rotate(
 
     with fail_on_error():
         r = index_rotate(
-            model, corpus, out, dims=dims, sample=sample, pooling=pooling.value, max_length=max_length, threads=threads
+            model,
+            corpus,
+            out,
+            dims=dims,
+            sample=sample,
+            pooling=pooling.value,
+            max_length=max_length,
+            threads=threads,
+            precision=precision.value,
         )
     kept = ", ".join(f"{w}: {r.kept[w]:.1%} (unrotated {r.kept_before[w]:.1%})" for w in sorted(r.kept))
     cut = f", cut to {r.dims} dims by default" if r.dims else ""

@@ -22,8 +22,9 @@ import numpy as np
 from encoderforge import EncoderforgeError
 from encoderforge.fileio import atomic_dir, check_output, file_digest
 from encoderforge.index.embedder import load_embedder
-from encoderforge.index.readers import check_docs, read_docs
+from encoderforge.index.readers import check_docs, iter_docs
 from encoderforge.index.rotation import ROTATION_FILE, fit_rotation, save_rotation
+from encoderforge.inference.precision import Precision
 from encoderforge.model.zoo import ZOO, resolve_model
 
 SAMPLE = 100_000  # documents embedded to fit the rotation: a d x d fit (d <= 1024) is stable long before this
@@ -51,6 +52,7 @@ def index_rotate(
     pooling: str = "mean",
     max_length: int | None = None,
     threads: int | None = None,
+    precision: Precision = "fp32",
 ) -> RotateResult:
     """Fit the rotation on (a seeded sample of) `corpus` embedded by `model` and write the rotated run to `out`.
 
@@ -62,6 +64,7 @@ def index_rotate(
         sample: documents embedded for the fit at most.
         pooling, max_length: for a plain encoder (an embed run keeps its own).
         threads: torch intra-op threads.
+        precision: the engine's GEMM precision for embedding the sample (fp32, bf16 or auto; see `Engine`).
     """
     t0, out = time.perf_counter(), Path(out)
     if out.exists():
@@ -70,7 +73,8 @@ def index_rotate(
         raise EncoderforgeError(f"--sample must be >= 2, got {sample}")
     src = resolve_model(model)
     check_output(out, [corpus, src], expect="dir")
-    if check_docs(corpus) < 2:
+    n_docs = check_docs(corpus)
+    if n_docs < 2:
         raise EncoderforgeError(f"{corpus}: a rotation is fitted on at least 2 documents; give the corpus the index will hold")
     if threads:
         import torch
@@ -84,14 +88,14 @@ def index_rotate(
         raise EncoderforgeError(
             "--dims is needed: the rotation changes nothing at full width, only the cut (e.g. --dims 96 for 384-dim vectors)"
         )
-    emb = load_embedder(model, pooling=pooling, max_length=max_length)
+    emb = load_embedder(model, pooling=pooling, max_length=max_length, precision=precision)
     hidden = emb.engine.encoder.cfg.hidden_size
     if dims is not None and not 0 < dims <= hidden:
         raise EncoderforgeError(f"dims={dims} must be in 1..{hidden} (the model's hidden size); lower --dims (index.dims)")
     emb.spec = replace(emb.spec, dims=None, dim=hidden)  # fit on full-width vectors
-    docs = read_docs(corpus)
-    pick = np.sort(np.random.default_rng(seed).choice(len(docs), size=min(sample, len(docs)), replace=False))
-    x = emb.embed([docs[i].text for i in pick])
+    pick = np.sort(np.random.default_rng(seed).choice(n_docs, size=min(sample, n_docs), replace=False))
+    keep = set(pick.tolist())  # streamed: only the sampled documents' texts are held, however large the corpus
+    x = emb.embed([d.text for i, d in enumerate(iter_docs(corpus)) if i in keep])
     rotation, share = fit_rotation(x)
     widths = sorted({w for w in (dims, hidden // 2, hidden // 4, hidden // 8) if w})
     before = np.cumsum(np.sum(x.astype(np.float64) ** 2, axis=0))
@@ -112,9 +116,10 @@ def index_rotate(
             "asked": {"pooling": pooling, "max_length": max_length},  # a plain encoder's; an embed run keeps its own
             "corpus": str(Path(corpus).resolve()),
             "corpus_sha256": file_digest(corpus),
-            "documents": len(docs),
+            "documents": n_docs,
             "sampled": len(pick),
             "seed": seed,
+            "precision": emb.engine.precision,  # what embedded the sample (bf16 only where the CPU has it)
             "energy_kept": {"rotated": kept, "unrotated": kept_before},
         }
         (tmp / "rotation.json").write_text(json.dumps(info, indent=2), encoding="utf-8")

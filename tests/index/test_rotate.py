@@ -59,6 +59,7 @@ def test_full_width_scores_are_unchanged_and_the_cut_keeps_more(rotated, tiny_mo
     assert np.allclose(cut.embed(texts), full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True), atol=1e-6)
     assert np.sum(full[:, :32] ** 2) > np.sum(src[:, :32] ** 2)  # the rotated cut keeps more of the corpus's vectors
     info = json.loads((rotated / "rot" / "rotation.json").read_text())
+    assert info["documents"] == 40 and info["precision"] == "fp32"
     assert info["sampled"] == 40 and info["energy_kept"]["rotated"]["32"] > info["energy_kept"]["unrotated"]["32"]
 
 
@@ -188,3 +189,17 @@ def test_export_onnx_of_a_run_refuses_another_pooling(rotated, tmp_path):
     assert r.exit_code != 0 and not out.exists()
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--pooling none" in lines[0] and "export its model/ directory" in lines[0], r.output
+
+
+def test_a_sample_of_the_corpus_is_streamed_and_fitted_on_the_seeded_documents(rotated, tiny_model, bbc_docs):
+    from encoderforge.index.rotation import load_rotation
+    from encoderforge.recipes.index_rotate import index_rotate
+
+    r = index_rotate(tiny_model, rotated / "corpus.jsonl", rotated / "s10", dims=16, sample=10, seed=3)
+    assert r.sampled == 10
+    info = json.loads((rotated / "s10" / "rotation.json").read_text())
+    assert info["documents"] == 40 and info["sampled"] == 10 and info["seed"] == 3
+    pick = np.sort(np.random.default_rng(3).choice(40, size=10, replace=False))
+    want, _ = fit_rotation(load_embedder(tiny_model).embed([bbc_docs[i]["text"] for i in pick]))
+    got = load_rotation(rotated / "s10" / "rotation.safetensors", 128)
+    assert np.allclose(got[:, :8] @ got[:, :8].T, want[:, :8] @ want[:, :8].T, atol=1e-4)  # the same top subspace
