@@ -3,9 +3,9 @@ same vectors, for IVF-PQ alone and with faiss' IndexRefine re-scoring k_factor x
 copies of the vectors (384 more bytes per vector), at several nprobe.
 
 Vectors: the first --n rows of a flat index built by `encoderforge index build` (docs/results.md, issue 17, fifteenth
-session: 1M real passages, MiniLM-L6, 64 tokens); queries: --queries WordNet lemmas (seeded shuffle), embedded by the
-same model. IVF-PQ as `index build --kind ivfpq` makes it (4 sqrt(N) lists, D/8 sub-quantizers of 8 bits), trained on
-a seeded sample of --train vectors. One thread; latency = mean ms per query over the batch.
+session: 1M real passages, MiniLM-L6, 64 tokens); queries: --queries WordNet lemmas (seeded shuffle), embedded by
+MiniLM-L6 at 64 tokens (the model and length that built that index; another index needs another model here). IVF-PQ is `index build --kind ivfpq`'s own (index/dense.py `_ivfpq`), trained on a seeded sample
+of --train vectors (`index build` takes up to 100,000). One thread; ms/query = one batched search / queries.
 
     python benchmarks/ivfpq_refine.py --flat runs/bench-index/passages/flat --n 100000 --queries 500
 """
@@ -13,7 +13,6 @@ a seeded sample of --train vectors. One thread; latency = mean ms per query over
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from index_latency import wordnet
 
+from encoderforge.index.dense import _ivfpq
 from encoderforge.index.embedder import load_embedder
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--flat", required=True, help="a flat index directory (index.faiss of IndexIDMap2(IndexFlatIP))")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--train", type=int, default=60_000)
+    ap.add_argument("--train", type=int, default=100_000)
     ap.add_argument("--nprobe", default="16,32,64")
     ap.add_argument("--k-factors", default="4,10,20")
     a = ap.parse_args()
@@ -52,10 +52,10 @@ def main() -> None:
         return float(np.mean([len(set(r) & set(t)) / 10 for r, t in zip(ids.tolist(), truth.tolist())]))
 
     train = x[np.random.default_rng(0).choice(len(x), min(a.train, len(x)), replace=False)]
-    pq = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, int(4 * math.sqrt(len(x))), d // 8, 8, faiss.METRIC_INNER_PRODUCT)
+    pq, _ = _ivfpq(d, train)  # the IVF-PQ `index build --kind ivfpq` makes from this training sample
     sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    refine = faiss.IndexRefine(pq, sq)
-    refine.train(train)
+    sq.train(train)
+    refine = faiss.IndexRefine(pq, sq)  # both trained: adding fills both
     refine.add(x)
     print(f"{len(x):,} vectors, {len(q)} queries, {pq.nlist} lists, {pq.pq.M} x 8-bit codes")
     print(

@@ -6,6 +6,7 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -47,12 +48,12 @@ def embed(
     model: str = typer.Option(
         "minilm-l6",
         help="Checkpoint directory (encoderforge or HF BERT), zoo name, or an `embed` run (its own pooling, length, "
-        "rotation and Matryoshka dims replace --pooling, --normalize and --max-length).",
+        "normalisation, rotation and Matryoshka dims; a different --pooling, --normalize or --max-length is an error).",
     ),
-    pooling: Pooling = typer.Option(Pooling.mean, help="mean (sentence-transformers) or cls."),
-    normalize: bool = typer.Option(True, help="L2-normalize the vectors."),
+    pooling: Optional[Pooling] = typer.Option(None, help="mean (sentence-transformers; the default) or cls."),
+    normalize: Optional[bool] = typer.Option(None, help="L2-normalize the vectors (default: yes)."),
     max_tokens: int = typer.Option(2048, help="Token budget per forward pass (caps memory)."),
-    max_length: int = typer.Option(256, help="Longest sequence in tokens; longer texts are truncated."),
+    max_length: Optional[int] = typer.Option(None, help="Longest sequence in tokens (default 256); longer texts are truncated."),
     precision: PrecisionOpt = typer.Option(
         PrecisionOpt.fp32,
         help="GEMM precision on CPU: fp32; bf16 (needs AVX512-BF16 or AMX; kept only if the sample embeddings stay "
@@ -67,7 +68,7 @@ def embed(
             model,
             input,
             out,
-            pooling=pooling.value,
+            pooling=pooling.value if pooling else None,
             normalize=normalize,
             max_tokens=max_tokens,
             max_length=max_length,

@@ -46,7 +46,6 @@ def onnx(
 ) -> None:
     """Export to ONNX with dynamic batch and sequence axes, then check ONNX Runtime against torch."""
     from encoderforge import EncoderforgeError
-    from encoderforge.index.embedder import embed_run_meta
     from encoderforge.inference.onnx_export import export_checkpoint
     from encoderforge.recipes.export_run import export_embed_run, is_embed_run
 
@@ -55,17 +54,12 @@ def onnx(
             raise EncoderforgeError(f"--opset must be between 14 and 20, got {opset} (17 is the default and tested)")
         what = ""
         if is_embed_run(model):
-            if pooling is not None and pooling.value != embed_run_meta(Path(model)).get("pooling", "mean"):  # type: ignore[union-attr]
-                raise EncoderforgeError(
-                    f"--pooling {pooling.value}: {model} is an embed run, exported with its own pooling, rotation and "
-                    f"dims; omit --pooling, or export its model/ directory ({Path(model) / 'model'}) for the encoder alone"
-                )
-            r, what = export_embed_run(model, out, int8=int8, opset=opset)
+            r, what = export_embed_run(model, out, pooling=pooling.value if pooling else None, int8=int8, opset=opset)
         else:
             r = export_checkpoint(model, out, pooling=(pooling or OnnxPooling.none).value, int8=int8, opset=opset)
     typer.echo(str(r.path) + (f" (the run's vectors: {what})" if what else ""))
     typer.echo(
-        f"parity vs torch fp32 on {r.n_texts} texts: max |diff| {r.max_abs_diff:.2e}, "
+        f"parity vs {'the run as index/serve load it' if what else 'torch fp32'} on {r.n_texts} texts: max |diff| {r.max_abs_diff:.2e}, "
         f"cosine mean {r.mean_cosine:.5f} / min {r.min_cosine:.5f}"
     )
     typer.echo(f"size: {r.size_bytes / 2**20:.1f} MiB ({r.size_bytes} bytes)")

@@ -8,10 +8,11 @@ settings come from the caller's flags).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Sequence, cast
+from typing import Any, Literal, Sequence, cast
 
 import numpy as np
 
@@ -130,7 +131,12 @@ def embed_run_meta(path: Path) -> dict | None:
     task = path / "task.json"
     if not task.is_file():
         return None
-    meta = json.loads(task.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(task.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EncoderforgeError(f"{task}: not valid JSON ({e}); the run is damaged: train it again") from None
+    if not isinstance(meta, dict):
+        raise EncoderforgeError(f"{task}: expected a JSON object of the run's settings; the run is damaged: train it again")
     if meta.get("kind") != "embed":
         raise EncoderforgeError(
             f"{task}: a {meta.get('kind')!r} run, not an embedding model; pass an `embed` run, a plain encoder, or "
@@ -144,23 +150,34 @@ def weights_file(path: Path) -> Path | None:
     return next((path / w for w in WEIGHTS if (path / w).is_file()), None)
 
 
-def run_vectors_note(checkpoint_dir: Path) -> str:
-    """A note when a checkpoint is the model/ of an `embed` run whose vectors are rotated or cut: the encoder alone
-    makes full-width, unrotated vectors, which that run's indexes and servers do not use ("" otherwise)."""
-    run = checkpoint_dir.resolve().parent
+def run_settings(meta: dict) -> dict[str, Any]:
+    """An embed run's vector settings as `embed`'s flags name them (pooling, normalize, max_length)."""
+    return {
+        "pooling": meta.get("pooling", "mean"),
+        "normalize": bool(meta.get("normalize", True)),
+        "max_length": meta.get("max_length"),
+    }
+
+
+def run_vectors_note(checkpoint_dir: Path, used: dict[str, Any]) -> str:
+    """A note when a checkpoint is the model/ of an `embed` run whose vectors differ from what `used` (pooling,
+    normalize, max_length) makes of the encoder alone: rotated, cut, or pooled, normalised or cut at another length
+    ("" otherwise; advisory, so a damaged run beside the checkpoint is no error here)."""
+    path = Path(os.path.abspath(checkpoint_dir))  # the directory named, not a symlink's target
     try:
-        meta = embed_run_meta(run) if checkpoint_dir.resolve().name == "model" else None
+        meta = embed_run_meta(path.parent) if path.name == "model" else None
     except EncoderforgeError:
-        return ""  # another kind of run: its encoder's vectors are what it stands for
-    if not meta or not (meta.get("rotation") or meta.get("dims")):
+        return ""  # another kind of run, or a damaged one: nothing to say about its vectors
+    if not meta:
         return ""
-    how = "rotated" if meta.get("rotation") else ""
-    if meta.get("dims"):
-        how = f"{how} and cut" if how else "cut"
-        how += f" to {meta['dims']} dims"
+    differ = ["rotated"] if meta.get("rotation") else []
+    differ += [f"cut to {meta['dims']} dims"] if meta.get("dims") else []
+    differ += [f"{k} {v}" for k, v in run_settings(meta).items() if v is not None and used.get(k) != v]
+    if not differ:
+        return ""
     return (
-        f"{checkpoint_dir} is the encoder of the embed run {run}, whose vectors are {how}; these are the encoder's own "
-        f"full-width vectors — for the run's, pass --model {run}"
+        f"{checkpoint_dir} is the encoder of the embed run {path.parent}, whose vectors differ from these "
+        f"({', '.join(differ)}); for the run's vectors, pass --model {path.parent}"
     )
 
 

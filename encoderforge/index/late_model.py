@@ -31,7 +31,7 @@ from encoderforge.index.build import (
     resume_point,
     write_shard,
 )
-from encoderforge.index.embedder import WEIGHTS, weights_digest
+from encoderforge.index.embedder import WEIGHTS, weights_digest, weights_file
 from encoderforge.index.late import KIND, LateIndex, default_nlist, train_codec, unit_tokens
 from encoderforge.index.manifest import EmbedSpec
 from encoderforge.index.readers import check_docs, iter_docs
@@ -84,7 +84,7 @@ def load_late_embedder(run: str | Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
     if not is_colbert_run(run):
         raise EncoderforgeError(f"{run}: not a `finetune colbert` run (no task.json of kind colbert); pass the ColBERT run")
     meta = json.loads((run / "task.json").read_text(encoding="utf-8"))
-    weights = next((run / "model" / w for w in WEIGHTS if (run / "model" / w).is_file()), None)
+    weights = weights_file(run / "model")
     if weights is None:
         raise EncoderforgeError(f"{run / 'model'}: no {WEIGHTS[0]}; the run is incomplete: fine-tune it again")
     loaded = checkpoint.load(run / "model")

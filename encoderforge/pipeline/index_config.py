@@ -14,6 +14,7 @@ from typing import Literal
 
 from encoderforge import EncoderforgeError
 from encoderforge.model.checkpoint import read_encoder_config
+from encoderforge.model.zoo import resolve_model
 
 LICENSE_CORPUS = "licensedcode-texts"
 
@@ -104,7 +105,8 @@ def check_index_dims(cfg: IndexStage, model: str, where: str) -> None:
     if not cfg.dims:
         return
     try:
-        hidden = read_encoder_config(model).hidden_size
+        path = resolve_model(model)
+        hidden = read_encoder_config(path / "model" if (path / "task.json").is_file() else path).hidden_size  # a run
     except EncoderforgeError:
         return  # the finetune stage names a missing or broken start model in its own words
     if cfg.dims > hidden:

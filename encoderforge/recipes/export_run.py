@@ -29,19 +29,22 @@ from encoderforge.inference.onnx_export import (
     run_onnx,
 )
 from encoderforge.model import checkpoint
+from encoderforge.model.zoo import resolve_model
 
 
 def is_embed_run(model: str | Path) -> bool:
     """True for an `embed` run directory (task.json of kind embed); other run kinds raise, checkpoints are False."""
-    return Path(model).is_dir() and embed_run_meta(Path(model)) is not None
+    path = resolve_model(model)
+    return path.is_dir() and embed_run_meta(path) is not None
 
 
 def describe(e: Embedder) -> str:
-    """'mean pooling, rotated, first 32 dims, normalised': what the exported vectors are."""
+    """'mean pooling, rotated, first 32 dims, normalised; inputs of at most 192 tokens': what the exported vectors are
+    (the graph does not truncate: the caller cuts token ids at the run's length, as the run's loaders do)."""
     s = e.spec
     parts = [f"{s.pooling} pooling", *(["rotated"] if e.rotation is not None else [])]
     parts += [f"first {s.dims} dims"] if s.dims else []
-    return ", ".join(parts + (["normalised"] if s.normalize else []))
+    return ", ".join(parts + (["normalised"] if s.normalize else [])) + f"; inputs of at most {s.max_length} tokens"
 
 
 def projection(e: Embedder) -> torch.Tensor | None:
@@ -54,12 +57,22 @@ def projection(e: Embedder) -> torch.Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(r[:, :d], dtype=np.float32))
 
 
-def export_embed_run(run: str | Path, out_path: str | Path, *, int8: bool = False, opset: int = 17) -> tuple[ExportReport, str]:
+def export_embed_run(
+    run: str | Path, out_path: str | Path, *, pooling: str | None = None, int8: bool = False, opset: int = 17
+) -> tuple[ExportReport, str]:
     """Export an embed run's vectors to ONNX and check ONNX Runtime against `Embedder.embed` on the sample texts.
 
+    Args:
+        pooling: None, or the run's own pooling (another one is an error: the run's vectors are what it stands for).
     Returns:
-        the ExportReport and a description of the vectors ('mean pooling, rotated, first 96 dims, normalised').
+        the ExportReport and a description of the vectors ('mean pooling, rotated, first 96 dims, normalised; ...').
     """
+    own = (embed_run_meta(resolve_model(run)) or {}).get("pooling", "mean")
+    if pooling is not None and pooling != own:
+        raise EncoderforgeError(
+            f"--pooling {pooling}: {run} is an embed run, exported with its own pooling ({own}), rotation and dims; "
+            f"omit --pooling, or export its model/ directory ({Path(run) / 'model'}) for the encoder alone"
+        )
     check_output_path(out_path)
     for dep in ("onnx", "onnxruntime"):
         require(dep, "onnx")

@@ -172,7 +172,8 @@ def test_embed_and_export_onnx_on_the_run_give_the_runs_vectors(rotated, tmp_pat
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "m.npy").shape == (6, 128)  # the encoder's own vectors, as asked
     note = r.stderr.strip()
-    assert note.startswith("note: ") and "rotated and cut to 32 dims" in note and f"--model {rotated / 'rot'}" in note
+    assert note.startswith("note: ") and "differ from these (rotated, cut to 32 dims)" in note
+    assert note.endswith(f"for the run's vectors, pass --model {rotated / 'rot'}")
 
     out = tmp_path / "run.onnx"
     r = runner.invoke(app, ["export", "onnx", "--model", str(rotated / "rot"), "--out", str(out), "--pooling", "mean"])
@@ -203,3 +204,81 @@ def test_a_sample_of_the_corpus_is_streamed_and_fitted_on_the_seeded_documents(r
     want, _ = fit_rotation(load_embedder(tiny_model).embed([bbc_docs[i]["text"] for i in pick]))
     got = load_rotation(rotated / "s10" / "rotation.safetensors", 128)
     assert np.allclose(got[:, :8] @ got[:, :8].T, want[:, :8] @ want[:, :8].T, atol=1e-4)  # the same top subspace
+
+
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory, tiny_model):
+    """An embed run with a Matryoshka cut and no rotation, [CLS] pooling, unnormalised vectors, 64 tokens."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("cut") / "run"
+    shutil.copytree(tiny_model, run / "model")
+    task = {"kind": "embed", "pooling": "cls", "normalize": False, "max_length": 64, "dims": 16}
+    (run / "task.json").write_text(json.dumps(task), encoding="utf-8")
+    return run
+
+
+def test_a_cut_run_without_a_rotation_embeds_and_exports_its_own_vectors(cut_run, tmp_path, bbc_docs):
+    from encoderforge.inference.onnx_export import encode_padded, onnx_session, run_onnx
+    from encoderforge.tokenization import load_tokenizer
+
+    src = tmp_path / "texts.txt"
+    src.write_text("".join(r["text"][:200].replace("\n", " ") + "\n" for r in bbc_docs[:5]), encoding="utf-8")
+    texts = src.read_text(encoding="utf-8").splitlines()
+    want = load_embedder(cut_run).embed(texts)
+    assert want.shape == (5, 16) and not np.allclose(np.linalg.norm(want, axis=1), 1.0)  # cut, not normalised
+    r = runner.invoke(app, ["embed", str(src), "--model", str(cut_run), "--out", str(tmp_path / "v.npy")])
+    assert r.exit_code == 0, r.output
+    assert np.allclose(np.load(tmp_path / "v.npy"), want, atol=1e-5)
+    r = runner.invoke(app, ["export", "onnx", "--model", str(cut_run), "--out", str(tmp_path / "v.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "cls pooling, first 16 dims; inputs of at most 64 tokens" in r.stdout
+    ids, mask = encode_padded(load_tokenizer(cut_run / "model"), texts, max_length=64)
+    assert np.allclose(run_onnx(onnx_session(tmp_path / "v.onnx"), ids, mask), want, atol=1e-4)
+    argv = ["embed", str(src), "--model", str(cut_run / "model"), "--out", str(tmp_path / "m.npy"), "--max-length", "64"]
+    r = runner.invoke(app, argv)  # the encoder alone, mean pooling: the note names every difference
+    assert r.exit_code == 0 and "(cut to 16 dims, pooling cls, normalize False)" in r.stderr, r.output
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--pooling", "mean"], "--pooling mean: {run} is an embed run whose vectors use pooling cls; omit the flag"),
+        (["--normalize"], "--normalize: {run} is an embed run whose vectors use normalize False"),
+        (["--max-length", "32"], "--max-length 32: {run} is an embed run whose vectors use max_length 64"),
+    ],
+)
+def test_embed_refuses_a_flag_that_contradicts_the_run(flags, needle, cut_run, tmp_path):
+    (tmp_path / "t.txt").write_text("one text\n", encoding="utf-8")
+    r = runner.invoke(app, ["embed", str(tmp_path / "t.txt"), "--model", str(cut_run), "--out", str(tmp_path / "v.npy"), *flags])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and needle.format(run=cut_run) in lines[0], r.output
+    assert not (tmp_path / "v.npy").exists()
+    r = runner.invoke(
+        app, ["embed", str(tmp_path / "t.txt"), "--model", str(cut_run), "--out", str(tmp_path / "v.npy"), "--pooling", "cls"]
+    )
+    assert r.exit_code == 0, r.output  # the run's own value may be named
+
+
+def test_a_damaged_task_json_is_a_one_line_error_for_the_run_and_no_error_for_its_encoder(tmp_path, tiny_model):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run / "model")
+    (run / "task.json").write_text('{"kind": "emb', encoding="utf-8")  # cut short by a crash
+    (tmp_path / "t.txt").write_text("one text\n", encoding="utf-8")
+    r = runner.invoke(app, ["embed", str(tmp_path / "t.txt"), "--model", str(run), "--out", str(tmp_path / "a.npy")])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "task.json: not valid JSON" in lines[0], r.output
+    argv = [
+        "embed",
+        str(tmp_path / "t.txt"),
+        "--model",
+        str(run / "model"),
+        "--out",
+        str(tmp_path / "b.npy"),
+        "--max-length",
+        "128",
+    ]
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 0 and np.load(tmp_path / "b.npy").shape == (1, 128), r.output

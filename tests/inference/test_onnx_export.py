@@ -198,6 +198,7 @@ def test_cli_export_int8(tiny_ckpt, tmp_path):
     line = r.stdout.splitlines()[1]
     mean_cos, min_cos = (float(x) for x in line.split("cosine mean ")[1].split(" / min "))
     assert 0.99 < min_cos <= mean_cos <= 1.0
+    assert onnx_session(out).get_outputs()[0].name == "last_hidden_state"  # no --pooling: the hidden states, as always
     assert float(line.split("max |diff| ")[1].split(",")[0]) > 1e-4  # int8 really differs from fp32
 
 

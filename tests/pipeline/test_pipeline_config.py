@@ -76,6 +76,22 @@ def test_bad_pipeline_is_one_line_before_work(case: str, tmp_path: Path, monkeyp
     assert not (tmp_path / "runs").exists()  # validated before any work
 
 
+def test_index_dims_is_checked_against_the_start_models_width_when_the_config_loads(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    (tmp_path / "p.yaml").write_text("data: {}\n" + GOOD_FT + "index: {dims: 384}\n")
+    assert load_pipeline(tmp_path / "p.yaml", tmp_path / "r").index.dims == 384  # the whole width is allowed
+    (tmp_path / "p.yaml").write_text("data: {}\n" + GOOD_FT + "index: {dims: 385}\n")
+    with pytest.raises(EncoderforgeError, match=r"index.dims=385 is wider than the model \(minilm-l6: 384 dims\)"):
+        load_pipeline(tmp_path / "p.yaml", tmp_path / "r")
+    run = tmp_path / "emb"  # a start model that is an embed run: its model/ has the width
+    shutil.copytree(tiny_model, run / "model")
+    (run / "task.json").write_text('{"kind": "embed"}')
+    (tmp_path / "p.yaml").write_text(f"data: {{}}\nfinetune: {{task: multilabel, model: {run}}}\nindex: {{dims: 200}}\n")
+    with pytest.raises(EncoderforgeError, match=r"index.dims=200 is wider than the model \(.*emb: 128 dims\); use at most 128"):
+        load_pipeline(tmp_path / "p.yaml", tmp_path / "r")
+
+
 def test_set_overrides_and_unknown_set_key(tmp_path: Path) -> None:
     cfg = quickstart_config(smoke=True, out=tmp_path / "r", overrides=["finetune.train.lr=3e-4", "export=false"])
     assert cfg.finetune is not None and cfg.finetune.train.lr == 3e-4 and cfg.export is None
