@@ -75,6 +75,7 @@ def export_onnx(
     int8: bool = False,
     project: torch.Tensor | None = None,
     normalize: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export `encoder` to an ONNX file, atomically (no half-written file is ever left at `out_path`).
 
@@ -86,6 +87,7 @@ def export_onnx(
         int8: also apply ONNX Runtime dynamic int8 quantization (see `compression.quantize.quantize_onnx`).
         project: (C, d) matrix applied to the pooled vector (an embed run's rotation and Matryoshka cut); pooled only.
         normalize: L2-normalise the pooled (projected) vector; pooled only.
+        metadata: written to the model's `metadata_props` (what a consumer must know, e.g. the input length).
     Returns:
         the written path.
     Example:
@@ -125,6 +127,10 @@ def export_onnx(
                 },
             )
             onnx.checker.check_model(str(fp32))
+            if metadata:
+                graph = onnx.load(str(fp32))
+                onnx.helper.set_model_props(graph, metadata)
+                onnx.save(graph, str(fp32))
             if int8:
                 quantize_onnx(fp32, out)
             else:

@@ -4,7 +4,7 @@ An embed run's vectors are its encoder's pooled vectors, rotated (`index rotate`
 then L2-normalised; exporting RUN/model alone would give full-width, unrotated vectors that the run's indexes and
 servers do not use. The graph folds the rotation's first `dims` columns (or the identity's) into one (C, d) matmul
 after pooling, and the parity check compares ONNX Runtime with `Embedder.embed`, the loader every index and server
-uses.
+uses. The file's `metadata_props` carry the settings a consumer needs (the graph does not truncate: max_length).
 """
 
 from __future__ import annotations
@@ -81,8 +81,11 @@ def export_embed_run(
         raise EncoderforgeError(f"{Path(run) / 'task.json'}: pooling {e.spec.pooling!r} cannot be exported; mean or cls")
     encoder = checkpoint.load(Path(run) / "model").encoder  # a fresh copy: the engine's may hold packed kernels
     pooling = cast(OnnxPooling, e.spec.pooling)
+    sp = e.spec
+    meta = {"encoderforge.run": str(Path(run).resolve()), "pooling": sp.pooling, "max_length": str(sp.max_length)}
+    meta |= {"dims": str(sp.dim), "rotated": str(e.rotation is not None).lower(), "normalize": str(sp.normalize).lower()}
     out = export_onnx(
-        encoder, out_path, pooling=pooling, opset=opset, int8=int8, project=projection(e), normalize=e.spec.normalize
+        encoder, out_path, pooling=pooling, opset=opset, int8=int8, project=projection(e), normalize=sp.normalize, metadata=meta
     )
     ids, mask = encode_padded(e.engine.tokenizer, SAMPLE_TEXTS, max_length=e.spec.max_length)
     want = torch.from_numpy(e.embed(list(SAMPLE_TEXTS)))

@@ -219,6 +219,8 @@ def cut_run(tmp_path_factory, tiny_model):
 
 
 def test_a_cut_run_without_a_rotation_embeds_and_exports_its_own_vectors(cut_run, tmp_path, bbc_docs):
+    import onnx
+
     from encoderforge.inference.onnx_export import encode_padded, onnx_session, run_onnx
     from encoderforge.tokenization import load_tokenizer
 
@@ -235,6 +237,12 @@ def test_a_cut_run_without_a_rotation_embeds_and_exports_its_own_vectors(cut_run
     assert "cls pooling, first 16 dims; inputs of at most 64 tokens" in r.stdout
     ids, mask = encode_padded(load_tokenizer(cut_run / "model"), texts, max_length=64)
     assert np.allclose(run_onnx(onnx_session(tmp_path / "v.onnx"), ids, mask), want, atol=1e-4)
+    r = runner.invoke(app, ["export", "onnx", "--model", str(cut_run), "--out", str(tmp_path / "q.onnx"), "--int8"])
+    assert r.exit_code == 0, r.output
+    for f in ("v.onnx", "q.onnx"):  # what a consumer needs travels with the file, int8 too
+        props = {p.key: p.value for p in onnx.load(str(tmp_path / f), load_external_data=False).metadata_props}
+        assert props["max_length"] == "64" and props["dims"] == "16" and props["pooling"] == "cls", f
+        assert props["normalize"] == "false" and props["rotated"] == "false" and props["encoderforge.run"] == str(cut_run)
     argv = ["embed", str(src), "--model", str(cut_run / "model"), "--out", str(tmp_path / "m.npy"), "--max-length", "64"]
     r = runner.invoke(app, argv)  # the encoder alone, mean pooling: the note names every difference
     assert r.exit_code == 0 and "(cut to 16 dims, pooling cls, normalize False)" in r.stderr, r.output
