@@ -145,6 +145,11 @@ def embed_run_meta(path: Path) -> dict | None:
     return meta
 
 
+def checkpoint_of(path: Path) -> Path:
+    """The checkpoint directory of a model path: a run's model/ (a directory with task.json), else the path itself."""
+    return path / "model" if (path / "task.json").is_file() else path
+
+
 def weights_file(path: Path) -> Path | None:
     """The checkpoint's weights file (safetensors first), None when the directory has none."""
     return next((path / w for w in WEIGHTS if (path / w).is_file()), None)

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 from encoderforge import EncoderforgeError
-from encoderforge.model.checkpoint import read_encoder_config
-from encoderforge.model.zoo import resolve_model
 
 LICENSE_CORPUS = "licensedcode-texts"
 
@@ -104,9 +102,12 @@ def check_index_dims(cfg: IndexStage, model: str, where: str) -> None:
     """index.dims must fit the start model's width (fine-tuning keeps it): said now, not after fine-tuning."""
     if not cfg.dims:
         return
+    from encoderforge.index.embedder import checkpoint_of  # torch and faiss only when dims is set
+    from encoderforge.model.checkpoint import read_encoder_config
+    from encoderforge.model.zoo import resolve_model
+
     try:
-        path = resolve_model(model)
-        hidden = read_encoder_config(path / "model" if (path / "task.json").is_file() else path).hidden_size  # a run
+        hidden = read_encoder_config(checkpoint_of(resolve_model(model))).hidden_size
     except EncoderforgeError:
         return  # the finetune stage names a missing or broken start model in its own words
     if cfg.dims > hidden:

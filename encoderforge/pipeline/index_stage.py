@@ -166,9 +166,9 @@ def rotate_finetuned(cfg: PipelineConfig, stage_dir: Path, corpus: Path) -> Path
 
 def _weights_hash(model: Path) -> str | None:
     """The model hash `index rotate` records for an unrotated model: its weights file's sha256."""
-    from encoderforge.index.embedder import weights_digest, weights_file
+    from encoderforge.index.embedder import checkpoint_of, weights_digest, weights_file
 
-    w = weights_file(model / "model" if (model / "task.json").is_file() else model)
+    w = weights_file(checkpoint_of(model))
     return weights_digest(str(w)) if w else None
 
 

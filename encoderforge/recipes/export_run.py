@@ -77,17 +77,23 @@ def export_embed_run(
     for dep in ("onnx", "onnxruntime"):
         require(dep, "onnx")
     e = load_embedder(run)
-    if e.spec.pooling not in ("mean", "cls"):
+    if e.spec.pooling not in ("mean", "cls"):  # task.json is read as written: say so rather than export garbage
         raise EncoderforgeError(f"{Path(run) / 'task.json'}: pooling {e.spec.pooling!r} cannot be exported; mean or cls")
     encoder = checkpoint.load(Path(run) / "model").encoder  # a fresh copy: the engine's may hold packed kernels
-    pooling = cast(OnnxPooling, e.spec.pooling)
     sp = e.spec
     meta = {"encoderforge.run": str(Path(run).resolve()), "pooling": sp.pooling, "max_length": str(sp.max_length)}
     meta |= {"dims": str(sp.dim), "rotated": str(e.rotation is not None).lower(), "normalize": str(sp.normalize).lower()}
     out = export_onnx(
-        encoder, out_path, pooling=pooling, opset=opset, int8=int8, project=projection(e), normalize=sp.normalize, metadata=meta
+        encoder,
+        out_path,
+        pooling=cast(OnnxPooling, sp.pooling),
+        opset=opset,
+        int8=int8,
+        project=projection(e),
+        normalize=sp.normalize,
+        metadata=meta,
     )
-    ids, mask = encode_padded(e.engine.tokenizer, SAMPLE_TEXTS, max_length=e.spec.max_length)
+    ids, mask = encode_padded(e.engine.tokenizer, SAMPLE_TEXTS, max_length=sp.max_length)
     want = torch.from_numpy(e.embed(list(SAMPLE_TEXTS)))
     got = torch.from_numpy(run_onnx(onnx_session(out), ids, mask))
     fid = int8_fidelity(want, got)
